@@ -1,0 +1,1 @@
+//! Orca's control loops: deployment, replicaset, endpoints, node lifecycle and garbage collection.

@@ -1,0 +1,1 @@
+//! One config loader for every component.

@@ -1,0 +1,9 @@
+//! Orca's shared core: API objects, the etcd store, the watch pipeline,
+//! leader election, configuration and telemetry. Every component builds on
+//! these pieces and on nothing of each other's.
+
+pub mod api;
+pub mod validation;
+pub mod yaml;
+pub mod config;
+pub mod telemetry;

@@ -1,0 +1,1 @@
+//! Orca's kubelet: runs the pods bound to its node.

@@ -1,0 +1,1 @@
+//! Orca's data-plane proxies: the L7 ingress proxy and the nftables service proxy.

@@ -1,0 +1,1 @@
+//! Orca's scheduler: filter, score and bind pods to nodes.

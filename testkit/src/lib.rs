@@ -1,0 +1,1 @@
+//! Test support: real services started for a test and stopped with it.
