@@ -7,3 +7,6 @@ pub mod validation;
 pub mod yaml;
 pub mod config;
 pub mod telemetry;
+pub mod store;
+pub mod watch;
+pub mod leader;

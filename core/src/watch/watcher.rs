@@ -1,0 +1,146 @@
+//! List-then-watch as an explicit state machine that never gives up:
+//! `Listing → Initialising → Connecting → Watching`, back to `Connecting`
+//! when the stream drops (resuming from the last revision seen) and back to
+//! `Listing` when that revision has been compacted away.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt, stream};
+
+use crate::api::Object;
+use crate::store::{Api, Error, WatchEvent};
+
+/// What the watcher reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event<K> {
+    /// A (re-)list started; the objects that follow replace everything known.
+    Init,
+    /// One object of the list in progress.
+    InitApply(K),
+    /// The list is complete; readers may now act on it.
+    InitDone,
+    /// An object was created or changed.
+    Apply(K),
+    /// An object was deleted; this is its last state.
+    Delete(K),
+}
+
+/// Delay before the first retry after an error; doubled up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest delay between retries, so a restarted etcd is noticed quickly.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+enum State<K> {
+    Listing,
+    Initialising { items: VecDeque<K>, revision: i64 },
+    Connecting { revision: i64 },
+    Watching { events: BoxStream<'static, Result<WatchEvent<K>, Error>>, revision: i64 },
+}
+
+struct Machine<K: Object> {
+    api: Api<K>,
+    state: State<K>,
+    backoff: Duration,
+}
+
+fn revision_of<K: Object>(obj: &K) -> i64 {
+    obj.metadata()
+        .resource_version
+        .as_deref()
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or_default()
+}
+
+impl<K: Object> Machine<K> {
+    async fn pause(&mut self) {
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// Advances until there is one thing to report.
+    async fn step(&mut self) -> Result<Event<K>, Error> {
+        loop {
+            match std::mem::replace(&mut self.state, State::Listing) {
+                State::Listing => match self.api.list().await {
+                    Ok(list) => {
+                        self.backoff = FIRST_BACKOFF;
+                        self.state = State::Initialising {
+                            items: list.items.into(),
+                            revision: list.revision,
+                        };
+                        return Ok(Event::Init);
+                    }
+                    Err(e) => {
+                        self.pause().await;
+                        return Err(e);
+                    }
+                },
+                State::Initialising { mut items, revision } => match items.pop_front() {
+                    Some(obj) => {
+                        self.state = State::Initialising { items, revision };
+                        return Ok(Event::InitApply(obj));
+                    }
+                    None => {
+                        self.state = State::Connecting { revision };
+                        return Ok(Event::InitDone);
+                    }
+                },
+                State::Connecting { revision } => match self.api.watch(revision + 1).await {
+                    Ok(events) => {
+                        self.state = State::Watching {
+                            events: events.boxed(),
+                            revision,
+                        };
+                    }
+                    Err(e) => {
+                        self.state = State::Connecting { revision };
+                        self.pause().await;
+                        return Err(e);
+                    }
+                },
+                State::Watching { mut events, revision } => match events.next().await {
+                    Some(Ok(event)) => {
+                        self.backoff = FIRST_BACKOFF;
+                        let (revision, out) = match event {
+                            WatchEvent::Added(o) | WatchEvent::Modified(o) => {
+                                (revision_of(&o), Some(Event::Apply(o)))
+                            }
+                            WatchEvent::Deleted(o) => (revision_of(&o), Some(Event::Delete(o))),
+                            WatchEvent::Progress(r) => (r.max(revision), None),
+                        };
+                        self.state = State::Watching { events, revision };
+                        if let Some(out) = out {
+                            return Ok(out);
+                        }
+                    }
+                    Some(Err(e @ Error::Compacted { .. })) => {
+                        self.state = State::Listing;
+                        return Err(e);
+                    }
+                    Some(Err(e)) => {
+                        self.state = State::Connecting { revision };
+                        self.pause().await;
+                        return Err(e);
+                    }
+                    None => self.state = State::Connecting { revision },
+                },
+            }
+        }
+    }
+}
+
+/// Watches every object `api` can see, forever: errors are reported in the
+/// stream and followed by a retry with back-off, never by the end of it.
+pub fn watcher<K: Object>(api: Api<K>) -> impl Stream<Item = Result<Event<K>, Error>> + Send {
+    let machine = Machine {
+        api,
+        state: State::Listing,
+        backoff: FIRST_BACKOFF,
+    };
+    stream::unfold(machine, |mut m| async move {
+        let item = m.step().await;
+        Some((item, m))
+    })
+}
