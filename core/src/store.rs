@@ -14,7 +14,8 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
     TxnOp, TxnOpResponse, WatchOptions,
 };
-use futures::{Stream, StreamExt, stream};
+use futures::stream::BoxStream;
+use futures::{StreamExt, stream};
 use serde_json::{Map, Value};
 
 use crate::api::{Kind, Namespace, Object, kind_of};
@@ -713,7 +714,7 @@ impl Store {
         kind: &Kind,
         namespace: Option<&str>,
         from_revision: i64,
-    ) -> Result<impl Stream<Item = Result<WatchEvent<Value>>> + Send + 'static> {
+    ) -> Result<BoxStream<'static, Result<WatchEvent<Value>>>> {
         let prefix = kind_prefix(kind, namespace);
         let options = WatchOptions::new()
             .with_range(prefix_end(&prefix))
@@ -759,7 +760,7 @@ impl Store {
                 Err(e) => Some((vec![Err(store.err(e))], None)),
             }
         });
-        Ok(responses.flat_map(stream::iter))
+        Ok(responses.flat_map(stream::iter).boxed())
     }
 
     fn watch_events(&self, resp: &etcd_client::WatchResponse) -> Vec<Result<WatchEvent<Value>>> {
@@ -975,11 +976,13 @@ impl<K: Object> Api<K> {
     pub async fn watch(
         &self,
         from_revision: i64,
-    ) -> Result<impl Stream<Item = Result<WatchEvent<K>>> + Send + 'static> {
+    ) -> Result<BoxStream<'static, Result<WatchEvent<K>>>> {
         let events = self
             .store
             .watch_values(self.kind(), self.namespace(), from_revision)
             .await?;
-        Ok(events.map(|event| event.and_then(|e| e.try_map(from_value))))
+        Ok(events
+            .map(|event| event.and_then(|e| e.try_map(from_value)))
+            .boxed())
     }
 }

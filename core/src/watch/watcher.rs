@@ -90,7 +90,7 @@ impl<K: Object> Machine<K> {
                 State::Connecting { revision } => match self.api.watch(revision + 1).await {
                     Ok(events) => {
                         self.state = State::Watching {
-                            events: events.boxed(),
+                            events,
                             revision,
                         };
                     }

@@ -1,0 +1,214 @@
+//! The watch pipeline against a real etcd: ordered events, re-list after
+//! compaction, survival of an etcd restart, and controllers on top.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use orca_core::api::ConfigMap;
+use orca_core::store::{Api, DeleteOptions, Store, StoreConfig, WatchEvent};
+use orca_core::watch::{self, Action, Controller, Event, ObjectKey, reflector, watcher};
+use orca_testkit::Etcd;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn connect(etcd: &Etcd) -> Store {
+    Store::connect(StoreConfig::new(etcd.endpoint())).await.expect("connect")
+}
+
+fn cm(name: &str, value: &str) -> ConfigMap {
+    let mut c = ConfigMap::default();
+    c.metadata.name = Some(name.into());
+    c.data = Some(BTreeMap::from([("v".to_string(), value.to_string())]));
+    c
+}
+
+fn value(c: &ConfigMap) -> &str {
+    &c.data.as_ref().expect("data")["v"]
+}
+
+async fn put(api: &Api<ConfigMap>, name: &str, v: &str) {
+    match api.get_opt(name).await.unwrap() {
+        Some(mut existing) => {
+            existing.data = cm(name, v).data;
+            api.update(&existing).await.unwrap();
+        }
+        None => {
+            api.create(&cm(name, v)).await.unwrap();
+        }
+    }
+}
+
+/// Polls `check` until it holds, or fails the test after [`WAIT`].
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn watch_delivers_create_update_delete_in_order() {
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let api = store.api::<ConfigMap>(Some("default"));
+    let start = store.ping().await.unwrap() + 1;
+    let mut events = api.watch(start).await.unwrap();
+    put(&api, "a", "1").await;
+    put(&api, "a", "2").await;
+    api.delete("a", DeleteOptions::default()).await.unwrap();
+
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match timeout(WAIT, events.next()).await.expect("event in time").expect("stream open").unwrap() {
+            WatchEvent::Added(c) => seen.push(format!("added {}", value(&c))),
+            WatchEvent::Modified(c) => seen.push(format!("modified {}", value(&c))),
+            WatchEvent::Deleted(c) => seen.push(format!("deleted {}", value(&c))),
+            WatchEvent::Progress(_) => {}
+        }
+    }
+    assert_eq!(seen, ["added 1", "modified 2", "deleted 2"]);
+}
+
+#[tokio::test]
+async fn compaction_forces_a_relist_that_loses_nothing() {
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let api = store.api::<ConfigMap>(Some("default"));
+    put(&api, "kept", "1").await;
+    put(&api, "removed", "1").await;
+
+    let (reader, writer) = watch::store::<ConfigMap>();
+    let mut events = Box::pin(reflector(writer, watcher(api.clone())));
+    // Consume the initial list only; the watch itself is not opened yet.
+    let mut initial = Vec::new();
+    loop {
+        let e = events.next().await.unwrap().unwrap();
+        let done = e == Event::InitDone;
+        initial.push(e);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(initial.len(), 4, "Init, two InitApply, InitDone");
+    assert!(reader.has_synced());
+
+    // While the watcher is not looking: changes, then a compaction past them.
+    put(&api, "kept", "2").await;
+    put(&api, "added", "1").await;
+    api.delete("removed", DeleteOptions::default()).await.unwrap();
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None).await.unwrap();
+    let now = store.ping().await.unwrap();
+    client.compact(now, None).await.unwrap();
+
+    let mut saw_compacted = false;
+    loop {
+        match timeout(WAIT, events.next()).await.expect("progress").unwrap() {
+            Err(orca_core::store::Error::Compacted { .. }) => saw_compacted = true,
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(Event::InitDone) => break,
+            Ok(_) => {}
+        }
+    }
+    assert!(saw_compacted, "the watcher was told its revision is gone");
+    let mut names: Vec<_> = reader.list().iter().map(|c| (c.metadata.name.clone().unwrap(), value(c).to_string())).collect();
+    names.sort();
+    assert_eq!(names, [("added".into(), "1".into()), ("kept".to_string(), "2".to_string())]);
+
+    // And it keeps watching after the re-list.
+    put(&api, "later", "1").await;
+    let next = timeout(WAIT, events.next()).await.unwrap().unwrap().unwrap();
+    assert!(matches!(next, Event::Apply(c) if c.metadata.name.as_deref() == Some("later")));
+}
+
+#[tokio::test]
+async fn a_watcher_survives_an_etcd_restart() {
+    let mut etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let api = store.api::<ConfigMap>(Some("default"));
+    put(&api, "before", "1").await;
+
+    let (reader, writer) = watch::store::<ConfigMap>();
+    let errors = Arc::new(Mutex::new(0usize));
+    let counted = errors.clone();
+    let pipeline = tokio::spawn(reflector(writer, watcher(api.clone())).for_each(move |e| {
+        if e.is_err() {
+            *counted.lock().unwrap() += 1;
+        }
+        async {}
+    }));
+    eventually("first sync", || reader.has_synced() && reader.len() == 1).await;
+
+    etcd.kill();
+    eventually("the watcher to notice etcd is gone", || *errors.lock().unwrap() > 0).await;
+    etcd.restart();
+
+    // Written after the restart: reaches the cache through the resumed watch.
+    let writer_store = connect(&etcd).await;
+    let api2 = writer_store.api::<ConfigMap>(Some("default"));
+    put(&api2, "after", "1").await;
+    put(&api2, "before", "2").await;
+    eventually("changes after the restart", || {
+        reader.len() == 2
+            && reader
+                .get(&ObjectKey::new(Some("default"), "before"))
+                .is_some_and(|c| value(&c) == "2")
+    })
+    .await;
+    assert!(reader.has_synced());
+    pipeline.abort();
+}
+
+#[tokio::test]
+async fn controller_reconciles_each_change_once_it_has_synced() {
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let api = store.api::<ConfigMap>(Some("default"));
+    put(&api, "one", "1").await;
+
+    let controller = Controller::new(api.clone());
+    let reader = controller.reader();
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = log.clone();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let requeued = Arc::new(Mutex::new(0usize));
+    let requeues = requeued.clone();
+    let cache = reader.clone();
+    let task = tokio::spawn(controller.run(
+        move |key: ObjectKey| {
+            let seen = seen.clone();
+            let requeues = requeues.clone();
+            let cache = cache.clone();
+            async move {
+                let state = cache.get(&key).map_or("gone".to_string(), |c| value(&c).to_string());
+                seen.lock().unwrap().push(format!("{} {state}", key.name));
+                if key.name == "again" {
+                    let mut n = requeues.lock().unwrap();
+                    *n += 1;
+                    if *n < 3 {
+                        return Ok::<_, String>(Action::Requeue(Duration::from_millis(50)));
+                    }
+                }
+                Ok(Action::AwaitChange)
+            }
+        },
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    eventually("initial reconcile", || log.lock().unwrap().contains(&"one 1".to_string())).await;
+    put(&api, "two", "1").await;
+    eventually("new object", || log.lock().unwrap().contains(&"two 1".to_string())).await;
+    api.delete("two", DeleteOptions::default()).await.unwrap();
+    eventually("deleted object", || log.lock().unwrap().contains(&"two gone".to_string())).await;
+    put(&api, "again", "1").await;
+    eventually("requeues", || *requeued.lock().unwrap() >= 3).await;
+    assert!(reader.has_synced());
+
+    stop_tx.send(()).unwrap();
+    timeout(WAIT, task).await.expect("controller stops on shutdown").unwrap();
+}
