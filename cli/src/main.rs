@@ -1,1 +1,79 @@
-fn main(){}
+//! `orca`: the command-line client (and, as later components land, every
+//! Orca process). Parsing and wiring only; the work lives in `orca-core`.
+
+mod commands;
+mod manifest;
+mod printer;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use orca_core::store::{Store, StoreConfig};
+
+/// Orca: a container orchestrator that speaks Kubernetes manifests.
+#[derive(Parser)]
+#[command(name = "orca", version, about)]
+struct Cli {
+    /// etcd client URL.
+    #[arg(long, global = true, env = "ORCA_ETCD", default_value = "http://127.0.0.1:2379")]
+    etcd: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or update every object in FILE, DIR or - (stdin).
+    Apply(commands::apply::Args),
+    /// List objects of a kind, or show one.
+    Get(commands::get::Args),
+    /// Delete the objects of a file, or named objects of a kind.
+    Delete(commands::delete::Args),
+    /// Show one object in detail.
+    Describe(commands::describe::Args),
+}
+
+async fn connect(endpoint: &str) -> anyhow::Result<Store> {
+    Ok(Store::connect(StoreConfig::new(endpoint)).await?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    match cli.command {
+        Command::Apply(args) => {
+            // Every document is read and validated before etcd is contacted,
+            // so a bad file writes nothing.
+            let docs = manifest::load(&args.filename, args.namespace.as_deref())?;
+            commands::apply::run(&connect(&cli.etcd).await?, docs).await
+        }
+        Command::Get(args) => commands::get::run(&connect(&cli.etcd).await?, args).await,
+        Command::Delete(args) => {
+            let docs = match &args.filename {
+                Some(f) => Some(manifest::load(f, args.namespace.as_deref())?),
+                None => None,
+            };
+            commands::delete::run(&connect(&cli.etcd).await?, args, docs).await
+        }
+        Command::Describe(args) => {
+            commands::describe::run(&connect(&cli.etcd).await?, args).await
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime");
+    let result = runtime.and_then(|rt| rt.block_on(run(cli)));
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        // Errors of single objects were already printed one per line.
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -147,10 +147,8 @@ pub fn decode<K: Object>(value: &Value) -> Result<K, Invalid> {
     let back = serde_json::to_value(&object).expect("k8s-openapi objects serialise");
     let mut unknown = Vec::new();
     unknown_fields(value, &back, String::new(), &mut unknown);
-    if !unknown.is_empty() {
-        return Err(invalid(unknown));
-    }
-    let errors = object.validate();
+    let mut errors = unknown;
+    errors.extend(object.validate());
     if !errors.is_empty() {
         return Err(invalid(errors));
     }

@@ -815,11 +815,14 @@ fn map_err(endpoint: &str, e: etcd_client::Error) -> Error {
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
             ) =>
         {
-            let cause = root_cause(&e);
-            let message = if status.message().is_empty() || cause.contains(status.message()) {
-                cause
+            // tonic's status carries the transport error as its source; its
+            // innermost cause is the line a person needs.
+            let message = if std::error::Error::source(status).is_some() {
+                root_cause(status)
+            } else if status.message().is_empty() {
+                format!("{:?}", status.code())
             } else {
-                format!("{}: {cause}", status.message())
+                status.message().to_string()
             };
             unavailable(message)
         }

@@ -30,12 +30,14 @@ impl YamlError {
         // The rendered message repeats the location and may add a snippet;
         // keep only its first line so one error stays one line.
         let rendered = err.to_string();
-        let message = rendered
-            .lines()
-            .next()
-            .unwrap_or("invalid YAML")
-            .trim()
-            .to_string();
+        let first = rendered.lines().next().unwrap_or("invalid YAML").trim();
+        // The location is reported in front already; drop the parser's copy.
+        let first = first.strip_prefix("error: ").unwrap_or(first);
+        let message = match first.strip_prefix("line ") {
+            Some(rest) => rest.split_once(": ").map_or(first, |(_, m)| m),
+            None => first,
+        }
+        .to_string();
         Self {
             origin: origin.to_string(),
             location,
@@ -44,15 +46,39 @@ impl YamlError {
     }
 }
 
+/// YAML 1.2 core schema, as Kubernetes manifests assume: `y`, `yes`, `on`
+/// stay strings instead of turning into booleans (the "Norway problem").
+fn options() -> serde_saphyr::Options {
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    options
+}
+
 /// Parses one YAML document from `text`; `origin` names its source in errors.
+/// A value of the wrong type is reported with the path of its field
+/// (`admin.address: invalid socket address ...`).
 pub fn from_str<T: DeserializeOwned>(origin: &str, text: &str) -> Result<T, YamlError> {
-    serde_saphyr::from_str(text).map_err(|e| YamlError::from_parser(origin, e))
+    let mut path = String::new();
+    serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            path = e.path().to_string();
+            e.into_inner()
+        })
+    })
+    .map_err(|e| {
+        let mut err = YamlError::from_parser(origin, e);
+        if !path.is_empty() && path != "." && !err.message.contains(&path) {
+            err.message = format!("{path}: {}", err.message);
+        }
+        err
+    })
 }
 
 /// Parses every document of a multi-document YAML stream (`---` separated);
 /// empty documents are skipped.
 pub fn from_str_multi<T: DeserializeOwned>(origin: &str, text: &str) -> Result<Vec<T>, YamlError> {
-    serde_saphyr::from_multiple(text).map_err(|e| YamlError::from_parser(origin, e))
+    serde_saphyr::from_multiple_with_options(text, options())
+        .map_err(|e| YamlError::from_parser(origin, e))
 }
 
 /// Renders a value as one YAML document.
@@ -73,7 +99,7 @@ mod tests {
             from_str_multi("t.yaml", "a: 1\n---\nb: [x, y]\n---\n").expect("parses");
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0]["a"], 1);
-        assert_eq!(docs[1]["b"][1], "x".replace('x', "y"));
+        assert_eq!(docs[1]["b"][1], "y", "YAML 1.2: y is a string");
     }
 
     #[test]
@@ -84,6 +110,23 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("bad.yaml:"), "{text}");
         assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!text.contains("column"), "location given once: {text}");
+    }
+
+    #[test]
+    fn wrong_types_name_their_field() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Config {
+            admin: Admin,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Admin {
+            port: u16,
+        }
+        let err = from_str::<Config>("c.yaml", "admin:\n  port: many\n").unwrap_err();
+        assert!(err.to_string().contains("admin.port: "), "{err}");
     }
 
     #[test]

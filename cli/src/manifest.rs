@@ -1,0 +1,140 @@
+//! Reading manifests: files, directories or stdin, each possibly holding
+//! several YAML documents, every one checked before anything is written.
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use orca_core::api::Kind;
+use orca_core::yaml;
+use serde_json::Value;
+
+/// One document of a manifest, decoded and validated.
+pub struct Document {
+    /// Where it came from, for messages: `file.yaml` or `file.yaml (document 2)`.
+    pub origin: String,
+    /// Its kind.
+    pub kind: &'static Kind,
+    /// The object as JSON, with the namespace filled in for namespaced kinds.
+    pub object: Value,
+}
+
+impl Document {
+    /// The object's name.
+    pub fn name(&self) -> &str {
+        self.object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+
+    /// The object's namespace (`None` for cluster-scoped kinds).
+    pub fn namespace(&self) -> Option<&str> {
+        self.object.pointer("/metadata/namespace").and_then(Value::as_str)
+    }
+}
+
+/// Every problem found in a manifest, reported together.
+struct Problems(Vec<String>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("\nerror: "))
+    }
+}
+
+/// Reads `source` (a file, a directory of `.yaml`/`.yml`/`.json` files, or
+/// `-`), decodes and validates every document, and fails if any is bad.
+pub fn load(source: &str, namespace: Option<&str>) -> anyhow::Result<Vec<Document>> {
+    let mut texts = Vec::new();
+    if source == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading manifests from standard input")?;
+        texts.push(("-".to_string(), text));
+    } else {
+        for path in files(Path::new(source))? {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            texts.push((path.display().to_string(), text));
+        }
+    }
+    let mut docs = Vec::new();
+    let mut problems = Vec::new();
+    for (origin, text) in texts {
+        let values: Vec<Value> = match yaml::from_str_multi(&origin, &text) {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(e.to_string());
+                continue;
+            }
+        };
+        let many = values.len() > 1;
+        for (i, value) in values.into_iter().enumerate() {
+            let origin = if many {
+                format!("{origin} (document {})", i + 1)
+            } else {
+                origin.clone()
+            };
+            match document(&origin, value, namespace) {
+                Ok(d) => docs.push(d),
+                Err(e) => problems.push(format!("{origin}: {e}")),
+            }
+        }
+    }
+    if !problems.is_empty() {
+        bail!(Problems(problems).to_string());
+    }
+    if docs.is_empty() {
+        bail!("no objects found in {source}");
+    }
+    Ok(docs)
+}
+
+fn files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).with_context(|| format!("cannot list {}", path.display()))? {
+        let p = entry?.path();
+        if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn document(origin: &str, mut object: Value, namespace: Option<&str>) -> anyhow::Result<Document> {
+    if !object.is_object() {
+        bail!("expected a YAML mapping with apiVersion and kind");
+    }
+    let field = |name: &str| object.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
+    let (api_version, kind_name) = (field("apiVersion"), field("kind"));
+    if api_version.is_empty() || kind_name.is_empty() {
+        bail!("apiVersion and kind are required");
+    }
+    let kind = Kind::for_manifest(&api_version, &kind_name).with_context(|| {
+        format!("no kind {kind_name:?} is registered for version {api_version:?}")
+    })?;
+    if kind.namespaced {
+        let given = object.pointer("/metadata/namespace").and_then(Value::as_str);
+        match (given, namespace) {
+            (Some(doc), Some(flag)) if doc != flag => bail!(
+                "the namespace from the provided object {doc:?} does not match the namespace {flag:?}; you must pass '--namespace={doc}' to perform this operation"
+            ),
+            (None, Some(flag)) => {
+                if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.insert("namespace".into(), Value::String(flag.into()));
+                }
+            }
+            _ => {}
+        }
+    }
+    kind.check(&object)?;
+    Ok(Document { origin: origin.to_string(), kind, object })
+}
