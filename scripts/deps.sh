@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Orca's build, tests and demo need, if missing.
+# Runs as root on Debian 12 (apt-get); prints what is missing otherwise.
+set -euo pipefail
+
+packages=(
+    etcd-server       # the real etcd the store, tests and demo run against
+    protobuf-compiler # etcd-client generates its gRPC code at build time
+    libprotobuf-dev
+    pkg-config
+    libnftnl-dev      # node proxy: nftables over netlink
+    libmnl-dev
+    iproute2          # network namespaces in tests
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages: ${missing[*]}" >&2
+    echo "install them as root: apt-get install -y ${missing[*]}" >&2
+    exit 1
+fi
+echo "installing: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
