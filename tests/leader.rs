@@ -20,8 +20,12 @@ fn config(identity: &str) -> ElectionConfig {
 #[tokio::test]
 async fn the_other_candidate_takes_over_when_the_leader_dies() {
     let etcd = Etcd::start();
-    let a = Store::connect(StoreConfig::new(etcd.endpoint())).await.unwrap();
-    let b = Store::connect(StoreConfig::new(etcd.endpoint())).await.unwrap();
+    let a = Store::connect(StoreConfig::new(etcd.endpoint()))
+        .await
+        .unwrap();
+    let b = Store::connect(StoreConfig::new(etcd.endpoint()))
+        .await
+        .unwrap();
 
     let leader_a = campaign(&a, &config("master-a")).await.expect("a leads");
     let b_campaign = tokio::spawn(async move { campaign(&b, &config("master-b")).await });
@@ -41,7 +45,10 @@ async fn the_other_candidate_takes_over_when_the_leader_dies() {
         .expect("campaign succeeds");
     let took = died.elapsed();
     // etcd checks lease expiry in coarse steps; allow one second beyond the TTL.
-    assert!(took <= TTL + Duration::from_secs(1), "takeover took {took:?}");
+    assert!(
+        took <= TTL + Duration::from_secs(1),
+        "takeover took {took:?}"
+    );
     assert!(!leader_b.is_lost());
     leader_b.resign().await.unwrap();
 }
@@ -49,8 +56,12 @@ async fn the_other_candidate_takes_over_when_the_leader_dies() {
 #[tokio::test]
 async fn resigning_hands_over_at_once_and_deleting_the_key_is_noticed() {
     let etcd = Etcd::start();
-    let a = Store::connect(StoreConfig::new(etcd.endpoint())).await.unwrap();
-    let b = Store::connect(StoreConfig::new(etcd.endpoint())).await.unwrap();
+    let a = Store::connect(StoreConfig::new(etcd.endpoint()))
+        .await
+        .unwrap();
+    let b = Store::connect(StoreConfig::new(etcd.endpoint()))
+        .await
+        .unwrap();
     let leader_a = campaign(&a, &config("master-a")).await.unwrap();
     let b_campaign = tokio::spawn(async move { campaign(&b, &config("master-b")).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -62,8 +73,15 @@ async fn resigning_hands_over_at_once_and_deleting_the_key_is_noticed() {
         .unwrap()
         .unwrap();
 
-    let mut client = etcd_client::Client::connect([etcd.endpoint()], None).await.unwrap();
-    client.delete("/orca/leader/controllers", None).await.unwrap();
-    timeout(TTL * 2, leader_b.lost()).await.expect("loss noticed");
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    client
+        .delete("/orca/leader/controllers", None)
+        .await
+        .unwrap();
+    timeout(TTL * 2, leader_b.lost())
+        .await
+        .expect("loss noticed");
     assert!(leader_b.is_lost());
 }

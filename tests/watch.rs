@@ -15,7 +15,9 @@ use tokio::time::timeout;
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn connect(etcd: &Etcd) -> Store {
-    Store::connect(StoreConfig::new(etcd.endpoint())).await.expect("connect")
+    Store::connect(StoreConfig::new(etcd.endpoint()))
+        .await
+        .expect("connect")
 }
 
 fn cm(name: &str, value: &str) -> ConfigMap {
@@ -45,7 +47,10 @@ async fn put(api: &Api<ConfigMap>, name: &str, v: &str) {
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -63,7 +68,12 @@ async fn watch_delivers_create_update_delete_in_order() {
 
     let mut seen = Vec::new();
     while seen.len() < 3 {
-        match timeout(WAIT, events.next()).await.expect("event in time").expect("stream open").unwrap() {
+        match timeout(WAIT, events.next())
+            .await
+            .expect("event in time")
+            .expect("stream open")
+            .unwrap()
+        {
             WatchEvent::Added(c) => seen.push(format!("added {}", value(&c))),
             WatchEvent::Modified(c) => seen.push(format!("modified {}", value(&c))),
             WatchEvent::Deleted(c) => seen.push(format!("deleted {}", value(&c))),
@@ -99,14 +109,22 @@ async fn compaction_forces_a_relist_that_loses_nothing() {
     // While the watcher is not looking: changes, then a compaction past them.
     put(&api, "kept", "2").await;
     put(&api, "added", "1").await;
-    api.delete("removed", DeleteOptions::default()).await.unwrap();
-    let mut client = etcd_client::Client::connect([etcd.endpoint()], None).await.unwrap();
+    api.delete("removed", DeleteOptions::default())
+        .await
+        .unwrap();
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
     let now = store.ping().await.unwrap();
     client.compact(now, None).await.unwrap();
 
     let mut saw_compacted = false;
     loop {
-        match timeout(WAIT, events.next()).await.expect("progress").unwrap() {
+        match timeout(WAIT, events.next())
+            .await
+            .expect("progress")
+            .unwrap()
+        {
             Err(orca_core::store::Error::Compacted { .. }) => saw_compacted = true,
             Err(e) => panic!("unexpected error: {e}"),
             Ok(Event::InitDone) => break,
@@ -114,13 +132,27 @@ async fn compaction_forces_a_relist_that_loses_nothing() {
         }
     }
     assert!(saw_compacted, "the watcher was told its revision is gone");
-    let mut names: Vec<_> = reader.list().iter().map(|c| (c.metadata.name.clone().unwrap(), value(c).to_string())).collect();
+    let mut names: Vec<_> = reader
+        .list()
+        .iter()
+        .map(|c| (c.metadata.name.clone().unwrap(), value(c).to_string()))
+        .collect();
     names.sort();
-    assert_eq!(names, [("added".into(), "1".into()), ("kept".to_string(), "2".to_string())]);
+    assert_eq!(
+        names,
+        [
+            ("added".into(), "1".into()),
+            ("kept".to_string(), "2".to_string())
+        ]
+    );
 
     // And it keeps watching after the re-list.
     put(&api, "later", "1").await;
-    let next = timeout(WAIT, events.next()).await.unwrap().unwrap().unwrap();
+    let next = timeout(WAIT, events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(matches!(next, Event::Apply(c) if c.metadata.name.as_deref() == Some("later")));
 }
 
@@ -143,7 +175,10 @@ async fn a_watcher_survives_an_etcd_restart() {
     eventually("first sync", || reader.has_synced() && reader.len() == 1).await;
 
     etcd.kill();
-    eventually("the watcher to notice etcd is gone", || *errors.lock().unwrap() > 0).await;
+    eventually("the watcher to notice etcd is gone", || {
+        *errors.lock().unwrap() > 0
+    })
+    .await;
     etcd.restart();
 
     // Written after the restart: reaches the cache through the resumed watch.
@@ -183,7 +218,9 @@ async fn controller_reconciles_each_change_once_it_has_synced() {
             let requeues = requeues.clone();
             let cache = cache.clone();
             async move {
-                let state = cache.get(&key).map_or("gone".to_string(), |c| value(&c).to_string());
+                let state = cache
+                    .get(&key)
+                    .map_or("gone".to_string(), |c| value(&c).to_string());
                 seen.lock().unwrap().push(format!("{} {state}", key.name));
                 if key.name == "again" {
                     let mut n = requeues.lock().unwrap();
@@ -200,15 +237,27 @@ async fn controller_reconciles_each_change_once_it_has_synced() {
         },
     ));
 
-    eventually("initial reconcile", || log.lock().unwrap().contains(&"one 1".to_string())).await;
+    eventually("initial reconcile", || {
+        log.lock().unwrap().contains(&"one 1".to_string())
+    })
+    .await;
     put(&api, "two", "1").await;
-    eventually("new object", || log.lock().unwrap().contains(&"two 1".to_string())).await;
+    eventually("new object", || {
+        log.lock().unwrap().contains(&"two 1".to_string())
+    })
+    .await;
     api.delete("two", DeleteOptions::default()).await.unwrap();
-    eventually("deleted object", || log.lock().unwrap().contains(&"two gone".to_string())).await;
+    eventually("deleted object", || {
+        log.lock().unwrap().contains(&"two gone".to_string())
+    })
+    .await;
     put(&api, "again", "1").await;
     eventually("requeues", || *requeued.lock().unwrap() >= 3).await;
     assert!(reader.has_synced());
 
     stop_tx.send(()).unwrap();
-    timeout(WAIT, task).await.expect("controller stops on shutdown").unwrap();
+    timeout(WAIT, task)
+        .await
+        .expect("controller stops on shutdown")
+        .unwrap();
 }

@@ -16,7 +16,12 @@ use orca_core::store::{Store, StoreConfig};
 #[command(name = "orca", version, about)]
 struct Cli {
     /// etcd client URL.
-    #[arg(long, global = true, env = "ORCA_ETCD", default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        global = true,
+        env = "ORCA_ETCD",
+        default_value = "http://127.0.0.1:2379"
+    )]
     etcd: String,
     #[command(subcommand)]
     command: Command,
@@ -54,9 +59,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             };
             commands::delete::run(&connect(&cli.etcd).await?, args, docs).await
         }
-        Command::Describe(args) => {
-            commands::describe::run(&connect(&cli.etcd).await?, args).await
-        }
+        Command::Describe(args) => commands::describe::run(&connect(&cli.etcd).await?, args).await,
     }
 }
 

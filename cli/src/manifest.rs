@@ -31,7 +31,9 @@ impl Document {
 
     /// The object's namespace (`None` for cluster-scoped kinds).
     pub fn namespace(&self) -> Option<&str> {
-        self.object.pointer("/metadata/namespace").and_then(Value::as_str)
+        self.object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
     }
 }
 
@@ -94,14 +96,20 @@ pub fn load(source: &str, namespace: Option<&str>) -> anyhow::Result<Vec<Documen
 }
 
 fn files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if !meta.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(path).with_context(|| format!("cannot list {}", path.display()))? {
+    for entry in
+        std::fs::read_dir(path).with_context(|| format!("cannot list {}", path.display()))?
+    {
         let p = entry?.path();
-        if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+        if matches!(
+            p.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
             files.push(p);
         }
     }
@@ -113,7 +121,13 @@ fn document(origin: &str, mut object: Value, namespace: Option<&str>) -> anyhow:
     if !object.is_object() {
         bail!("expected a YAML mapping with apiVersion and kind");
     }
-    let field = |name: &str| object.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
+    let field = |name: &str| {
+        object
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     let (api_version, kind_name) = (field("apiVersion"), field("kind"));
     if api_version.is_empty() || kind_name.is_empty() {
         bail!("apiVersion and kind are required");
@@ -122,7 +136,9 @@ fn document(origin: &str, mut object: Value, namespace: Option<&str>) -> anyhow:
         format!("no kind {kind_name:?} is registered for version {api_version:?}")
     })?;
     if kind.namespaced {
-        let given = object.pointer("/metadata/namespace").and_then(Value::as_str);
+        let given = object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str);
         match (given, namespace) {
             (Some(doc), Some(flag)) if doc != flag => bail!(
                 "the namespace from the provided object {doc:?} does not match the namespace {flag:?}; you must pass '--namespace={doc}' to perform this operation"
@@ -136,5 +152,9 @@ fn document(origin: &str, mut object: Value, namespace: Option<&str>) -> anyhow:
         }
     }
     kind.check(&object)?;
-    Ok(Document { origin: origin.to_string(), kind, object })
+    Ok(Document {
+        origin: origin.to_string(),
+        kind,
+        object,
+    })
 }

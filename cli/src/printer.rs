@@ -16,11 +16,15 @@ pub fn resource_name(kind: &Kind) -> String {
 }
 
 fn str_at<'a>(obj: &'a Value, pointer: &str) -> &'a str {
-    obj.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+    obj.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 fn int_at(obj: &Value, pointer: &str) -> i64 {
-    obj.pointer(pointer).and_then(Value::as_i64).unwrap_or_default()
+    obj.pointer(pointer)
+        .and_then(Value::as_i64)
+        .unwrap_or_default()
 }
 
 fn or_none(s: String) -> String {
@@ -120,7 +124,9 @@ fn service_ports(obj: &Value) -> String {
 
 fn pod_ready(obj: &Value) -> (usize, usize, i64) {
     let total = count(obj, "/spec/containers");
-    let statuses = obj.pointer("/status/containerStatuses").and_then(Value::as_array);
+    let statuses = obj
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array);
     let ready = statuses
         .into_iter()
         .flatten()
@@ -162,17 +168,36 @@ pub fn columns(kind: &Kind, wide: bool) -> Vec<&'static str> {
             vec!["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
             vec!["CONTAINERS", "IMAGES", "SELECTOR"],
         ),
-        "Pod" => (vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"], vec!["IP", "NODE"]),
+        "Pod" => (
+            vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+            vec!["IP", "NODE"],
+        ),
         "Service" => (
-            vec!["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
+            vec![
+                "NAME",
+                "TYPE",
+                "CLUSTER-IP",
+                "EXTERNAL-IP",
+                "PORT(S)",
+                "AGE",
+            ],
             vec!["SELECTOR"],
         ),
-        "Node" => (vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"], vec!["INTERNAL-IP"]),
+        "Node" => (
+            vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
+            vec!["INTERNAL-IP"],
+        ),
         "Namespace" => (vec!["NAME", "STATUS", "AGE"], vec![]),
         "Secret" => (vec!["NAME", "TYPE", "DATA", "AGE"], vec![]),
         "ConfigMap" => (vec!["NAME", "DATA", "AGE"], vec![]),
-        "Ingress" => (vec!["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"], vec![]),
-        "EndpointSlice" => (vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"], vec![]),
+        "Ingress" => (
+            vec!["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"],
+            vec![],
+        ),
+        "EndpointSlice" => (
+            vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"],
+            vec![],
+        ),
         "Lease" => (vec!["NAME", "HOLDER", "AGE"], vec![]),
         _ => (vec!["NAME", "AGE"], vec![]),
     };
@@ -195,7 +220,10 @@ pub fn row(kind: &Kind, obj: &Value, wide: bool) -> Vec<String> {
     };
     let (mut cells, extra): (Vec<String>, Vec<String>) = match kind.kind {
         "Deployment" => {
-            let desired = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+            let desired = obj
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
             (
                 vec![
                     name,
@@ -210,7 +238,10 @@ pub fn row(kind: &Kind, obj: &Value, wide: bool) -> Vec<String> {
         "ReplicaSet" => (
             vec![
                 name,
-                obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1).to_string(),
+                obj.pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1)
+                    .to_string(),
                 int_at(obj, "/status/replicas").to_string(),
                 int_at(obj, "/status/readyReplicas").to_string(),
                 age,
@@ -226,7 +257,13 @@ pub fn row(kind: &Kind, obj: &Value, wide: bool) -> Vec<String> {
                 status = "Pending".into();
             }
             (
-                vec![name, format!("{ready}/{total}"), status, restarts.to_string(), age],
+                vec![
+                    name,
+                    format!("{ready}/{total}"),
+                    status,
+                    restarts.to_string(),
+                    age,
+                ],
                 vec![
                     or_none(str_at(obj, "/status/podIP").into()),
                     or_none(str_at(obj, "/spec/nodeName").into()),
@@ -234,7 +271,10 @@ pub fn row(kind: &Kind, obj: &Value, wide: bool) -> Vec<String> {
             )
         }
         "Service" => {
-            let kind_of = obj.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP");
+            let kind_of = obj
+                .pointer("/spec/type")
+                .and_then(Value::as_str)
+                .unwrap_or("ClusterIP");
             (
                 vec![
                     name,
@@ -276,14 +316,35 @@ pub fn row(kind: &Kind, obj: &Value, wide: bool) -> Vec<String> {
         }
         "Namespace" => {
             let phase = str_at(obj, "/status/phase");
-            (vec![name, if phase.is_empty() { "Active".into() } else { phase.into() }, age], vec![])
+            (
+                vec![
+                    name,
+                    if phase.is_empty() {
+                        "Active".into()
+                    } else {
+                        phase.into()
+                    },
+                    age,
+                ],
+                vec![],
+            )
         }
         "Secret" => {
-            let t = obj.pointer("/type").and_then(Value::as_str).unwrap_or("Opaque");
-            (vec![name, t.into(), count(obj, "/data").to_string(), age], vec![])
+            let t = obj
+                .pointer("/type")
+                .and_then(Value::as_str)
+                .unwrap_or("Opaque");
+            (
+                vec![name, t.into(), count(obj, "/data").to_string(), age],
+                vec![],
+            )
         }
         "ConfigMap" => (
-            vec![name, (count(obj, "/data") + count(obj, "/binaryData")).to_string(), age],
+            vec![
+                name,
+                (count(obj, "/data") + count(obj, "/binaryData")).to_string(),
+                age,
+            ],
             vec![],
         ),
         "Ingress" => {
@@ -294,12 +355,20 @@ pub fn row(kind: &Kind, obj: &Value, wide: bool) -> Vec<String> {
                 .flatten()
                 .filter_map(|r| r.get("host").and_then(Value::as_str))
                 .collect();
-            let ports = if count(obj, "/spec/tls") > 0 { "80, 443" } else { "80" };
+            let ports = if count(obj, "/spec/tls") > 0 {
+                "80, 443"
+            } else {
+                "80"
+            };
             (
                 vec![
                     name,
                     or_none(str_at(obj, "/spec/ingressClassName").into()),
-                    if hosts.is_empty() { "*".into() } else { hosts.join(",") },
+                    if hosts.is_empty() {
+                        "*".into()
+                    } else {
+                        hosts.join(",")
+                    },
                     join_strs(obj, "/status/loadBalancer/ingress", "ip"),
                     ports.into(),
                     age,
@@ -321,7 +390,12 @@ pub fn row(kind: &Kind, obj: &Value, wide: bool) -> Vec<String> {
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-                .flat_map(|e| e.get("addresses").and_then(Value::as_array).into_iter().flatten())
+                .flat_map(|e| {
+                    e.get("addresses")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                })
                 .filter_map(Value::as_str)
                 .collect();
             (
@@ -352,7 +426,12 @@ pub fn render(header: Option<&[String]>, rows: &[Vec<String>]) -> String {
     let header = header.map(<[String]>::to_vec);
     let all: Vec<&Vec<String>> = header.iter().chain(rows).collect();
     let widths: Vec<usize> = (0..all.first().map_or(0, |r| r.len()))
-        .map(|i| all.iter().map(|r| r.get(i).map_or(0, |c| c.chars().count())).max().unwrap_or(0))
+        .map(|i| {
+            all.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for r in all {
@@ -401,13 +480,19 @@ mod tests {
         let cells = row(kind, &d, true);
         assert_eq!(&cells[..4], ["web", "2/3", "3", "2"]);
         assert_eq!(&cells[5..], ["nginx", "nginx:1.7.9", "app=web"]);
-        assert_eq!(columns(kind, false), ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+        assert_eq!(
+            columns(kind, false),
+            ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+        );
     }
 
     #[test]
     fn table_alignment() {
         let header = vec!["NAME".to_string(), "AGE".to_string()];
         let rows = vec![vec!["a-long-name".to_string(), "5s".to_string()]];
-        assert_eq!(render(Some(&header), &rows), "NAME          AGE\na-long-name   5s\n");
+        assert_eq!(
+            render(Some(&header), &rows),
+            "NAME          AGE\na-long-name   5s\n"
+        );
     }
 }

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use orca_testkit::Etcd;
 
-const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/nginx-deployment.yaml");
+const SEED: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../examples/nginx-deployment.yaml"
+);
 
 fn orca(etcd: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_orca"))
@@ -32,7 +35,10 @@ fn apply_get_describe_delete_the_seed_manifest() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "deployment.apps/nginx-deployment created\n");
     let again = orca(&ep, &["apply", "-f", SEED]);
-    assert_eq!(stdout(&again), "deployment.apps/nginx-deployment unchanged\n");
+    assert_eq!(
+        stdout(&again),
+        "deployment.apps/nginx-deployment unchanged\n"
+    );
 
     let table = stdout(&orca(&ep, &["get", "deploy"]));
     let lines: Vec<&str> = table.lines().collect();
@@ -40,11 +46,23 @@ fn apply_get_describe_delete_the_seed_manifest() {
         lines[0].split_whitespace().collect::<Vec<_>>(),
         ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
     );
-    assert_eq!(&lines[1].split_whitespace().collect::<Vec<_>>()[..4], ["nginx-deployment", "0/3", "0", "0"]);
+    assert_eq!(
+        &lines[1].split_whitespace().collect::<Vec<_>>()[..4],
+        ["nginx-deployment", "0/3", "0", "0"]
+    );
 
-    let json: serde_json::Value =
-        serde_json::from_slice(&orca(&ep, &["get", "deployments", "nginx-deployment", "-o", "json"]).stdout).unwrap();
-    assert_eq!(json["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.7.9");
+    let json: serde_json::Value = serde_json::from_slice(
+        &orca(
+            &ep,
+            &["get", "deployments", "nginx-deployment", "-o", "json"],
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        json["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.7.9"
+    );
     let yaml = stdout(&orca(&ep, &["get", "deployment", "-o", "yaml"]));
     assert!(yaml.starts_with("apiVersion: v1\nitems:\n"), "{yaml}");
     let all = stdout(&orca(&ep, &["get", "deploy", "-A"]));
@@ -53,10 +71,16 @@ fn apply_get_describe_delete_the_seed_manifest() {
     assert!(described.contains("3 desired | 0 updated"), "{described}");
 
     let deleted = orca(&ep, &["delete", "-f", SEED]);
-    assert_eq!(stdout(&deleted), "deployment.apps \"nginx-deployment\" deleted\n");
+    assert_eq!(
+        stdout(&deleted),
+        "deployment.apps \"nginx-deployment\" deleted\n"
+    );
     let missing = orca(&ep, &["get", "deploy", "nginx-deployment"]);
     assert!(!missing.status.success());
-    assert_eq!(stderr(&missing), "error: deployments \"nginx-deployment\" not found\n");
+    assert_eq!(
+        stderr(&missing),
+        "error: deployments \"nginx-deployment\" not found\n"
+    );
 }
 
 #[test]
@@ -64,7 +88,11 @@ fn a_bad_document_anywhere_writes_nothing() {
     let etcd = Etcd::start();
     let ep = etcd.endpoint();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("a-good.yaml"), std::fs::read_to_string(SEED).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("a-good.yaml"),
+        std::fs::read_to_string(SEED).unwrap(),
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("b-bad.yaml"),
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: fine\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: -1\n  replicaz: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: c, image: nginx}]}\n",
@@ -73,21 +101,62 @@ fn a_bad_document_anywhere_writes_nothing() {
     let out = orca(&ep, &["apply", "-f", dir.path().to_str().unwrap()]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("b-bad.yaml (document 2): The Deployment \"web\" is invalid"), "{err}");
+    assert!(
+        err.contains("b-bad.yaml (document 2): The Deployment \"web\" is invalid"),
+        "{err}"
+    );
     assert!(err.contains("spec.replicaz: unknown field"), "{err}");
-    assert!(err.contains("spec.replicas: Invalid value: -1: must be greater than or equal to 0"), "{err}");
-    assert!(stdout(&orca(&ep, &["get", "deploy"])).is_empty(), "the good file was not written either");
+    assert!(
+        err.contains("spec.replicas: Invalid value: -1: must be greater than or equal to 0"),
+        "{err}"
+    );
+    assert!(
+        stdout(&orca(&ep, &["get", "deploy"])).is_empty(),
+        "the good file was not written either"
+    );
     assert!(stdout(&orca(&ep, &["get", "cm"])).is_empty());
 
-    std::fs::write(dir.path().join("syntax.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [x\n").unwrap();
-    let out = orca(&ep, &["apply", "-f", dir.path().join("syntax.yaml").to_str().unwrap()]);
+    std::fs::write(
+        dir.path().join("syntax.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [x\n",
+    )
+    .unwrap();
+    let out = orca(
+        &ep,
+        &[
+            "apply",
+            "-f",
+            dir.path().join("syntax.yaml").to_str().unwrap(),
+        ],
+    );
     let err = stderr(&out);
     assert!(!out.status.success());
-    assert!(err.starts_with(&format!("error: {}:4:", dir.path().join("syntax.yaml").display())), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "error: {}:4:",
+            dir.path().join("syntax.yaml").display()
+        )),
+        "{err}"
+    );
 
-    std::fs::write(dir.path().join("kind.yaml"), "apiVersion: v9\nkind: Widget\nmetadata: {name: x}\n").unwrap();
-    let out = orca(&ep, &["apply", "-f", dir.path().join("kind.yaml").to_str().unwrap()]);
-    assert!(stderr(&out).contains("no kind \"Widget\" is registered for version \"v9\""), "{}", stderr(&out));
+    std::fs::write(
+        dir.path().join("kind.yaml"),
+        "apiVersion: v9\nkind: Widget\nmetadata: {name: x}\n",
+    )
+    .unwrap();
+    let out = orca(
+        &ep,
+        &[
+            "apply",
+            "-f",
+            dir.path().join("kind.yaml").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        stderr(&out).contains("no kind \"Widget\" is registered for version \"v9\""),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -106,12 +175,19 @@ fn apply_reads_stdin_and_honours_the_namespace_flag() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(doc.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(doc.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
     }
-    let got: serde_json::Value =
-        serde_json::from_slice(&orca(&ep, &["get", "cm", "settings", "-n", "web", "-o", "json"]).stdout).unwrap();
+    let got: serde_json::Value = serde_json::from_slice(
+        &orca(&ep, &["get", "cm", "settings", "-n", "web", "-o", "json"]).stdout,
+    )
+    .unwrap();
     assert_eq!(got["data"]["short"], "y", "YAML 1.2: y is a string");
     let empty = orca(&ep, &["get", "cm"]);
     assert_eq!(stderr(&empty), "No resources found in default namespace.\n");
@@ -126,7 +202,10 @@ fn unreachable_etcd_is_one_line_and_a_failure() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with(&format!("error: cannot reach etcd at {ep}: ")), "{err}");
+    assert!(
+        err.starts_with(&format!("error: cannot reach etcd at {ep}: ")),
+        "{err}"
+    );
     assert!(err.contains("Connection refused"), "{err}");
 
     let out = orca(&ep, &["apply", "-f", SEED]);
@@ -146,12 +225,17 @@ fn get_watch_prints_changes() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let scaled = std::fs::read_to_string(SEED).unwrap().replace("replicas: 3", "replicas: 5");
+    let scaled = std::fs::read_to_string(SEED)
+        .unwrap()
+        .replace("replicas: 3", "replicas: 5");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("scaled.yaml");
     std::fs::write(&path, scaled).unwrap();
     let out = orca(&ep, &["apply", "-f", path.to_str().unwrap()]);
-    assert_eq!(stdout(&out), "deployment.apps/nginx-deployment configured\n");
+    assert_eq!(
+        stdout(&out),
+        "deployment.apps/nginx-deployment configured\n"
+    );
     std::thread::sleep(Duration::from_millis(500));
     watch.kill().unwrap();
     let out = watch.wait_with_output().unwrap();

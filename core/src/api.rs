@@ -21,7 +21,16 @@ pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 /// A kind Orca can store: a `k8s-openapi` type with metadata and validation.
 pub trait Object:
-    Resource + Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned + Validate + Clone + Debug + Send + Sync + 'static
+    Resource
+    + Metadata<Ty = ObjectMeta>
+    + Serialize
+    + DeserializeOwned
+    + Validate
+    + Clone
+    + Debug
+    + Send
+    + Sync
+    + 'static
 {
     /// Whether objects of this kind live in a namespace.
     fn namespaced() -> bool {
@@ -30,7 +39,16 @@ pub trait Object:
 }
 
 impl<T> Object for T where
-    T: Resource + Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned + Validate + Clone + Debug + Send + Sync + 'static
+    T: Resource
+        + Metadata<Ty = ObjectMeta>
+        + Serialize
+        + DeserializeOwned
+        + Validate
+        + Clone
+        + Debug
+        + Send
+        + Sync
+        + 'static
 {
 }
 
@@ -140,7 +158,11 @@ pub fn decode<K: Object>(value: &Value) -> Result<K, Invalid> {
     };
     let object: K = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        invalid(vec![FieldError::invalid(path, "", e.into_inner().to_string())])
+        invalid(vec![FieldError::invalid(
+            path,
+            "",
+            e.into_inner().to_string(),
+        )])
     })?;
     // The k8s-openapi types skip fields they do not know; reading the object
     // back and comparing keys finds them, as kubectl's strict decoding does.

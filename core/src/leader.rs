@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
+use etcd_client::{
+    Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -101,7 +103,11 @@ pub async fn campaign(store: &Store, config: &ElectionConfig) -> Result<Leadersh
     let mut client = store.client();
     let ttl = i64::try_from(config.ttl.as_secs().max(1)).unwrap_or(i64::MAX);
     loop {
-        let lease = client.lease_grant(ttl, None).await.map_err(etcd_err(store))?.id();
+        let lease = client
+            .lease_grant(ttl, None)
+            .await
+            .map_err(etcd_err(store))?
+            .id();
         let key = config.key.as_str();
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
@@ -120,7 +126,13 @@ pub async fn campaign(store: &Store, config: &ElectionConfig) -> Result<Leadersh
                 create_revision: revision,
             };
             let (lost_tx, lost) = watch::channel(false);
-            let keeper = tokio::spawn(keep(store.clone(), lease, config.ttl, guard.clone(), lost_tx));
+            let keeper = tokio::spawn(keep(
+                store.clone(),
+                lease,
+                config.ttl,
+                guard.clone(),
+                lost_tx,
+            ));
             return Ok(Leadership {
                 guard,
                 lease,
@@ -156,7 +168,10 @@ async fn wait_for_delete(store: &Store, key: &str, from_revision: i64) -> Result
                 // A compacted start revision means we may have missed the
                 // delete: campaign again rather than wait forever.
                 if resp.canceled()
-                    || resp.events().iter().any(|e| e.event_type() == EventType::Delete)
+                    || resp
+                        .events()
+                        .iter()
+                        .any(|e| e.event_type() == EventType::Delete)
                 {
                     return Ok(());
                 }
@@ -201,7 +216,10 @@ async fn keep(store: Store, lease: i64, ttl: Duration, guard: Guard, lost: watch
         }
         // The key may have been deleted by hand; then we lead no more.
         match client.get(guard.key.as_str(), None).await {
-            Ok(resp) if resp.kvs().first().map(|kv| kv.create_revision()) != Some(guard.create_revision) => {
+            Ok(resp)
+                if resp.kvs().first().map(|kv| kv.create_revision())
+                    != Some(guard.create_revision) =>
+            {
                 break;
             }
             _ => {}

@@ -3,10 +3,10 @@
 //! these pieces and on nothing of each other's.
 
 pub mod api;
-pub mod validation;
-pub mod yaml;
 pub mod config;
-pub mod telemetry;
-pub mod store;
-pub mod watch;
 pub mod leader;
+pub mod store;
+pub mod telemetry;
+pub mod validation;
+pub mod watch;
+pub mod yaml;

@@ -241,7 +241,9 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 }
 
 fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
@@ -344,13 +346,37 @@ impl Store {
         }
     }
 
+    /// One etcd range read, retried while etcd is unreachable for up to the
+    /// request timeout: reads are idempotent, and a brief leader election or
+    /// restart of etcd should not fail a caller.
+    async fn range(
+        &self,
+        key: Vec<u8>,
+        options: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse> {
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let result = self
+                .client
+                .kv_client()
+                .get(key.clone(), options.clone())
+                .await
+                .map_err(|e| self.err(e));
+            match result {
+                Err(Error::Unavailable { .. })
+                    if tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn get_kv(&self, key: &str) -> Result<Option<KeyValue>> {
-        let mut resp = self
-            .client
-            .kv_client()
-            .get(key, None)
-            .await
-            .map_err(|e| self.err(e))?;
+        let mut resp = self.range(key.as_bytes().to_vec(), None).await?;
         Ok(resp.take_kvs().into_iter().next())
     }
 
@@ -374,7 +400,9 @@ impl Store {
             .await
             .map_err(|e| self.err(e))?;
         if resp.succeeded() {
-            return Ok(Some(resp.header().map(|h| h.revision()).unwrap_or_default()));
+            return Ok(Some(
+                resp.header().map(|h| h.revision()).unwrap_or_default(),
+            ));
         }
         if let Some(g) = &self.guard {
             let held = resp.op_responses().into_iter().any(|r| match r {
@@ -497,7 +525,12 @@ impl Store {
     }
 
     /// Reads one object.
-    pub async fn get_value(&self, kind: &Kind, namespace: Option<&str>, name: &str) -> Result<Value> {
+    pub async fn get_value(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value> {
         let key = object_key(kind, namespace.or(Some(DEFAULT_NAMESPACE)), name);
         match self.get_kv(&key).await? {
             Some(kv) => self.decode_kv(&kv),
@@ -517,16 +550,13 @@ impl Store {
         let mut revision = 0;
         let mut items = Vec::new();
         loop {
-            let mut options = GetOptions::new().with_range(end.clone()).with_limit(LIST_PAGE);
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE);
             if revision > 0 {
                 options = options.with_revision(revision);
             }
-            let mut resp = self
-                .client
-                .kv_client()
-                .get(start.clone(), Some(options))
-                .await
-                .map_err(|e| self.err(e))?;
+            let mut resp = self.range(start.clone(), Some(options)).await?;
             if revision == 0 {
                 revision = resp.header().map(|h| h.revision()).unwrap_or_default();
             }
@@ -607,7 +637,13 @@ impl Store {
             let generation = keep.get("generation").and_then(Value::as_i64).unwrap_or(1);
             let bumped = spec_of(&merged) != spec_of(&current);
             let meta = meta_mut(&mut merged);
-            for field in ["uid", "creationTimestamp", "namespace", "deletionTimestamp", "deletionGracePeriodSeconds"] {
+            for field in [
+                "uid",
+                "creationTimestamp",
+                "namespace",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+            ] {
                 match keep.get(field) {
                     Some(v) => meta.insert(field.into(), v.clone()),
                     None => meta.remove(field),
@@ -640,7 +676,8 @@ impl Store {
         match self.commit(guard, vec![put]).await? {
             Some(rev) => {
                 let mut merged = merged;
-                meta_mut(&mut merged).insert("resourceVersion".into(), Value::String(rev.to_string()));
+                meta_mut(&mut merged)
+                    .insert("resourceVersion".into(), Value::String(rev.to_string()));
                 Ok(merged)
             }
             None => Err(conflict()),
@@ -664,7 +701,11 @@ impl Store {
                 name: name.into(),
             })?;
             let mut obj = self.decode_kv(&kv)?;
-            let guard = vec![Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision())];
+            let guard = vec![Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                kv.mod_revision(),
+            )];
             let grace = self.grace_period(kind, &obj, options);
             if has_finalizers(&obj) || grace.is_some() {
                 if obj.pointer("/metadata/deletionTimestamp").is_some() && grace != Some(0) {
@@ -677,7 +718,8 @@ impl Store {
                 }
                 let put = TxnOp::put(key.as_str(), Self::encode(&obj), None);
                 if let Some(rev) = self.commit(guard, vec![put]).await? {
-                    meta_mut(&mut obj).insert("resourceVersion".into(), Value::String(rev.to_string()));
+                    meta_mut(&mut obj)
+                        .insert("resourceVersion".into(), Value::String(rev.to_string()));
                     return Ok(Deleted::Pending(obj));
                 }
                 continue;
@@ -695,7 +737,12 @@ impl Store {
     /// The grace period a pod gets, or `None` when it is deleted at once:
     /// only pods already bound to a node need their kubelet to stop them.
     fn grace_period(&self, kind: &Kind, obj: &Value, options: DeleteOptions) -> Option<i64> {
-        if kind.plural != "pods" || obj.pointer("/spec/nodeName").and_then(Value::as_str).is_none() {
+        if kind.plural != "pods"
+            || obj
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_none()
+        {
             return None;
         }
         let grace = options.grace_period_seconds.unwrap_or_else(|| {
@@ -894,7 +941,11 @@ impl<K: Object> Api<K> {
 
     /// Reads one object by name.
     pub async fn get(&self, name: &str) -> Result<K> {
-        from_value(self.store.get_value(self.kind(), self.namespace(), name).await?)
+        from_value(
+            self.store
+                .get_value(self.kind(), self.namespace(), name)
+                .await?,
+        )
     }
 
     /// Reads one object, `None` when it does not exist.
@@ -908,7 +959,10 @@ impl<K: Object> Api<K> {
 
     /// Lists every object of the kind in this API's namespace (or all).
     pub async fn list(&self) -> Result<List<K>> {
-        let list = self.store.list_values(self.kind(), self.namespace()).await?;
+        let list = self
+            .store
+            .list_values(self.kind(), self.namespace())
+            .await?;
         Ok(List {
             items: list
                 .items
@@ -921,7 +975,11 @@ impl<K: Object> Api<K> {
 
     /// Updates spec and metadata, guarded by `obj`'s resourceVersion.
     pub async fn update(&self, obj: &K) -> Result<K> {
-        from_value(self.store.update_value(self.kind(), self.scoped(obj)).await?)
+        from_value(
+            self.store
+                .update_value(self.kind(), self.scoped(obj))
+                .await?,
+        )
     }
 
     /// Updates status only, guarded by `obj`'s resourceVersion.
@@ -945,7 +1003,12 @@ impl<K: Object> Api<K> {
 
     /// Reads, changes with `change` and writes back, retrying on conflict:
     /// the way a controller changes an object it does not own alone.
-    pub async fn modify(&self, name: &str, status: bool, mut change: impl FnMut(&mut K)) -> Result<K> {
+    pub async fn modify(
+        &self,
+        name: &str,
+        status: bool,
+        mut change: impl FnMut(&mut K),
+    ) -> Result<K> {
         loop {
             let mut obj = self.get(name).await?;
             change(&mut obj);

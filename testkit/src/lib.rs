@@ -100,7 +100,10 @@ impl Etcd {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new(etcd_binary())
             .arg("--name=orca-test")
-            .arg(format!("--data-dir={}", self.data.path().join("data").display()))
+            .arg(format!(
+                "--data-dir={}",
+                self.data.path().join("data").display()
+            ))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
@@ -116,7 +119,11 @@ impl Etcd {
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!(
                     "etcd exited at start ({status}); its log:\n{}",
                     std::fs::read_to_string(&log_path).unwrap_or_default()

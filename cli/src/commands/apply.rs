@@ -53,12 +53,14 @@ fn user_owned(key: &str) -> bool {
 async fn apply_one(store: &Store, doc: &Document) -> Result<Outcome, Error> {
     loop {
         let current = match store.get_value(doc.kind, doc.namespace(), doc.name()).await {
-            Err(Error::NotFound { .. }) => match store.create_value(doc.kind, doc.object.clone()).await {
-                Ok(_) => return Ok(Outcome::Created),
-                // Created by someone else meanwhile: apply on top of theirs.
-                Err(Error::AlreadyExists { .. }) => continue,
-                Err(e) => return Err(e),
-            },
+            Err(Error::NotFound { .. }) => {
+                match store.create_value(doc.kind, doc.object.clone()).await {
+                    Ok(_) => return Ok(Outcome::Created),
+                    // Created by someone else meanwhile: apply on top of theirs.
+                    Err(Error::AlreadyExists { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
             other => other?,
         };
         let desired = merge(&current, &doc.object);
@@ -88,8 +90,16 @@ fn merge(current: &Value, manifest: &Value) -> Value {
     if let Some(status) = cur.get("status") {
         out.insert("status".into(), status.clone());
     }
-    let mut meta = cur.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
-    let man_meta = man.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+    let mut meta = cur
+        .get("metadata")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let man_meta = man
+        .get("metadata")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     for field in ["labels", "annotations"] {
         match man_meta.get(field) {
             Some(v) => meta.insert(field.into(), v.clone()),
@@ -97,7 +107,15 @@ fn merge(current: &Value, manifest: &Value) -> Value {
         };
     }
     for (k, v) in man_meta {
-        if !matches!(k.as_str(), "labels" | "annotations" | "resourceVersion" | "uid" | "creationTimestamp" | "generation") {
+        if !matches!(
+            k.as_str(),
+            "labels"
+                | "annotations"
+                | "resourceVersion"
+                | "uid"
+                | "creationTimestamp"
+                | "generation"
+        ) {
             meta.insert(k, v);
         }
     }

@@ -30,7 +30,13 @@ pub async fn run(store: &Store, args: Args, docs: Option<Vec<Document>>) -> anyh
     let targets: Vec<(&'static Kind, Option<String>, String)> = match docs {
         Some(docs) => docs
             .iter()
-            .map(|d| (d.kind, d.namespace().map(str::to_string), d.name().to_string()))
+            .map(|d| {
+                (
+                    d.kind,
+                    d.namespace().map(str::to_string),
+                    d.name().to_string(),
+                )
+            })
             .collect(),
         None => {
             let Some(kind) = &args.kind else {
@@ -51,7 +57,10 @@ pub async fn run(store: &Store, args: Args, docs: Option<Vec<Document>>) -> anyh
     };
     let mut all_ok = true;
     for (kind, namespace, name) in targets {
-        match store.delete_value(kind, namespace.as_deref(), &name, options).await {
+        match store
+            .delete_value(kind, namespace.as_deref(), &name, options)
+            .await
+        {
             Ok(Deleted::Gone(_) | Deleted::Pending(_)) => {
                 println!("{} {name:?} deleted", resource_name(kind));
             }

@@ -23,7 +23,9 @@ pub struct Args {
 /// Prints the object.
 pub async fn run(store: &Store, args: Args) -> anyhow::Result<bool> {
     let kind = super::kind_arg(&args.kind)?;
-    let obj = store.get_value(kind, args.namespace.as_deref(), &args.name).await?;
+    let obj = store
+        .get_value(kind, args.namespace.as_deref(), &args.name)
+        .await?;
     print!("{}", describe(&obj));
     Ok(true)
 }
@@ -41,7 +43,9 @@ fn map_lines(obj: &Value, pointer: &str) -> String {
 
 /// Indents a YAML rendering under a section title.
 fn section(out: &mut String, title: &str, value: Option<&Value>) {
-    let Some(value) = value.filter(|v| !v.is_null()) else { return };
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return;
+    };
     let _ = writeln!(out, "{title}:");
     for line in yaml::to_string(value).lines() {
         let _ = writeln!(out, "  {line}");
@@ -49,15 +53,30 @@ fn section(out: &mut String, title: &str, value: Option<&Value>) {
 }
 
 fn describe(obj: &Value) -> String {
-    let s = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+    let s = |p: &str| {
+        obj.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     let mut out = String::new();
     let _ = writeln!(out, "{:<19}{}", "Name:", s("/metadata/name"));
     if obj.pointer("/metadata/namespace").is_some() {
         let _ = writeln!(out, "{:<19}{}", "Namespace:", s("/metadata/namespace"));
     }
     let _ = writeln!(out, "{:<19}{}", "Kind:", s("/kind"));
-    let _ = writeln!(out, "{:<19}{}", "Labels:", map_lines(obj, "/metadata/labels"));
-    let _ = writeln!(out, "{:<19}{}", "Annotations:", map_lines(obj, "/metadata/annotations"));
+    let _ = writeln!(
+        out,
+        "{:<19}{}",
+        "Labels:",
+        map_lines(obj, "/metadata/labels")
+    );
+    let _ = writeln!(
+        out,
+        "{:<19}{}",
+        "Annotations:",
+        map_lines(obj, "/metadata/annotations")
+    );
     let _ = writeln!(
         out,
         "{:<19}{} ({} ago)",
@@ -66,13 +85,21 @@ fn describe(obj: &Value) -> String {
         age(obj)
     );
     let _ = writeln!(out, "{:<19}{}", "UID:", s("/metadata/uid"));
-    let _ = writeln!(out, "{:<19}{}", "ResourceVersion:", s("/metadata/resourceVersion"));
+    let _ = writeln!(
+        out,
+        "{:<19}{}",
+        "ResourceVersion:",
+        s("/metadata/resourceVersion")
+    );
     if let Some(g) = obj.pointer("/metadata/generation").and_then(Value::as_i64) {
         let _ = writeln!(out, "{:<19}{g}", "Generation:");
     }
     if s("/kind") == "Deployment" {
         let n = |p: &str| obj.pointer(p).and_then(Value::as_i64).unwrap_or_default();
-        let desired = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+        let desired = obj
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
         let _ = writeln!(
             out,
             "{:<19}{desired} desired | {} updated | {} total | {} available | {} unavailable",
@@ -83,7 +110,10 @@ fn describe(obj: &Value) -> String {
             n("/status/unavailableReplicas"),
         );
     }
-    if let Some(d) = obj.pointer("/metadata/deletionTimestamp").and_then(Value::as_str) {
+    if let Some(d) = obj
+        .pointer("/metadata/deletionTimestamp")
+        .and_then(Value::as_str)
+    {
         let _ = writeln!(out, "{:<19}{d}", "Terminating since:");
     }
     for (title, field) in [("Spec", "spec"), ("Data", "data"), ("Status", "status")] {
@@ -109,7 +139,10 @@ mod tests {
         let text = describe(&d);
         assert!(text.contains("Name:              web\n"), "{text}");
         assert!(text.contains("Labels:            app=web\n"), "{text}");
-        assert!(text.contains("3 desired | 1 updated | 1 total | 1 available | 0 unavailable"), "{text}");
+        assert!(
+            text.contains("3 desired | 1 updated | 1 total | 1 available | 0 unavailable"),
+            "{text}"
+        );
         assert!(text.contains("Spec:\n  replicas: 3\n"), "{text}");
     }
 }

@@ -66,7 +66,10 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<bool> {
     };
     match args.output {
         Some(Output::Yaml) => print!("{}", yaml::to_string(&as_output(&args, objects))),
-        Some(Output::Json) => println!("{}", serde_json::to_string_pretty(&as_output(&args, objects))?),
+        Some(Output::Json) => println!(
+            "{}",
+            serde_json::to_string_pretty(&as_output(&args, objects))?
+        ),
         _ => {
             let wide = args.output == Some(Output::Wide);
             if objects.is_empty() {
@@ -76,11 +79,23 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<bool> {
                 }
             } else {
                 let header = header(kind, wide, show_namespace);
-                let rows: Vec<_> = objects.iter().map(|o| cells(kind, o, wide, show_namespace)).collect();
+                let rows: Vec<_> = objects
+                    .iter()
+                    .map(|o| cells(kind, o, wide, show_namespace))
+                    .collect();
                 print!("{}", render(Some(&header), &rows));
             }
             if args.watch {
-                watch(store, kind, namespace, args.name.as_deref(), revision, wide, show_namespace).await?;
+                watch(
+                    store,
+                    kind,
+                    namespace,
+                    args.name.as_deref(),
+                    revision,
+                    wide,
+                    show_namespace,
+                )
+                .await?;
             }
         }
     }
@@ -106,7 +121,10 @@ fn header(kind: &Kind, wide: bool, show_namespace: bool) -> Vec<String> {
 fn cells(kind: &Kind, obj: &Value, wide: bool, show_namespace: bool) -> Vec<String> {
     let mut r = row(kind, obj, wide);
     if show_namespace {
-        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
+        let ns = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         r.insert(0, ns.into());
     }
     r
@@ -130,7 +148,10 @@ async fn watch(
         if name.is_some_and(|n| obj.pointer("/metadata/name").and_then(Value::as_str) != Some(n)) {
             continue;
         }
-        print!("{}", render(None, &[cells(kind, &obj, wide, show_namespace)]));
+        print!(
+            "{}",
+            render(None, &[cells(kind, &obj, wide, show_namespace)])
+        );
     }
     Ok(())
 }

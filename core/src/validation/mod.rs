@@ -49,7 +49,11 @@ impl FieldError {
 
     /// `field: Invalid value: <value>: <detail>`; `value` is any Debug-free
     /// rendering (use [`quote`] for strings).
-    pub fn invalid(field: impl Into<String>, value: impl fmt::Display, detail: impl Into<String>) -> Self {
+    pub fn invalid(
+        field: impl Into<String>,
+        value: impl fmt::Display,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             field: field.into(),
             error: ErrorType::Invalid(value.to_string()),
@@ -108,9 +112,11 @@ impl fmt::Display for FieldError {
         match &self.error {
             ErrorType::Required => f.write_str("Required value")?,
             ErrorType::Invalid(v) => write!(f, "Invalid value: {v}")?,
-            ErrorType::NotSupported { value, supported } => {
-                write!(f, "Unsupported value: {value}: supported values: {}", supported.join(", "))?
-            }
+            ErrorType::NotSupported { value, supported } => write!(
+                f,
+                "Unsupported value: {value}: supported values: {}",
+                supported.join(", ")
+            )?,
             ErrorType::Duplicate(v) => write!(f, "Duplicate value: {v}")?,
             ErrorType::Forbidden => f.write_str("Forbidden")?,
             ErrorType::UnknownField => f.write_str("unknown field")?,

@@ -92,7 +92,8 @@ impl<K: Object> Controller<K> {
                 let Some(key) = queue.next_idle() else { break };
                 let work = reconcile(key.clone());
                 let span = tracing::debug_span!("reconcile", kind = K::KIND, object = %key);
-                running.push(async move { (key, tracing::Instrument::instrument(work, span).await) });
+                running
+                    .push(async move { (key, tracing::Instrument::instrument(work, span).await) });
             }
             tokio::select! {
                 () = &mut shutdown => break,

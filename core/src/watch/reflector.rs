@@ -139,7 +139,8 @@ impl<K: Object> Writer<K> {
                 self.synced.send_replace(true);
             }
             Event::Apply(obj) => {
-                self.write().insert(ObjectKey::of(obj), Arc::new(obj.clone()));
+                self.write()
+                    .insert(ObjectKey::of(obj), Arc::new(obj.clone()));
             }
             Event::Delete(obj) => {
                 self.write().remove(&ObjectKey::of(obj));
@@ -199,7 +200,12 @@ mod tests {
     fn a_relist_is_invisible_until_complete() {
         let (reader, mut writer) = store::<ConfigMap>();
         assert!(!reader.has_synced());
-        for e in [Event::Init, Event::InitApply(cm("a", "1")), Event::InitApply(cm("b", "1")), Event::InitDone] {
+        for e in [
+            Event::Init,
+            Event::InitApply(cm("a", "1")),
+            Event::InitApply(cm("b", "1")),
+            Event::InitDone,
+        ] {
             writer.apply(&e);
         }
         assert!(reader.has_synced());
@@ -209,12 +215,16 @@ mod tests {
         writer.apply(&Event::Init);
         writer.apply(&Event::InitApply(cm("a", "2")));
         assert_eq!(reader.len(), 2);
-        let a = reader.get(&ObjectKey::new(Some("default"), "a")).expect("a");
+        let a = reader
+            .get(&ObjectKey::new(Some("default"), "a"))
+            .expect("a");
         assert_eq!(a.data.as_ref().unwrap()["v"], "1");
 
         writer.apply(&Event::InitDone);
         assert_eq!(reader.len(), 1, "b vanished during the gap");
-        let a = reader.get(&ObjectKey::new(Some("default"), "a")).expect("a");
+        let a = reader
+            .get(&ObjectKey::new(Some("default"), "a"))
+            .expect("a");
         assert_eq!(a.data.as_ref().unwrap()["v"], "2");
     }
 

@@ -34,9 +34,17 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 enum State<K> {
     Listing,
-    Initialising { items: VecDeque<K>, revision: i64 },
-    Connecting { revision: i64 },
-    Watching { events: BoxStream<'static, Result<WatchEvent<K>, Error>>, revision: i64 },
+    Initialising {
+        items: VecDeque<K>,
+        revision: i64,
+    },
+    Connecting {
+        revision: i64,
+    },
+    Watching {
+        events: BoxStream<'static, Result<WatchEvent<K>, Error>>,
+        revision: i64,
+    },
 }
 
 struct Machine<K: Object> {
@@ -77,7 +85,10 @@ impl<K: Object> Machine<K> {
                         return Err(e);
                     }
                 },
-                State::Initialising { mut items, revision } => match items.pop_front() {
+                State::Initialising {
+                    mut items,
+                    revision,
+                } => match items.pop_front() {
                     Some(obj) => {
                         self.state = State::Initialising { items, revision };
                         return Ok(Event::InitApply(obj));
@@ -89,10 +100,7 @@ impl<K: Object> Machine<K> {
                 },
                 State::Connecting { revision } => match self.api.watch(revision + 1).await {
                     Ok(events) => {
-                        self.state = State::Watching {
-                            events,
-                            revision,
-                        };
+                        self.state = State::Watching { events, revision };
                     }
                     Err(e) => {
                         self.state = State::Connecting { revision };
@@ -100,7 +108,10 @@ impl<K: Object> Machine<K> {
                         return Err(e);
                     }
                 },
-                State::Watching { mut events, revision } => match events.next().await {
+                State::Watching {
+                    mut events,
+                    revision,
+                } => match events.next().await {
                     Some(Ok(event)) => {
                         self.backoff = FIRST_BACKOFF;
                         let (revision, out) = match event {
