@@ -17,15 +17,16 @@ fn config(identity: &str) -> ElectionConfig {
     }
 }
 
+async fn connect(etcd: &Etcd) -> Store {
+    Store::connect(StoreConfig::new(etcd.endpoint()))
+        .await
+        .expect("connect")
+}
+
 #[tokio::test]
 async fn the_other_candidate_takes_over_when_the_leader_dies() {
     let etcd = Etcd::start();
-    let a = Store::connect(StoreConfig::new(etcd.endpoint()))
-        .await
-        .unwrap();
-    let b = Store::connect(StoreConfig::new(etcd.endpoint()))
-        .await
-        .unwrap();
+    let (a, b) = (connect(&etcd).await, connect(&etcd).await);
 
     let leader_a = campaign(&a, &config("master-a")).await.expect("a leads");
     let b_campaign = tokio::spawn(async move { campaign(&b, &config("master-b")).await });
@@ -56,12 +57,7 @@ async fn the_other_candidate_takes_over_when_the_leader_dies() {
 #[tokio::test]
 async fn resigning_hands_over_at_once_and_deleting_the_key_is_noticed() {
     let etcd = Etcd::start();
-    let a = Store::connect(StoreConfig::new(etcd.endpoint()))
-        .await
-        .unwrap();
-    let b = Store::connect(StoreConfig::new(etcd.endpoint()))
-        .await
-        .unwrap();
+    let (a, b) = (connect(&etcd).await, connect(&etcd).await);
     let leader_a = campaign(&a, &config("master-a")).await.unwrap();
     let b_campaign = tokio::spawn(async move { campaign(&b, &config("master-b")).await });
     tokio::time::sleep(Duration::from_millis(200)).await;

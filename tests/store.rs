@@ -17,6 +17,15 @@ async fn connect(etcd: &Etcd) -> Store {
         .expect("connect")
 }
 
+/// Stores the seed manifest.
+async fn seed(store: &Store) -> Value {
+    let docs: Vec<Value> = yaml::from_str_multi("seed", SEED).expect("seed parses");
+    store
+        .create_value(deployments(), docs[0].clone())
+        .await
+        .expect("create")
+}
+
 fn deployments() -> &'static Kind {
     Kind::lookup("deploy").expect("deployments kind")
 }
@@ -25,11 +34,7 @@ fn deployments() -> &'static Kind {
 async fn seed_manifest_round_trips() {
     let etcd = Etcd::start();
     let store = connect(&etcd).await;
-    let docs: Vec<Value> = yaml::from_str_multi("seed", SEED).expect("seed parses");
-    let created = store
-        .create_value(deployments(), docs[0].clone())
-        .await
-        .expect("create");
+    let created = seed(&store).await;
 
     let meta = &created["metadata"];
     assert_eq!(meta["namespace"], "default");
@@ -81,11 +86,7 @@ async fn stale_resource_version_is_a_conflict() {
     let etcd = Etcd::start();
     let store = connect(&etcd).await;
     let api = store.api::<Deployment>(Some("default"));
-    let docs: Vec<Value> = yaml::from_str_multi("seed", SEED).unwrap();
-    store
-        .create_value(deployments(), docs[0].clone())
-        .await
-        .unwrap();
+    seed(&store).await;
 
     let first = api.get("nginx-deployment").await.unwrap();
     let mut a = first.clone();
@@ -126,11 +127,7 @@ async fn status_and_spec_have_separate_owners() {
     let etcd = Etcd::start();
     let store = connect(&etcd).await;
     let api = store.api::<Deployment>(Some("default"));
-    let docs: Vec<Value> = yaml::from_str_multi("seed", SEED).unwrap();
-    store
-        .create_value(deployments(), docs[0].clone())
-        .await
-        .unwrap();
+    seed(&store).await;
 
     let mut d = api.get("nginx-deployment").await.unwrap();
     d.status = Some(Default::default());
@@ -172,10 +169,7 @@ async fn create_refuses_to_overwrite_and_needs_a_namespace() {
     let etcd = Etcd::start();
     let store = connect(&etcd).await;
     let docs: Vec<Value> = yaml::from_str_multi("seed", SEED).unwrap();
-    store
-        .create_value(deployments(), docs[0].clone())
-        .await
-        .unwrap();
+    seed(&store).await;
     let err = store
         .create_value(deployments(), docs[0].clone())
         .await
