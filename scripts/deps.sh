@@ -11,6 +11,8 @@ packages=(
     libnftnl-dev      # node proxy: nftables over netlink
     libmnl-dev
     iproute2          # network namespaces in tests
+    rsyslog           # log shipper: the syslog output is tested against a real rsyslogd
+    openssl           # TLS certificates for the ingress tests
 )
 
 missing=()

@@ -15,14 +15,10 @@ use orca_core::store::{Store, StoreConfig};
 #[derive(Parser)]
 #[command(name = "orca", version, about)]
 struct Cli {
-    /// etcd client URL.
-    #[arg(
-        long,
-        global = true,
-        env = "ORCA_ETCD",
-        default_value = "http://127.0.0.1:2379"
-    )]
-    etcd: String,
+    /// etcd client URL [default: http://127.0.0.1:2379]. Given to
+    /// `orca ingress`, it serves the cluster's Ingress objects.
+    #[arg(long, global = true, env = "ORCA_ETCD")]
+    etcd: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,9 +33,17 @@ enum Command {
     Delete(commands::delete::Args),
     /// Show one object in detail.
     Describe(commands::describe::Args),
+    /// Run the ingress proxy alone, from a configuration file.
+    Ingress(commands::ingress::Args),
+    /// Run the log shipper alone, from a configuration file.
+    Logshipper(commands::logshipper::Args),
 }
 
-async fn connect(endpoint: &str) -> anyhow::Result<Store> {
+/// Where etcd is when neither `--etcd` nor `ORCA_ETCD` says.
+const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
+
+async fn connect(endpoint: &Option<String>) -> anyhow::Result<Store> {
+    let endpoint = endpoint.as_deref().unwrap_or(DEFAULT_ETCD);
     Ok(Store::connect(StoreConfig::new(endpoint)).await?)
 }
 
@@ -60,6 +64,14 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             commands::delete::run(&connect(&cli.etcd).await?, args, docs).await
         }
         Command::Describe(args) => commands::describe::run(&connect(&cli.etcd).await?, args).await,
+        Command::Ingress(args) => {
+            let cluster = match &cli.etcd {
+                Some(_) => Some(connect(&cli.etcd).await?),
+                None => None,
+            };
+            commands::ingress::run(args, cluster).await
+        }
+        Command::Logshipper(args) => commands::logshipper::run(args).await,
     }
 }
 

@@ -1,1 +1,3 @@
 //! Orca's data-plane proxies: the L7 ingress proxy and the nftables service proxy.
+
+pub mod ingress;

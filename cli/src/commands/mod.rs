@@ -4,6 +4,8 @@ pub mod apply;
 pub mod delete;
 pub mod describe;
 pub mod get;
+pub mod ingress;
+pub mod logshipper;
 
 use anyhow::Context;
 use orca_core::api::Kind;

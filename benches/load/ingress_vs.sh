@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# Orca's ingress proxy against nginx and HAProxy, side by side, in one run.
+#
+# Run (root, Debian 12): benches/load/ingress_vs.sh   [DURATION=5 by default]
+#
+# One backend (nginx, one worker) serves a 2-byte and a 16 KiB body. Each
+# proxy runs one worker pinned to core 0; the backend and the load generator
+# share core 1. wrk drives HTTP/1.1 keep-alive at 64 and 256 connections,
+# plain and with TLS terminated at the proxy; h2load drives HTTP/2 over TLS.
+# For each run it prints req/s, p50, p99, the proxy's CPU time per request
+# (from /proc/PID/stat over the run) and its peak RSS, then the ratios
+# Orca/nginx and Orca/HAProxy and one summary line. Loopback only.
+#
+# Latest result (2026-11-25, this 2-core machine, DURATION=5): see the
+# session note on issue 3; quote ratios from one run, never absolute figures
+# across runs.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION=${DURATION:-5}
+ulimit -n 65536 2>/dev/null || true
+for tool in wrk h2load nginx haproxy openssl taskset python3; do
+    command -v "$tool" >/dev/null || {
+        echo "missing $tool: apt-get install wrk nghttp2-client nginx-light haproxy openssl util-linux" >&2
+        exit 1
+    }
+done
+# ORCA_BIN: an orca binary already built; otherwise build one.
+if [ -z "${ORCA_BIN:-}" ]; then
+    cargo build --release --locked --bin orca >&2
+fi
+ORCA=${ORCA_BIN:-$PWD/target/release/orca}
+
+work=$(mktemp -d -t orca-ingress-bench-XXXXXX)
+# nginx workers drop root; they must be able to read the bodies.
+chmod 755 "$work"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+BACKEND=127.0.0.1:28000
+ORCA_HTTP=28101 ORCA_TLS=28102 NGINX_HTTP=28201 NGINX_TLS=28202 HAP_HTTP=28301 HAP_TLS=28302
+
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bench.local \
+    -addext subjectAltName=DNS:bench.local \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+cat "$work/cert.pem" "$work/key.pem" >"$work/haproxy.pem"
+head -c 16384 /dev/zero | tr '\0' 'x' >"$work/16k"
+printf 'ok' >"$work/2b"
+
+# The backend: nginx with one worker, keep-alive without limits.
+mkdir -p "$work/backend"
+cat >"$work/backend.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/backend.pid;
+error_log $work/backend/error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path $work/backend;
+    server {
+        listen $BACKEND reuseport backlog=4096;
+        location = /2b  { alias $work/2b; }
+        location = /16k { alias $work/16k; }
+    }
+}
+CONF
+taskset -c 1 nginx -c "$work/backend.conf" -e "$work/backend/error.log" &
+pids+=($!)
+
+# Orca.
+cat >"$work/orca.yaml" <<CONF
+workers: 1
+listeners:
+  - name: web
+    address: 127.0.0.1:$ORCA_HTTP
+  - name: websecure
+    address: 127.0.0.1:$ORCA_TLS
+    tls:
+      certificates:
+        - cert: $work/cert.pem
+          key: $work/key.pem
+routes:
+  - path: /
+    upstream: backend
+upstreams:
+  - name: backend
+    endpoints: ["$BACKEND"]
+CONF
+RUST_LOG=warn,rustls=error taskset -c 0 "$ORCA" ingress --config "$work/orca.yaml" --workers 1 &
+orca_pid=$!
+pids+=($orca_pid)
+
+# nginx as a proxy: one worker, upstream keep-alive with a pool as large as
+# the concurrency (a smaller pool reconnects on most requests).
+mkdir -p "$work/nginx"
+cat >"$work/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 16384; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path $work/nginx;
+    proxy_temp_path $work/nginx;
+    upstream backend { server $BACKEND; keepalive 1024; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:$NGINX_HTTP reuseport backlog=4096;
+        listen 127.0.0.1:$NGINX_TLS ssl http2;
+        ssl_certificate $work/cert.pem;
+        ssl_certificate_key $work/key.pem;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+CONF
+taskset -c 0 nginx -c "$work/nginx.conf" -e "$work/nginx/error.log" &
+pids+=($!)
+
+cat >"$work/haproxy.cfg" <<CONF
+global
+    nbthread 1
+    maxconn 12000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    http-reuse always
+frontend web
+    bind 127.0.0.1:$HAP_HTTP
+    bind 127.0.0.1:$HAP_TLS ssl crt $work/haproxy.pem alpn h2,http/1.1
+    default_backend backend
+backend backend
+    server b1 $BACKEND
+CONF
+taskset -c 0 haproxy -f "$work/haproxy.cfg" -db &
+pids+=($!)
+sleep 1.5
+
+# The worker, not the master, does the proxying.
+nginx_pid=$(pgrep -P "$(cat "$work/nginx.pid")" | head -1)
+hap_pid=$(pgrep -n -f "haproxy -f $work/haproxy.cfg")
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+peak_rss() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+to_ms() { # wrk latency like 1.23ms / 456.00us / 1.01s -> ms
+    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'
+}
+HZ=$(getconf CLK_TCK)
+
+declare -A RPS P99 CPU
+printf '%-8s %-5s %-6s %-5s %10s %8s %8s %10s %9s\n' proxy proto conns body req/s p50ms p99ms cpu_us/req rss_MiB
+run() { # name pid url conns body
+    local name=$1 pid=$2 url=$3 conns=$4 body=$5 proto=$6
+    local before after out rps p50 p99 cpu
+    [ "$pid" != "-" ] && before=$(cpu_ticks "$pid")
+    out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${DURATION}s" --latency "$url/$body" 2>&1)
+    [ "$pid" != "-" ] && after=$(cpu_ticks "$pid")
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    if [ "$pid" != "-" ]; then
+        cpu=$(awk -v t=$((after - before)) -v hz="$HZ" -v r="$rps" -v d="$DURATION" 'BEGIN { printf "%.1f", t / hz * 1e6 / (r * d) }')
+        rss=$(awk -v k="$(peak_rss "$pid")" 'BEGIN { printf "%.1f", k / 1024 }')
+    else
+        cpu=- rss=-
+    fi
+    local errors
+    errors=$(awk '/Non-2xx|Socket errors/ {printf "%s ", $0}' <<<"$out")
+    printf '%-8s %-5s %-6s %-5s %10s %8s %8s %10s %9s %s\n' "$name" "$proto" "$conns" "$body" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errors"
+    RPS[$name,$proto,$conns,$body]=$rps
+    P99[$name,$proto,$conns,$body]=$p99
+    CPU[$name,$proto,$conns,$body]=$cpu
+}
+
+for body in 2b 16k; do
+    for conns in 64 256; do
+        run direct - "http://$BACKEND" "$conns" "$body" http
+        run orca "$orca_pid" "http://127.0.0.1:$ORCA_HTTP" "$conns" "$body" http
+        run nginx "$nginx_pid" "http://127.0.0.1:$NGINX_HTTP" "$conns" "$body" http
+        run haproxy "$hap_pid" "http://127.0.0.1:$HAP_HTTP" "$conns" "$body" http
+        run orca "$orca_pid" "https://127.0.0.1:$ORCA_TLS" "$conns" "$body" https
+        run nginx "$nginx_pid" "https://127.0.0.1:$NGINX_TLS" "$conns" "$body" https
+        run haproxy "$hap_pid" "https://127.0.0.1:$HAP_TLS" "$conns" "$body" https
+    done
+done
+
+echo
+echo "HTTP/2 over TLS (h2load -c64 -m10, 2-byte body):"
+for target in "orca https://127.0.0.1:$ORCA_TLS" "nginx https://127.0.0.1:$NGINX_TLS" "haproxy https://127.0.0.1:$HAP_TLS"; do
+    set -- $target
+    out=$(taskset -c 1 h2load -c64 -m10 -D "$DURATION" "$2/2b" 2>&1 || true)
+    if grep -q "^Application protocol: h2" <<<"$out"; then
+        printf '%-8s %s; %s\n' "$1" "$(grep -m1 'finished in' <<<"$out")" "$(grep -m1 '^requests:' <<<"$out")"
+    else
+        printf '%-8s h2 not negotiated\n' "$1"
+    fi
+done
+
+echo
+echo "RSS with 10k idle keep-alive connections (each made one request):"
+idle_rss() { # name pid port
+    rm -f "$work/idle.ready" "$work/idle.done"
+    python3 - "$3" "$work" <<'PY' &
+import os, socket, sys, time
+port, work = int(sys.argv[1]), sys.argv[2]
+conns = []
+for i in range(10000):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /2b HTTP/1.1\r\nHost: bench\r\n\r\n")
+    s.recv(4096)
+    conns.append(s)
+open(os.path.join(work, "idle.ready"), "w").close()
+deadline = time.time() + 60
+while not os.path.exists(os.path.join(work, "idle.done")) and time.time() < deadline:
+    time.sleep(0.05)
+PY
+    local py=$! rss
+    while [ ! -e "$work/idle.ready" ] && kill -0 "$py" 2>/dev/null; do sleep 0.1; done
+    rss=$(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$2/status")
+    touch "$work/idle.done"
+    wait "$py" 2>/dev/null || true
+    printf '%-8s %8s MiB\n' "$1" "$rss"
+}
+idle_rss orca "$orca_pid" "$ORCA_HTTP"
+idle_rss nginx "$nginx_pid" "$NGINX_HTTP"
+idle_rss haproxy "$hap_pid" "$HAP_HTTP"
+
+echo
+printf '%-5s %-6s %-5s %12s %12s %14s %14s\n' proto conns body orca/nginx orca/haproxy cpu_orca/nginx p99_orca/nginx
+worst=
+for body in 2b 16k; do for conns in 64 256; do for proto in http https; do
+    k="$proto,$conns,$body"
+    r1=$(awk -v a="${RPS[orca,$k]}" -v b="${RPS[nginx,$k]}" 'BEGIN { printf "%.2f", a / b }')
+    r2=$(awk -v a="${RPS[orca,$k]}" -v b="${RPS[haproxy,$k]}" 'BEGIN { printf "%.2f", a / b }')
+    c1=$(awk -v a="${CPU[orca,$k]}" -v b="${CPU[nginx,$k]}" 'BEGIN { printf "%.2f", a / b }')
+    p1=$(awk -v a="${P99[orca,$k]}" -v b="${P99[nginx,$k]}" 'BEGIN { printf "%.2f", a / b }')
+    printf '%-5s %-6s %-5s %12s %12s %14s %14s\n' "$proto" "$conns" "$body" "$r1" "$r2" "$c1" "$p1"
+    worst=$(awk -v w="${worst:-99}" -v r="$r1" 'BEGIN { print (r < w) ? r : w }')
+done; done; done
+echo
+echo "summary: worst orca/nginx req/s ratio ${worst}; orca peak RSS $(awk -v k="$(peak_rss "$orca_pid")" 'BEGIN { printf "%.1f", k / 1024 }') MiB"

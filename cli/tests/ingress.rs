@@ -1,0 +1,1372 @@
+//! The ingress proxy as users run it (`orca ingress --config FILE`), against
+//! real backends on loopback: routing, forwarding headers, limits and
+//! smuggling defences, upstream failures, reload, TLS by SNI, WebSocket.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// A backend: answers every request with its name, the path and the
+/// forwarding headers it saw; `/status/N` answers N, `/slow` waits 3 s,
+/// `/ws` upgrades and echoes, `/chunked` answers in chunks, `/echo` returns
+/// the request body.
+struct Backend {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    requests: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(String, HashMap<String, String>)> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            let mut lines = head.split("\r\n");
+            let first = lines.next()?.to_string();
+            let headers = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .collect();
+            return Some((first, headers));
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn read_exact_from(stream: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> Option<Vec<u8>> {
+    while buf.len() < n {
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+        }
+    }
+    Some(buf.drain(..n).collect())
+}
+
+impl Backend {
+    fn start(name: &'static str) -> Self {
+        let listener = StdListener::bind("127.0.0.1:0").unwrap();
+        Self::serve(name, listener)
+    }
+
+    fn serve(name: &'static str, listener: StdListener) -> Self {
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (s, r, log) = (stop.clone(), requests.clone(), seen.clone());
+        thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let (s, r, log) = (s.clone(), r.clone(), log.clone());
+                        thread::spawn(move || Self::connection(name, stream, &s, &r, &log));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Self {
+            addr,
+            stop,
+            requests,
+            seen,
+        }
+    }
+
+    fn connection(
+        name: &str,
+        mut stream: TcpStream,
+        stop: &AtomicBool,
+        requests: &AtomicUsize,
+        seen: &Mutex<Vec<String>>,
+    ) {
+        stream.set_nonblocking(false).unwrap();
+        let mut buf = Vec::new();
+        while let Some((first, headers)) = read_head(&mut stream, &mut buf) {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            requests.fetch_add(1, Ordering::Relaxed);
+            let path = first.split(' ').nth(1).unwrap_or("/").to_string();
+            seen.lock().unwrap().push(format!(
+                "{first} | host={}",
+                headers.get("host").cloned().unwrap_or_default()
+            ));
+            let body = if headers
+                .get("transfer-encoding")
+                .is_some_and(|t| t == "chunked")
+            {
+                read_chunked(&mut stream, &mut buf).unwrap_or_default()
+            } else {
+                match headers.get("content-length").and_then(|v| v.parse().ok()) {
+                    Some(n) => read_exact_from(&mut stream, &mut buf, n).unwrap_or_default(),
+                    None => Vec::new(),
+                }
+            };
+            let reply = |stream: &mut TcpStream, status: u16, body: &[u8]| {
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nx-backend: {name}\r\n\r\n",
+                    body.len()
+                );
+                stream.write_all(head.as_bytes()).is_ok() && stream.write_all(body).is_ok()
+            };
+            let ok = if let Some(code) = path.strip_prefix("/status/") {
+                reply(&mut stream, code.parse().unwrap_or(500), b"status")
+            } else if path == "/slow" {
+                thread::sleep(Duration::from_secs(3));
+                reply(&mut stream, 200, b"slow")
+            } else if path == "/echo" {
+                reply(&mut stream, 200, &body)
+            } else if path == "/chunked" {
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+                    .is_ok()
+            } else if path == "/ws" {
+                let _ = stream.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n");
+                // Echo raw bytes until the client closes.
+                let mut chunk = [0u8; 1024];
+                if !buf.is_empty() {
+                    let _ = stream.write_all(&buf);
+                }
+                while let Ok(n) = stream.read(&mut chunk) {
+                    if n == 0 || stream.write_all(&chunk[..n]).is_err() {
+                        break;
+                    }
+                }
+                return;
+            } else {
+                let text = format!(
+                    "{name} {path} xff={} xfp={} fwd={} rid={}",
+                    headers.get("x-forwarded-for").cloned().unwrap_or_default(),
+                    headers
+                        .get("x-forwarded-proto")
+                        .cloned()
+                        .unwrap_or_default(),
+                    headers.get("forwarded").cloned().unwrap_or_default(),
+                    headers.get("x-request-id").map_or("none", |_| "set"),
+                );
+                reply(&mut stream, 200, text.as_bytes())
+            };
+            if !ok
+                || headers
+                    .get("connection")
+                    .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+            {
+                return;
+            }
+        }
+    }
+
+    fn kill(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running `orca ingress`, killed on drop.
+struct Proxy {
+    child: Child,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+    http: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Proxy {
+    /// Starts the proxy; `config` may use `{http}`, `{https}`, `{admin}`
+    /// and `{dir}` placeholders.
+    fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (http, https, admin) = (free_port(), free_port(), free_port());
+        let text = config
+            .replace("{http}", &http.to_string())
+            .replace("{https}", &https.to_string())
+            .replace("{admin}", &admin.to_string())
+            .replace("{dir}", dir.path().to_str().unwrap());
+        let path = dir.path().join("ingress.yaml");
+        std::fs::write(&path, text).unwrap();
+        Self::spawn(path, dir, http, admin, &[])
+    }
+
+    /// Starts the proxy on an already written configuration.
+    fn spawn(path: PathBuf, dir: tempfile::TempDir, http: u16, admin: u16, extra: &[&str]) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_orca"))
+            .args([
+                "ingress",
+                "--config",
+                path.to_str().unwrap(),
+                "--workers",
+                "2",
+            ])
+            .args(extra)
+            .env_remove("ORCA_ETCD")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let proxy = Self {
+            child,
+            config: path,
+            _dir: dir,
+            http: SocketAddr::from(([127, 0, 0, 1], http)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(proxy.http).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the proxy did not start listening"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        proxy
+    }
+
+    fn https(&self) -> SocketAddr {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let port = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("address: 127.0.0.1:"))
+            .nth(1)
+            .unwrap();
+        SocketAddr::from(([127, 0, 0, 1], port.parse().unwrap()))
+    }
+
+    /// Rewrites the configuration file and sends SIGHUP.
+    fn reload(&self, config: &str) {
+        let http_port = self.http.port().to_string();
+        let admin_port = self.admin.port().to_string();
+        let text = config
+            .replace("{http}", &http_port)
+            .replace("{admin}", &admin_port);
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+        signal(self.child.id(), "HUP");
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed response.
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+/// Reads one response (content-length or chunked or until close).
+fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Response> {
+    let (first, headers) = read_head(stream, buf)?;
+    let status = first.split(' ').nth(1)?.parse().ok()?;
+    let body = if let Some(n) = headers.get("content-length").and_then(|v| v.parse().ok()) {
+        read_exact_from(stream, buf, n)?
+    } else if headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t == "chunked")
+    {
+        read_chunked(stream, buf)?
+    } else if status == 101 || status == 204 || status == 304 {
+        Vec::new()
+    } else {
+        let mut rest = std::mem::take(buf);
+        let _ = stream.read_to_end(&mut rest);
+        rest
+    };
+    Some(Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// Reads a chunked body (without trailers), returning its data.
+fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = loop {
+            if let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
+                break p;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&buf[..line_end]).ok()?.trim(), 16).ok()?;
+        buf.drain(..line_end + 2);
+        let data = read_exact_from(stream, buf, size + 2)?;
+        if size == 0 {
+            return Some(body);
+        }
+        body.extend_from_slice(&data[..size]);
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s
+}
+
+/// Sends raw bytes on a new connection and reads one response.
+fn raw(addr: SocketAddr, request: &str) -> Option<Response> {
+    let mut s = connect(addr);
+    s.write_all(request.as_bytes()).unwrap();
+    read_response(&mut s, &mut Vec::new())
+}
+
+fn get(addr: SocketAddr, host: &str, path: &str) -> Response {
+    raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+    )
+    .expect("a response")
+}
+
+fn base_config(api: &Backend, web: &Backend) -> String {
+    format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - host: example.com
+    path: /api
+    upstream: api
+  - host: "*.example.org"
+    path: /
+    upstream: web
+  - path: /exact
+    path_type: Exact
+    upstream: web
+  - path: /
+    headers: [{{name: x-canary, value: "1"}}]
+    upstream: api
+upstreams:
+  - name: api
+    endpoints: ["{}"]
+    request_timeout: 1s
+  - name: web
+    endpoints: ["{}"]
+admin:
+  address: 127.0.0.1:{{admin}}
+"#,
+        api.addr, web.addr
+    )
+}
+
+#[test]
+fn routes_by_host_path_and_header_with_forwarding_headers() {
+    let (api, web) = (Backend::start("api"), Backend::start("web"));
+    let proxy = Proxy::start(&base_config(&api, &web));
+
+    let r = get(proxy.http, "example.com", "/api/users?id=1");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body,
+        "api /api/users?id=1 xff=127.0.0.1 xfp=http fwd=for=127.0.0.1;proto=http;host=example.com rid=set"
+    );
+    assert_eq!(
+        get(proxy.http, "EXAMPLE.com:80", "/api")
+            .body
+            .split(' ')
+            .next(),
+        Some("api")
+    );
+    assert_eq!(
+        get(proxy.http, "a.example.org", "/x")
+            .body
+            .split(' ')
+            .next(),
+        Some("web")
+    );
+    assert_eq!(
+        get(proxy.http, "x", "/exact").body.split(' ').next(),
+        Some("web")
+    );
+    assert_eq!(get(proxy.http, "x", "/exact/more").status, 404);
+    assert_eq!(
+        get(proxy.http, "example.com", "/apix").status,
+        404,
+        "prefixes match whole path elements"
+    );
+    let canary = raw(
+        proxy.http,
+        "GET /z HTTP/1.1\r\nHost: x\r\nX-Canary: 1\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(canary.body.split(' ').next(), Some("api"));
+
+    // The Host header reaches the backend as the client sent it.
+    assert!(
+        api.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.ends_with("host=EXAMPLE.com:80"))
+    );
+    // An X-Forwarded-For from the client is extended, not replaced.
+    let r = raw(proxy.http, "GET /api HTTP/1.1\r\nHost: example.com\r\nX-Forwarded-For: 203.0.113.9\r\nX-Request-Id: mine\r\n\r\n").unwrap();
+    assert!(r.body.contains("xff=203.0.113.9, 127.0.0.1"), "{}", r.body);
+
+    // Metrics count requests per route and status.
+    let metrics = raw(proxy.admin, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap()
+        .body;
+    assert!(
+        metrics.contains(r#"orca_ingress_requests_total{route="example.com/api",status="200"}"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"status="404""#), "{metrics}");
+    let routes = raw(proxy.admin, "GET /routes HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    assert_eq!(routes.status, 200);
+    assert!(routes.body.contains("\"count\":4"), "{}", routes.body);
+}
+
+#[test]
+fn keep_alive_pipelining_chunked_and_bodies() {
+    let (api, web) = (Backend::start("api"), Backend::start("web"));
+    let proxy = Proxy::start(&base_config(&api, &web));
+    let mut s = connect(proxy.http);
+    // Three pipelined requests in one write, answered in order on one connection.
+    s.write_all(
+        b"GET /api/1 HTTP/1.1\r\nHost: example.com\r\n\r\n\
+          POST /api/../echo HTTP/1.1\r\nHost: x\r\nX-Canary: 1\r\nContent-Length: 5\r\n\r\nhello\
+          GET /api/3 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let a = read_response(&mut s, &mut buf).unwrap();
+    let b = read_response(&mut s, &mut buf).unwrap();
+    let c = read_response(&mut s, &mut buf).unwrap();
+    assert!(a.body.starts_with("api /api/1"), "{}", a.body);
+    assert_eq!(b.status, 200);
+    assert!(c.body.starts_with("api /api/3"), "{}", c.body);
+
+    // A chunked request body and a chunked response pass through.
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nX-Canary: 1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n").unwrap();
+    let echoed = read_response(&mut s, &mut buf).unwrap();
+    assert_eq!(
+        echoed.body, "abc",
+        "the chunked body reached the backend whole"
+    );
+    s.write_all(b"GET /chunked HTTP/1.1\r\nHost: x\r\nX-Canary: 1\r\n\r\n")
+        .unwrap();
+    let chunked = read_response(&mut s, &mut buf).unwrap();
+    assert_eq!(chunked.body, "hello world");
+    assert_eq!(
+        chunked.headers.get("transfer-encoding").map(String::as_str),
+        Some("chunked")
+    );
+
+    // HTTP/1.0 without keep-alive gets its answer and a close.
+    let old = raw(proxy.http, "GET /api HTTP/1.0\r\nHost: example.com\r\n\r\n").unwrap();
+    assert_eq!(old.status, 200);
+    assert_eq!(
+        old.headers.get("connection").map(String::as_str),
+        Some("close")
+    );
+}
+
+#[test]
+fn malformed_and_smuggling_requests_are_refused_and_closed() {
+    let (api, web) = (Backend::start("api"), Backend::start("web"));
+    let proxy = Proxy::start(&base_config(&api, &web));
+    let before = api.requests.load(Ordering::Relaxed) + web.requests.load(Ordering::Relaxed);
+    let cases = [
+        (
+            "POST /api HTTP/1.1\r\nHost: example.com\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "POST /api HTTP/1.1\r\nHost: example.com\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd",
+            400,
+        ),
+        (
+            "POST /api HTTP/1.1\r\nHost: example.com\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd",
+            400,
+        ),
+        (
+            "POST /api HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            501,
+        ),
+        ("GET /api HTTP/1.1\r\n\r\n", 400),
+        (
+            "GET /api HTTP/1.1\r\nHost: example.com\r\nBad Header Name: x\r\n\r\n",
+            400,
+        ),
+        ("NOT-HTTP\r\n\r\n", 400),
+    ];
+    for (request, status) in cases {
+        let mut s = connect(proxy.http);
+        s.write_all(request.as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        let r = read_response(&mut s, &mut buf).expect("an answer");
+        assert_eq!(r.status, status, "{request:?}");
+        assert_eq!(
+            r.headers.get("connection").map(String::as_str),
+            Some("close"),
+            "{request:?}"
+        );
+        // And the connection is closed: nothing more is read.
+        let mut rest = [0u8; 16];
+        assert_eq!(s.read(&mut rest).unwrap_or(0), 0, "{request:?}");
+    }
+    let after = api.requests.load(Ordering::Relaxed) + web.requests.load(Ordering::Relaxed);
+    assert_eq!(before, after, "no refused request reached a backend");
+
+    // A malformed chunked body is refused too.
+    let r = raw(
+        proxy.http,
+        "POST /api HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn limits_protect_the_proxy() {
+    let (api, web) = (Backend::start("api"), Backend::start("web"));
+    let config = base_config(&api, &web).replace(
+        "admin:",
+        "limits:\n  max_header_bytes: 2KiB\n  max_headers: 10\n  header_read_timeout: 1s\n  max_body_bytes: 1KiB\nadmin:",
+    );
+    let proxy = Proxy::start(&config);
+    let big = format!(
+        "GET /api HTTP/1.1\r\nHost: example.com\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(3000)
+    );
+    assert_eq!(raw(proxy.http, &big).unwrap().status, 431);
+    let many: String = (0..12).map(|i| format!("X-{i}: v\r\n")).collect();
+    assert_eq!(
+        raw(
+            proxy.http,
+            &format!("GET /api HTTP/1.1\r\nHost: example.com\r\n{many}\r\n")
+        )
+        .unwrap()
+        .status,
+        431
+    );
+    let body = raw(
+        proxy.http,
+        "POST /api HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5000\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(body.status, 413);
+
+    // Slowloris: a head trickled in never completes; the proxy answers 408
+    // and closes after the header timeout, whatever keep-alive allows.
+    let mut s = connect(proxy.http);
+    s.write_all(b"GET /api HTTP/1.1\r\nHost: exa").unwrap();
+    let started = Instant::now();
+    let r = read_response(&mut s, &mut Vec::new()).expect("an answer");
+    assert_eq!(r.status, 408);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn upstream_failures_choose_their_status() {
+    let (api, web) = (Backend::start("api"), Backend::start("web"));
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /slow
+    upstream: api
+  - path: /dead
+    upstream: dead
+  - path: /
+    upstream: both
+upstreams:
+  - name: api
+    endpoints: ["{api}"]
+    request_timeout: 1s
+  - name: dead
+    endpoints: ["{dead}"]
+  - name: both
+    endpoints: ["{dead}", "{web}"]
+    outlier: {{consecutive_failures: 2, ejection: 60s}}
+admin:
+  address: 127.0.0.1:{{admin}}
+"#,
+        api = api.addr,
+        web = web.addr,
+    );
+    let proxy = Proxy::start(&config);
+    let started = Instant::now();
+    let slow = get(proxy.http, "x", "/slow");
+    assert_eq!(slow.status, 504, "a slow upstream times out");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "at the configured timeout, not the upstream's pace"
+    );
+    assert_eq!(
+        get(proxy.http, "x", "/dead").status,
+        502,
+        "a refused connection is a bad gateway"
+    );
+    // A dead endpoint beside a live one: connect failures are retried on the
+    // other endpoint, then the dead one is ejected.
+    for _ in 0..20 {
+        assert_eq!(get(proxy.http, "x", "/ok").status, 200);
+    }
+    let metrics = raw(proxy.admin, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap()
+        .body;
+    let failures: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("orca_ingress_upstream_failures_total{")
+                && l.contains("upstream=\"both\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        (1.0..=3.0).contains(&failures),
+        "ejected after a few failures, got {failures}"
+    );
+}
+
+#[test]
+fn a_backend_killed_mid_load_costs_few_requests_and_is_ejected() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let config = format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /
+    upstream: pair
+upstreams:
+  - name: pair
+    endpoints: ["{}", "{}"]
+    outlier: {{consecutive_failures: 3, ejection: 60s}}
+admin:
+  address: 127.0.0.1:{{admin}}
+"#,
+        a.addr, b.addr
+    );
+    let proxy = Proxy::start(&config);
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (ok, failed, stop, addr) = (ok.clone(), failed.clone(), stop.clone(), proxy.http);
+            thread::spawn(move || {
+                let mut s = connect(addr);
+                let mut buf = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n").is_ok();
+                    match read_response(&mut s, &mut buf).filter(|_| sent) {
+                        Some(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        Some(_) => failed.fetch_add(1, Ordering::Relaxed),
+                        None => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            s = connect(addr);
+                            buf.clear();
+                            0
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    a.kill();
+    thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(ok > 100, "the load kept flowing: {ok} ok");
+    // Only requests already in flight to the killed backend can fail.
+    assert!(failed <= 8, "{failed} failed of {}", ok + failed);
+    assert_eq!(
+        get(proxy.http, "x", "/after").status,
+        200,
+        "the proxy is alive"
+    );
+}
+
+#[test]
+fn reload_swaps_routes_without_failing_a_request() {
+    let (api, web) = (Backend::start("api"), Backend::start("web"));
+    let config = base_config(&api, &web);
+    let proxy = Proxy::start(&config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, bad) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let (stop, ok, bad, addr) = (stop.clone(), ok.clone(), bad.clone(), proxy.http);
+            thread::spawn(move || {
+                let mut s = connect(addr);
+                let mut buf = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    s.write_all(b"GET /api/x HTTP/1.1\r\nHost: example.com\r\n\r\n")
+                        .unwrap();
+                    match read_response(&mut s, &mut buf) {
+                        Some(r) if r.status == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => bad.lock().unwrap().push(format!("{other:?}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    // The api route now goes to the web backend.
+    proxy.reload(&config.replace(
+        "    upstream: api\n  - host: \"*.example.org\"",
+        "    upstream: web\n  - host: \"*.example.org\"",
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !get(proxy.http, "example.com", "/api")
+        .body
+        .starts_with("web")
+    {
+        assert!(Instant::now() < deadline, "the reload took effect");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // A broken file is refused; the running routes stay.
+    proxy.reload("listeners: [}");
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        get(proxy.http, "example.com", "/api")
+            .body
+            .starts_with("web")
+    );
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.join().unwrap();
+    }
+    assert!(
+        bad.lock().unwrap().is_empty(),
+        "failed during reload: {:?}",
+        bad.lock().unwrap()
+    );
+    assert!(ok.load(Ordering::Relaxed) > 50);
+}
+
+#[test]
+fn redirect_and_websocket() {
+    let (api, web) = (Backend::start("api"), Backend::start("web"));
+    let config = format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - host: secure.example.com
+    redirect_https: true
+  - path: /ws
+    upstream: api
+upstreams:
+  - name: api
+    endpoints: ["{}"]
+"#,
+        api.addr
+    );
+    let _ = &web;
+    let proxy = Proxy::start(&config);
+    let r = get(proxy.http, "secure.example.com", "/login?next=/");
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.headers.get("location").map(String::as_str),
+        Some("https://secure.example.com/login?next=/")
+    );
+
+    let mut s = connect(proxy.http);
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let r = read_response(&mut s, &mut buf).unwrap();
+    assert_eq!(r.status, 101);
+    assert_eq!(
+        r.headers.get("upgrade").map(String::as_str),
+        Some("websocket")
+    );
+    for msg in [&b"ping"[..], b"frames pass through untouched"] {
+        s.write_all(msg).unwrap();
+        let echoed = read_exact_from(&mut s, &mut buf, msg.len()).unwrap();
+        assert_eq!(echoed, msg);
+    }
+}
+
+fn openssl_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let status = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+        ])
+        .arg(format!("/CN={name}"))
+        .args(["-addext", &format!("subjectAltName=DNS:{name}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl is needed for TLS tests (apt-get install openssl)");
+    assert!(status.success());
+    (cert, key)
+}
+
+/// The certificate a TLS server presents for `sni`, as text from openssl.
+fn presented_subject(addr: SocketAddr, sni: &str) -> String {
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            sni,
+            "-brief",
+            "-ign_eof",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            format!("GET /tls HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
+}
+
+#[test]
+fn tls_by_sni_and_certificate_rotation() {
+    let (api, web) = (Backend::start("api"), Backend::start("web"));
+    let dir = tempfile::tempdir().unwrap();
+    let (a_cert, a_key) = openssl_cert(dir.path(), "a.example.com");
+    let (b_cert, b_key) = openssl_cert(dir.path(), "b.example.com");
+    let https = free_port();
+    let config = format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+  - name: websecure
+    address: 127.0.0.1:{https}
+    tls:
+      certificates:
+        - cert: {}
+          key: {}
+        - cert: {}
+          key: {}
+routes:
+  - path: /
+    upstream: api
+upstreams:
+  - name: api
+    endpoints: ["{}"]
+"#,
+        a_cert.display(),
+        a_key.display(),
+        b_cert.display(),
+        b_key.display(),
+        api.addr
+    );
+    let _ = &web;
+    let proxy = Proxy::start(&config);
+    let tls = proxy.https();
+    let a = presented_subject(tls, "a.example.com");
+    assert!(
+        a.contains("CN = a.example.com") || a.contains("CN=a.example.com"),
+        "{a}"
+    );
+    assert!(a.contains("api /tls xff=127.0.0.1 xfp=https"), "{a}");
+    let b = presented_subject(tls, "b.example.com");
+    assert!(
+        b.contains("CN = b.example.com") || b.contains("CN=b.example.com"),
+        "{b}"
+    );
+    assert!(b.contains("TLSv1.3"), "{b}");
+
+    // Rotation: the certificate files change, a reload picks them up.
+    assert_eq!(served_pem(tls, "a.example.com"), pem(&a_cert));
+    let renewed = dir.path().join("renewed");
+    std::fs::create_dir(&renewed).unwrap();
+    let (c_cert, c_key) = openssl_cert(&renewed, "a.example.com");
+    std::fs::copy(&c_cert, &a_cert).unwrap();
+    std::fs::copy(&c_key, &a_key).unwrap();
+    proxy.reload(&std::fs::read_to_string(&proxy.config).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_pem(tls, "a.example.com") != pem(&c_cert) {
+        assert!(
+            Instant::now() < deadline,
+            "the rotated certificate is served"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn pem(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap().trim().to_string()
+}
+
+/// The PEM of the certificate a TLS server presents for `sni`.
+fn served_pem(addr: SocketAddr, sni: &str) -> String {
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            sni,
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("a certificate");
+    let end = text
+        .find("-----END CERTIFICATE-----")
+        .expect("a certificate")
+        + "-----END CERTIFICATE-----".len();
+    text[start..end].to_string()
+}
+
+/// Writes an object straight into etcd. Used for EndpointSlices only:
+/// Kubernetes (and so `orca apply`) refuses loopback endpoint addresses,
+/// while these tests may only run backends on loopback.
+async fn put_raw(etcd: &orca_testkit::Etcd, key: &str, value: serde_json::Value) {
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    client.put(key, value.to_string(), None).await.unwrap();
+}
+
+fn slice(service: &str, backends: &[(&Backend, bool)]) -> serde_json::Value {
+    let endpoints: Vec<_> = backends
+        .iter()
+        .map(|(b, ready)| serde_json::json!({"addresses": [b.addr.ip().to_string()], "conditions": {"ready": ready}}))
+        .collect();
+    let port = backends.first().map_or(0, |(b, _)| b.addr.port());
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-abc"), "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    })
+}
+
+fn apply(etcd: &orca_testkit::Etcd, yaml: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orca"))
+        .args(["apply", "-f", "-"])
+        .env("ORCA_ETCD", etcd.endpoint())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls until `check` holds for the answer to GET host/path.
+fn eventually(
+    proxy: &Proxy,
+    host: &str,
+    path: &str,
+    what: &str,
+    check: impl Fn(&Response) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = get(proxy.http, host, path);
+        if check(&r) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: last answer {} {}",
+            r.status,
+            r.body
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn cluster_mode_follows_ingresses_services_and_endpoints() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let etcd = orca_testkit::Etcd::start();
+    let (one, two) = (Backend::start("one"), Backend::start("two"));
+    apply(
+        &etcd,
+        r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports:
+    - name: http
+      port: 80
+      targetPort: 8080
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: web
+spec:
+  ingressClassName: orca
+  rules:
+    - host: web.example.com
+      http:
+        paths:
+          - path: /
+            pathType: Prefix
+            backend:
+              service:
+                name: web
+                port:
+                  number: 80
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: someone-elses
+spec:
+  ingressClassName: nginx
+  rules:
+    - host: other.example.com
+      http:
+        paths:
+          - path: /
+            pathType: Prefix
+            backend:
+              service:
+                name: web
+                port:
+                  number: 80
+"#,
+    );
+    rt.block_on(put_raw(
+        &etcd,
+        "/registry/endpointslices/default/web-abc",
+        slice("web", &[(&one, true)]),
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    let (http, admin) = (free_port(), free_port());
+    let path = dir.path().join("ingress.yaml");
+    std::fs::write(
+        &path,
+        format!("listeners:\n  - name: web\n    address: 127.0.0.1:{http}\n"),
+    )
+    .unwrap();
+    let proxy = Proxy::spawn(path, dir, http, admin, &["--etcd", &etcd.endpoint()]);
+
+    eventually(
+        &proxy,
+        "web.example.com",
+        "/x",
+        "routes from the Ingress",
+        |r| r.body.starts_with("one /x"),
+    );
+    assert_eq!(
+        get(proxy.http, "other.example.com", "/").status,
+        404,
+        "another class is not ours"
+    );
+
+    // A new endpoint set is served without a restart, on the same connection.
+    let mut s = connect(proxy.http);
+    let mut buf = Vec::new();
+    rt.block_on(put_raw(
+        &etcd,
+        "/registry/endpointslices/default/web-abc",
+        slice("web", &[(&two, true), (&one, false)]),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        s.write_all(b"GET /y HTTP/1.1\r\nHost: web.example.com\r\n\r\n")
+            .unwrap();
+        let r =
+            read_response(&mut s, &mut buf).expect("the open connection survives route changes");
+        if r.body.starts_with("two /y") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new endpoint is served: {}",
+            r.body
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+
+    // No ready endpoint: 503. The Ingress gone: 404.
+    rt.block_on(put_raw(
+        &etcd,
+        "/registry/endpointslices/default/web-abc",
+        slice("web", &[(&two, false)]),
+    ));
+    eventually(&proxy, "web.example.com", "/", "no ready endpoint", |r| {
+        r.status == 503
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_orca"))
+        .args(["delete", "ingress", "web"])
+        .env("ORCA_ETCD", etcd.endpoint())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    eventually(&proxy, "web.example.com", "/", "the Ingress removed", |r| {
+        r.status == 404
+    });
+}
+
+#[test]
+fn grpc_over_h2_end_to_end() {
+    // etcd is a real gRPC server (h2c): put, get and a streaming watch go
+    // through the proxy with their trailers (grpc-status) intact.
+    let etcd = orca_testkit::Etcd::start();
+    let upstream = etcd.endpoint().trim_start_matches("http://").to_string();
+    let config = format!(
+        "listeners:\n  - name: web\n    address: 127.0.0.1:{{http}}\nroutes:\n  - path: /\n    upstream: etcd\nupstreams:\n  - name: etcd\n    endpoints: [\"{upstream}\"]\n    protocol: h2c\n"
+    );
+    let proxy = Proxy::start(&config);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut client = etcd_client::Client::connect([format!("http://{}", proxy.http)], None)
+            .await
+            .unwrap();
+        let mut watch = client.watch("/grpc/", Some(etcd_client::WatchOptions::new().with_prefix())).await.unwrap();
+        client.put("/grpc/a", "through the proxy", None).await.unwrap();
+        let got = client.get("/grpc/a", None).await.unwrap();
+        assert_eq!(got.kvs()[0].value_str().unwrap(), "through the proxy");
+        let event = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let msg = watch.message().await.unwrap().unwrap();
+                if let Some(e) = msg.events().first() {
+                    return e.kv().unwrap().key_str().unwrap().to_string();
+                }
+            }
+        })
+        .await
+        .expect("the watch stream delivers through the proxy");
+        assert_eq!(event, "/grpc/a");
+        // A gRPC error status travels in trailers and arrives as such.
+        let err = client.lease_revoke(12345).await.unwrap_err();
+        assert!(err.to_string().contains("lease not found"), "{err}");
+    });
+}
+
+#[test]
+fn h2_clients_reach_http1_upstreams() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    let (api, web) = (Backend::start("api"), Backend::start("web"));
+    let proxy = Proxy::start(&base_config(&api, &web));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .expect("h2c with prior knowledge is accepted");
+        tokio::spawn(conn);
+        // Several streams on one connection, each routed on its own.
+        for (host, path, backend) in [("example.com", "/api/h2", "api"), ("a.example.org", "/w", "web"), ("example.com", "/api/again", "api")] {
+            let req = hyper::Request::get(format!("http://{host}{path}"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let body = String::from_utf8_lossy(&body);
+            assert!(body.starts_with(&format!("{backend} {path} xff=127.0.0.1 xfp=http")), "{body}");
+        }
+        let req = hyper::Request::get("http://nowhere.test/")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        assert_eq!(send.send_request(req).await.unwrap().status(), 404);
+    });
+}
+
+#[test]
+fn tls_negotiates_h2_by_alpn() {
+    let (api, web) = (Backend::start("api"), Backend::start("web"));
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = openssl_cert(dir.path(), "h2.example.com");
+    let https = free_port();
+    let config = base_config(&api, &web).replace(
+        "routes:",
+        &format!(
+            "  - name: websecure\n    address: 127.0.0.1:{https}\n    tls:\n      certificates:\n        - cert: {}\n          key: {}\nroutes:",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let proxy = Proxy::start(&config);
+    let negotiated = |alpn: &str| {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{https}"), "-servername", "h2.example.com", "-alpn", alpn])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .expect("openssl s_client");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("ALPN protocol"))
+            .map(str::to_string)
+    };
+    assert_eq!(negotiated("h2,http/1.1").as_deref(), Some("ALPN protocol: h2"));
+    assert_eq!(negotiated("http/1.1").as_deref(), Some("ALPN protocol: http/1.1"));
+    drop(proxy);
+}
+
+#[test]
+fn active_health_checks_keep_traffic_off_dead_endpoints() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let config = format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /
+    upstream: pair
+upstreams:
+  - name: pair
+    endpoints: ["{}", "{}"]
+    retries: {{attempts: 0}}
+    health_check: {{path: /healthz, interval: 100ms, timeout: 200ms, unhealthy_threshold: 2, healthy_threshold: 1}}
+admin:
+  address: 127.0.0.1:{{admin}}
+"#,
+        a.addr, b.addr
+    );
+    let proxy = Proxy::start(&config);
+    a.kill();
+    // Let the checks find out; no request has been sent to `a` meanwhile.
+    thread::sleep(Duration::from_millis(800));
+    for _ in 0..20 {
+        let r = get(proxy.http, "x", "/");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.starts_with("b "), "{}", r.body);
+    }
+    let metrics = raw(proxy.admin, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").unwrap().body;
+    assert!(!metrics.contains("orca_ingress_upstream_failures_total{"), "no request tried the dead endpoint: {metrics}");
+}
+
+#[test]
+fn shutdown_drains_requests_in_flight() {
+    let (slow, other) = (Backend::start("slow"), Backend::start("other"));
+    let config = format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /
+    upstream: slow
+upstreams:
+  - name: slow
+    endpoints: ["{}"]
+    request_timeout: 10s
+shutdown_grace: 8s
+"#,
+        slow.addr
+    );
+    let _ = &other;
+    let mut proxy = Proxy::start(&config);
+    let addr = proxy.http;
+    let in_flight = thread::spawn(move || get(addr, "x", "/slow"));
+    thread::sleep(Duration::from_millis(300));
+    signal(proxy.child.id(), "TERM");
+    let r = in_flight.join().unwrap();
+    assert_eq!(r.status, 200, "the request in flight finished: {}", r.body);
+    assert_eq!(r.headers.get("connection").map(String::as_str), Some("close"));
+    let status = proxy.child.wait().unwrap();
+    assert!(status.success(), "a drained shutdown exits cleanly: {status}");
+    assert!(TcpStream::connect(addr).is_err(), "no longer accepting");
+}

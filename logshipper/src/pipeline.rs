@@ -1,0 +1,275 @@
+//! The outputs' side: batching, delivery with retries, acknowledgement,
+//! and the checkpoint writer that follows the acknowledgements.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::Receiver;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::checkpoint::Store;
+use crate::config::{BatchConfig, RetryConfig};
+use crate::event::Chunk;
+use crate::metrics::{OutputMetrics, ShipperMetrics};
+use crate::random::random_u64;
+use crate::sinks::{Batch, Sink, Slice};
+use crate::tracker::Tracker;
+
+/// Pause before retrying a failed checkpoint write.
+const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
+
+/// Batches an output may have acknowledged beyond the last written
+/// checkpoint. Together with the batch in flight this bounds what a crash
+/// re-sends; it also stops outputs from running ahead of a checkpoint
+/// directory that cannot be written.
+const UNSAVED_BATCHES: u64 = 2;
+
+/// One output: takes chunks from its channel, delivers them in batches.
+pub struct Output {
+    /// The output's position, under which the tracker records its acks.
+    pub index: usize,
+    /// The configured name, for logs.
+    pub name: String,
+    /// Where batches go.
+    pub sink: Sink,
+    /// Batching limits.
+    pub batch: BatchConfig,
+    /// Back-off between attempts.
+    pub retry: RetryConfig,
+    /// Chunks from the readers.
+    pub chunks: Receiver<Arc<Chunk>>,
+    /// Where acknowledgements are recorded.
+    pub tracker: Arc<Tracker>,
+    /// The output's counters.
+    pub metrics: OutputMetrics,
+}
+
+impl Output {
+    /// Delivers until the readers are gone and everything they sent is
+    /// delivered, or until `abort` turns true (undelivered events are then
+    /// not acknowledged, and read again on the next start).
+    pub async fn run(mut self, mut abort: watch::Receiver<bool>) {
+        let mut rest = None;
+        let mut payload = Vec::new();
+        while let Some(batch) = self.next_batch(&mut rest).await {
+            payload.clear();
+            self.sink.encode(&batch, &mut payload);
+            if !self.deliver(&payload, &mut abort).await {
+                return;
+            }
+            self.metrics.events.inc_by(batch.len() as u64);
+            self.metrics.bytes.inc_by(payload.len() as u64);
+            let number = self.tracker.ack(self.index, &batch.acks());
+            if let Some(wait_for) = number.checked_sub(UNSAVED_BATCHES) {
+                tokio::select! {
+                    () = self.tracker.wait_saved(self.index, wait_for) => {}
+                    _ = abort.wait_for(|abort| *abort) => return,
+                }
+            }
+        }
+    }
+
+    /// Fills a batch up to its limits or until `max_wait` after its first event;
+    /// `None` once the channel is closed and drained.
+    async fn next_batch(&mut self, rest: &mut Option<Slice>) -> Option<Batch> {
+        let whole = |chunk: Arc<Chunk>| Slice {
+            to: chunk.events.len(),
+            chunk,
+            from: 0,
+        };
+        let mut next = match rest.take() {
+            Some(slice) => slice,
+            None => whole(self.chunks.recv().await?),
+        };
+        let deadline = Instant::now() + self.batch.max_wait.get();
+        let max_bytes = usize::try_from(self.batch.max_bytes.bytes()).unwrap_or(usize::MAX);
+        let (mut batch, mut events, mut bytes) = (Batch::default(), 0, 0);
+        loop {
+            let mut to = next.from;
+            while to < next.to && events < self.batch.max_events && bytes < max_bytes {
+                let event = &next.chunk.events[to];
+                bytes += (event.end - event.start) as usize;
+                events += 1;
+                to += 1;
+            }
+            if to > next.from {
+                batch.slices.push(Slice {
+                    chunk: Arc::clone(&next.chunk),
+                    from: next.from,
+                    to,
+                });
+            }
+            if to < next.to {
+                *rest = Some(Slice { from: to, ..next });
+                break;
+            }
+            if events >= self.batch.max_events || bytes >= max_bytes {
+                break;
+            }
+            next = match self.chunks.try_recv() {
+                Ok(chunk) => whole(chunk),
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, self.chunks.recv()).await {
+                        Ok(Some(chunk)) => whole(chunk),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            };
+        }
+        Some(batch)
+    }
+
+    /// Tries until the sink acknowledges; false if aborted first.
+    async fn deliver(&mut self, payload: &[u8], abort: &mut watch::Receiver<bool>) -> bool {
+        let mut backoff = self.retry.initial_backoff.get();
+        loop {
+            let result = tokio::select! {
+                result = self.sink.deliver(payload) => result,
+                _ = abort.wait_for(|abort| *abort) => return false,
+            };
+            let Err(err) = result else {
+                return true;
+            };
+            self.metrics.retries.inc();
+            let wait = jitter(backoff);
+            tracing::warn!(output = %self.name, %err, retry_in = ?wait, "delivery failed; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = abort.wait_for(|abort| *abort) => return false,
+            }
+            backoff = (backoff * 2).min(self.retry.max_backoff.get());
+        }
+    }
+}
+
+/// "Equal jitter": half the back-off plus a random part of the other half,
+/// so outputs that failed together do not retry together.
+fn jitter(backoff: Duration) -> Duration {
+    let half = backoff / 2;
+    let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).max(1);
+    half + Duration::from_nanos(random_u64() % nanos)
+}
+
+/// Writes a checkpoint after every acknowledgement (coalescing those that
+/// arrive during a write), and a last one once `stop` turns true.
+pub async fn write_checkpoints(
+    store: Store,
+    tracker: Arc<Tracker>,
+    metrics: ShipperMetrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failed = false;
+    loop {
+        let stopping = tokio::select! {
+            () = tracker.changed(), if !failed => false,
+            () = tokio::time::sleep(CHECKPOINT_RETRY), if failed => false,
+            _ = stop.wait_for(|stop| *stop) => true,
+        };
+        failed = !write_checkpoint(&store, &tracker, &metrics).await;
+        if stopping {
+            return;
+        }
+    }
+}
+
+async fn write_checkpoint(store: &Store, tracker: &Tracker, metrics: &ShipperMetrics) -> bool {
+    let snapshot = tracker.snapshot();
+    metrics.files.set(snapshot.files as i64);
+    metrics
+        .checkpoint_lag
+        .set(i64::try_from(snapshot.lag_bytes).unwrap_or(i64::MAX));
+    let store = store.clone();
+    let marks = snapshot.marks;
+    let entries = snapshot.entries;
+    match tokio::task::spawn_blocking(move || store.save(&entries)).await {
+        Ok(Ok(())) => {
+            metrics.checkpoint_writes.inc();
+            tracker.saved(marks);
+            true
+        }
+        Ok(Err(err)) => {
+            metrics.checkpoint_errors.inc();
+            tracing::error!(%err, "cannot write checkpoint; retrying");
+            false
+        }
+        Err(err) => {
+            metrics.checkpoint_errors.inc();
+            tracing::error!(%err, "checkpoint writer failed; retrying");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{FileId, Source};
+    use orca_core::config::{ByteSize, Duration as ConfigDuration};
+    use std::path::Path;
+
+    fn chunk(events: usize, first_commit: u64) -> Arc<Chunk> {
+        let mut chunk = Chunk::new(FileId(1), Arc::new(Source::new("in".into(), "/f".into())));
+        for i in 0..events {
+            chunk.push("0123456789", 0, None, first_commit + i as u64 + 1);
+        }
+        Arc::new(chunk)
+    }
+
+    #[test]
+    fn jitter_stays_within_half_and_whole() {
+        for _ in 0..1000 {
+            let wait = jitter(Duration::from_millis(100));
+            assert!(wait >= Duration::from_millis(50) && wait < Duration::from_millis(100));
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_split_chunks_at_the_limits_and_ack_in_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = dir.path().join("out.jsonl");
+        let tracker = Tracker::new(1, Vec::new());
+        let id = tracker.register("in", Path::new("/f"), crate::tail::fingerprint::Fingerprint {
+            dev: 0,
+            ino: 0,
+            head_len: 0,
+            head_hash: 0,
+        }, 0);
+        assert_eq!(id, FileId(1));
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let output = Output {
+            index: 0,
+            name: "file".into(),
+            sink: Sink::File(crate::sinks::file::FileSink::new(out.clone())),
+            batch: BatchConfig {
+                max_events: 4,
+                max_bytes: ByteSize(25),
+                max_wait: ConfigDuration::from_millis(10),
+            },
+            retry: RetryConfig::default(),
+            chunks: rx,
+            tracker: Arc::clone(&tracker),
+            metrics: OutputMetrics::default(),
+        };
+        let mut rest = None;
+        let mut output = output;
+        tx.send(chunk(5, 0)).await.expect("sends");
+        tx.send(chunk(2, 5)).await.expect("sends");
+        drop(tx);
+        let mut sizes = Vec::new();
+        while let Some(batch) = output.next_batch(&mut rest).await {
+            sizes.push((batch.len(), batch.acks()));
+        }
+        // 25 bytes allow three 10-byte lines (the limit is checked before each).
+        assert_eq!(
+            sizes,
+            [
+                (3, vec![(FileId(1), 3)]),
+                (3, vec![(FileId(1), 6)]),
+                (1, vec![(FileId(1), 7)])
+            ]
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! The HTTP sink: POSTs Elasticsearch bulk, Loki push or JSON-lines bodies
+//! over a kept-alive HTTP/1.1 connection; a 2xx answer is the ack.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::config::{HttpFormat, OutputConfig};
+use crate::sinks::{Batch, SinkError, json};
+
+/// Most bytes of an error response kept for the log.
+const ERROR_BODY: usize = 512;
+
+/// Why a URL is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// Not a URL at all.
+    #[error("{0:?} is not a URL")]
+    Invalid(String),
+    /// Only plain `http://` is spoken.
+    #[error("{0:?}: only http:// URLs are supported")]
+    Scheme(String),
+}
+
+/// Where requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `host:port` to connect to.
+    pub address: String,
+    /// The `Host` header.
+    pub host: String,
+    /// Path and query of the request.
+    pub path: String,
+}
+
+impl Endpoint {
+    /// Parses an `http://host[:port]/path` URL.
+    pub fn parse(url: &str) -> Result<Self, EndpointError> {
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|_| EndpointError::Invalid(url.to_string()))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(EndpointError::Scheme(url.to_string()));
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| EndpointError::Invalid(url.to_string()))?;
+        let port = authority.port_u16().unwrap_or(80);
+        Ok(Self {
+            address: format!("{}:{port}", authority.host()),
+            host: authority.as_str().to_string(),
+            path: uri
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+        })
+    }
+}
+
+/// POSTs batches to one URL.
+#[derive(Debug)]
+pub struct HttpSink {
+    endpoint: Endpoint,
+    format: HttpFormat,
+    index: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    timeout: Duration,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl HttpSink {
+    /// The sink `config` describes.
+    pub fn new(config: &OutputConfig) -> Result<Self, SinkError> {
+        let url = config.url.as_deref().unwrap_or_default();
+        let endpoint = Endpoint::parse(url).map_err(|err| SinkError::Config(err.to_string()))?;
+        let headers = config
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                Ok((
+                    HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|err| SinkError::Config(err.to_string()))?,
+                    HeaderValue::from_str(value).map_err(|err| SinkError::Config(err.to_string()))?,
+                ))
+            })
+            .collect::<Result<_, SinkError>>()?;
+        Ok(Self {
+            endpoint,
+            format: config.format.unwrap_or(HttpFormat::JsonLines),
+            index: config.index.clone().unwrap_or_else(|| "orca-logs".to_string()),
+            headers,
+            timeout: config.timeout.get(),
+            sender: None,
+        })
+    }
+
+    /// Appends the body in the configured format.
+    pub fn encode(&self, batch: &Batch, out: &mut Vec<u8>) {
+        match self.format {
+            HttpFormat::ElasticsearchBulk => json::elasticsearch_bulk(batch, &self.index, out),
+            HttpFormat::Loki => json::loki(batch, out),
+            HttpFormat::JsonLines => json::json_lines(batch, out),
+        }
+    }
+
+    /// POSTs `payload`; `Ok` on a 2xx answer (for Elasticsearch, one that
+    /// reports no failed item).
+    pub async fn deliver(&mut self, payload: &[u8]) -> Result<(), SinkError> {
+        let result = tokio::time::timeout(self.timeout, self.post(payload))
+            .await
+            .unwrap_or(Err(SinkError::Timeout(self.timeout)));
+        if result.is_err() {
+            self.sender = None;
+        }
+        result
+    }
+
+    async fn post(&mut self, payload: &[u8]) -> Result<(), SinkError> {
+        let content_type = match self.format {
+            HttpFormat::Loki => "application/json",
+            HttpFormat::ElasticsearchBulk | HttpFormat::JsonLines => "application/x-ndjson",
+        };
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(&self.endpoint.path)
+            .header(HOST, &self.endpoint.host)
+            .header(CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::copy_from_slice(payload)))
+            .map_err(|err| SinkError::Config(err.to_string()))?;
+        for (name, value) in &self.headers {
+            request.headers_mut().insert(name.clone(), value.clone());
+        }
+        let sender = self.sender().await?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            return Err(SinkError::Status {
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&body[..body.len().min(ERROR_BODY)]).into_owned(),
+            });
+        }
+        if self.format == HttpFormat::ElasticsearchBulk {
+            bulk_errors(&body)?;
+        }
+        Ok(())
+    }
+
+    async fn sender(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, SinkError> {
+        if let Some(sender) = &mut self.sender {
+            if sender.ready().await.is_err() {
+                self.sender = None;
+            }
+        }
+        let sender = match self.sender.take() {
+            Some(sender) => sender,
+            None => {
+                let stream = TcpStream::connect(&self.endpoint.address).await?;
+                stream.set_nodelay(true)?;
+                let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(async move {
+                    if let Err(err) = connection.await {
+                        tracing::debug!(%err, "HTTP output connection closed");
+                    }
+                });
+                sender
+            }
+        };
+        Ok(self.sender.insert(sender))
+    }
+}
+
+/// A 200 from `_bulk` can still carry failed items (`"errors": true`);
+/// the batch is then sent again whole, which may duplicate the items that
+/// did succeed: at least once, never lost.
+fn bulk_errors(body: &[u8]) -> Result<(), SinkError> {
+    let Ok(answer) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Err(SinkError::Protocol("bulk answer is not JSON".to_string()));
+    };
+    if answer["errors"] != serde_json::Value::Bool(true) {
+        return Ok(());
+    }
+    let first = answer["items"]
+        .as_array()
+        .and_then(|items| {
+            items
+                .iter()
+                .filter_map(|item| item.as_object()?.values().next())
+                .find(|result| result.get("error").is_some())
+        })
+        .map(|result| result["error"].to_string())
+        .unwrap_or_default();
+    Err(SinkError::Protocol(format!("bulk request had failed items: {first}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            Endpoint::parse("http://127.0.0.1:9200/_bulk?refresh=true").expect("parses"),
+            Endpoint {
+                address: "127.0.0.1:9200".into(),
+                host: "127.0.0.1:9200".into(),
+                path: "/_bulk?refresh=true".into()
+            }
+        );
+        assert_eq!(
+            Endpoint::parse("http://logs.local").expect("parses").address,
+            "logs.local:80"
+        );
+        assert!(matches!(
+            Endpoint::parse("https://x/"),
+            Err(EndpointError::Scheme(_))
+        ));
+        assert!(matches!(Endpoint::parse("::"), Err(EndpointError::Invalid(_))));
+    }
+
+    #[test]
+    fn bulk_answers() {
+        assert!(bulk_errors(br#"{"took":3,"errors":false,"items":[]}"#).is_ok());
+        let err = bulk_errors(
+            br#"{"errors":true,"items":[{"create":{"status":201}},{"create":{"status":429,"error":{"type":"es_rejected_execution_exception"}}}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("es_rejected_execution_exception"), "{err}");
+        assert!(bulk_errors(b"<html>").is_err());
+    }
+}

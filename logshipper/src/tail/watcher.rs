@@ -1,0 +1,489 @@
+//! One input's reader: finds files by glob, follows them through rotation
+//! and truncation, parses them and hands chunks to the outputs.
+//!
+//! It runs on its own thread with plain blocking reads, which for files in
+//! the page cache are cheaper than any async file API, and it blocks on the
+//! memory budget and the output channels: that is the backpressure.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::Sender;
+
+use crate::buffer::Budget;
+use crate::checkpoint::Entry;
+use crate::config::InputConfig;
+use crate::event::{Chunk, FileId, Source};
+use crate::metrics::InputMetrics;
+use crate::parse::{ParseError, Parser};
+use crate::tail::fingerprint::Fingerprint;
+use crate::tail::glob::{GlobError, Pattern};
+use crate::tracker::Tracker;
+
+/// Bytes read from one file per turn, so one busy file cannot starve the others.
+const READ_SIZE: usize = 128 * 1024;
+
+/// Longest sleep between looks at the stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(50);
+
+/// Why a reader could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// A glob of the input is invalid.
+    #[error(transparent)]
+    Glob(#[from] GlobError),
+    /// The input's parser could not be built.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+}
+
+/// A file being read.
+struct Tailed {
+    id: FileId,
+    file: File,
+    fingerprint: Fingerprint,
+    offset: u64,
+    parser: Parser,
+    source: Arc<Source>,
+    /// The glob no longer finds this file: read it to its end, then let go.
+    rotated: bool,
+    warned: bool,
+}
+
+/// How a file the glob no longer finds may still hold a checkpointed file's bytes.
+#[derive(Debug, Clone, Copy)]
+enum Match {
+    /// The same inode and content, under another name.
+    SameFile,
+    /// Another inode with the same first bytes: a copytruncate copy.
+    Copy,
+    /// The same inode with other content, never read.
+    Rewritten,
+}
+
+/// What one read of a file found.
+enum Turn {
+    Data,
+    End,
+    Truncated,
+}
+
+/// Everything a reader needs from the rest of the shipper.
+pub struct Wiring {
+    /// Tracks offsets and acknowledgements.
+    pub tracker: Arc<Tracker>,
+    /// The memory budget chunks are reserved from.
+    pub budget: Arc<Budget>,
+    /// One channel per output; every chunk goes to all of them.
+    pub outputs: Vec<Sender<Arc<Chunk>>>,
+    /// Set to stop reading.
+    pub stop: Arc<AtomicBool>,
+    /// The input's counters.
+    pub metrics: InputMetrics,
+}
+
+/// One input's reader.
+pub struct Watcher {
+    name: Arc<str>,
+    patterns: Vec<Pattern>,
+    parser: Parser,
+    scan_interval: Duration,
+    poll_interval: Duration,
+    wiring: Wiring,
+    files: Vec<Tailed>,
+    buf: Vec<u8>,
+}
+
+impl Watcher {
+    /// A reader for `input`.
+    pub fn new(input: &InputConfig, wiring: Wiring) -> Result<Self, WatchError> {
+        Ok(Self {
+            name: input.name.as_str().into(),
+            patterns: input
+                .paths
+                .iter()
+                .map(|p| Pattern::new(p))
+                .collect::<Result<_, _>>()?,
+            parser: Parser::new(input)?,
+            scan_interval: input.scan_interval.get(),
+            poll_interval: input.poll_interval.get(),
+            wiring,
+            files: Vec::new(),
+            buf: vec![0; READ_SIZE],
+        })
+    }
+
+    /// Reads until the stop flag is set or every output has gone.
+    pub fn run(mut self) {
+        let span = tracing::info_span!("input", name = %self.name);
+        let _entered = span.enter();
+        self.resume();
+        let mut next_scan = Instant::now() + self.scan_interval;
+        while !self.stopping() {
+            if Instant::now() >= next_scan {
+                self.scan();
+                next_scan = Instant::now() + self.scan_interval;
+            }
+            let mut busy = false;
+            let mut i = 0;
+            while i < self.files.len() && !self.stopping() {
+                match self.turn(i) {
+                    Ok(Turn::Data) => {
+                        busy = true;
+                        i += 1;
+                    }
+                    Ok(Turn::End) if self.files[i].rotated => {
+                        let done = self.files.swap_remove(i);
+                        self.release(done);
+                    }
+                    Ok(Turn::End) => {
+                        self.flush_idle(i);
+                        i += 1;
+                    }
+                    Ok(Turn::Truncated) => {
+                        self.truncated(i);
+                        busy = true;
+                    }
+                    Err(err) => {
+                        let file = &mut self.files[i];
+                        if !file.warned {
+                            tracing::warn!(path = %file.source.path.display(), %err, "cannot read file; retrying");
+                            file.warned = true;
+                        }
+                        i += 1;
+                    }
+                }
+            }
+            if !busy {
+                self.sleep(self.poll_interval);
+            }
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.wiring.stop.load(Ordering::Relaxed)
+    }
+
+    fn sleep(&self, total: Duration) {
+        let until = Instant::now() + total;
+        while !self.stopping() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(STOP_CHECK));
+        }
+    }
+
+    fn tracked(&self) -> HashSet<(u64, u64)> {
+        self.files.iter().map(|f| f.fingerprint.inode()).collect()
+    }
+
+    fn expand(&self) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = self.patterns.iter().flat_map(Pattern::expand).collect();
+        paths.sort();
+        paths.dedup();
+        paths
+    }
+
+    /// The first scan: picks up where the last run's checkpoints left off.
+    fn resume(&mut self) {
+        let mut entries = self.wiring.tracker.preloaded(&self.name);
+        for path in self.expand() {
+            let Some((file, fingerprint)) = open(&path) else {
+                continue;
+            };
+            if self.tracked().contains(&fingerprint.inode()) {
+                continue;
+            }
+            let len = file.metadata().map_or(0, |m| m.len());
+            let resumed = entries.iter().position(|e| {
+                e.fingerprint.inode() == fingerprint.inode()
+                    && e.fingerprint.head_matches(&file).unwrap_or(false)
+                    && len >= e.offset
+            });
+            let offset = resumed.map_or(0, |i| entries.swap_remove(i).offset);
+            self.track(path, file, fingerprint, offset, false);
+        }
+        // Files the glob no longer finds: first those still holding the
+        // checkpointed content under another name (renamed), then copies
+        // of it (copytruncate), then content an inode received after the
+        // last run looked at it (truncated and rewritten, then rotated).
+        let mut unresolved = Vec::new();
+        for entry in entries {
+            if !self.adopt(&entry, Match::SameFile) {
+                unresolved.push(entry);
+            }
+        }
+        for entry in &unresolved {
+            if !self.adopt(entry, Match::Copy) {
+                tracing::warn!(
+                    path = %entry.path.display(),
+                    offset = entry.offset,
+                    "a checkpointed file is gone; whatever it held past the offset was not shipped"
+                );
+            }
+        }
+        for entry in &unresolved {
+            self.adopt(entry, Match::Rewritten);
+        }
+        self.wiring.tracker.preload_done(&self.name);
+    }
+
+    /// Looks beside a checkpointed file the glob no longer finds for `how`
+    /// it may live on, and reads what is left of it.
+    fn adopt(&mut self, entry: &Entry, how: Match) -> bool {
+        let tracked = self.tracked();
+        let mut candidates = vec![entry.path.clone()];
+        candidates.extend(siblings(&entry.path));
+        for path in candidates {
+            let Some((file, fingerprint)) = open(&path) else {
+                continue;
+            };
+            if tracked.contains(&fingerprint.inode()) {
+                continue;
+            }
+            let same_inode = fingerprint.inode() == entry.fingerprint.inode();
+            let len = file.metadata().map_or(0, |m| m.len());
+            let same_content = entry.fingerprint.head_matches(&file).unwrap_or(false);
+            let offset = match how {
+                Match::SameFile if same_inode && same_content && len >= entry.offset => entry.offset,
+                Match::Copy
+                    if !same_inode
+                        && entry.fingerprint.head_len > 0
+                        && same_content
+                        && len >= entry.offset =>
+                {
+                    entry.offset
+                }
+                Match::Rewritten if same_inode && !same_content => 0,
+                _ => continue,
+            };
+            tracing::info!(path = %path.display(), offset, "resuming a rotated file");
+            self.track(path, file, fingerprint, offset, true);
+            return true;
+        }
+        false
+    }
+
+    fn track(&mut self, path: PathBuf, file: File, fingerprint: Fingerprint, offset: u64, rotated: bool) {
+        let id = self.wiring.tracker.register(&self.name, &path, fingerprint, offset);
+        tracing::debug!(path = %path.display(), offset, rotated, "tailing");
+        self.files.push(Tailed {
+            id,
+            file,
+            fingerprint,
+            offset,
+            parser: self.parser.fresh(),
+            source: Arc::new(Source::new(Arc::clone(&self.name), path)),
+            rotated,
+            warned: false,
+        });
+    }
+
+    /// Picks up new files; marks files the glob no longer finds as rotated.
+    fn scan(&mut self) {
+        let mut seen = HashSet::new();
+        for path in self.expand() {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let inode = (meta.dev(), meta.ino());
+            if !seen.insert(inode) || self.tracked().contains(&inode) {
+                continue;
+            }
+            if let Some((file, fingerprint)) = open(&path) {
+                self.track(path, file, fingerprint, 0, false);
+                seen.insert(self.files.last().map_or(inode, |f| f.fingerprint.inode()));
+            }
+        }
+        for file in &mut self.files {
+            if !file.rotated && !seen.contains(&file.fingerprint.inode()) {
+                tracing::debug!(path = %file.source.path.display(), "rotated or deleted; reading to its end");
+                file.rotated = true;
+            }
+        }
+    }
+
+    fn turn(&mut self, i: usize) -> io::Result<Turn> {
+        let file = &mut self.files[i];
+        let n = read_at(&file.file, &mut self.buf, file.offset)?;
+        // Checked after the read: if the head is unchanged, what was read
+        // belongs to the same content.
+        let truncated = !file.fingerprint.head_matches(&file.file)?
+            || (n == 0 && file.file.metadata()?.len() < file.offset);
+        if truncated {
+            return Ok(Turn::Truncated);
+        }
+        if n == 0 {
+            return Ok(Turn::End);
+        }
+        if file.fingerprint.head_is_short() {
+            let grown = Fingerprint::of(&file.file)?;
+            if grown != file.fingerprint && file.fingerprint.head_matches(&file.file)? {
+                file.fingerprint = grown;
+                self.wiring.tracker.update(file.id, None, grown);
+            }
+        }
+        let mut chunk = Chunk::new(file.id, Arc::clone(&file.source));
+        chunk.text.reserve(n);
+        file.parser.feed(&self.buf[..n], file.offset, &mut chunk);
+        file.offset += n as u64;
+        let size = file.offset;
+        let malformed = file.parser.take_malformed();
+        self.wiring.metrics.malformed.inc_by(malformed);
+        self.send(chunk, size);
+        Ok(Turn::Data)
+    }
+
+    fn flush_idle(&mut self, i: usize) {
+        let file = &mut self.files[i];
+        if !file.parser.has_pending() {
+            return;
+        }
+        let mut chunk = Chunk::new(file.id, Arc::clone(&file.source));
+        file.parser.flush_idle(Instant::now(), &mut chunk);
+        let size = file.offset;
+        self.send(chunk, size);
+    }
+
+    /// The file was truncated. With copytruncate, the copy beside it holds
+    /// what was not read yet: reading moves there. Either way the file
+    /// itself starts over as new content.
+    fn truncated(&mut self, i: usize) {
+        let mut tracked = self.tracked();
+        let file = &mut self.files[i];
+        tracked.remove(&file.fingerprint.inode());
+        let copy = find_copy(&file.source.path, &file.fingerprint, file.offset, &tracked);
+        let path = file.source.path.clone();
+        let original = match copy {
+            Some((copy_path, copy_file, copy_fingerprint)) => {
+                tracing::info!(path = %path.display(), copy = %copy_path.display(), "file copied and truncated; reading the rest from the copy");
+                file.fingerprint = copy_fingerprint;
+                file.rotated = true;
+                self.wiring.tracker.update(file.id, Some(&copy_path), copy_fingerprint);
+                Some(std::mem::replace(&mut file.file, copy_file))
+            }
+            None => {
+                tracing::warn!(path = %path.display(), offset = file.offset, "file truncated; reading it again from the start (lines written past the last read before the truncation are gone)");
+                let mut done = self.files.swap_remove(i);
+                let file = done.file.try_clone().ok();
+                done.rotated = true;
+                self.release(done);
+                file
+            }
+        };
+        if let Some(original) = original {
+            match Fingerprint::of(&original) {
+                Ok(fingerprint) => self.track(path, original, fingerprint, 0, false),
+                Err(err) => tracing::warn!(path = %path.display(), %err, "cannot read truncated file"),
+            }
+        }
+    }
+
+    /// Hands on what the parser still holds, then lets the file go.
+    fn release(&mut self, mut done: Tailed) {
+        let mut chunk = Chunk::new(done.id, Arc::clone(&done.source));
+        done.parser.finish(&mut chunk);
+        self.send(chunk, done.offset);
+        self.wiring.tracker.release(done.id);
+        tracing::debug!(path = %done.source.path.display(), "released");
+    }
+
+    fn send(&mut self, mut chunk: Chunk, size: u64) {
+        let Some(last) = chunk.events.last() else {
+            return;
+        };
+        let commit = last.commit;
+        let Some(reservation) = self.wiring.budget.reserve(chunk.memory(), &self.wiring.stop)
+        else {
+            return;
+        };
+        chunk.hold(reservation);
+        self.wiring.metrics.events.inc_by(chunk.events.len() as u64);
+        self.wiring.metrics.bytes.inc_by(
+            chunk
+                .events
+                .iter()
+                .map(|e| u64::from(e.end - e.start))
+                .sum(),
+        );
+        self.wiring.tracker.emitted(chunk.file, commit, size);
+        let chunk = Arc::new(chunk);
+        for output in &self.wiring.outputs {
+            if output.blocking_send(Arc::clone(&chunk)).is_err() {
+                // An output only goes away when the shipper stops.
+                self.wiring.stop.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+fn open(path: &Path) -> Option<(File, Fingerprint)> {
+    let file = File::open(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let fingerprint = Fingerprint::of(&file).ok()?;
+    Some((file, fingerprint))
+}
+
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    loop {
+        match file.read_at(buf, offset) {
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+/// Files beside `path` named as rotation names them: `<name>.<suffix>` or `<name>-<suffix>`.
+fn siblings(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name().to_str().is_some_and(|n| {
+                n.len() > name.len() + 1
+                    && n.starts_with(name)
+                    && matches!(n.as_bytes()[name.len()], b'.' | b'-')
+            })
+        })
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
+}
+
+/// The copy copytruncate made of a file fingerprinted `fingerprint`, read up to `offset`.
+fn find_copy(
+    path: &Path,
+    fingerprint: &Fingerprint,
+    offset: u64,
+    tracked: &HashSet<(u64, u64)>,
+) -> Option<(PathBuf, File, Fingerprint)> {
+    if fingerprint.head_len == 0 {
+        return None;
+    }
+    siblings(path).into_iter().find_map(|candidate| {
+        let (file, found) = open(&candidate)?;
+        let len = file.metadata().ok()?.len();
+        let matches = !tracked.contains(&found.inode())
+            && found.inode() != fingerprint.inode()
+            && fingerprint.head_matches(&file).ok()?
+            && len >= offset;
+        matches.then_some((candidate, file, found))
+    })
+}

@@ -1,0 +1,275 @@
+//! Payloads as their receivers define them, end to end through the
+//! shipper process: Elasticsearch bulk and Loki push over HTTP, the Fluentd
+//! forward protocol with acks (decoded by an independent msgpack library),
+//! and RFC 5424 syslog received by a real rsyslog.
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rmpv::Value;
+use serde_json::json;
+
+use crate::common::{Delivered, Dirs, Shipper, Writer, cri, free_port, wait_until};
+use crate::http_server::TestServer;
+
+const LINES: u64 = 300;
+
+fn write_lines(dirs: &Dirs) {
+    let mut writer = Writer::open(dirs.container("shop", "cart").join("0.log"));
+    for seq in 0..LINES {
+        writer.write(&cri(seq, 5));
+    }
+}
+
+fn http_output(port: u16, format: &str) -> String {
+    format!(
+        "  - name: http\n    type: http\n    url: http://127.0.0.1:{port}/x\n    format: {format}\n    headers: {{X-Scope-OrgID: tenant-1}}\n    batch: {{max_events: 100, max_bytes: 1MiB, max_wait: 50ms}}\n"
+    )
+}
+
+#[test]
+fn elasticsearch_bulk_over_http() {
+    let dirs = Dirs::new();
+    let server = TestServer::start();
+    let config = dirs.config(free_port(), "8MiB", &http_output(server.port, "elasticsearch_bulk"));
+    let shipper = Shipper::start(&config, &dirs.root.path().join("shipper.log"));
+    write_lines(&dirs);
+    let mut delivered = Delivered::default();
+    wait_until("every line delivered", Duration::from_secs(60), || {
+        delivered = Delivered::default();
+        for (content_type, body) in server.bodies() {
+            assert_eq!(content_type, "application/x-ndjson");
+            let text = String::from_utf8(body).expect("utf-8");
+            assert!(text.ends_with('\n'), "the bulk body ends in a newline");
+            let lines: Vec<serde_json::Value> =
+                text.lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+            for pair in lines.chunks(2) {
+                assert_eq!(pair[0], json!({"create": {"_index": "orca-logs"}}));
+                let doc = &pair[1];
+                assert_eq!(doc["namespace"], "default");
+                assert_eq!(doc["pod"], "shop");
+                assert_eq!(doc["container"], "cart");
+                assert_eq!(doc["stream"], "stdout");
+                assert!(doc["@timestamp"].as_str().is_some_and(|t| t.starts_with("2026-11-25T10:")));
+                delivered.add(doc["message"].as_str().expect("message"));
+            }
+        }
+        delivered.missing(LINES).is_empty()
+    });
+    assert!(shipper.terminate().success());
+    assert!(delivered.garbled.is_empty(), "{:?}", delivered.garbled);
+}
+
+#[test]
+fn loki_push_over_http() {
+    let dirs = Dirs::new();
+    let server = TestServer::start();
+    let config = dirs.config(free_port(), "8MiB", &http_output(server.port, "loki"));
+    let shipper = Shipper::start(&config, &dirs.root.path().join("shipper.log"));
+    write_lines(&dirs);
+    let mut delivered = Delivered::default();
+    wait_until("every line delivered", Duration::from_secs(60), || {
+        delivered = Delivered::default();
+        for (content_type, body) in server.bodies() {
+            assert_eq!(content_type, "application/json");
+            let push: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            for stream in push["streams"].as_array().expect("streams") {
+                assert_eq!(stream["stream"]["pod"], "shop");
+                assert_eq!(stream["stream"]["stream"], "stdout");
+                for value in stream["values"].as_array().expect("values") {
+                    let ts = value[0].as_str().expect("timestamp string");
+                    assert!(ts.parse::<i64>().is_ok_and(|ns| ns > 1_700_000_000_000_000_000));
+                    delivered.add(value[1].as_str().expect("line"));
+                }
+            }
+        }
+        delivered.missing(LINES).is_empty()
+    });
+    assert!(shipper.terminate().success());
+    assert!(delivered.garbled.is_empty(), "{:?}", delivered.garbled);
+}
+
+/// A forward server that leaves the first message unacknowledged (closing
+/// the connection), then acks every chunk.
+#[test]
+fn forward_protocol_with_acks() {
+    let dirs = Dirs::new();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
+    let port = listener.local_addr().expect("addr").port();
+    let output = format!(
+        "  - name: fluentd\n    type: forward\n    address: 127.0.0.1:{port}\n    require_ack: true\n    tag: kube.shop\n    timeout: 2s\n    retry: {{initial_backoff: 20ms, max_backoff: 100ms}}\n    batch: {{max_events: 100, max_bytes: 1MiB, max_wait: 50ms}}\n"
+    );
+    let config = dirs.config(free_port(), "8MiB", &output);
+    let shipper = Shipper::start(&config, &dirs.root.path().join("shipper.log"));
+    write_lines(&dirs);
+
+    let mut delivered = Delivered::default();
+    let mut unacked = 0;
+    let mut first = true;
+    while !delivered.missing(LINES).is_empty() {
+        let (mut stream, _) = listener.accept().expect("accepts");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        loop {
+            let Ok(message) = rmpv::decode::read_value(&mut stream) else {
+                break;
+            };
+            let (chunk, records) = check_forward_message(&message);
+            if first {
+                // No ack: the shipper must send this chunk again.
+                first = false;
+                unacked = records.len();
+                break;
+            }
+            for record in records {
+                delivered.add(&record);
+            }
+            let mut ack = Vec::new();
+            rmpv::encode::write_value(
+                &mut ack,
+                &Value::Map(vec![(Value::from("ack"), Value::from(chunk.as_str()))]),
+            )
+            .expect("encodes");
+            stream.write_all(&ack).expect("acks");
+            if delivered.missing(LINES).is_empty() {
+                break;
+            }
+        }
+    }
+    assert!(shipper.terminate().success());
+    assert!(unacked > 0);
+    assert!(delivered.garbled.is_empty(), "{:?}", delivered.garbled);
+}
+
+/// Checks the Forward-mode shape `[tag, [[EventTime, record]...], {size, chunk}]`
+/// and returns the chunk id and the records' `log` fields.
+fn check_forward_message(message: &Value) -> (String, Vec<String>) {
+    let parts = message.as_array().expect("message is an array");
+    assert_eq!(parts.len(), 3);
+    assert_eq!(parts[0].as_str(), Some("kube.shop"));
+    let entries = parts[1].as_array().expect("entries");
+    let mut logs = Vec::new();
+    for entry in entries {
+        let entry = entry.as_array().expect("entry is [time, record]");
+        match &entry[0] {
+            Value::Ext(0, bytes) => {
+                assert_eq!(bytes.len(), 8, "EventTime is 8 bytes");
+                let secs = u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes"));
+                assert!(secs > 1_700_000_000);
+            }
+            other => panic!("time is not an EventTime: {other}"),
+        }
+        let record = entry[1].as_map().expect("record is a map");
+        let field = |name: &str| {
+            record
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(name))
+                .and_then(|(_, v)| v.as_str())
+                .map(str::to_string)
+        };
+        assert_eq!(field("namespace").as_deref(), Some("default"));
+        assert_eq!(field("container").as_deref(), Some("cart"));
+        assert_eq!(field("stream").as_deref(), Some("stdout"));
+        logs.push(field("log").expect("log field"));
+    }
+    let option = parts[2].as_map().expect("option map");
+    let get = |name: &str| option.iter().find(|(k, _)| k.as_str() == Some(name)).map(|(_, v)| v.clone());
+    assert_eq!(get("size").and_then(|v| v.as_u64()), Some(entries.len() as u64));
+    let chunk = get("chunk").and_then(|v| v.as_str().map(str::to_string)).expect("chunk id");
+    assert_eq!(chunk.len(), 24, "base64 of 128 bits");
+    (chunk, logs)
+}
+
+/// rsyslogd with its own config, listening on a loopback TCP port and
+/// writing what it parsed, field by field, to a file.
+struct Rsyslog {
+    child: Child,
+}
+
+impl Rsyslog {
+    fn start(dir: &Path, port: u16, out: &Path) -> Self {
+        let rsyslogd = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("rsyslogd not found: install Debian's rsyslog package (scripts/deps.sh)");
+        let config = dir.join("rsyslog.conf");
+        std::fs::write(
+            &config,
+            format!(
+                r#"global(workDirectory="{dir}")
+module(load="imtcp")
+template(name="fields" type="string" string="%pri%|%timereported:::date-rfc3339%|%hostname%|%app-name%|%msgid%|%structured-data%|%msg%\n")
+ruleset(name="orca") {{
+  action(type="omfile" file="{out}" template="fields")
+}}
+input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="orca")
+"#,
+                dir = dir.display(),
+                out = out.display(),
+            ),
+        )
+        .expect("writes rsyslog config");
+        let child = Command::new(rsyslogd)
+            .args(["-n", "-i"])
+            .arg(dir.join("rsyslogd.pid"))
+            .arg("-f")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starts rsyslogd");
+        Self { child }
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn syslog_received_by_rsyslog() {
+    let dirs = Dirs::new();
+    let port = free_port();
+    let received = dirs.root.path().join("rsyslog.out");
+    let rsyslog_dir = dirs.root.path().join("rsyslog");
+    std::fs::create_dir_all(&rsyslog_dir).expect("mkdir");
+    let _rsyslog = Rsyslog::start(&rsyslog_dir, port, &received);
+    wait_until("rsyslog listening", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let output = format!(
+        "  - name: syslog\n    type: syslog\n    address: 127.0.0.1:{port}\n    facility: 16\n    hostname: node-1\n    batch: {{max_events: 50, max_bytes: 1MiB, max_wait: 50ms}}\n"
+    );
+    let config = dirs.config(free_port(), "8MiB", &output);
+    let shipper = Shipper::start(&config, &dirs.root.path().join("shipper.log"));
+    write_lines(&dirs);
+    let mut delivered = Delivered::default();
+    wait_until("rsyslog received every line", Duration::from_secs(60), || {
+        delivered = Delivered::default();
+        let text = std::fs::read_to_string(&received).unwrap_or_default();
+        for line in text.lines() {
+            let fields: Vec<&str> = line.splitn(7, '|').collect();
+            assert_eq!(fields.len(), 7, "{line}");
+            // local0 (16) * 8 + informational (6)
+            assert_eq!(fields[0], "134", "{line}");
+            assert!(fields[1].starts_with("2026-11-25T10:"), "{line}");
+            assert_eq!(fields[2], "node-1");
+            assert_eq!(fields[3], "cart");
+            assert_eq!(fields[4], "stdout");
+            assert_eq!(
+                fields[5],
+                r#"[orca@32473 namespace="default" pod="shop" uid="uid-shop" container="cart"]"#
+            );
+            delivered.add(fields[6]);
+        }
+        delivered.missing(LINES).is_empty()
+    });
+    assert!(shipper.terminate().success());
+    assert!(delivered.garbled.is_empty(), "{:?}", delivered.garbled);
+}

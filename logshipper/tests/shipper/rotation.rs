@@ -1,0 +1,106 @@
+//! Rotation under a steady writer, by rename and by copytruncate: no line
+//! lost, none duplicated, and rotated files let go once read.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::common::{Delivered, Dirs, Shipper, Writer, cri, free_port, wait_until};
+
+const LINES: u64 = 200_000;
+const ROTATE_EVERY: u64 = 20_000;
+
+#[derive(Clone, Copy)]
+enum Rotation {
+    Rename,
+    CopyTruncate,
+}
+
+fn rotate_under_a_steady_writer(rotation: Rotation) {
+    let dirs = Dirs::new();
+    let container = dirs.container("web", "nginx");
+    let config = dirs.file_config(free_port(), 1000);
+    let shipper_log = dirs.root.path().join("shipper.log");
+    let shipper = Shipper::start(&config, &shipper_log);
+    let log = container.join("0.log");
+    let writer = std::thread::spawn(move || {
+        let mut writer = Writer::open(log);
+        for seq in 0..LINES {
+            writer.write(&cri(seq, 7));
+            if seq % ROTATE_EVERY == ROTATE_EVERY - 1 {
+                let suffix = (seq / ROTATE_EVERY).to_string();
+                match rotation {
+                    Rotation::Rename => writer.rotate_rename(&suffix),
+                    Rotation::CopyTruncate => writer.rotate_copytruncate(&suffix),
+                }
+            }
+            if seq % 2000 == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
+    writer.join().expect("writer finished");
+    wait_until("every line delivered", Duration::from_secs(120), || {
+        std::thread::sleep(Duration::from_millis(200));
+        Delivered::from_file(&dirs.out).missing(LINES).is_empty()
+    });
+
+    // Rotated files are read to their end and released: only the live
+    // file stays open, and deleting the rotated ones frees them at once.
+    wait_until("rotated files released", Duration::from_secs(30), || {
+        open_logs(shipper.pid(), &container) == ["0.log"]
+    });
+    for entry in std::fs::read_dir(&container).expect("lists") {
+        let path = entry.expect("entry").path();
+        if path.file_name().is_some_and(|n| n != "0.log") {
+            std::fs::remove_file(path).expect("deletes rotated file");
+        }
+    }
+    assert!(deleted_fds(shipper.pid()).is_empty(), "{:?}", deleted_fds(shipper.pid()));
+
+    assert!(shipper.terminate().success());
+    let delivered = Delivered::from_file(&dirs.out);
+    assert!(delivered.garbled.is_empty(), "{:?}", &delivered.garbled[..delivered.garbled.len().min(5)]);
+    assert_eq!(delivered.duplicates(), 0, "no restart, so no line twice");
+    let log = std::fs::read_to_string(&shipper_log).expect("shipper log");
+    eprintln!(
+        "{} rotations; tail moved to the copy {} times, truncations without a copy: {}",
+        LINES / ROTATE_EVERY,
+        log.matches("reading the rest from the copy").count(),
+        log.matches("reading it again from the start").count(),
+    );
+}
+
+/// Names of the files under `dir` the process holds open.
+fn open_logs(pid: u32, dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fd_targets(pid)
+        .into_iter()
+        .filter_map(|t| Some(Path::new(&t).strip_prefix(dir).ok()?.display().to_string()))
+        .collect();
+    names.sort();
+    names
+}
+
+fn deleted_fds(pid: u32) -> Vec<String> {
+    fd_targets(pid)
+        .into_iter()
+        .filter(|t| t.ends_with(" (deleted)"))
+        .collect()
+}
+
+fn fd_targets(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("lists fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|t| t.display().to_string())
+        .collect()
+}
+
+#[test]
+fn rename_rotation_loses_nothing() {
+    rotate_under_a_steady_writer(Rotation::Rename);
+}
+
+#[test]
+fn copytruncate_rotation_loses_nothing() {
+    rotate_under_a_steady_writer(Rotation::CopyTruncate);
+}

@@ -1,0 +1,272 @@
+//! Message bodies: how long they are (framing) and where a chunked body ends.
+//!
+//! Bodies are passed through unchanged, chunk framing included; the scanner
+//! only finds the end, and rejects malformed framing instead of guessing,
+//! because a proxy that guesses differently from its upstream is how
+//! request smuggling happens.
+
+/// How the end of a body is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the sender closes the connection (responses only).
+    UntilClose,
+}
+
+/// A chunked body that does not follow RFC 9112 §7.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed chunked body")]
+pub struct ChunkError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading the hex size; `digits` so far.
+    Size { digits: u8 },
+    /// Skipping a chunk extension up to CR.
+    Extension,
+    /// Expecting LF after the size line's CR.
+    SizeLf,
+    /// Inside chunk data.
+    Data,
+    /// Expecting CR after chunk data.
+    DataCr,
+    /// Expecting LF after chunk data.
+    DataLf,
+    /// At the start of a trailer line (or the final CRLF).
+    TrailerStart,
+    /// Inside a trailer field line.
+    Trailer,
+    /// Expecting LF after a trailer line.
+    TrailerLf,
+    /// Expecting the LF that ends the body.
+    FinalLf,
+    /// The body is complete.
+    Done,
+}
+
+/// Finds the end of a chunked body in the bytes that pass through.
+#[derive(Debug, Clone)]
+pub struct ChunkedScanner {
+    state: State,
+    remaining: u64,
+}
+
+impl Default for ChunkedScanner {
+    fn default() -> Self {
+        Self {
+            state: State::Size { digits: 0 },
+            remaining: 0,
+        }
+    }
+}
+
+impl ChunkedScanner {
+    /// Whether the whole body has been seen.
+    pub fn done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Scans `input`; returns how many of its bytes belong to the body
+    /// (all of them, unless the body ends inside `input`).
+    pub fn feed(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            match self.state {
+                State::Size { digits } => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        // Sixteen hex digits overflow u64: refuse, never wrap.
+                        if digits >= 15 {
+                            return Err(ChunkError);
+                        }
+                        let v = (b as char).to_digit(16).map_or(0, u64::from);
+                        self.remaining = self.remaining * 16 + v;
+                        self.state = State::Size { digits: digits + 1 };
+                    }
+                    b';' | b' ' | b'\t' if digits > 0 => self.state = State::Extension,
+                    b'\r' if digits > 0 => self.state = State::SizeLf,
+                    _ => return Err(ChunkError),
+                },
+                State::Extension => match b {
+                    b'\r' => self.state = State::SizeLf,
+                    b'\n' => return Err(ChunkError),
+                    _ => {}
+                },
+                State::SizeLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError);
+                    }
+                    self.state = if self.remaining == 0 {
+                        State::TrailerStart
+                    } else {
+                        State::Data
+                    };
+                }
+                State::Data => {
+                    let take = usize::try_from(self.remaining)
+                        .unwrap_or(usize::MAX)
+                        .min(input.len() - i);
+                    self.remaining -= take as u64;
+                    i += take;
+                    if self.remaining == 0 {
+                        self.state = State::DataCr;
+                    }
+                    continue;
+                }
+                State::DataCr => {
+                    if b != b'\r' {
+                        return Err(ChunkError);
+                    }
+                    self.state = State::DataLf;
+                }
+                State::DataLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError);
+                    }
+                    self.state = State::Size { digits: 0 };
+                }
+                State::TrailerStart => match b {
+                    b'\r' => self.state = State::FinalLf,
+                    b'\n' => return Err(ChunkError),
+                    _ => self.state = State::Trailer,
+                },
+                State::Trailer => match b {
+                    b'\r' => self.state = State::TrailerLf,
+                    b'\n' => return Err(ChunkError),
+                    _ => {}
+                },
+                State::TrailerLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError);
+                    }
+                    self.state = State::TrailerStart;
+                }
+                State::FinalLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError);
+                    }
+                    self.state = State::Done;
+                    return Ok(i + 1);
+                }
+                State::Done => return Ok(i),
+            }
+            i += 1;
+        }
+        Ok(i)
+    }
+}
+
+/// Tracks how much of a body is left, whatever its framing.
+#[derive(Debug, Clone)]
+pub enum BodyProgress {
+    /// Bytes left of a sized body.
+    Length(u64),
+    /// A chunked body being scanned.
+    Chunked(ChunkedScanner),
+    /// A body that ends when the connection closes.
+    UntilClose,
+}
+
+impl BodyProgress {
+    /// Starts tracking a body of `framing`.
+    pub fn new(framing: Framing) -> Self {
+        match framing {
+            Framing::Empty => Self::Length(0),
+            Framing::Length(n) => Self::Length(n),
+            Framing::Chunked => Self::Chunked(ChunkedScanner::default()),
+            Framing::UntilClose => Self::UntilClose,
+        }
+    }
+
+    /// Whether the body is complete.
+    pub fn done(&self) -> bool {
+        match self {
+            Self::Length(n) => *n == 0,
+            Self::Chunked(s) => s.done(),
+            Self::UntilClose => false,
+        }
+    }
+
+    /// How many bytes of `input` belong to the body.
+    pub fn feed(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
+        match self {
+            Self::Length(n) => {
+                let take = usize::try_from(*n).unwrap_or(usize::MAX).min(input.len());
+                *n -= take as u64;
+                Ok(take)
+            }
+            Self::Chunked(s) => s.feed(input),
+            Self::UntilClose => Ok(input.len()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_all(input: &[u8]) -> Result<(usize, bool), ChunkError> {
+        let mut s = ChunkedScanner::default();
+        let n = s.feed(input)?;
+        Ok((n, s.done()))
+    }
+
+    #[test]
+    fn finds_the_end_and_leaves_the_rest() {
+        let body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\n\r\nGET / HTTP/1.1\r\n";
+        let (n, done) = scan_all(body).unwrap();
+        assert!(done);
+        assert_eq!(&body[n..], b"GET / HTTP/1.1\r\n");
+    }
+
+    #[test]
+    fn trailers_are_part_of_the_body() {
+        let body = b"1\r\na\r\n0\r\nX-Checksum: 1\r\n\r\n";
+        assert_eq!(scan_all(body).unwrap(), (body.len(), true));
+    }
+
+    #[test]
+    fn byte_by_byte_equals_all_at_once() {
+        let body = b"A\r\n0123456789\r\n0\r\n\r\n";
+        let mut s = ChunkedScanner::default();
+        for (i, b) in body.iter().enumerate() {
+            assert_eq!(s.feed(std::slice::from_ref(b)).unwrap(), 1, "byte {i}");
+        }
+        assert!(s.done());
+    }
+
+    #[test]
+    fn malformed_framing_is_refused() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"4\nWiki\r\n",
+            b"4\r\nWikiX\r\n",
+            b"fffffffffffffffff\r\n",
+            b"-1\r\n",
+            b"0\r\n\n",
+        ] {
+            assert_eq!(
+                scan_all(bad),
+                Err(ChunkError),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn sized_bodies_count_down() {
+        let mut p = BodyProgress::new(Framing::Length(5));
+        assert_eq!(p.feed(b"abc").unwrap(), 3);
+        assert!(!p.done());
+        assert_eq!(p.feed(b"defgh").unwrap(), 2);
+        assert!(p.done());
+        assert!(BodyProgress::new(Framing::Empty).done());
+    }
+}

@@ -1,0 +1,330 @@
+//! Cluster mode: routes from networking.k8s.io/v1 Ingress objects (class
+//! `orca`), their Services and ready EndpointSlice endpoints, and TLS
+//! certificates from `kubernetes.io/tls` Secrets, all followed through the
+//! core watch pipeline. Every change rebuilds the route table in the
+//! background and swaps it in whole; open connections are untouched.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use orca_core::api::{EndpointSlice, Ingress, Object, Secret, Service};
+use orca_core::store::Store;
+use orca_core::watch::{self, Reader};
+use tokio::sync::Notify;
+
+use super::config::{LbPolicy, PathType};
+use super::proxy::Shared;
+use super::routes::{Route, RouteTable};
+use super::tls::{Certificates, Resolver};
+use super::upstream::{Endpoint, Settings, Upstream};
+
+/// The ingress class this proxy serves.
+pub const INGRESS_CLASS: &str = "orca";
+
+/// Label that ties an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// How long changes are gathered before one rebuild, so a burst of events
+/// (a rollout) costs one table, not hundreds.
+const DEBOUNCE: Duration = Duration::from_millis(5);
+
+/// The caches cluster mode reads.
+#[derive(Clone)]
+pub struct Caches {
+    ingresses: Reader<Ingress>,
+    services: Reader<Service>,
+    slices: Reader<EndpointSlice>,
+    secrets: Reader<Secret>,
+}
+
+/// Runs one reflector; every event pokes `changed`.
+fn follow<K: Object>(
+    store: &Store,
+    changed: Arc<Notify>,
+) -> (Reader<K>, impl Stream<Item = ()> + Send) {
+    let (reader, writer) = watch::store::<K>();
+    let events = watch::reflector(writer, watch::watcher(store.api::<K>(None))).map(move |event| {
+        if let Err(e) = event {
+            tracing::warn!(kind = K::KIND, error = %e, "watch failed; retrying");
+        }
+        changed.notify_one();
+    });
+    (reader, events)
+}
+
+/// Endpoints by (upstream key, address), so health survives rebuilds.
+type Registry = HashMap<(String, SocketAddr), Arc<Endpoint>>;
+
+/// Follows the cluster and keeps `shared.routes` (and the TLS resolvers)
+/// in step with it, until the future is dropped.
+pub async fn run(store: Store, shared: Arc<Shared>, resolvers: Vec<Arc<Resolver>>) {
+    let changed = Arc::new(Notify::new());
+    let (ingresses, a) = follow::<Ingress>(&store, changed.clone());
+    let (services, b) = follow::<Service>(&store, changed.clone());
+    let (slices, c) = follow::<EndpointSlice>(&store, changed.clone());
+    let (secrets, d) = follow::<Secret>(&store, changed.clone());
+    let caches = Caches {
+        ingresses,
+        services,
+        slices,
+        secrets,
+    };
+    let pump =
+        futures::stream::select(futures::stream::select(a, b), futures::stream::select(c, d))
+            .for_each(|()| async {});
+    let rebuild = async {
+        // Nothing is served from a partial view of the cluster.
+        caches.ingresses.wait_until_synced().await;
+        caches.services.wait_until_synced().await;
+        caches.slices.wait_until_synced().await;
+        caches.secrets.wait_until_synced().await;
+        let mut registry = Registry::new();
+        loop {
+            let started = Instant::now();
+            let (table, certs) = build(&caches, &mut registry);
+            let routes = table.len();
+            shared.routes.store(Arc::new(table));
+            for r in &resolvers {
+                r.replace(certs.clone_set());
+            }
+            tracing::debug!(routes, took = ?started.elapsed(), "routes rebuilt from the cluster");
+            changed.notified().await;
+            tokio::time::sleep(DEBOUNCE).await;
+        }
+    };
+    tokio::select! {
+        () = pump => {}
+        () = rebuild => {}
+    }
+}
+
+/// Whether an Ingress is ours.
+fn is_ours(ing: &Ingress) -> bool {
+    let spec_class = ing
+        .spec
+        .as_ref()
+        .and_then(|s| s.ingress_class_name.as_deref());
+    let annotation = ing
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("kubernetes.io/ingress.class"))
+        .map(String::as_str);
+    spec_class.or(annotation) == Some(INGRESS_CLASS)
+}
+
+/// The ready endpoint addresses of `service`'s port `port` (number or name).
+fn endpoints_of(
+    caches: &Caches,
+    namespace: &str,
+    service: &str,
+    port: &ServicePortRef,
+) -> Vec<SocketAddr> {
+    let svc_key = watch::ObjectKey::new(Some(namespace), service);
+    let Some(svc) = caches.services.get(&svc_key) else {
+        return Vec::new();
+    };
+    let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
+    let Some(svc_port) = ports.into_iter().flatten().find(|p| match port {
+        ServicePortRef::Number(n) => p.port == *n,
+        ServicePortRef::Name(name) => p.name.as_deref() == Some(name.as_str()),
+    }) else {
+        return Vec::new();
+    };
+    let port_name = svc_port.name.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    for slice in caches.slices.list() {
+        let owned = slice.metadata.namespace.as_deref() == Some(namespace)
+            && slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                .map(String::as_str)
+                == Some(service);
+        if !owned || slice.address_type == "FQDN" {
+            continue;
+        }
+        let Some(target) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.clone().unwrap_or_default() == port_name)
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            // Unset means ready, as in discovery.k8s.io/v1.
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            if !ready {
+                continue;
+            }
+            for address in &ep.addresses {
+                if let Ok(ip) = address.parse::<IpAddr>() {
+                    out.push(SocketAddr::new(ip, target));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A Service port as an Ingress backend names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ServicePortRef {
+    Number(i32),
+    Name(String),
+}
+
+impl std::fmt::Display for ServicePortRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Number(n) => write!(f, "{n}"),
+            Self::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// The certificates of every TLS section of our Ingresses.
+pub struct ClusterCerts {
+    entries: Vec<(Vec<String>, Vec<u8>, Vec<u8>)>,
+}
+
+impl ClusterCerts {
+    /// A certificate set for the resolvers; entries that fail to load are
+    /// logged and skipped, so one bad Secret cannot take TLS down.
+    fn clone_set(&self) -> Certificates {
+        let mut certs = Certificates::default();
+        for (hosts, cert, key) in &self.entries {
+            if let Err(e) = certs.add_pem(cert, key, hosts) {
+                tracing::warn!(hosts = ?hosts, error = %e, "TLS secret skipped");
+            }
+        }
+        certs
+    }
+}
+
+/// Builds the route table and certificates from the caches.
+fn build(caches: &Caches, registry: &mut Registry) -> (RouteTable, ClusterCerts) {
+    let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
+    let mut next = Registry::new();
+    let mut upstream_for =
+        |namespace: &str, service: &str, port: &ServicePortRef| -> Arc<Upstream> {
+            let key = format!("{namespace}/{service}:{port}");
+            if let Some(u) = upstreams.get(&key) {
+                return u.clone();
+            }
+            let endpoints = endpoints_of(caches, namespace, service, port)
+                .into_iter()
+                .map(|addr| {
+                    let id = (key.clone(), addr);
+                    let e = registry
+                        .get(&id)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Endpoint::new(addr)));
+                    next.insert(id, e.clone());
+                    e
+                })
+                .collect();
+            let u = Arc::new(Upstream::with_endpoints(
+                &key,
+                endpoints,
+                LbPolicy::RoundRobin,
+                Settings::default(),
+            ));
+            upstreams.insert(key, u.clone());
+            u
+        };
+    let mut table = RouteTable::default();
+    let mut tls = Vec::new();
+    let mut ingresses: Vec<_> = caches
+        .ingresses
+        .list()
+        .into_iter()
+        .filter(|i| is_ours(i))
+        .collect();
+    // Older Ingresses win conflicts, as with other controllers.
+    ingresses.sort_by(|a, b| {
+        (
+            a.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            &a.metadata.namespace,
+            &a.metadata.name,
+        )
+            .cmp(&(
+                b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                &b.metadata.namespace,
+                &b.metadata.name,
+            ))
+    });
+    let mut defaults = Vec::new();
+    for ing in &ingresses {
+        let namespace = ing.metadata.namespace.as_deref().unwrap_or("default");
+        let name = ing.metadata.name.as_deref().unwrap_or_default();
+        let Some(spec) = &ing.spec else { continue };
+        let backend_of = |b: &k8s_openapi::api::networking::v1::IngressBackend| {
+            let svc = b.service.as_ref()?;
+            let port = svc.port.as_ref()?;
+            let port = match (&port.number, &port.name) {
+                (Some(n), _) => ServicePortRef::Number(*n),
+                (None, Some(n)) => ServicePortRef::Name(n.clone()),
+                (None, None) => return None,
+            };
+            Some((svc.name.clone(), port))
+        };
+        for (i, rule) in spec.rules.iter().flatten().enumerate() {
+            for (j, path) in rule.http.iter().flat_map(|h| &h.paths).enumerate() {
+                let Some((service, port)) = backend_of(&path.backend) else {
+                    continue;
+                };
+                let path_type = if path.path_type == "Exact" {
+                    PathType::Exact
+                } else {
+                    PathType::Prefix
+                };
+                let route_name = format!("{namespace}/{name}/rules[{i}].paths[{j}]");
+                let upstream = upstream_for(namespace, &service, &port);
+                let route = Route::new(route_name, Vec::new(), vec![(upstream, 1)], false);
+                let p = path.path.as_deref().unwrap_or("/");
+                table.insert(rule.host.as_deref(), p, path_type, Arc::new(route));
+            }
+        }
+        if let Some((service, port)) = spec.default_backend.as_ref().and_then(backend_of) {
+            let upstream = upstream_for(namespace, &service, &port);
+            defaults.push(Route::new(
+                format!("{namespace}/{name}/defaultBackend"),
+                Vec::new(),
+                vec![(upstream, 1)],
+                false,
+            ));
+        }
+        for t in spec.tls.iter().flatten() {
+            let Some(secret_name) = &t.secret_name else {
+                continue;
+            };
+            let key = watch::ObjectKey::new(Some(namespace), secret_name);
+            let Some(secret) = caches.secrets.get(&key) else {
+                tracing::warn!(ingress = %format!("{namespace}/{name}"), secret = %secret_name, "TLS secret not found");
+                continue;
+            };
+            let data = secret.data.clone().unwrap_or_default();
+            let field = |k: &str| data.get(k).map(|b| b.0.clone());
+            if let (Some(cert), Some(key)) = (field("tls.crt"), field("tls.key")) {
+                tls.push((t.hosts.clone().unwrap_or_default(), cert, key));
+            }
+        }
+    }
+    // Default backends catch what no rule matched: inserted last, they lose
+    // every tie.
+    for route in defaults {
+        table.insert(None, "/", PathType::Prefix, Arc::new(route));
+    }
+    *registry = next;
+    (table, ClusterCerts { entries: tls })
+}

@@ -1,0 +1,16 @@
+//! The ingress proxy: Orca's L7 load balancer, run standalone from a YAML
+//! file (`orca ingress --config FILE`) or, later, from Ingress objects.
+
+pub mod access_log;
+pub mod body;
+pub mod cluster;
+pub mod config;
+pub mod h1;
+pub mod h2;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,1045 @@
+//! One client connection: read a request, route it, forward it to an
+//! upstream endpoint, stream the response back; repeat while keep-alive
+//! lasts. Requests on one connection are handled strictly in order, so
+//! pipelined requests are answered in order.
+//!
+//! Each worker thread runs its connections on a single-threaded runtime and
+//! owns its upstream pool, so the hot path takes no locks.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::timeout;
+
+use super::access_log::{AccessLog, Entry};
+use super::body::{BodyProgress, Framing};
+use super::config::Limits;
+use super::h1::{self, Forwarding, Head, HeadError, RequestInfo};
+use super::metrics::{FailureLabels, ProxyMetrics, RequestLabels, RouteLabels};
+use super::pool::Pool;
+use super::routes::{Route, RouteTable};
+use super::upstream::Upstream;
+
+/// What every worker shares: the current routes and limits, metrics, logs.
+pub struct Shared {
+    /// The route table in force; replaced whole on reload.
+    pub routes: arc_swap::ArcSwap<RouteTable>,
+    /// The limits in force; replaced whole on reload.
+    pub limits: arc_swap::ArcSwap<Limits>,
+    /// Metrics.
+    pub metrics: ProxyMetrics,
+    /// Access log, when enabled.
+    pub access_log: arc_swap::ArcSwapOption<AccessLog>,
+    /// Client connections open now, across workers.
+    pub open: std::sync::atomic::AtomicUsize,
+    /// Set when shutdown begins: responses from then on close their
+    /// connection, so clients reconnect elsewhere.
+    pub draining: std::sync::atomic::AtomicBool,
+}
+
+/// Per-thread state of a worker.
+pub struct Worker {
+    /// Process-wide state.
+    pub shared: Arc<Shared>,
+    /// This worker's idle upstream connections.
+    pub pool: Pool,
+    rng: Cell<u64>,
+    requests: Cell<u64>,
+    id: u64,
+    /// Read buffers of idle connections, reused so an idle keep-alive
+    /// connection holds no buffer at all.
+    spare_reads: RefCell<Vec<Vec<u8>>>,
+    /// Write buffers, likewise.
+    spare_writes: RefCell<Vec<Vec<u8>>>,
+    /// Upstream connections of HTTP/2 clients.
+    pub h2: super::h2::Clients,
+}
+
+/// Size of a read buffer; larger heads grow it up to the header limit.
+const READ_BUFFER: usize = 16 * 1024;
+/// Spare buffers a worker keeps, at most.
+const MAX_SPARE: usize = 1024;
+
+impl Worker {
+    /// A worker numbered `id`.
+    pub fn new(shared: Arc<Shared>, id: u64) -> Self {
+        let seed = Instant::now().elapsed().as_nanos() as u64
+            ^ (id.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            ^ u64::from(std::process::id());
+        Self {
+            shared,
+            pool: Pool::default(),
+            rng: Cell::new(seed | 1),
+            requests: Cell::new(0),
+            id,
+            spare_reads: RefCell::new(Vec::new()),
+            spare_writes: RefCell::new(Vec::new()),
+            h2: super::h2::Clients::default(),
+        }
+    }
+
+    fn take_read_buffer(&self) -> Vec<u8> {
+        self.spare_reads
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| vec![0; READ_BUFFER])
+    }
+
+    fn give_read_buffer(&self, buf: Vec<u8>) {
+        let mut spare = self.spare_reads.borrow_mut();
+        // Buffers grown for a large head are not kept.
+        if buf.len() == READ_BUFFER && spare.len() < MAX_SPARE {
+            spare.push(buf);
+        }
+    }
+
+    fn take_write_buffer(&self) -> Vec<u8> {
+        self.spare_writes
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(4096))
+    }
+
+    fn give_write_buffer(&self, mut buf: Vec<u8>) {
+        let mut spare = self.spare_writes.borrow_mut();
+        if buf.capacity() > 0 && buf.capacity() <= 64 * 1024 && spare.len() < MAX_SPARE {
+            buf.clear();
+            spare.push(buf);
+        }
+    }
+
+    /// A fast, non-cryptographic random number (xorshift) for balancing.
+    pub(super) fn roll(&self) -> u32 {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        (x >> 32) as u32
+    }
+
+    /// A process-unique id for a request that arrived without one.
+    pub(super) fn request_id(&self) -> String {
+        let n = self.requests.get() + 1;
+        self.requests.set(n);
+        format!("{:08x}{:04x}{:012x}", std::process::id(), self.id, n)
+    }
+}
+
+/// A read buffer with a consumed prefix, so leftovers (pipelined requests,
+/// body bytes read with a head) stay in place.
+pub struct Buf {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+/// A full read buffer (the head is larger than the limit).
+#[derive(Debug)]
+struct BufferFull;
+
+impl std::fmt::Display for BufferFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("buffer full")
+    }
+}
+
+impl std::error::Error for BufferFull {}
+
+impl Buf {
+    /// A buffer over `storage` (its length is the capacity).
+    fn over(storage: Vec<u8>) -> Self {
+        Self {
+            data: storage,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Gives the storage back when no bytes are held.
+    fn release(&mut self) -> Option<Vec<u8>> {
+        (self.is_empty() && !self.data.is_empty()).then(|| std::mem::take(&mut self.data))
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Reads more bytes, growing the buffer up to `max` when it is full.
+    async fn read_from<R: AsyncRead + Unpin>(
+        &mut self,
+        src: &mut R,
+        max: usize,
+    ) -> io::Result<usize> {
+        if self.end == self.data.len() {
+            if self.start > 0 {
+                self.data.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else if self.data.len() < max {
+                let grown = (self.data.len() * 2).min(max);
+                self.data.resize(grown, 0);
+            } else {
+                return Err(io::Error::other(BufferFull));
+            }
+        }
+        let n = src.read(&mut self.data[self.end..]).await?;
+        self.end += n;
+        Ok(n)
+    }
+}
+
+/// Where a request's failure came from, for status choice and metrics.
+#[derive(Debug)]
+enum Failure {
+    /// Could not connect: 502, or 504 when it timed out.
+    Connect { timed_out: bool },
+    /// No response head in time: 504.
+    Timeout,
+    /// The upstream broke the protocol or the connection: 502.
+    Upstream(&'static str),
+    /// The client broke the connection: nothing to answer.
+    Client,
+    /// The client sent a malformed body: 400.
+    BadBody,
+}
+
+/// How a request ended.
+struct Done {
+    status: u16,
+    keep_alive: bool,
+    upstream: Option<Arc<str>>,
+    endpoint: Option<SocketAddr>,
+    bytes: u64,
+}
+
+/// A client connection.
+pub trait Connection: AsyncRead + AsyncWrite + Unpin {
+    /// Resolves when bytes may be read, so an idle connection need not hold
+    /// a buffer while it waits.
+    fn wait_readable(&self) -> impl std::future::Future<Output = ()>;
+}
+
+impl Connection for TcpStream {
+    async fn wait_readable(&self) {
+        // An error surfaces on the read that follows.
+        let _ = self.readable().await;
+    }
+}
+
+impl Connection for tokio_rustls::server::TlsStream<TcpStream> {
+    async fn wait_readable(&self) {
+        // rustls may already hold decrypted bytes the socket will never
+        // signal again: read at once.
+    }
+}
+
+/// Serves one client connection until it closes, errs, idles out, or the
+/// worker drains.
+pub async fn serve<S>(
+    worker: Rc<Worker>,
+    mut client: S,
+    peer: SocketAddr,
+    tls: bool,
+    mut draining: watch::Receiver<bool>,
+) where
+    S: Connection + 'static,
+{
+    let shared = &worker.shared;
+    let mut cbuf = Buf::over(Vec::new());
+    let mut head = Head::default();
+    let mut out = Vec::new();
+    let mut first = true;
+    loop {
+        let limits = shared.limits.load_full();
+        if let Some(storage) = cbuf.release() {
+            worker.give_read_buffer(storage);
+            worker.give_write_buffer(std::mem::take(&mut out));
+        }
+        let info = match read_head(
+            &worker,
+            &mut client,
+            &mut cbuf,
+            &mut head,
+            &limits,
+            first,
+            &mut draining,
+        )
+        .await
+        {
+            Ok(Some(info)) => info,
+            Ok(None) => return,
+            Err(ReadHeadError::H2c) => {
+                // An HTTP/2 client with prior knowledge: hand the connection,
+                // and the bytes already read, to the HTTP/2 server.
+                let prefix = cbuf.filled().to_vec();
+                let io = super::h2::Prefixed::new(prefix, client);
+                super::h2::serve(worker.clone(), io, peer, tls, draining).await;
+                return;
+            }
+            Err(ReadHeadError::Head(e)) => {
+                out.clear();
+                h1::write_local_response(&mut out, e.status(), "", &format!("{e}\n"), false);
+                let _ = client.write_all(&out).await;
+                record(shared, "-", e.status(), Instant::now());
+                return;
+            }
+            Err(ReadHeadError::Timeout) => {
+                out.clear();
+                h1::write_local_response(
+                    &mut out,
+                    408,
+                    "",
+                    "request head not received in time\n",
+                    false,
+                );
+                let _ = client.write_all(&out).await;
+                return;
+            }
+            Err(ReadHeadError::Io) => return,
+        };
+        first = false;
+        if out.capacity() == 0 {
+            out = worker.take_write_buffer();
+        }
+        let started = Instant::now();
+        let access = shared.access_log.load_full();
+        let (route, host, log_fields) = {
+            let buf = cbuf.filled();
+            let host = h1::host(buf, &head);
+            let route = shared
+                .routes
+                .load()
+                .find(&host, h1::path(buf, &head), &|name| head.header(buf, name))
+                .cloned();
+            let log_fields = access.as_ref().map(|_| {
+                (
+                    String::from_utf8_lossy(&buf[head.method.clone()]).into_owned(),
+                    String::from_utf8_lossy(&buf[head.target.clone()]).into_owned(),
+                )
+            });
+            (route, host, log_fields)
+        };
+        let route_name: Arc<str> = route
+            .as_ref()
+            .map_or_else(|| Arc::from("-"), |r| r.name.clone());
+        let done = match route {
+            None => {
+                let keep = drain_body_or_close(&info);
+                local(
+                    &mut client,
+                    &mut cbuf,
+                    &head,
+                    &mut out,
+                    404,
+                    "",
+                    "no route\n",
+                    keep,
+                )
+                .await
+            }
+            Some(route) if route.redirect_https && !tls => {
+                let target =
+                    String::from_utf8_lossy(&cbuf.filled()[head.target.clone()]).into_owned();
+                let location = format!("location: https://{host}{target}\r\n");
+                let keep = drain_body_or_close(&info);
+                local(
+                    &mut client,
+                    &mut cbuf,
+                    &head,
+                    &mut out,
+                    308,
+                    &location,
+                    "",
+                    keep,
+                )
+                .await
+            }
+            Some(route) => {
+                if route
+                    .pick(0)
+                    .is_some_and(|u| u.settings.protocol == super::config::UpstreamProtocol::H2c)
+                {
+                    // Bridging HTTP/1.1 clients to h2c upstreams would
+                    // drop trailers, which gRPC depends on.
+                    let keep = drain_body_or_close(&info);
+                    let body = "this upstream speaks HTTP/2 only; use an HTTP/2 client\n";
+                    local(&mut client, &mut cbuf, &head, &mut out, 502, "", body, keep).await
+                } else {
+                    let id = worker.request_id();
+                    let fwd = Forwarding {
+                        client: peer.ip(),
+                        tls,
+                        request_id: &id,
+                    };
+                    forward(
+                        &worker,
+                        &route,
+                        &mut client,
+                        &mut cbuf,
+                        &head,
+                        &info,
+                        &fwd,
+                        &mut out,
+                        &limits,
+                    )
+                    .await
+                }
+            }
+        };
+        record(shared, &route_name, done.status, started);
+        if let (Some(log), Some((method, target))) = (access, log_fields) {
+            log.write(&Entry {
+                client: peer.ip(),
+                method: &method,
+                host: &host,
+                target: &target,
+                status: done.status,
+                bytes: done.bytes,
+                duration: started.elapsed(),
+                route: &route_name,
+                upstream: done.upstream.as_deref(),
+                endpoint: done.endpoint,
+            });
+        }
+        if !done.keep_alive || *draining.borrow() {
+            let _ = client.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Counts a request in the metrics (for both HTTP versions).
+pub(super) fn record(shared: &Shared, route: &str, status: u16, started: Instant) {
+    let route: Arc<str> = Arc::from(route);
+    shared
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: route.clone(),
+            status,
+        })
+        .inc();
+    shared
+        .metrics
+        .latency
+        .get_or_create(&RouteLabels { route })
+        .observe(started.elapsed().as_secs_f64());
+}
+
+/// A request the proxy answers itself may keep the connection only if its
+/// body (if any) is not left unread in the stream.
+fn drain_body_or_close(info: &RequestInfo) -> bool {
+    info.keep_alive && info.framing == Framing::Empty
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn local<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    cbuf: &mut Buf,
+    head: &Head,
+    out: &mut Vec<u8>,
+    status: u16,
+    headers: &str,
+    body: &str,
+    keep_alive: bool,
+) -> Done {
+    cbuf.consume(head.len);
+    out.clear();
+    h1::write_local_response(out, status, headers, body, keep_alive);
+    let ok = client.write_all(out).await.is_ok();
+    Done {
+        status,
+        keep_alive: keep_alive && ok,
+        upstream: None,
+        endpoint: None,
+        bytes: body.len() as u64,
+    }
+}
+
+enum ReadHeadError {
+    /// The client speaks h2c with prior knowledge.
+    H2c,
+    Head(HeadError),
+    Timeout,
+    Io,
+}
+
+/// Reads until a whole request head is buffered. `Ok(None)`: the client
+/// closed or idled out between requests, or the worker is draining.
+async fn read_head<S: Connection>(
+    worker: &Worker,
+    client: &mut S,
+    cbuf: &mut Buf,
+    head: &mut Head,
+    limits: &Limits,
+    first: bool,
+    draining: &mut watch::Receiver<bool>,
+) -> Result<Option<RequestInfo>, ReadHeadError> {
+    let max_head = usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX);
+    let header_timeout = limits.header_read_timeout.get();
+    // Between requests the client may idle for the keep-alive timeout; once
+    // a head has started it must finish within the header timeout, whatever
+    // the keep-alive allows (slowloris).
+    let mut deadline = if cbuf.is_empty() && !first {
+        tokio::time::Instant::now() + limits.keepalive_timeout.get()
+    } else {
+        tokio::time::Instant::now() + header_timeout
+    };
+    if cbuf.data.is_empty() {
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, client.wait_readable()) => if r.is_err() {
+                return Ok(None);
+            },
+            _ = draining.wait_for(|d| *d) => return Ok(None),
+        }
+        cbuf.data = worker.take_read_buffer();
+    }
+    loop {
+        // The h2c preface, or the part of it read so far, is no HTTP/1 head.
+        let preface = first && {
+            let seen = cbuf.filled();
+            let n = seen.len().min(super::h2::PREFACE.len());
+            !seen.is_empty() && seen[..n] == super::h2::PREFACE[..n]
+        };
+        if preface && cbuf.filled().len() >= super::h2::PREFACE.len() {
+            return Err(ReadHeadError::H2c);
+        }
+        if !cbuf.is_empty() && !preface {
+            match h1::parse_request(
+                cbuf.filled(),
+                head,
+                limits.max_headers,
+                max_head,
+                limits.max_body_bytes.bytes(),
+            ) {
+                Ok(Some(info)) => return Ok(Some(info)),
+                Ok(None) => {}
+                Err(e) => return Err(ReadHeadError::Head(e)),
+            }
+        }
+        let was_empty = cbuf.is_empty();
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(deadline, cbuf.read_from(client, max_head)) => r,
+            _ = draining.wait_for(|d| *d), if was_empty => return Ok(None),
+        };
+        match read {
+            Err(_) if was_empty => return Ok(None),
+            Err(_) => return Err(ReadHeadError::Timeout),
+            Ok(Ok(0)) if was_empty => return Ok(None),
+            Ok(Ok(0)) => return Err(ReadHeadError::Io),
+            Ok(Ok(_)) => {
+                if was_empty && !first {
+                    deadline = tokio::time::Instant::now() + header_timeout;
+                }
+            }
+            Ok(Err(e)) if e.get_ref().is_some_and(|i| i.is::<BufferFull>()) => {
+                return Err(ReadHeadError::Head(HeadError::TooLarge));
+            }
+            Ok(Err(_)) => return Err(ReadHeadError::Io),
+        }
+    }
+}
+
+/// The upstream connection of one attempt, and whether it came from the pool.
+struct Attempt {
+    stream: TcpStream,
+    reused: bool,
+    addr: SocketAddr,
+}
+
+async fn connect(
+    worker: &Worker,
+    upstream: &Upstream,
+    addr: SocketAddr,
+) -> Result<Attempt, Failure> {
+    if let Some(stream) = worker.pool.take(addr, upstream.settings.idle_timeout) {
+        return Ok(Attempt {
+            stream,
+            reused: true,
+            addr,
+        });
+    }
+    match timeout(upstream.settings.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(Attempt {
+                stream,
+                reused: false,
+                addr,
+            })
+        }
+        Ok(Err(_)) => Err(Failure::Connect { timed_out: false }),
+        Err(_) => Err(Failure::Connect { timed_out: true }),
+    }
+}
+
+fn fail(worker: &Worker, upstream: &Upstream, kind: &'static str) {
+    worker
+        .shared
+        .metrics
+        .upstream_failures
+        .get_or_create(&FailureLabels {
+            upstream: upstream.name.clone(),
+            kind,
+        })
+        .inc();
+}
+
+/// Forwards one request and its response.
+#[allow(clippy::too_many_arguments)]
+async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
+    worker: &Worker,
+    route: &Route,
+    client: &mut S,
+    cbuf: &mut Buf,
+    head: &Head,
+    info: &RequestInfo,
+    fwd: &Forwarding<'_>,
+    out: &mut Vec<u8>,
+    limits: &Limits,
+) -> Done {
+    let Some(upstream) = route.pick(worker.roll()).cloned() else {
+        let keep = drain_body_or_close(info);
+        return local(client, cbuf, head, out, 503, "", "no upstream\n", keep).await;
+    };
+    upstream.count_request();
+    // Only requests without a body can be replayed: the body is streamed,
+    // not kept.
+    let replayable = info.idempotent && info.framing == Framing::Empty;
+    let max_attempts = 1 + if replayable {
+        upstream.settings.retries.attempts
+    } else {
+        0
+    };
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last_failure = None;
+    let expects_continue = head
+        .header(cbuf.filled(), "expect")
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    let mut attempt_no = 0;
+    let mut fresh_retry_used = false;
+    while attempt_no < max_attempts {
+        if attempt_no > 0 {
+            if !upstream.take_retry() {
+                break;
+            }
+            worker.shared.metrics.retries.inc();
+        }
+        attempt_no += 1;
+        let Some(flight) = upstream.choose(worker.roll(), &tried) else {
+            break;
+        };
+        let addr = flight.endpoint().addr;
+        let attempt = match connect(worker, &upstream, addr).await {
+            Ok(a) => a,
+            Err(failure) => {
+                upstream.record(flight.endpoint(), false);
+                fail(worker, &upstream, "connect");
+                tried.push(addr);
+                last_failure = Some(failure);
+                continue;
+            }
+        };
+        let exchanged = exchange(
+            worker,
+            &upstream,
+            attempt,
+            client,
+            cbuf,
+            head,
+            info,
+            fwd,
+            out,
+            limits,
+            expects_continue,
+            attempt_no < max_attempts,
+        )
+        .await;
+        match exchanged {
+            Ok(done) => {
+                let status = done.status;
+                let healthy = !matches!(status, 502..=504);
+                upstream.record(flight.endpoint(), healthy);
+                return Done {
+                    upstream: Some(upstream.name.clone()),
+                    endpoint: Some(addr),
+                    ..done
+                };
+            }
+            Err(ExchangeError::Retry { reused }) => {
+                // A pooled connection the upstream had already closed is no
+                // fault of the endpoint: try once more on a fresh one.
+                if reused && !fresh_retry_used {
+                    fresh_retry_used = true;
+                    attempt_no -= 1;
+                    continue;
+                }
+                upstream.record(flight.endpoint(), false);
+                tried.push(addr);
+                last_failure = Some(Failure::Upstream("upstream failed before answering"));
+            }
+            Err(ExchangeError::Fatal(failure)) => {
+                if !matches!(failure, Failure::Client | Failure::BadBody) {
+                    upstream.record(flight.endpoint(), false);
+                }
+                let kind = match failure {
+                    Failure::Timeout => "timeout",
+                    Failure::Upstream(_) => "protocol",
+                    _ => "client",
+                };
+                if kind != "client" {
+                    fail(worker, &upstream, kind);
+                }
+                return failure_response(
+                    client,
+                    cbuf,
+                    head,
+                    out,
+                    failure,
+                    Some(upstream.name.clone()),
+                    Some(addr),
+                )
+                .await;
+            }
+        }
+    }
+    let failure = last_failure.unwrap_or(Failure::Upstream("no healthy endpoint"));
+    let status_override = if tried.is_empty() { Some(503) } else { None };
+    let mut done = failure_response(
+        client,
+        cbuf,
+        head,
+        out,
+        failure,
+        Some(upstream.name.clone()),
+        None,
+    )
+    .await;
+    if let Some(s) = status_override {
+        done.status = s;
+    }
+    done
+}
+
+async fn failure_response<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut S,
+    cbuf: &mut Buf,
+    head: &Head,
+    out: &mut Vec<u8>,
+    failure: Failure,
+    upstream: Option<Arc<str>>,
+    endpoint: Option<SocketAddr>,
+) -> Done {
+    let (status, body) = match failure {
+        Failure::Connect { timed_out: true } | Failure::Timeout => (504, "upstream timed out\n"),
+        Failure::Connect { timed_out: false } => (502, "upstream unreachable\n"),
+        Failure::Upstream("no healthy endpoint") => (503, "no healthy upstream endpoint\n"),
+        Failure::Upstream(_) => (502, "upstream failed\n"),
+        Failure::BadBody => (400, "malformed request body\n"),
+        Failure::Client => {
+            return Done {
+                status: 499,
+                keep_alive: false,
+                upstream,
+                endpoint,
+                bytes: 0,
+            };
+        }
+    };
+    // The request body may be partly unread: the connection cannot be
+    // trusted to be at a request boundary any more.
+    let mut done = local(client, cbuf, head, out, status, "", body, false).await;
+    done.upstream = upstream;
+    done.endpoint = endpoint;
+    done
+}
+
+enum ExchangeError {
+    /// Nothing reached the client and the request may be sent again.
+    Retry { reused: bool },
+    /// Give up with this failure.
+    Fatal(Failure),
+}
+
+/// Sends the request on `attempt` and streams the response to the client.
+#[allow(clippy::too_many_arguments)]
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    worker: &Worker,
+    upstream: &Upstream,
+    mut attempt: Attempt,
+    client: &mut S,
+    cbuf: &mut Buf,
+    head: &Head,
+    info: &RequestInfo,
+    fwd: &Forwarding<'_>,
+    out: &mut Vec<u8>,
+    limits: &Limits,
+    expects_continue: bool,
+    may_retry: bool,
+) -> Result<Done, ExchangeError> {
+    let retry = ExchangeError::Retry {
+        reused: attempt.reused,
+    };
+    let replayable = info.idempotent && info.framing == Framing::Empty;
+    // The request head and whatever of the body is already buffered go out
+    // in one write.
+    out.clear();
+    h1::write_upstream_request(out, cbuf.filled(), head, info, fwd);
+    let mut body = BodyProgress::new(info.framing);
+    let buffered = &cbuf.filled()[head.len..];
+    let take = body
+        .feed(buffered)
+        .map_err(|_| ExchangeError::Fatal(Failure::BadBody))?;
+    out.extend_from_slice(&buffered[..take]);
+    let upstream_stream = &mut attempt.stream;
+    if let Err(_e) = upstream_stream.write_all(out).await {
+        return Err(if replayable {
+            retry
+        } else {
+            ExchangeError::Fatal(Failure::Upstream("write failed"))
+        });
+    }
+    cbuf.consume(head.len + take);
+    if expects_continue && !body.done() {
+        // Answer the client's Expect ourselves, as nginx does: the body then
+        // streams straight through.
+        client
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .map_err(|_| ExchangeError::Fatal(Failure::Client))?;
+    }
+    let max_body = usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX);
+    if !body.done() {
+        stream_body(client, cbuf, upstream_stream, &mut body, max_body)
+            .await
+            .map_err(|side| {
+                ExchangeError::Fatal(match side {
+                    Side::Source => Failure::Client,
+                    Side::Sink => Failure::Upstream("upstream closed during the request body"),
+                    Side::Framing => Failure::BadBody,
+                })
+            })?;
+    }
+
+    // The response head; interim 1xx responses (but 101) pass through.
+    let mut ubuf = LeasedBuf::new(worker);
+    let mut rhead = Head::default();
+    let max_head = 64 * 1024;
+    let deadline = tokio::time::Instant::now() + upstream.settings.request_timeout;
+    let rinfo = loop {
+        if !ubuf.is_empty() {
+            match h1::parse_response(ubuf.filled(), &mut rhead, max_head, info.is_head) {
+                Ok(Some(r)) if rhead.status >= 100 && rhead.status < 200 && rhead.status != 101 => {
+                    if rhead.status != 100 || !expects_continue {
+                        out.clear();
+                        h1::write_client_response(
+                            out,
+                            ubuf.filled(),
+                            &rhead,
+                            &r,
+                            head.version,
+                            true,
+                        );
+                        client
+                            .write_all(out)
+                            .await
+                            .map_err(|_| ExchangeError::Fatal(Failure::Client))?;
+                    }
+                    ubuf.consume(rhead.len);
+                    continue;
+                }
+                Ok(Some(r)) => break r,
+                Ok(None) => {}
+                Err(_) => {
+                    return Err(ExchangeError::Fatal(Failure::Upstream(
+                        "malformed response",
+                    )));
+                }
+            }
+        }
+        match tokio::time::timeout_at(deadline, ubuf.read_from(upstream_stream, max_head)).await {
+            Err(_) => return Err(ExchangeError::Fatal(Failure::Timeout)),
+            Ok(Ok(0)) | Ok(Err(_)) if ubuf.is_empty() && replayable => return Err(retry),
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return Err(ExchangeError::Fatal(Failure::Upstream(
+                    "upstream closed before answering",
+                )));
+            }
+            Ok(Ok(_)) => {}
+        }
+    };
+    if may_retry && replayable && upstream.settings.retries.on_status.contains(&rhead.status) {
+        return Err(ExchangeError::Retry { reused: false });
+    }
+
+    // Upgrades become a tunnel.
+    if rhead.status == 101 && info.upgrade {
+        out.clear();
+        h1::write_client_response(out, ubuf.filled(), &rhead, &rinfo, head.version, true);
+        out.extend_from_slice(&ubuf.filled()[rhead.len..]);
+        client
+            .write_all(out)
+            .await
+            .map_err(|_| ExchangeError::Fatal(Failure::Client))?;
+        if !cbuf.is_empty() {
+            upstream_stream
+                .write_all(cbuf.filled())
+                .await
+                .map_err(|_| ExchangeError::Fatal(Failure::Upstream("tunnel write failed")))?;
+            cbuf.consume(cbuf.filled().len());
+        }
+        let copied = tokio::io::copy_bidirectional(client, upstream_stream).await;
+        return Ok(Done {
+            status: 101,
+            keep_alive: false,
+            upstream: None,
+            endpoint: None,
+            bytes: copied.map(|(_, down)| down).unwrap_or_default(),
+        });
+    }
+
+    let keep_alive = info.keep_alive
+        && rinfo.framing != Framing::UntilClose
+        && !worker.shared.draining.load(std::sync::atomic::Ordering::Relaxed);
+    out.clear();
+    h1::write_client_response(out, ubuf.filled(), &rhead, &rinfo, head.version, keep_alive);
+    let mut rbody = BodyProgress::new(rinfo.framing);
+    let buffered = &ubuf.filled()[rhead.len..];
+    let take = rbody
+        .feed(buffered)
+        .map_err(|_| ExchangeError::Fatal(Failure::Upstream("malformed response body")))?;
+    out.extend_from_slice(&buffered[..take]);
+    let extra = buffered.len() > take;
+    let mut bytes = take as u64;
+    client
+        .write_all(out)
+        .await
+        .map_err(|_| ExchangeError::Fatal(Failure::Client))?;
+    ubuf.consume(rhead.len + take);
+    if !rbody.done() {
+        match stream_body(upstream_stream, &mut ubuf, client, &mut rbody, max_head).await {
+            Ok(n) => bytes += n,
+            // An until-close body ends with the upstream closing.
+            Err(Side::Source) if rinfo.framing == Framing::UntilClose => {}
+            Err(Side::Sink) => return Err(ExchangeError::Fatal(Failure::Client)),
+            Err(_) => {
+                // Headers are out: the client can only learn of the failure
+                // by the connection closing early.
+                return Ok(Done {
+                    status: rhead.status,
+                    keep_alive: false,
+                    upstream: None,
+                    endpoint: None,
+                    bytes,
+                });
+            }
+        }
+    }
+    // Anything beyond the response means the upstream is out of step: do
+    // not reuse the connection.
+    if rinfo.reusable && !extra && ubuf.is_empty() {
+        worker.pool.put(attempt.addr, attempt.stream);
+    }
+    Ok(Done {
+        status: rhead.status,
+        keep_alive,
+        upstream: None,
+        endpoint: None,
+        bytes,
+    })
+}
+
+/// A read buffer borrowed from the worker for one exchange.
+struct LeasedBuf<'w> {
+    buf: Buf,
+    worker: &'w Worker,
+}
+
+impl<'w> LeasedBuf<'w> {
+    fn new(worker: &'w Worker) -> Self {
+        Self {
+            buf: Buf::over(worker.take_read_buffer()),
+            worker,
+        }
+    }
+}
+
+impl std::ops::Deref for LeasedBuf<'_> {
+    type Target = Buf;
+    fn deref(&self) -> &Buf {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for LeasedBuf<'_> {
+    fn deref_mut(&mut self) -> &mut Buf {
+        &mut self.buf
+    }
+}
+
+impl Drop for LeasedBuf<'_> {
+    fn drop(&mut self) {
+        self.worker
+            .give_read_buffer(std::mem::take(&mut self.buf.data));
+    }
+}
+
+/// Which side of a copy failed.
+enum Side {
+    Source,
+    Sink,
+    Framing,
+}
+
+/// Copies the rest of a body from `src` (its buffer first) to `dst`.
+async fn stream_body<R, W>(
+    src: &mut R,
+    sbuf: &mut Buf,
+    dst: &mut W,
+    body: &mut BodyProgress,
+    max: usize,
+) -> Result<u64, Side>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut total = 0u64;
+    loop {
+        if !sbuf.is_empty() {
+            let chunk = sbuf.filled();
+            let take = body.feed(chunk).map_err(|_| Side::Framing)?;
+            dst.write_all(&chunk[..take])
+                .await
+                .map_err(|_| Side::Sink)?;
+            total += take as u64;
+            sbuf.consume(take);
+            if body.done() {
+                return Ok(total);
+            }
+        }
+        match sbuf.read_from(src, max).await {
+            Ok(0) | Err(_) => return Err(Side::Source),
+            Ok(_) => {}
+        }
+    }
+}

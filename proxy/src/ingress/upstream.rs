@@ -1,0 +1,307 @@
+//! Upstreams and their endpoints: load balancing, passive outlier ejection,
+//! active health state and the retry budget. Shared by every worker thread,
+//! so all mutable state is atomic.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::config::{self, LbPolicy};
+
+/// Milliseconds since the process started, for cheap atomic deadlines.
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One backend address and what the proxy knows about its health.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The address.
+    pub addr: SocketAddr,
+    in_flight: AtomicU32,
+    failures: AtomicU32,
+    ejected_until_ms: AtomicU64,
+    /// Set by active health checks; endpoints start healthy.
+    healthy: AtomicBool,
+}
+
+impl Endpoint {
+    /// A healthy endpoint at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            in_flight: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+        }
+    }
+
+    /// Whether requests may be sent here now.
+    pub fn available(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    /// Requests currently in flight to this endpoint.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Records the active health check's verdict.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Whether the last health check passed.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether the endpoint is ejected now.
+    pub fn ejected(&self) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms()
+    }
+}
+
+/// Marks a request in flight to an endpoint until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Timeouts and policies of an upstream.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Time allowed to connect.
+    pub connect_timeout: Duration,
+    /// Time allowed from request to response head.
+    pub request_timeout: Duration,
+    /// How long idle pooled connections are kept.
+    pub idle_timeout: Duration,
+    /// Retry policy.
+    pub retries: config::Retries,
+    /// Outlier ejection policy.
+    pub outlier: config::Outlier,
+    /// Active health checks.
+    pub health_check: Option<config::HealthCheck>,
+    /// Protocol spoken to the endpoints.
+    pub protocol: config::UpstreamProtocol,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+            retries: config::Retries::default(),
+            outlier: config::Outlier::default(),
+            health_check: None,
+            protocol: config::UpstreamProtocol::Http1,
+        }
+    }
+}
+
+/// A named group of endpoints.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Name, for metrics and logs.
+    pub name: Arc<str>,
+    /// The endpoints.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Balancing policy.
+    pub lb: LbPolicy,
+    /// Timeouts and policies.
+    pub settings: Settings,
+    next: AtomicUsize,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl Upstream {
+    /// An upstream with default settings.
+    pub fn new(name: &str, addrs: Vec<SocketAddr>, lb: LbPolicy) -> Self {
+        Self::with_endpoints(
+            name,
+            addrs
+                .into_iter()
+                .map(|a| Arc::new(Endpoint::new(a)))
+                .collect(),
+            lb,
+            Settings::default(),
+        )
+    }
+
+    /// An upstream over existing endpoints, so their health survives a
+    /// reload that keeps them.
+    pub fn with_endpoints(
+        name: &str,
+        endpoints: Vec<Arc<Endpoint>>,
+        lb: LbPolicy,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            endpoints,
+            lb,
+            settings,
+            next: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        }
+    }
+
+    /// Chooses an available endpoint other than those in `tried`, and marks
+    /// a request in flight to it. `roll` is any random number.
+    pub fn choose(&self, roll: u32, tried: &[SocketAddr]) -> Option<InFlight> {
+        let usable = |e: &&Arc<Endpoint>| e.available() && !tried.contains(&e.addr);
+        let n = self.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let chosen = match self.lb {
+            LbPolicy::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|i| &self.endpoints[(start + i) % n])
+                    .find(usable)
+            }
+            LbPolicy::Random => {
+                let start = roll as usize;
+                (0..n)
+                    .map(|i| &self.endpoints[(start + i) % n])
+                    .find(usable)
+            }
+            LbPolicy::LeastRequest => {
+                // Power of two choices: as good as a full scan in practice,
+                // and O(1).
+                let a = (roll as usize) % n;
+                let b = ((roll >> 16) as usize) % n;
+                let pair = [&self.endpoints[a], &self.endpoints[b]];
+                let best = pair
+                    .into_iter()
+                    .filter(usable)
+                    .min_by_key(|e| e.in_flight());
+                best.or_else(|| {
+                    self.endpoints
+                        .iter()
+                        .filter(usable)
+                        .min_by_key(|e| e.in_flight())
+                })
+            }
+        }?;
+        chosen.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight(chosen.clone()))
+    }
+
+    /// Records a request's outcome at an endpoint for outlier ejection.
+    pub fn record(&self, endpoint: &Endpoint, success: bool) {
+        if success {
+            if endpoint.failures.load(Ordering::Relaxed) != 0 {
+                endpoint.failures.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        let limit = self.settings.outlier.consecutive_failures;
+        let failures = endpoint.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if limit > 0 && failures >= limit {
+            let until = now_ms()
+                + u64::try_from(self.settings.outlier.ejection.get().as_millis())
+                    .unwrap_or(u64::MAX);
+            endpoint.ejected_until_ms.store(until, Ordering::Relaxed);
+            endpoint.failures.store(0, Ordering::Relaxed);
+            tracing::warn!(upstream = %self.name, endpoint = %endpoint.addr, "endpoint ejected after {failures} consecutive failures");
+        }
+    }
+
+    /// Counts a request against the retry budget.
+    pub fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes a retry from the budget: retries may be at most
+    /// `budget_percent` of requests (with a floor of a few, so a quiet
+    /// upstream can still retry).
+    pub fn take_retry(&self) -> bool {
+        let requests = self.requests.load(Ordering::Relaxed);
+        let allowed = 10 + requests * u64::from(self.settings.retries.budget_percent) / 100;
+        self.retries.fetch_add(1, Ordering::Relaxed) < allowed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(n: u16) -> Vec<SocketAddr> {
+        (1..=n)
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_visits_each_endpoint() {
+        let u = Upstream::new("u", addrs(3), LbPolicy::RoundRobin);
+        let picks: Vec<u16> = (0..6)
+            .map(|_| u.choose(0, &[]).unwrap().endpoint().addr.port())
+            .collect();
+        assert_eq!(picks, [1, 2, 3, 1, 2, 3]);
+    }
+
+    #[test]
+    fn least_request_avoids_busy_endpoints() {
+        let u = Upstream::new("u", addrs(2), LbPolicy::LeastRequest);
+        let busy = u.choose(0, &[]).unwrap();
+        let roll = 1 << 16;
+        let next = u.choose(roll, &[]).unwrap();
+        assert_ne!(next.endpoint().addr, busy.endpoint().addr);
+        drop(busy);
+        drop(next);
+        assert_eq!(u.endpoints[0].in_flight() + u.endpoints[1].in_flight(), 0);
+    }
+
+    #[test]
+    fn failing_endpoints_are_ejected_and_skipped() {
+        let u = Upstream::new("u", addrs(2), LbPolicy::RoundRobin);
+        let bad = u.endpoints[0].clone();
+        for _ in 0..5 {
+            u.record(&bad, false);
+        }
+        assert!(bad.ejected());
+        for _ in 0..4 {
+            assert_eq!(u.choose(0, &[]).unwrap().endpoint().addr.port(), 2);
+        }
+        assert!(
+            u.choose(0, &[SocketAddr::from(([127, 0, 0, 1], 2))])
+                .is_none(),
+            "nothing left"
+        );
+        u.endpoints[1].set_healthy(false);
+        assert!(u.choose(0, &[]).is_none());
+    }
+
+    #[test]
+    fn retry_budget_is_bounded() {
+        let u = Upstream::new("u", addrs(1), LbPolicy::RoundRobin);
+        for _ in 0..100 {
+            u.count_request();
+        }
+        let granted = (0..100).filter(|_| u.take_retry()).count();
+        assert_eq!(granted, 10 + 20);
+    }
+}
