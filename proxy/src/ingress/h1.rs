@@ -7,7 +7,7 @@
 //! copied until the rewritten head is written out.
 
 use std::io::Write as _;
-use std::net::IpAddr;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use super::body::Framing;
@@ -148,9 +148,11 @@ pub fn parse_request(
     max_head: usize,
     max_body: u64,
 ) -> Result<Option<RequestInfo>, HeadError> {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut storage);
-    let status = match req.parse(buf) {
+    // Uninitialised storage: zeroing 256 headers costs more than parsing a
+    // small request.
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let status = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, &mut storage) {
         Ok(s) => s,
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
         Err(_) => return Err(HeadError::Malformed("invalid request head")),
@@ -284,8 +286,8 @@ fn named_by_connection(buf: &[u8], head: &Head, name: &[u8]) -> bool {
 /// What the proxy adds to a forwarded request.
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarding<'a> {
-    /// The client's address.
-    pub client: IpAddr,
+    /// The client's address, rendered once per connection.
+    pub client: &'a str,
     /// `https` when the client connection is TLS.
     pub tls: bool,
     /// An id for the request, used when the client sent none.
@@ -313,9 +315,11 @@ pub fn write_upstream_request(
     let mut xff: Option<&[u8]> = None;
     let mut forwarded: Option<&[u8]> = None;
     let mut has_id = false;
+    // Most requests have no Connection header: skip the per-header scan then.
+    let listed = head.header(buf, "connection").is_some();
     for (n, v) in &head.headers {
         let (name, value) = (&buf[n.clone()], &buf[v.clone()]);
-        if hop_by_hop(name) || named_by_connection(buf, head, name) {
+        if hop_by_hop(name) || (listed && named_by_connection(buf, head, name)) {
             continue;
         }
         if name.eq_ignore_ascii_case(b"x-forwarded-for") {
@@ -341,19 +345,25 @@ pub fn write_upstream_request(
         out.extend_from_slice(previous);
         out.extend_from_slice(b", ");
     }
-    let _ = write!(
-        out,
-        "{}\r\nx-forwarded-proto: {proto}\r\nforwarded: ",
-        fwd.client
-    );
+    out.extend_from_slice(fwd.client.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+    out.extend_from_slice(proto.as_bytes());
+    out.extend_from_slice(b"\r\nforwarded: ");
     if let Some(previous) = forwarded {
         out.extend_from_slice(previous);
         out.extend_from_slice(b", ");
     }
-    let _ = match fwd.client {
-        IpAddr::V4(ip) => write!(out, "for={ip};proto={proto}"),
-        IpAddr::V6(ip) => write!(out, "for=\"[{ip}]\";proto={proto}"),
-    };
+    // RFC 7239: an IPv6 address is bracketed and quoted.
+    if fwd.client.contains(':') {
+        out.extend_from_slice(b"for=\"[");
+        out.extend_from_slice(fwd.client.as_bytes());
+        out.extend_from_slice(b"]\"");
+    } else {
+        out.extend_from_slice(b"for=");
+        out.extend_from_slice(fwd.client.as_bytes());
+    }
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(proto.as_bytes());
     if let Some(host) = head
         .header(buf, "host")
         .filter(|h| h.iter().all(|b| b.is_ascii_graphic()))
@@ -415,9 +425,10 @@ pub fn parse_response(
     max_head: usize,
     request_is_head: bool,
 ) -> Result<Option<ResponseInfo>, ResponseError> {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut storage);
-    let len = match resp.parse(buf) {
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut storage);
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) if len <= max_head => len,
         Ok(httparse::Status::Partial) if buf.len() < max_head => return Ok(None),
         Ok(_) => return Err(ResponseError::TooLarge),
@@ -479,10 +490,11 @@ pub fn write_client_response(
     out.extend_from_slice(&buf[head.reason.clone()]);
     out.extend_from_slice(b"\r\n");
     let upgrade = head.status == 101;
+    let listed = head.header(buf, "connection").is_some();
     for (n, v) in &head.headers {
         let name = &buf[n.clone()];
         let keep_for_upgrade = upgrade && name.eq_ignore_ascii_case(b"upgrade");
-        if !keep_for_upgrade && (hop_by_hop(name) || named_by_connection(buf, head, name)) {
+        if !keep_for_upgrade && (hop_by_hop(name) || (listed && named_by_connection(buf, head, name))) {
             continue;
         }
         out.extend_from_slice(name);
@@ -620,7 +632,7 @@ mod tests {
         let (head, info) = parse(text).unwrap().unwrap();
         let mut out = Vec::new();
         let fwd = Forwarding {
-            client: "192.0.2.7".parse().unwrap(),
+            client: "192.0.2.7",
             tls: false,
             request_id: "abc",
         };
@@ -641,7 +653,7 @@ mod tests {
         assert!(info.upgrade);
         let mut out = Vec::new();
         let fwd = Forwarding {
-            client: "::1".parse().unwrap(),
+            client: "::1",
             tls: true,
             request_id: "unused",
         };

@@ -269,6 +269,7 @@ pub async fn serve<S>(
     let mut head = Head::default();
     let mut out = Vec::new();
     let mut first = true;
+    let client_ip = peer.ip().to_string();
     loop {
         let limits = shared.limits.load_full();
         if let Some(storage) = cbuf.release() {
@@ -387,7 +388,7 @@ pub async fn serve<S>(
                 } else {
                     let id = worker.request_id();
                     let fwd = Forwarding {
-                        client: peer.ip(),
+                        client: &client_ip,
                         tls,
                         request_id: &id,
                     };
