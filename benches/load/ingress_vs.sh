@@ -131,7 +131,7 @@ pids+=($!)
 cat >"$work/haproxy.cfg" <<CONF
 global
     nbthread 1
-    maxconn 12000
+    maxconn 9000
 defaults
     mode http
     timeout connect 5s

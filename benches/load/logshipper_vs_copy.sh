@@ -60,7 +60,7 @@ echo "input: $((bytes >> 20)) MiB, $lines lines" >&2
 # "<bytes> <lines> <unix time of the last byte>". With "stall" it accepts
 # and never reads.
 sink() {
-    python3 - "$@" <<'EOF'
+    exec python3 - "$@" <<'EOF'
 import socket, sys, time
 port_file, expect, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 s = socket.socket()

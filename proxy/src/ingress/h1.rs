@@ -152,7 +152,11 @@ pub fn parse_request(
     // small request.
     let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
-    let status = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, &mut storage) {
+    let status = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut req,
+        buf,
+        &mut storage,
+    ) {
         Ok(s) => s,
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
         Err(_) => return Err(HeadError::Malformed("invalid request head")),
@@ -427,7 +431,11 @@ pub fn parse_response(
 ) -> Result<Option<ResponseInfo>, ResponseError> {
     let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut storage);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut storage,
+    );
     let len = match parsed {
         Ok(httparse::Status::Complete(len)) if len <= max_head => len,
         Ok(httparse::Status::Partial) if buf.len() < max_head => return Ok(None),
@@ -494,7 +502,9 @@ pub fn write_client_response(
     for (n, v) in &head.headers {
         let name = &buf[n.clone()];
         let keep_for_upgrade = upgrade && name.eq_ignore_ascii_case(b"upgrade");
-        if !keep_for_upgrade && (hop_by_hop(name) || (listed && named_by_connection(buf, head, name))) {
+        if !keep_for_upgrade
+            && (hop_by_hop(name) || (listed && named_by_connection(buf, head, name)))
+        {
             continue;
         }
         out.extend_from_slice(name);

@@ -237,6 +237,10 @@ pub trait Connection: AsyncRead + AsyncWrite + Unpin {
     /// Resolves when bytes may be read, so an idle connection need not hold
     /// a buffer while it waits.
     fn wait_readable(&self) -> impl std::future::Future<Output = ()>;
+
+    /// Reads what is there without waiting; `None` when the connection
+    /// cannot tell (then it is read the usual way, buffer in hand).
+    fn try_read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>>;
 }
 
 impl Connection for TcpStream {
@@ -244,12 +248,20 @@ impl Connection for TcpStream {
         // An error surfaces on the read that follows.
         let _ = self.readable().await;
     }
+
+    fn try_read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        Some(self.try_read(buf))
+    }
 }
 
 impl Connection for tokio_rustls::server::TlsStream<TcpStream> {
     async fn wait_readable(&self) {
         // rustls may already hold decrypted bytes the socket will never
         // signal again: read at once.
+    }
+
+    fn try_read_now(&self, _buf: &mut [u8]) -> Option<io::Result<usize>> {
+        None
     }
 }
 
@@ -294,7 +306,7 @@ pub async fn serve<S>(
                 // and the bytes already read, to the HTTP/2 server.
                 let prefix = cbuf.filled().to_vec();
                 let io = super::h2::Prefixed::new(prefix, client);
-                super::h2::serve(worker.clone(), io, peer, tls, draining).await;
+                Box::pin(super::h2::serve(worker.clone(), io, peer, tls, draining)).await;
                 return;
             }
             Err(ReadHeadError::Head(e)) => {
@@ -392,7 +404,10 @@ pub async fn serve<S>(
                         tls,
                         request_id: &id,
                     };
-                    forward(
+                    // Boxed: a connection's task is as large as its largest
+                    // state, and an idle keep-alive connection should not
+                    // carry the forwarding state of its last request.
+                    Box::pin(forward(
                         &worker,
                         &route,
                         &mut client,
@@ -402,7 +417,7 @@ pub async fn serve<S>(
                         &fwd,
                         &mut out,
                         &limits,
-                    )
+                    ))
                     .await
                 }
             }
@@ -506,14 +521,38 @@ async fn read_head<S: Connection>(
     } else {
         tokio::time::Instant::now() + header_timeout
     };
-    if cbuf.data.is_empty() {
+    // An idle connection waits without a buffer: readiness may be stale
+    // (it is only cleared by a read that would block), so a buffer is taken
+    // only for a read that finds bytes, and given back otherwise.
+    while cbuf.data.is_empty() {
         tokio::select! {
             r = tokio::time::timeout_at(deadline, client.wait_readable()) => if r.is_err() {
                 return Ok(None);
             },
             _ = draining.wait_for(|d| *d) => return Ok(None),
         }
-        cbuf.data = worker.take_read_buffer();
+        let mut storage = worker.take_read_buffer();
+        match client.try_read_now(&mut storage) {
+            None => cbuf.data = storage,
+            Some(Ok(0)) => {
+                worker.give_read_buffer(storage);
+                return Ok(None);
+            }
+            Some(Ok(n)) => {
+                cbuf.data = storage;
+                cbuf.end = n;
+                if !first {
+                    deadline = tokio::time::Instant::now() + header_timeout;
+                }
+            }
+            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                worker.give_read_buffer(storage)
+            }
+            Some(Err(_)) => {
+                worker.give_read_buffer(storage);
+                return Err(ReadHeadError::Io);
+            }
+        }
     }
     loop {
         // The h2c preface, or the part of it read so far, is no HTTP/1 head.
@@ -921,7 +960,10 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 
     let keep_alive = info.keep_alive
         && rinfo.framing != Framing::UntilClose
-        && !worker.shared.draining.load(std::sync::atomic::Ordering::Relaxed);
+        && !worker
+            .shared
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed);
     out.clear();
     h1::write_client_response(out, ubuf.filled(), &rhead, &rinfo, head.version, keep_alive);
     let mut rbody = BodyProgress::new(rinfo.framing);

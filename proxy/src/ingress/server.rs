@@ -404,16 +404,26 @@ async fn accept_loop(
         active.set(active.get() + 1);
         tokio::task::spawn_local(async move {
             match tls {
-                None => proxy::serve(worker.clone(), stream, peer, false, draining).await,
+                // Each branch boxed: the task would otherwise be as large as
+                // a TLS connection even for plain ones.
+                None => Box::pin(proxy::serve(worker.clone(), stream, peer, false, draining)).await,
                 Some(acceptor) => {
                     let timeout = worker.shared.limits.load().header_read_timeout.get();
-                    if let Ok(Ok(tls_stream)) =
-                        tokio::time::timeout(timeout, acceptor.accept(stream)).await
-                    {
+                    let handshake =
+                        Box::pin(tokio::time::timeout(timeout, acceptor.accept(stream)));
+                    if let Ok(Ok(tls_stream)) = handshake.await {
                         if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                            h2::serve(worker.clone(), tls_stream, peer, true, draining).await;
+                            Box::pin(h2::serve(worker.clone(), tls_stream, peer, true, draining))
+                                .await;
                         } else {
-                            proxy::serve(worker.clone(), tls_stream, peer, true, draining).await;
+                            Box::pin(proxy::serve(
+                                worker.clone(),
+                                tls_stream,
+                                peer,
+                                true,
+                                draining,
+                            ))
+                            .await;
                         }
                     }
                 }
