@@ -29,12 +29,21 @@ use orca_proxy::ingress::routes::{Route, RouteTable};
 use orca_proxy::ingress::upstream::Upstream;
 
 fn table(n: usize) -> RouteTable {
-    let upstream = Arc::new(Upstream::new("u", vec!["127.0.0.1:1".parse().unwrap()], LbPolicy::RoundRobin));
+    let upstream = Arc::new(Upstream::new(
+        "u",
+        vec!["127.0.0.1:1".parse().unwrap()],
+        LbPolicy::RoundRobin,
+    ));
     let mut t = RouteTable::default();
     for i in 0..n {
         let host = format!("svc-{}.example.com", i / 10);
         let path = format!("/api/v{}/items", i % 10);
-        let route = Route::new(format!("r{i}"), Vec::new(), vec![(upstream.clone(), 1)], false);
+        let route = Route::new(
+            format!("r{i}"),
+            Vec::new(),
+            vec![(upstream.clone(), 1)],
+            false,
+        );
         t.insert(Some(&host), &path, PathType::Prefix, Arc::new(route));
     }
     t
@@ -48,7 +57,13 @@ fn route_lookup(c: &mut Criterion) {
     let t = table(10_000);
     let mut g = c.benchmark_group("route_lookup/10k_routes");
     g.bench_function("exact_host", |b| {
-        b.iter(|| t.find(black_box("svc-512.example.com"), black_box("/api/v3/items"), &no_headers))
+        b.iter(|| {
+            t.find(
+                black_box("svc-512.example.com"),
+                black_box("/api/v3/items"),
+                &no_headers,
+            )
+        })
     });
     g.bench_function("deep_prefix", |b| {
         b.iter(|| {
@@ -60,7 +75,13 @@ fn route_lookup(c: &mut Criterion) {
         })
     });
     g.bench_function("miss", |b| {
-        b.iter(|| t.find(black_box("nobody.example.org"), black_box("/x/y/z"), &no_headers))
+        b.iter(|| {
+            t.find(
+                black_box("nobody.example.org"),
+                black_box("/x/y/z"),
+                &no_headers,
+            )
+        })
     });
     g.finish();
 }
@@ -86,9 +107,10 @@ fn head(c: &mut Criterion) {
         let mut out = Vec::with_capacity(4096);
         g.bench_function(name, |b| {
             b.iter(|| {
-                let info = h1::parse_request(black_box(request), &mut head, 100, 32 * 1024, 1 << 20)
-                    .unwrap()
-                    .unwrap();
+                let info =
+                    h1::parse_request(black_box(request), &mut head, 100, 32 * 1024, 1 << 20)
+                        .unwrap()
+                        .unwrap();
                 out.clear();
                 h1::write_upstream_request(&mut out, request, &head, &info, &fwd);
                 black_box(out.len())

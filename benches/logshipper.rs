@@ -13,42 +13,53 @@
 //! engineer's builds): criterion's estimate of the time per iteration and
 //! the resulting throughput.
 //!
-//! | bench                     | time per iteration | throughput       |
-//! |---------------------------|--------------------|------------------|
-//! | parse/cri_1MiB            | RESULT             | RESULT           |
-//! | encode/json_lines         | RESULT             | RESULT           |
-//! | encode/elasticsearch_bulk | RESULT             | RESULT           |
-//! | encode/loki               | RESULT             | RESULT           |
-//! | encode/forward            | RESULT             | RESULT           |
-//! | encode/syslog             | RESULT             | RESULT           |
+//! | bench                     | time per iteration          | throughput          |
+//! |---------------------------|-----------------------------|---------------------|
+//! | parse/cri_1MiB            | 1.47 ms [1.42 ms, 1.53 ms]  | 680 MiB/s           |
+//! | encode/json_lines         | 262 µs [250 µs, 275 µs]     | 3.8 M events/s      |
+//! | encode/elasticsearch_bulk | 195 µs [190 µs, 201 µs]     | 5.1 M events/s      |
+//! | encode/loki               | 238 µs [233 µs, 245 µs]     | 4.2 M events/s      |
+//! | encode/forward            | 154 µs [146 µs, 162 µs]     | 6.5 M events/s      |
+//! | encode/syslog             | 600 µs [589 µs, 613 µs]     | 1.7 M events/s      |
+//!
+//! An earlier run the same day on a quieter machine gave 756 MiB/s for the
+//! parser and 5.5 M events/s for JSON lines; syslog is slowest because it
+//! formats each frame's header and length prefix separately.
 //!
 //! Absolute numbers are noisy on this shared machine; compare within one run.
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use orca_logshipper::config::{Format, InputConfig};
 use orca_logshipper::event::{Chunk, FileId, Source, Stream};
 use orca_logshipper::parse::Parser;
+use orca_logshipper::sinks::Batch;
 use orca_logshipper::sinks::forward::forward_message;
 use orca_logshipper::sinks::json::{elasticsearch_bulk, json_lines, loki};
-use orca_logshipper::sinks::syslog::SyslogSink;
-use orca_logshipper::sinks::tcp::TcpSink;
-use orca_logshipper::sinks::Batch;
+use orca_logshipper::sinks::syslog::SyslogFormat;
 
-const POD_LOG: &str = "/var/log/pods/shop_cart-7d4b9c-x2x9z_0f8e2a64-1c2d-4e5f-8a9b-0c1d2e3f4a5b/cart/0.log";
+const POD_LOG: &str =
+    "/var/log/pods/shop_cart-7d4b9c-x2x9z_0f8e2a64-1c2d-4e5f-8a9b-0c1d2e3f4a5b/cart/0.log";
 
 fn text(seq: usize) -> String {
-    format!("10.244.1.{} - - \"GET /api/v1/cart/{seq} HTTP/1.1\" 200 512 \"-\" \"curl/8.5\"", seq % 250)
+    format!(
+        "10.244.1.{} - - \"GET /api/v1/cart/{seq} HTTP/1.1\" 200 512 \"-\" \"curl/8.5\"",
+        seq % 250
+    )
 }
 
 fn cri_input(bytes: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes + 256);
     let mut seq = 0;
     while out.len() < bytes {
-        let ts = format!("2026-11-25T10:{:02}:{:02}.{:09}Z", seq / 60 % 60, seq % 60, seq);
+        let ts = format!(
+            "2026-11-25T10:{:02}:{:02}.{:09}Z",
+            seq / 60 % 60,
+            seq % 60,
+            seq
+        );
         let line = text(seq);
         if seq % 10 == 0 {
             let (a, b) = line.split_at(30);
@@ -90,19 +101,24 @@ fn batch() -> Batch {
     let source = Arc::new(Source::new("pods".into(), POD_LOG.into()));
     let mut chunk = Chunk::new(FileId(1), source);
     for seq in 0..1000 {
-        let stream = if seq % 5 == 0 { Stream::Stderr } else { Stream::Stdout };
-        chunk.push(&text(seq), 1_795_600_000_000_000_000 + seq as i64, Some(stream), seq as u64);
+        let stream = if seq % 5 == 0 {
+            Stream::Stderr
+        } else {
+            Stream::Stdout
+        };
+        chunk.push(
+            &text(seq),
+            1_795_600_000_000_000_000 + seq as i64,
+            Some(stream),
+            seq as u64,
+        );
     }
     Batch::of([Arc::new(chunk)])
 }
 
 fn encode(c: &mut Criterion) {
     let batch = batch();
-    let syslog = SyslogSink::new(
-        TcpSink::new("127.0.0.1:514".into(), Duration::from_secs(1)),
-        1,
-        "node-1".into(),
-    );
+    let syslog = SyslogFormat::new(1, "node-1".into());
     let mut group = c.benchmark_group("encode");
     group.throughput(Throughput::Elements(batch.len() as u64));
     let mut out = Vec::new();
@@ -130,7 +146,12 @@ fn encode(c: &mut Criterion) {
     group.bench_function("forward", |b| {
         b.iter(|| {
             out.clear();
-            forward_message(&batch, "kube.cart", Some("AAAAAAAAAAAAAAAAAAAAAA=="), &mut out);
+            forward_message(
+                &batch,
+                "kube.cart",
+                Some("AAAAAAAAAAAAAAAAAAAAAA=="),
+                &mut out,
+            );
             black_box(out.len())
         });
     });

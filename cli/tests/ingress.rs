@@ -1212,13 +1212,25 @@ fn grpc_over_h2_end_to_end() {
         "listeners:\n  - name: web\n    address: 127.0.0.1:{{http}}\nroutes:\n  - path: /\n    upstream: etcd\nupstreams:\n  - name: etcd\n    endpoints: [\"{upstream}\"]\n    protocol: h2c\n"
     );
     let proxy = Proxy::start(&config);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let mut client = etcd_client::Client::connect([format!("http://{}", proxy.http)], None)
             .await
             .unwrap();
-        let mut watch = client.watch("/grpc/", Some(etcd_client::WatchOptions::new().with_prefix())).await.unwrap();
-        client.put("/grpc/a", "through the proxy", None).await.unwrap();
+        let mut watch = client
+            .watch(
+                "/grpc/",
+                Some(etcd_client::WatchOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+        client
+            .put("/grpc/a", "through the proxy", None)
+            .await
+            .unwrap();
         let got = client.get("/grpc/a", None).await.unwrap();
         assert_eq!(got.kvs()[0].value_str().unwrap(), "through the proxy");
         let event = tokio::time::timeout(Duration::from_secs(10), async {
@@ -1244,7 +1256,10 @@ fn h2_clients_reach_http1_upstreams() {
     use hyper::body::Bytes;
     let (api, web) = (Backend::start("api"), Backend::start("web"));
     let proxy = Proxy::start(&base_config(&api, &web));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let tcp = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
         let (mut send, conn) = hyper::client::conn::http2::handshake(
@@ -1255,7 +1270,11 @@ fn h2_clients_reach_http1_upstreams() {
         .expect("h2c with prior knowledge is accepted");
         tokio::spawn(conn);
         // Several streams on one connection, each routed on its own.
-        for (host, path, backend) in [("example.com", "/api/h2", "api"), ("a.example.org", "/w", "web"), ("example.com", "/api/again", "api")] {
+        for (host, path, backend) in [
+            ("example.com", "/api/h2", "api"),
+            ("a.example.org", "/w", "web"),
+            ("example.com", "/api/again", "api"),
+        ] {
             let req = hyper::Request::get(format!("http://{host}{path}"))
                 .body(Empty::<Bytes>::new())
                 .unwrap();
@@ -1263,7 +1282,10 @@ fn h2_clients_reach_http1_upstreams() {
             assert_eq!(resp.status(), 200);
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             let body = String::from_utf8_lossy(&body);
-            assert!(body.starts_with(&format!("{backend} {path} xff=127.0.0.1 xfp=http")), "{body}");
+            assert!(
+                body.starts_with(&format!("{backend} {path} xff=127.0.0.1 xfp=http")),
+                "{body}"
+            );
         }
         let req = hyper::Request::get("http://nowhere.test/")
             .body(Empty::<Bytes>::new())
@@ -1289,7 +1311,15 @@ fn tls_negotiates_h2_by_alpn() {
     let proxy = Proxy::start(&config);
     let negotiated = |alpn: &str| {
         let out = Command::new("openssl")
-            .args(["s_client", "-connect", &format!("127.0.0.1:{https}"), "-servername", "h2.example.com", "-alpn", alpn])
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{https}"),
+                "-servername",
+                "h2.example.com",
+                "-alpn",
+                alpn,
+            ])
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .output()
@@ -1299,8 +1329,14 @@ fn tls_negotiates_h2_by_alpn() {
             .find(|l| l.starts_with("ALPN protocol"))
             .map(str::to_string)
     };
-    assert_eq!(negotiated("h2,http/1.1").as_deref(), Some("ALPN protocol: h2"));
-    assert_eq!(negotiated("http/1.1").as_deref(), Some("ALPN protocol: http/1.1"));
+    assert_eq!(
+        negotiated("h2,http/1.1").as_deref(),
+        Some("ALPN protocol: h2")
+    );
+    assert_eq!(
+        negotiated("http/1.1").as_deref(),
+        Some("ALPN protocol: http/1.1")
+    );
     drop(proxy);
 }
 
@@ -1334,8 +1370,13 @@ admin:
         assert_eq!(r.status, 200, "{}", r.body);
         assert!(r.body.starts_with("b "), "{}", r.body);
     }
-    let metrics = raw(proxy.admin, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").unwrap().body;
-    assert!(!metrics.contains("orca_ingress_upstream_failures_total{"), "no request tried the dead endpoint: {metrics}");
+    let metrics = raw(proxy.admin, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap()
+        .body;
+    assert!(
+        !metrics.contains("orca_ingress_upstream_failures_total{"),
+        "no request tried the dead endpoint: {metrics}"
+    );
 }
 
 #[test]
@@ -1365,8 +1406,14 @@ shutdown_grace: 8s
     signal(proxy.child.id(), "TERM");
     let r = in_flight.join().unwrap();
     assert_eq!(r.status, 200, "the request in flight finished: {}", r.body);
-    assert_eq!(r.headers.get("connection").map(String::as_str), Some("close"));
+    assert_eq!(
+        r.headers.get("connection").map(String::as_str),
+        Some("close")
+    );
     let status = proxy.child.wait().unwrap();
-    assert!(status.success(), "a drained shutdown exits cleanly: {status}");
+    assert!(
+        status.success(),
+        "a drained shutdown exits cleanly: {status}"
+    );
     assert!(TcpStream::connect(addr).is_err(), "no longer accepting");
 }

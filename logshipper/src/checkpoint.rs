@@ -210,7 +210,10 @@ mod tests {
             (flipped, "checksum"),
             (good[..good.len() - 5].to_vec(), "checksum"),
             (b"garbage".to_vec(), "no header"),
-            (b"orca-logshipper-checkpoints v9 00\n".to_vec(), "unknown header"),
+            (
+                b"orca-logshipper-checkpoints v9 00\n".to_vec(),
+                "unknown header",
+            ),
             (
                 format!("{HEADER}{:016x}\n{{}}\n", fnv1a(b"{}\n")).into_bytes(),
                 "entry 1",

@@ -63,6 +63,9 @@ pub struct InputConfig {
     pub scan_interval: Duration,
     /// How long a reader sleeps when none of its files had new data.
     pub poll_interval: Duration,
+    /// How long a rotated or deleted file is still followed, for a writer
+    /// that has not reopened its log yet; it is closed at its end after that.
+    pub rotate_wait: Duration,
 }
 
 impl Default for InputConfig {
@@ -75,6 +78,7 @@ impl Default for InputConfig {
             max_event_size: default_max_event_size(),
             scan_interval: Duration::from_secs(1),
             poll_interval: Duration::from_millis(250),
+            rotate_wait: Duration::from_secs(5),
         }
     }
 }
@@ -284,7 +288,10 @@ impl Default for AdminConfig {
 impl ComponentConfig for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.inputs.is_empty() {
-            return Err(ConfigError::invalid("inputs", "at least one input is required"));
+            return Err(ConfigError::invalid(
+                "inputs",
+                "at least one input is required",
+            ));
         }
         if self.outputs.is_empty() {
             return Err(ConfigError::invalid(
@@ -296,11 +303,17 @@ impl ComponentConfig for Config {
             return Err(ConfigError::invalid("checkpoint_dir", "must not be empty"));
         }
         if self.buffer.max_memory.bytes() < ByteSize::mib(1).bytes() {
-            return Err(ConfigError::invalid("buffer.max_memory", "must be at least 1MiB"));
+            return Err(ConfigError::invalid(
+                "buffer.max_memory",
+                "must be at least 1MiB",
+            ));
         }
         for (i, input) in self.inputs.iter().enumerate() {
             input.validate(&format!("inputs[{i}]"))?;
-            if self.inputs[..i].iter().any(|other| other.name == input.name) {
+            if self.inputs[..i]
+                .iter()
+                .any(|other| other.name == input.name)
+            {
                 return Err(ConfigError::invalid(
                     format!("inputs[{i}].name"),
                     format!("duplicate input name {:?}", input.name),
@@ -309,7 +322,10 @@ impl ComponentConfig for Config {
         }
         for (i, output) in self.outputs.iter().enumerate() {
             output.validate(&format!("outputs[{i}]"))?;
-            if self.outputs[..i].iter().any(|other| other.name == output.name) {
+            if self.outputs[..i]
+                .iter()
+                .any(|other| other.name == output.name)
+            {
                 return Err(ConfigError::invalid(
                     format!("outputs[{i}].name"),
                     format!("duplicate output name {:?}", output.name),
@@ -323,7 +339,10 @@ impl ComponentConfig for Config {
 impl InputConfig {
     fn validate(&self, at: &str) -> Result<(), ConfigError> {
         if self.name.is_empty() {
-            return Err(ConfigError::invalid(format!("{at}.name"), "must not be empty"));
+            return Err(ConfigError::invalid(
+                format!("{at}.name"),
+                "must not be empty",
+            ));
         }
         if self.paths.is_empty() {
             return Err(ConfigError::invalid(
@@ -346,7 +365,10 @@ impl InputConfig {
             ("poll_interval", self.poll_interval),
         ] {
             if value.get().is_zero() {
-                return Err(ConfigError::invalid(format!("{at}.{field}"), "must be more than 0s"));
+                return Err(ConfigError::invalid(
+                    format!("{at}.{field}"),
+                    "must be more than 0s",
+                ));
             }
         }
         if let Some(multiline) = &self.multiline {
@@ -367,7 +389,10 @@ impl InputConfig {
 impl OutputConfig {
     fn validate(&self, at: &str) -> Result<(), ConfigError> {
         if self.name.is_empty() {
-            return Err(ConfigError::invalid(format!("{at}.name"), "must not be empty"));
+            return Err(ConfigError::invalid(
+                format!("{at}.name"),
+                "must not be empty",
+            ));
         }
         let kind = self.kind;
         let uses = |field: &str| -> bool {
@@ -457,7 +482,10 @@ impl OutputConfig {
             }
         }
         if self.facility.is_some_and(|f| f > 23) {
-            return Err(ConfigError::invalid(format!("{at}.facility"), "must be 0-23"));
+            return Err(ConfigError::invalid(
+                format!("{at}.facility"),
+                "must be 0-23",
+            ));
         }
         if self.batch.max_events == 0 {
             return Err(ConfigError::invalid(
@@ -480,7 +508,10 @@ impl OutputConfig {
             ));
         }
         if self.timeout.get().is_zero() {
-            return Err(ConfigError::invalid(format!("{at}.timeout"), "must be more than 0s"));
+            return Err(ConfigError::invalid(
+                format!("{at}.timeout"),
+                "must be more than 0s",
+            ));
         }
         Ok(())
     }
@@ -530,7 +561,10 @@ admin:
     fn issue_example_loads() {
         let config = load(ISSUE_EXAMPLE).expect("loads");
         assert_eq!(config.inputs[0].format, Format::Cri);
-        assert_eq!(config.inputs[0].multiline.as_ref().map(|m| m.max_lines), Some(500));
+        assert_eq!(
+            config.inputs[0].multiline.as_ref().map(|m| m.max_lines),
+            Some(500)
+        );
         assert_eq!(config.buffer.max_memory, ByteSize::mib(64));
         assert_eq!(config.outputs[0].kind, OutputType::File);
         assert_eq!(config.outputs[0].batch.max_bytes, ByteSize::mib(1));
@@ -602,7 +636,9 @@ outputs:
 
     #[test]
     fn bad_byte_size_is_a_parse_error() {
-        let err = load("buffer: {max_memory: 64MB}\n").unwrap_err().to_string();
+        let err = load("buffer: {max_memory: 64MB}\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("buffer.max_memory"), "{err}");
     }
 }

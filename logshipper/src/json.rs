@@ -55,7 +55,10 @@ mod tests {
             push_str(&mut out, s);
             let back: String = serde_json::from_slice(&out).expect("valid JSON");
             assert_eq!(back, s);
-            assert_eq!(String::from_utf8(out).expect("utf-8"), serde_json::to_string(s).expect("encodes"));
+            assert_eq!(
+                String::from_utf8(out).expect("utf-8"),
+                serde_json::to_string(s).expect("encodes")
+            );
         }
     }
 }

@@ -21,9 +21,9 @@ pub mod tracker;
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;
-use std::task::Poll;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 
 use orca_core::telemetry::{Admin, Metrics, TelemetryError, bind_admin, serve_admin};
 use tokio::sync::{Notify, watch};
@@ -34,13 +34,14 @@ use crate::checkpoint::{CheckpointError, Store};
 use crate::config::Config;
 use crate::metrics::ShipperMetrics;
 use crate::pipeline::{Output, write_checkpoints};
-use crate::sinks::{Sink, SinkError};
+use crate::sinks::{Encoder, Sink, SinkError};
 use crate::tail::watcher::{WatchError, Watcher, Wiring};
 use crate::tracker::Tracker;
 
-/// Chunks queued per output; the byte budget is the real bound, this only
-/// caps the count of tiny chunks.
-const OUTPUT_QUEUE: usize = 1024;
+/// Chunks queued per output. A few keep a fast sink busy; more would only
+/// hold memory, since a paused reader loses nothing (the file is the
+/// buffer). `buffer.max_memory` caps the total across inputs and outputs.
+const OUTPUT_QUEUE: usize = 8;
 
 /// Why the shipper could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +110,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let tracker = Tracker::new(config.outputs.len(), loaded.entries);
     let max_memory = usize::try_from(config.buffer.max_memory.bytes()).unwrap_or(usize::MAX);
-    metrics.buffer_max.set(i64::try_from(max_memory).unwrap_or(i64::MAX));
+    metrics
+        .buffer_max
+        .set(i64::try_from(max_memory).unwrap_or(i64::MAX));
     let budget = Budget::new(max_memory, metrics.buffer_fill.clone());
 
     let (abort_tx, abort_rx) = watch::channel(false);
@@ -126,6 +129,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             Output {
                 index,
                 name: output.name.clone(),
+                encoder: Encoder::new(output),
                 sink,
                 batch: output.batch.clone(),
                 retry: output.retry.clone(),
@@ -146,6 +150,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             budget: Arc::clone(&budget),
             outputs: senders.clone(),
             stop: Arc::clone(&stop),
+            runtime: tokio::runtime::Handle::current(),
             metrics: metrics.input(&input.name),
         };
         let watcher = Watcher::new(input, wiring).map_err(|source| ShipperError::Input {

@@ -69,7 +69,11 @@ impl ShipperMetrics {
     pub fn register(metrics: &Metrics) -> Self {
         let this = Self::default();
         let m = metrics.registry_with_prefix("orca_logshipper");
-        m.register("input_events", "Events read, per input", this.input_events.clone());
+        m.register(
+            "input_events",
+            "Events read, per input",
+            this.input_events.clone(),
+        );
         m.register_with_unit(
             "input",
             "Bytes of event text read, per input",
@@ -130,7 +134,11 @@ impl ShipperMetrics {
             Unit::Bytes,
             this.buffer_max.clone(),
         );
-        m.register("files", "Files tailed or awaiting acknowledgement", this.files.clone());
+        m.register(
+            "files",
+            "Files tailed or awaiting acknowledgement",
+            this.files.clone(),
+        );
         this
     }
 

@@ -166,7 +166,12 @@ impl Parser {
         let base = pos;
         for i in memchr::memchr_iter(b'\n', &data[base..]) {
             let end = base + i;
-            self.line(&data[pos..end], offset + pos as u64, offset + end as u64 + 1, out);
+            self.line(
+                &data[pos..end],
+                offset + pos as u64,
+                offset + end as u64 + 1,
+                out,
+            );
             pos = end + 1;
         }
         if pos < data.len() {
@@ -199,7 +204,11 @@ impl Parser {
         };
         for s in 0..SLOTS {
             let group = &self.groups[s];
-            if group.active && group.updated.is_some_and(|t| now.duration_since(t) >= timeout) {
+            if group.active
+                && group
+                    .updated
+                    .is_some_and(|t| now.duration_since(t) >= timeout)
+            {
                 self.flush_group(s, out);
             }
         }
@@ -418,15 +427,21 @@ impl Parser {
     /// A whole record: grouped by the multiline rule if there is one.
     fn record(&mut self, record: Record<'_>, out: &mut Chunk) {
         let Some(rule) = &self.multiline else {
-            self.emit(&record.text, record.timestamp, record.stream, record.end, out);
+            self.emit(
+                &record.text,
+                record.timestamp,
+                record.stream,
+                record.end,
+                out,
+            );
             return;
         };
         let s = slot(record.stream);
         let starts = rule.start.is_match(&record.text);
         let max_lines = rule.max_lines;
         let group = &self.groups[s];
-        let fits = group.lines < max_lines
-            && group.text.len() + 1 + record.text.len() <= self.max_event;
+        let fits =
+            group.lines < max_lines && group.text.len() + 1 + record.text.len() <= self.max_event;
         if group.active && !starts && fits {
             let group = &mut self.groups[s];
             group.text.push('\n');
@@ -570,7 +585,10 @@ mod tests {
                 "step {step}"
             );
             assert_eq!(out.events[0].timestamp, 1_704_067_200_000_000_001);
-            assert_eq!(out.events[2].timestamp, 1_704_067_201_000_000_000, "first piece's time");
+            assert_eq!(
+                out.events[2].timestamp, 1_704_067_201_000_000_000,
+                "first piece's time"
+            );
             assert!(!parser.has_pending());
         }
     }
@@ -578,7 +596,11 @@ mod tests {
     #[test]
     fn cri_malformed_lines_pass_through() {
         let mut parser = Parser::new(&input(Format::Cri)).expect("parser");
-        let out = feed_all(&mut parser, b"not a cri line\n2024-01-01T00:00:00Z stdout X y\n", 4096);
+        let out = feed_all(
+            &mut parser,
+            b"not a cri line\n2024-01-01T00:00:00Z stdout X y\n",
+            4096,
+        );
         assert_eq!(out.events.len(), 2);
         assert_eq!(out.line(&out.events[0]), "not a cri line");
         assert_eq!(out.events[0].stream, None);
@@ -589,7 +611,12 @@ mod tests {
     fn parse_cri_fields() {
         assert_eq!(
             parse_cri(b"2024-01-01T00:00:00Z stderr P:x some text"),
-            Some((1_704_067_200_000_000_000, Stream::Stderr, true, &b"some text"[..]))
+            Some((
+                1_704_067_200_000_000_000,
+                Stream::Stderr,
+                true,
+                &b"some text"[..]
+            ))
         );
         assert_eq!(
             parse_cri(b"2024-01-01T00:00:00Z stdout F"),
@@ -640,7 +667,11 @@ mod tests {
         let texts: Vec<(String, u64)> = events(&out).into_iter().map(|e| (e.0, e.2)).collect();
         assert_eq!(
             texts,
-            [("one".into(), 5), ("two".into(), 9), ("unterminated".into(), 21)]
+            [
+                ("one".into(), 5),
+                ("two".into(), 9),
+                ("unterminated".into(), 21)
+            ]
         );
     }
 

@@ -14,7 +14,7 @@ use crate::config::{BatchConfig, RetryConfig};
 use crate::event::Chunk;
 use crate::metrics::{OutputMetrics, ShipperMetrics};
 use crate::random::random_u64;
-use crate::sinks::{Batch, Sink, Slice};
+use crate::sinks::{Batch, Encoder, Payload, Sink, Slice};
 use crate::tracker::Tracker;
 
 /// Pause before retrying a failed checkpoint write.
@@ -26,13 +26,19 @@ const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
 /// directory that cannot be written.
 const UNSAVED_BATCHES: u64 = 2;
 
+/// Payload buffers kept for reuse per output: one being encoded, one
+/// queued, one being sent.
+const PAYLOAD_BUFFERS: usize = 3;
+
 /// One output: takes chunks from its channel, delivers them in batches.
 pub struct Output {
     /// The output's position, under which the tracker records its acks.
     pub index: usize,
     /// The configured name, for logs.
     pub name: String,
-    /// Where batches go.
+    /// Turns batches into payloads.
+    pub encoder: Encoder,
+    /// Where payloads go.
     pub sink: Sink,
     /// Batching limits.
     pub batch: BatchConfig,
@@ -50,98 +56,163 @@ impl Output {
     /// Delivers until the readers are gone and everything they sent is
     /// delivered, or until `abort` turns true (undelivered events are then
     /// not acknowledged, and read again on the next start).
-    pub async fn run(mut self, mut abort: watch::Receiver<bool>) {
-        let mut rest = None;
-        let mut payload = Vec::new();
-        while let Some(batch) = self.next_batch(&mut rest).await {
-            payload.clear();
-            self.sink.encode(&batch, &mut payload);
-            if !self.deliver(&payload, &mut abort).await {
-                return;
+    pub async fn run(self, mut abort: watch::Receiver<bool>) {
+        let Self {
+            index,
+            name,
+            encoder,
+            mut sink,
+            batch,
+            retry,
+            chunks,
+            tracker,
+            metrics,
+        } = self;
+        // The next batch is encoded on the blocking pool while this one is
+        // sent, so encoding and writing use both cores.
+        // Delivered payloads go back to be encoded into again: a few buffers
+        // reused rather than one allocated and freed per batch across
+        // threads, which the allocator would keep as resident memory.
+        let (encoded_tx, mut encoded) = tokio::sync::mpsc::channel(1);
+        let (spare_tx, spare) = tokio::sync::mpsc::channel(PAYLOAD_BUFFERS);
+        let encoding = tokio::spawn(encode_batches(
+            chunks,
+            batch,
+            Arc::new(encoder),
+            encoded_tx,
+            spare,
+        ));
+        while let Some((batch, payload)) = encoded.recv().await {
+            if !deliver(&mut sink, &name, &retry, &metrics, &payload, &mut abort).await {
+                break;
             }
-            self.metrics.events.inc_by(batch.len() as u64);
-            self.metrics.bytes.inc_by(payload.len() as u64);
-            let number = self.tracker.ack(self.index, &batch.acks());
+            metrics.events.inc_by(batch.len() as u64);
+            metrics.bytes.inc_by(payload.bytes.len() as u64);
+            let acks = batch.acks();
+            // Returns the chunks to the memory budget before waiting below.
+            drop(batch);
+            let _ = spare_tx.try_send(payload);
+            let number = tracker.ack(index, &acks);
             if let Some(wait_for) = number.checked_sub(UNSAVED_BATCHES) {
                 tokio::select! {
-                    () = self.tracker.wait_saved(self.index, wait_for) => {}
-                    _ = abort.wait_for(|abort| *abort) => return,
+                    () = tracker.wait_saved(index, wait_for) => {}
+                    _ = abort.wait_for(|abort| *abort) => break,
                 }
             }
         }
+        encoding.abort();
+        let _ = encoding.await;
     }
+}
 
-    /// Fills a batch up to its limits or until `max_wait` after its first event;
-    /// `None` once the channel is closed and drained.
-    async fn next_batch(&mut self, rest: &mut Option<Slice>) -> Option<Batch> {
-        let whole = |chunk: Arc<Chunk>| Slice {
-            to: chunk.events.len(),
-            chunk,
-            from: 0,
+/// Cuts the chunk stream into batches and encodes each, one ahead of delivery.
+async fn encode_batches(
+    mut chunks: Receiver<Arc<Chunk>>,
+    limits: BatchConfig,
+    encoder: Arc<Encoder>,
+    encoded: tokio::sync::mpsc::Sender<(Batch, Payload)>,
+    mut spare: Receiver<Payload>,
+) {
+    let mut rest = None;
+    while let Some(batch) = next_batch(&mut chunks, &limits, &mut rest).await {
+        let encoder = Arc::clone(&encoder);
+        let mut payload = spare.try_recv().unwrap_or_default();
+        let job = tokio::task::spawn_blocking(move || {
+            encoder.encode(&batch, &mut payload);
+            (batch, payload)
+        });
+        // An encoder that panicked is a bug; ending here ends the output,
+        // which stops the shipper.
+        let Ok((batch, payload)) = job.await else {
+            return;
         };
-        let mut next = match rest.take() {
-            Some(slice) => slice,
-            None => whole(self.chunks.recv().await?),
-        };
-        let deadline = Instant::now() + self.batch.max_wait.get();
-        let max_bytes = usize::try_from(self.batch.max_bytes.bytes()).unwrap_or(usize::MAX);
-        let (mut batch, mut events, mut bytes) = (Batch::default(), 0, 0);
-        loop {
-            let mut to = next.from;
-            while to < next.to && events < self.batch.max_events && bytes < max_bytes {
-                let event = &next.chunk.events[to];
-                bytes += (event.end - event.start) as usize;
-                events += 1;
-                to += 1;
-            }
-            if to > next.from {
-                batch.slices.push(Slice {
-                    chunk: Arc::clone(&next.chunk),
-                    from: next.from,
-                    to,
-                });
-            }
-            if to < next.to {
-                *rest = Some(Slice { from: to, ..next });
-                break;
-            }
-            if events >= self.batch.max_events || bytes >= max_bytes {
-                break;
-            }
-            next = match self.chunks.try_recv() {
-                Ok(chunk) => whole(chunk),
-                Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) => {
-                    match tokio::time::timeout_at(deadline, self.chunks.recv()).await {
-                        Ok(Some(chunk)) => whole(chunk),
-                        Ok(None) | Err(_) => break,
-                    }
+        if encoded.send((batch, payload)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Fills a batch up to its limits or until `max_wait` after its first event;
+/// `None` once the channel is closed and drained.
+async fn next_batch(
+    chunks: &mut Receiver<Arc<Chunk>>,
+    limits: &BatchConfig,
+    rest: &mut Option<Slice>,
+) -> Option<Batch> {
+    let whole = |chunk: Arc<Chunk>| Slice {
+        to: chunk.events.len(),
+        chunk,
+        from: 0,
+    };
+    let mut next = match rest.take() {
+        Some(slice) => slice,
+        None => whole(chunks.recv().await?),
+    };
+    let deadline = Instant::now() + limits.max_wait.get();
+    let max_bytes = usize::try_from(limits.max_bytes.bytes()).unwrap_or(usize::MAX);
+    let (mut batch, mut events, mut bytes) = (Batch::default(), 0, 0);
+    loop {
+        let mut to = next.from;
+        while to < next.to && events < limits.max_events && bytes < max_bytes {
+            let event = &next.chunk.events[to];
+            bytes += (event.end - event.start) as usize;
+            events += 1;
+            to += 1;
+        }
+        if to > next.from {
+            batch.slices.push(Slice {
+                chunk: Arc::clone(&next.chunk),
+                from: next.from,
+                to,
+            });
+        }
+        if to < next.to {
+            *rest = Some(Slice { from: to, ..next });
+            break;
+        }
+        if events >= limits.max_events || bytes >= max_bytes {
+            break;
+        }
+        next = match chunks.try_recv() {
+            Ok(chunk) => whole(chunk),
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                match tokio::time::timeout_at(deadline, chunks.recv()).await {
+                    Ok(Some(chunk)) => whole(chunk),
+                    Ok(None) | Err(_) => break,
                 }
-            };
-        }
-        Some(batch)
-    }
-
-    /// Tries until the sink acknowledges; false if aborted first.
-    async fn deliver(&mut self, payload: &[u8], abort: &mut watch::Receiver<bool>) -> bool {
-        let mut backoff = self.retry.initial_backoff.get();
-        loop {
-            let result = tokio::select! {
-                result = self.sink.deliver(payload) => result,
-                _ = abort.wait_for(|abort| *abort) => return false,
-            };
-            let Err(err) = result else {
-                return true;
-            };
-            self.metrics.retries.inc();
-            let wait = jitter(backoff);
-            tracing::warn!(output = %self.name, %err, retry_in = ?wait, "delivery failed; retrying");
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                _ = abort.wait_for(|abort| *abort) => return false,
             }
-            backoff = (backoff * 2).min(self.retry.max_backoff.get());
+        };
+    }
+    Some(batch)
+}
+
+/// Tries until the sink acknowledges; false if aborted first.
+async fn deliver(
+    sink: &mut Sink,
+    name: &str,
+    retry: &RetryConfig,
+    metrics: &OutputMetrics,
+    payload: &Payload,
+    abort: &mut watch::Receiver<bool>,
+) -> bool {
+    let mut backoff = retry.initial_backoff.get();
+    loop {
+        let result = tokio::select! {
+            result = sink.deliver(payload) => result,
+            _ = abort.wait_for(|abort| *abort) => return false,
+        };
+        let Err(err) = result else {
+            return true;
+        };
+        metrics.retries.inc();
+        let wait = jitter(backoff);
+        tracing::warn!(output = %name, %err, retry_in = ?wait, "delivery failed; retrying");
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = abort.wait_for(|abort| *abort) => return false,
         }
+        backoff = (backoff * 2).min(retry.max_backoff.get());
     }
 }
 
@@ -208,7 +279,6 @@ mod tests {
     use super::*;
     use crate::event::{FileId, Source};
     use orca_core::config::{ByteSize, Duration as ConfigDuration};
-    use std::path::Path;
 
     fn chunk(events: usize, first_commit: u64) -> Arc<Chunk> {
         let mut chunk = Chunk::new(FileId(1), Arc::new(Source::new("in".into(), "/f".into())));
@@ -227,39 +297,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn batches_split_chunks_at_the_limits_and_ack_in_order() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let out = dir.path().join("out.jsonl");
-        let tracker = Tracker::new(1, Vec::new());
-        let id = tracker.register("in", Path::new("/f"), crate::tail::fingerprint::Fingerprint {
-            dev: 0,
-            ino: 0,
-            head_len: 0,
-            head_hash: 0,
-        }, 0);
-        assert_eq!(id, FileId(1));
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let output = Output {
-            index: 0,
-            name: "file".into(),
-            sink: Sink::File(crate::sinks::file::FileSink::new(out.clone())),
-            batch: BatchConfig {
-                max_events: 4,
-                max_bytes: ByteSize(25),
-                max_wait: ConfigDuration::from_millis(10),
-            },
-            retry: RetryConfig::default(),
-            chunks: rx,
-            tracker: Arc::clone(&tracker),
-            metrics: OutputMetrics::default(),
+    async fn batches_split_chunks_at_the_limits() {
+        let limits = BatchConfig {
+            max_events: 4,
+            max_bytes: ByteSize(25),
+            max_wait: ConfigDuration::from_millis(10),
         };
-        let mut rest = None;
-        let mut output = output;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
         tx.send(chunk(5, 0)).await.expect("sends");
         tx.send(chunk(2, 5)).await.expect("sends");
         drop(tx);
+        let mut rest = None;
         let mut sizes = Vec::new();
-        while let Some(batch) = output.next_batch(&mut rest).await {
+        while let Some(batch) = next_batch(&mut rx, &limits, &mut rest).await {
             sizes.push((batch.len(), batch.acks()));
         }
         // 25 bytes allow three 10-byte lines (the limit is checked before each).

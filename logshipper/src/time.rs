@@ -197,7 +197,12 @@ mod tests {
         while n < 4_102_444_800_000_000_000 {
             out.clear();
             format_rfc3339(n, 9, &mut out);
-            assert_eq!(parse_rfc3339(&out), Some(n), "{}", String::from_utf8_lossy(&out));
+            assert_eq!(
+                parse_rfc3339(&out),
+                Some(n),
+                "{}",
+                String::from_utf8_lossy(&out)
+            );
             n += 7_777_777_777_777_777;
         }
     }

@@ -104,7 +104,13 @@ impl Tracker {
     }
 
     /// Starts tracking a file read from `offset`.
-    pub fn register(&self, input: &str, path: &Path, fingerprint: Fingerprint, offset: u64) -> FileId {
+    pub fn register(
+        &self,
+        input: &str,
+        path: &Path,
+        fingerprint: Fingerprint,
+        offset: u64,
+    ) -> FileId {
         let mut state = self.lock();
         state.next_id += 1;
         let id = FileId(state.next_id);
@@ -241,7 +247,11 @@ mod tests {
         assert_eq!(snapshot.entries[0].offset, 60);
         assert_eq!(snapshot.lag_bytes, 90);
         tracker.ack(1, &[(id, 40)]);
-        assert_eq!(tracker.snapshot().entries[0].offset, 60, "acks never go back");
+        assert_eq!(
+            tracker.snapshot().entries[0].offset,
+            60,
+            "acks never go back"
+        );
     }
 
     #[test]
@@ -266,9 +276,9 @@ mod tests {
             offset: 42,
         };
         let tracker = Tracker::new(1, vec![old.clone()]);
-        assert_eq!(tracker.preloaded("in"), [old.clone()]);
+        assert_eq!(tracker.preloaded("in"), std::slice::from_ref(&old));
         assert!(tracker.preloaded("other").is_empty());
-        assert_eq!(tracker.snapshot().entries, [old.clone()]);
+        assert_eq!(tracker.snapshot().entries, std::slice::from_ref(&old));
         let id = tracker.register("in", Path::new("/old.1"), fp(9), 42);
         tracker.preload_done("in");
         let entries = tracker.snapshot().entries;

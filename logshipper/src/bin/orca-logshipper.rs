@@ -15,14 +15,14 @@ fn main() -> ExitCode {
         }
     };
     orca_core::telemetry::init_tracing("info");
-    let config: orca_logshipper::config::Config =
-        match orca_core::config::load(Some(&path), |_| {}) {
-            Ok(config) => config,
-            Err(err) => {
-                eprintln!("error: {err}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let config: orca_logshipper::config::Config = match orca_core::config::load(Some(&path), |_| {})
+    {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -8,40 +8,30 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use crate::event::Event;
 use crate::random::random_u64;
 use crate::sinks::tcp::TcpSink;
-use crate::sinks::{Batch, SinkError};
+use crate::sinks::{Batch, Payload, SinkError};
 
 /// Sends Forward-mode messages.
 #[derive(Debug)]
 pub struct ForwardSink {
     tcp: TcpSink,
-    tag: String,
-    require_ack: bool,
-    /// The chunk id of the payload last encoded, awaited in the ack.
-    chunk: String,
+}
+
+/// A new chunk id: base64 of 128 random bits, as the protocol suggests.
+pub fn chunk_id() -> String {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&random_u64().to_be_bytes());
+    id[8..].copy_from_slice(&random_u64().to_be_bytes());
+    base64(&id)
 }
 
 impl ForwardSink {
     /// A forward sink over `tcp`.
-    pub fn new(tcp: TcpSink, tag: String, require_ack: bool) -> Self {
-        Self {
-            tcp,
-            tag,
-            require_ack,
-            chunk: String::new(),
-        }
+    pub fn new(tcp: TcpSink) -> Self {
+        Self { tcp }
     }
 
-    /// Appends one Forward-mode message holding the whole batch, under a new chunk id.
-    pub fn encode(&mut self, batch: &Batch, out: &mut Vec<u8>) {
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&random_u64().to_be_bytes());
-        id[8..].copy_from_slice(&random_u64().to_be_bytes());
-        self.chunk = base64(&id);
-        forward_message(batch, &self.tag, self.require_ack.then_some(&*self.chunk), out);
-    }
-
-    /// Sends the message and, with `require_ack`, waits for its ack.
-    pub async fn deliver(&mut self, payload: &[u8]) -> Result<(), SinkError> {
+    /// Sends the message and, if it carries a chunk id, waits for its ack.
+    pub async fn deliver(&mut self, payload: &Payload) -> Result<(), SinkError> {
         let result = self.exchange(payload).await;
         if result.is_err() {
             self.tcp.reset();
@@ -49,12 +39,12 @@ impl ForwardSink {
         result
     }
 
-    async fn exchange(&mut self, payload: &[u8]) -> Result<(), SinkError> {
+    async fn exchange(&mut self, payload: &Payload) -> Result<(), SinkError> {
         let timeout = self.tcp.timeout();
-        let require_ack = self.require_ack;
+        let require_ack = !payload.chunk.is_empty();
         let stream = self.tcp.connection().await?;
         let ack = tokio::time::timeout(timeout, async {
-            stream.write_all(payload).await?;
+            stream.write_all(&payload.bytes).await?;
             stream.flush().await?;
             if !require_ack {
                 return Ok(None);
@@ -74,9 +64,9 @@ impl ForwardSink {
         .await
         .map_err(|_| SinkError::Timeout(timeout))??;
         match ack {
-            Some(ack) if ack != self.chunk => Err(SinkError::Protocol(format!(
+            Some(ack) if ack != payload.chunk => Err(SinkError::Protocol(format!(
                 "ack for chunk {ack:?}, expected {:?}",
-                self.chunk
+                payload.chunk
             ))),
             _ => Ok(()),
         }
@@ -226,7 +216,11 @@ fn read_str(bytes: &[u8], at: &mut usize) -> Result<Option<String>, SinkError> {
             Some(n) => (usize::from(u16::from_be_bytes([n[0], n[1]])), 3),
             None => return Ok(None),
         },
-        b => return Err(SinkError::Protocol(format!("ack holds a non-string (0x{b:02x})"))),
+        b => {
+            return Err(SinkError::Protocol(format!(
+                "ack holds a non-string (0x{b:02x})"
+            )));
+        }
     };
     let Some(text) = bytes.get(*at + skip..*at + skip + len) else {
         return Ok(None);

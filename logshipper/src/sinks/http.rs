@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::{HttpFormat, OutputConfig};
-use crate::sinks::{Batch, SinkError, json};
+use crate::sinks::SinkError;
 
 /// Most bytes of an error response kept for the log.
 const ERROR_BODY: usize = 512;
@@ -67,7 +67,6 @@ impl Endpoint {
 pub struct HttpSink {
     endpoint: Endpoint,
     format: HttpFormat,
-    index: String,
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
     sender: Option<SendRequest<Full<Bytes>>>,
@@ -85,27 +84,18 @@ impl HttpSink {
                 Ok((
                     HeaderName::from_bytes(name.as_bytes())
                         .map_err(|err| SinkError::Config(err.to_string()))?,
-                    HeaderValue::from_str(value).map_err(|err| SinkError::Config(err.to_string()))?,
+                    HeaderValue::from_str(value)
+                        .map_err(|err| SinkError::Config(err.to_string()))?,
                 ))
             })
             .collect::<Result<_, SinkError>>()?;
         Ok(Self {
             endpoint,
             format: config.format.unwrap_or(HttpFormat::JsonLines),
-            index: config.index.clone().unwrap_or_else(|| "orca-logs".to_string()),
             headers,
             timeout: config.timeout.get(),
             sender: None,
         })
-    }
-
-    /// Appends the body in the configured format.
-    pub fn encode(&self, batch: &Batch, out: &mut Vec<u8>) {
-        match self.format {
-            HttpFormat::ElasticsearchBulk => json::elasticsearch_bulk(batch, &self.index, out),
-            HttpFormat::Loki => json::loki(batch, out),
-            HttpFormat::JsonLines => json::json_lines(batch, out),
-        }
     }
 
     /// POSTs `payload`; `Ok` on a 2xx answer (for Elasticsearch, one that
@@ -195,7 +185,9 @@ fn bulk_errors(body: &[u8]) -> Result<(), SinkError> {
         })
         .map(|result| result["error"].to_string())
         .unwrap_or_default();
-    Err(SinkError::Protocol(format!("bulk request had failed items: {first}")))
+    Err(SinkError::Protocol(format!(
+        "bulk request had failed items: {first}"
+    )))
 }
 
 #[cfg(test)]
@@ -213,14 +205,19 @@ mod tests {
             }
         );
         assert_eq!(
-            Endpoint::parse("http://logs.local").expect("parses").address,
+            Endpoint::parse("http://logs.local")
+                .expect("parses")
+                .address,
             "logs.local:80"
         );
         assert!(matches!(
             Endpoint::parse("https://x/"),
             Err(EndpointError::Scheme(_))
         ));
-        assert!(matches!(Endpoint::parse("::"), Err(EndpointError::Invalid(_))));
+        assert!(matches!(
+            Endpoint::parse("::"),
+            Err(EndpointError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -11,7 +11,14 @@ use crate::time::format_rfc3339;
 /// `{"timestamp":...,"stream":...,"line":...,"input":...,"file":...,<pod fields>}`.
 pub fn json_lines(batch: &Batch, out: &mut Vec<u8>) {
     for (chunk, event) in batch.events() {
-        object(b"timestamp", b"line", chunk.line(event), event, &chunk.source, out);
+        object(
+            b"timestamp",
+            b"line",
+            chunk.line(event),
+            event,
+            &chunk.source,
+            out,
+        );
         out.push(b'\n');
     }
 }
@@ -25,12 +32,26 @@ pub fn elasticsearch_bulk(batch: &Batch, index: &str, out: &mut Vec<u8>) {
     action.extend_from_slice(b"}}\n");
     for (chunk, event) in batch.events() {
         out.extend_from_slice(&action);
-        object(b"@timestamp", b"message", chunk.line(event), event, &chunk.source, out);
+        object(
+            b"@timestamp",
+            b"message",
+            chunk.line(event),
+            event,
+            &chunk.source,
+            out,
+        );
         out.push(b'\n');
     }
 }
 
-fn object(ts_key: &[u8], line_key: &[u8], line: &str, event: &Event, source: &Source, out: &mut Vec<u8>) {
+fn object(
+    ts_key: &[u8],
+    line_key: &[u8],
+    line: &str,
+    event: &Event,
+    source: &Source,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(b"{\"");
     out.extend_from_slice(ts_key);
     out.extend_from_slice(b"\":\"");
@@ -49,12 +70,17 @@ fn object(ts_key: &[u8], line_key: &[u8], line: &str, event: &Event, source: &So
     out.push(b'}');
 }
 
+/// Events of one Loki stream share their file (by `Source` identity) and stream.
+type StreamKey = (*const Source, Option<Stream>);
+
+/// A Loki value in the making: the event's source, line and event.
+type Value<'a> = (&'a Arc<Source>, &'a str, &'a Event);
+
 /// Appends a Loki push body: one stream per file and container stream,
 /// labelled with the input, the file and the pod fields, its values
 /// `["<unix nanoseconds>", "<line>"]` in read order.
 pub fn loki(batch: &Batch, out: &mut Vec<u8>) {
-    let mut streams: Vec<((*const Source, Option<Stream>), Vec<(&Arc<Source>, &str, &Event)>)> =
-        Vec::new();
+    let mut streams: Vec<(StreamKey, Vec<Value<'_>>)> = Vec::new();
     for slice in &batch.slices {
         let chunk = &*slice.chunk;
         for event in &chunk.events[slice.from..slice.to] {
@@ -112,11 +138,29 @@ mod tests {
     use serde_json::{Value, json};
 
     fn batch() -> Batch {
-        let pod = Arc::new(Source::new("pods".into(), "/l/ns_web-1_u-1/nginx/0.log".into()));
+        let pod = Arc::new(Source::new(
+            "pods".into(),
+            "/l/ns_web-1_u-1/nginx/0.log".into(),
+        ));
         let mut a = Chunk::new(FileId(1), pod);
-        a.push("GET / 200", 1_704_067_200_000_000_001, Some(Stream::Stdout), 10);
-        a.push("warn \"x\"\n", 1_704_067_201_000_000_000, Some(Stream::Stderr), 20);
-        a.push("GET /b 404", 1_704_067_202_000_000_000, Some(Stream::Stdout), 30);
+        a.push(
+            "GET / 200",
+            1_704_067_200_000_000_001,
+            Some(Stream::Stdout),
+            10,
+        );
+        a.push(
+            "warn \"x\"\n",
+            1_704_067_201_000_000_000,
+            Some(Stream::Stderr),
+            20,
+        );
+        a.push(
+            "GET /b 404",
+            1_704_067_202_000_000_000,
+            Some(Stream::Stdout),
+            30,
+        );
         let plain = Arc::new(Source::new("sys".into(), "/var/log/syslog".into()));
         let mut b = Chunk::new(FileId(2), plain);
         b.push("kernel: hi", 0, None, 5);

@@ -10,7 +10,7 @@ pub mod tcp;
 
 use std::sync::Arc;
 
-use crate::config::{OutputConfig, OutputType};
+use crate::config::{HttpFormat, OutputConfig, OutputType};
 use crate::event::{Chunk, Event, FileId};
 
 /// Why one delivery attempt failed; every failure is retried.
@@ -76,9 +76,11 @@ impl Batch {
 
     /// Every event with its chunk.
     pub fn events(&self) -> impl Iterator<Item = (&Chunk, &Event)> {
-        self.slices
-            .iter()
-            .flat_map(|s| s.chunk.events[s.from..s.to].iter().map(move |e| (&*s.chunk, e)))
+        self.slices.iter().flat_map(|s| {
+            s.chunk.events[s.from..s.to]
+                .iter()
+                .map(move |e| (&*s.chunk, e))
+        })
     }
 
     /// How many events.
@@ -106,21 +108,96 @@ impl Batch {
     }
 }
 
-/// A configured destination.
+/// A batch encoded for its output: the bytes sent, and for the forward
+/// protocol the chunk id the server's ack must name.
+#[derive(Debug, Default)]
+pub struct Payload {
+    /// What is sent.
+    pub bytes: Vec<u8>,
+    /// The forward chunk id awaited in the ack; empty when none is.
+    pub chunk: String,
+}
+
+/// Turns batches into an output's payload. Owns no connection, so it can
+/// encode the next batch on another thread while the last one is sent.
+#[derive(Debug, Clone)]
+pub enum Encoder {
+    /// One JSON object per line (stdout, file, tcp, http `json_lines`).
+    JsonLines,
+    /// Elasticsearch `_bulk` NDJSON into this index.
+    ElasticsearchBulk(String),
+    /// Loki push JSON.
+    Loki,
+    /// Fluentd forward messages.
+    Forward {
+        /// The tag of every event.
+        tag: String,
+        /// Whether to ask for an ack.
+        require_ack: bool,
+    },
+    /// RFC 5424 frames.
+    Syslog(syslog::SyslogFormat),
+}
+
+impl Encoder {
+    /// The encoder `config` needs (validated already).
+    pub fn new(config: &OutputConfig) -> Self {
+        match (config.kind, config.format) {
+            (OutputType::Http, Some(HttpFormat::ElasticsearchBulk)) => Self::ElasticsearchBulk(
+                config
+                    .index
+                    .clone()
+                    .unwrap_or_else(|| "orca-logs".to_string()),
+            ),
+            (OutputType::Http, Some(HttpFormat::Loki)) => Self::Loki,
+            (OutputType::Forward, _) => Self::Forward {
+                tag: config.tag.clone().unwrap_or_else(|| "orca".to_string()),
+                require_ack: config.require_ack.unwrap_or(true),
+            },
+            (OutputType::Syslog, _) => Self::Syslog(syslog::SyslogFormat::new(
+                config.facility.unwrap_or(1),
+                config.hostname.clone().unwrap_or_else(syslog::host_name),
+            )),
+            _ => Self::JsonLines,
+        }
+    }
+
+    /// Encodes `batch` into `out` (cleared first). Done once per batch:
+    /// retries resend the same bytes.
+    pub fn encode(&self, batch: &Batch, out: &mut Payload) {
+        out.bytes.clear();
+        out.chunk.clear();
+        match self {
+            Self::JsonLines => json::json_lines(batch, &mut out.bytes),
+            Self::ElasticsearchBulk(index) => {
+                json::elasticsearch_bulk(batch, index, &mut out.bytes)
+            }
+            Self::Loki => json::loki(batch, &mut out.bytes),
+            Self::Forward { tag, require_ack } => {
+                if *require_ack {
+                    out.chunk = forward::chunk_id();
+                }
+                let chunk = (!out.chunk.is_empty()).then_some(out.chunk.as_str());
+                forward::forward_message(batch, tag, chunk, &mut out.bytes);
+            }
+            Self::Syslog(format) => format.encode(batch, &mut out.bytes),
+        }
+    }
+}
+
+/// A configured destination's connection (or file).
 #[derive(Debug)]
 pub enum Sink {
-    /// JSON lines on standard output.
+    /// Standard output.
     Stdout(file::StdoutSink),
-    /// JSON lines in a file.
+    /// A file.
     File(file::FileSink),
-    /// JSON lines over TCP.
+    /// A TCP connection (the tcp and syslog outputs).
     Tcp(tcp::TcpSink),
     /// HTTP POST.
     Http(http::HttpSink),
     /// Fluentd forward protocol.
     Forward(forward::ForwardSink),
-    /// RFC 5424 syslog over TCP.
-    Syslog(syslog::SyslogSink),
 }
 
 impl Sink {
@@ -129,45 +206,29 @@ impl Sink {
         let address = || config.address.clone().unwrap_or_default();
         let timeout = config.timeout.get();
         Ok(match config.kind {
-            OutputType::Stdout => Self::Stdout(file::StdoutSink::default()),
-            OutputType::File => Self::File(file::FileSink::new(
-                config.path.clone().unwrap_or_default(),
-            )),
-            OutputType::Tcp => Self::Tcp(tcp::TcpSink::new(address(), timeout)),
+            OutputType::Stdout => Self::Stdout(file::StdoutSink),
+            OutputType::File => {
+                Self::File(file::FileSink::new(config.path.clone().unwrap_or_default()))
+            }
+            OutputType::Tcp | OutputType::Syslog => {
+                Self::Tcp(tcp::TcpSink::new(address(), timeout))
+            }
             OutputType::Http => Self::Http(http::HttpSink::new(config)?),
-            OutputType::Forward => Self::Forward(forward::ForwardSink::new(
-                tcp::TcpSink::new(address(), timeout),
-                config.tag.clone().unwrap_or_else(|| "orca".to_string()),
-                config.require_ack.unwrap_or(true),
-            )),
-            OutputType::Syslog => Self::Syslog(syslog::SyslogSink::new(
-                tcp::TcpSink::new(address(), timeout),
-                config.facility.unwrap_or(1),
-                config.hostname.clone().unwrap_or_else(syslog::host_name),
-            )),
+            OutputType::Forward => Self::Forward(forward::ForwardSink::new(tcp::TcpSink::new(
+                address(),
+                timeout,
+            ))),
         })
     }
 
-    /// Appends `batch`'s payload to `out`. Done once per batch: retries
-    /// resend the same bytes.
-    pub fn encode(&mut self, batch: &Batch, out: &mut Vec<u8>) {
-        match self {
-            Self::Stdout(_) | Self::File(_) | Self::Tcp(_) => json::json_lines(batch, out),
-            Self::Http(sink) => sink.encode(batch, out),
-            Self::Forward(sink) => sink.encode(batch, out),
-            Self::Syslog(sink) => sink.encode(batch, out),
-        }
-    }
-
     /// Delivers an encoded payload; `Ok` once the destination acknowledged it.
-    pub async fn deliver(&mut self, payload: &[u8]) -> Result<(), SinkError> {
+    pub async fn deliver(&mut self, payload: &Payload) -> Result<(), SinkError> {
         match self {
-            Self::Stdout(sink) => sink.deliver(payload).await,
-            Self::File(sink) => sink.deliver(payload).await,
-            Self::Tcp(sink) => sink.deliver(payload).await,
-            Self::Http(sink) => sink.deliver(payload).await,
+            Self::Stdout(sink) => sink.deliver(&payload.bytes).await,
+            Self::File(sink) => sink.deliver(&payload.bytes).await,
+            Self::Tcp(sink) => sink.deliver(&payload.bytes).await,
+            Self::Http(sink) => sink.deliver(&payload.bytes).await,
             Self::Forward(sink) => sink.deliver(payload).await,
-            Self::Syslog(sink) => sink.deliver(payload).await,
         }
     }
 }

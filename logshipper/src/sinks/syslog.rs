@@ -2,27 +2,25 @@
 //! `<len> <PRI>1 TIMESTAMP HOSTNAME APP-NAME - MSGID [SD] MSG`, one frame per event.
 
 use crate::event::Stream;
-use crate::sinks::tcp::TcpSink;
-use crate::sinks::{Batch, SinkError};
+use crate::sinks::Batch;
 use crate::time::format_rfc3339;
 
 /// The SD-ID of the pod fields: `orca` under the documentation example
 /// enterprise number of RFC 5612, until Orca has its own.
 const SD_ID: &str = "orca@32473";
 
-/// Sends events to a syslog server.
-#[derive(Debug)]
-pub struct SyslogSink {
-    tcp: TcpSink,
+/// How events become syslog frames; the transport is a plain TCP sink,
+/// since syslog over TCP has no acknowledgement beyond the write.
+#[derive(Debug, Clone)]
+pub struct SyslogFormat {
     facility: u8,
     hostname: String,
 }
 
-impl SyslogSink {
-    /// A syslog sink over `tcp`.
-    pub fn new(tcp: TcpSink, facility: u8, hostname: String) -> Self {
+impl SyslogFormat {
+    /// Frames for `facility` (0-23) from `hostname`.
+    pub fn new(facility: u8, hostname: String) -> Self {
         Self {
-            tcp,
             facility,
             hostname: printable(&hostname, 255),
         }
@@ -35,15 +33,19 @@ impl SyslogSink {
             message.clear();
             // stderr is not necessarily an error, but it is what operators
             // filter on; everything else is informational.
-            let severity = if event.stream == Some(Stream::Stderr) { 3 } else { 6 };
+            let severity = if event.stream == Some(Stream::Stderr) {
+                3
+            } else {
+                6
+            };
             let pri = u32::from(self.facility) * 8 + severity;
             message.extend_from_slice(format!("<{pri}>1 ").as_bytes());
             format_rfc3339(event.timestamp, 6, &mut message);
             let source = &chunk.source;
-            let app = source
-                .pod
-                .as_ref()
-                .map_or_else(|| printable(&source.input, 48), |p| printable(&p.container, 48));
+            let app = source.pod.as_ref().map_or_else(
+                || printable(&source.input, 48),
+                |p| printable(&p.container, 48),
+            );
             let msgid = event.stream.map_or("-", Stream::as_str);
             message.extend_from_slice(format!(" {} {app} - {msgid} ", self.hostname).as_bytes());
             match &source.pod {
@@ -70,11 +72,6 @@ impl SyslogSink {
             out.extend_from_slice(&message);
         }
     }
-
-    /// Writes and flushes the frames; syslog over TCP has no ack.
-    pub async fn deliver(&mut self, payload: &[u8]) -> Result<(), SinkError> {
-        self.tcp.deliver(payload).await
-    }
 }
 
 /// Header fields are printable US-ASCII without spaces, `-` when empty.
@@ -84,7 +81,11 @@ fn printable(value: &str, max: usize) -> String {
         .filter(|c| c.is_ascii_graphic())
         .take(max)
         .collect();
-    if clean.is_empty() { "-".to_string() } else { clean }
+    if clean.is_empty() {
+        "-".to_string()
+    } else {
+        clean
+    }
 }
 
 /// PARAM-VALUE escapes `"`, `\` and `]` with a backslash.
@@ -112,7 +113,6 @@ mod tests {
     use super::*;
     use crate::event::{Chunk, FileId, Source};
     use std::sync::Arc;
-    use std::time::Duration;
 
     /// Splits octet-counted frames, checking each count.
     fn frames(payload: &[u8]) -> Vec<String> {
@@ -133,16 +133,28 @@ mod tests {
 
     #[test]
     fn rfc5424_frames() {
-        let sink = SyslogSink::new(
-            TcpSink::new("127.0.0.1:1".into(), Duration::from_secs(1)),
-            16,
-            "node 1".into(),
-        );
-        let pod = Arc::new(Source::new("pods".into(), "/l/ns_web_u-1/ng]x/0.log".into()));
+        let sink = SyslogFormat::new(16, "node 1".into());
+        let pod = Arc::new(Source::new(
+            "pods".into(),
+            "/l/ns_web_u-1/ng]x/0.log".into(),
+        ));
         let mut a = Chunk::new(FileId(1), pod);
-        a.push("GET / 200 é", 1_704_067_200_123_456_789, Some(Stream::Stdout), 1);
-        a.push("multi\nline", 1_704_067_200_000_000_000, Some(Stream::Stderr), 2);
-        let mut b = Chunk::new(FileId(2), Arc::new(Source::new("sys".into(), "/var/log/x".into())));
+        a.push(
+            "GET / 200 é",
+            1_704_067_200_123_456_789,
+            Some(Stream::Stdout),
+            1,
+        );
+        a.push(
+            "multi\nline",
+            1_704_067_200_000_000_000,
+            Some(Stream::Stderr),
+            2,
+        );
+        let mut b = Chunk::new(
+            FileId(2),
+            Arc::new(Source::new("sys".into(), "/var/log/x".into())),
+        );
         b.push("plain", 0, None, 3);
         let mut out = Vec::new();
         sink.encode(&Batch::of([Arc::new(a), Arc::new(b)]), &mut out);

@@ -114,7 +114,9 @@ mod tests {
             second.read_to_end(&mut got).await.expect("reads");
             got
         });
-        sink.deliver(b"two\n").await.expect("delivers on a new connection");
+        sink.deliver(b"two\n")
+            .await
+            .expect("delivers on a new connection");
         drop(sink);
         assert_eq!(accept.await.expect("joins"), b"two\n");
     }

@@ -104,14 +104,23 @@ mod tests {
         assert!(short.head_is_short());
 
         file.write_all(&[b'x'; 300]).expect("write");
-        assert!(short.head_matches(&reader).expect("reads"), "appending keeps the head");
+        assert!(
+            short.head_matches(&reader).expect("reads"),
+            "appending keeps the head"
+        );
         let full = Fingerprint::of(&reader).expect("fingerprint");
         assert_eq!(full.head_len, HEAD_BYTES as u64);
         assert_eq!(full.inode(), short.inode());
 
         file.set_len(0).expect("truncate");
-        assert!(!full.head_matches(&reader).expect("reads"), "truncation is seen");
+        assert!(
+            !full.head_matches(&reader).expect("reads"),
+            "truncation is seen"
+        );
         std::fs::write(&path, [b'y'; 400]).expect("rewrite");
-        assert!(!full.head_matches(&reader).expect("reads"), "a rewrite is seen");
+        assert!(
+            !full.head_matches(&reader).expect("reads"),
+            "a rewrite is seen"
+        );
     }
 }

@@ -35,7 +35,10 @@ enum Token {
     Byte(u8),
     AnyByte,
     AnyRun,
-    Class { negated: bool, ranges: Vec<(u8, u8)> },
+    Class {
+        negated: bool,
+        ranges: Vec<(u8, u8)>,
+    },
 }
 
 impl Pattern {
@@ -220,8 +223,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_patterns() {
-        assert!(matches!(Pattern::new("x/*.log"), Err(GlobError::Relative(_))));
-        assert!(matches!(Pattern::new("/x/[ab"), Err(GlobError::UnclosedClass(_))));
+        assert!(matches!(
+            Pattern::new("x/*.log"),
+            Err(GlobError::Relative(_))
+        ));
+        assert!(matches!(
+            Pattern::new("/x/[ab"),
+            Err(GlobError::UnclosedClass(_))
+        ));
         assert!(matches!(
             Pattern::new("/x/a**/y"),
             Err(GlobError::PartialDoubleStar(_))
@@ -248,10 +257,18 @@ mod tests {
                 .expect("parses")
                 .expand()
                 .into_iter()
-                .map(|p| p.strip_prefix(base).expect("under base").display().to_string())
+                .map(|p| {
+                    p.strip_prefix(base)
+                        .expect("under base")
+                        .display()
+                        .to_string()
+                })
                 .collect()
         };
-        assert_eq!(expand("pods/*/*/*.log"), ["pods/ns_a_1/c1/0.log", "pods/ns_b_2/c2/1.log"]);
+        assert_eq!(
+            expand("pods/*/*/*.log"),
+            ["pods/ns_a_1/c1/0.log", "pods/ns_b_2/c2/1.log"]
+        );
         assert_eq!(
             expand("pods/**/*.log"),
             [

@@ -29,7 +29,8 @@ use crate::tracker::Tracker;
 /// Bytes read from one file per turn, so one busy file cannot starve the others.
 const READ_SIZE: usize = 128 * 1024;
 
-/// Longest sleep between looks at the stop flag.
+/// Longest wait (sleeping, or for an output) between looks at the stop
+/// flag and the scan timer.
 const STOP_CHECK: Duration = Duration::from_millis(50);
 
 /// Why a reader could not start.
@@ -51,8 +52,9 @@ struct Tailed {
     offset: u64,
     parser: Parser,
     source: Arc<Source>,
-    /// The glob no longer finds this file: read it to its end, then let go.
-    rotated: bool,
+    /// When the glob stopped finding this file: it is read to its end,
+    /// and let go once `rotate_wait` has passed.
+    rotated: Option<Instant>,
     warned: bool,
 }
 
@@ -84,6 +86,8 @@ pub struct Wiring {
     pub outputs: Vec<Sender<Arc<Chunk>>>,
     /// Set to stop reading.
     pub stop: Arc<AtomicBool>,
+    /// The runtime the outputs run on, whose timers bound the waits for them.
+    pub runtime: tokio::runtime::Handle,
     /// The input's counters.
     pub metrics: InputMetrics,
 }
@@ -95,6 +99,8 @@ pub struct Watcher {
     parser: Parser,
     scan_interval: Duration,
     poll_interval: Duration,
+    rotate_wait: Duration,
+    next_scan: Instant,
     wiring: Wiring,
     files: Vec<Tailed>,
     buf: Vec<u8>,
@@ -113,6 +119,8 @@ impl Watcher {
             parser: Parser::new(input)?,
             scan_interval: input.scan_interval.get(),
             poll_interval: input.poll_interval.get(),
+            rotate_wait: input.rotate_wait.get(),
+            next_scan: Instant::now(),
             wiring,
             files: Vec::new(),
             buf: vec![0; READ_SIZE],
@@ -124,12 +132,9 @@ impl Watcher {
         let span = tracing::info_span!("input", name = %self.name);
         let _entered = span.enter();
         self.resume();
-        let mut next_scan = Instant::now() + self.scan_interval;
+        self.next_scan = Instant::now() + self.scan_interval;
         while !self.stopping() {
-            if Instant::now() >= next_scan {
-                self.scan();
-                next_scan = Instant::now() + self.scan_interval;
-            }
+            self.scan_if_due();
             let mut busy = false;
             let mut i = 0;
             while i < self.files.len() && !self.stopping() {
@@ -138,7 +143,11 @@ impl Watcher {
                         busy = true;
                         i += 1;
                     }
-                    Ok(Turn::End) if self.files[i].rotated => {
+                    Ok(Turn::End)
+                        if self.files[i]
+                            .rotated
+                            .is_some_and(|at| at.elapsed() >= self.rotate_wait) =>
+                    {
                         let done = self.files.swap_remove(i);
                         self.release(done);
                     }
@@ -253,7 +262,9 @@ impl Watcher {
             let len = file.metadata().map_or(0, |m| m.len());
             let same_content = entry.fingerprint.head_matches(&file).unwrap_or(false);
             let offset = match how {
-                Match::SameFile if same_inode && same_content && len >= entry.offset => entry.offset,
+                Match::SameFile if same_inode && same_content && len >= entry.offset => {
+                    entry.offset
+                }
                 Match::Copy
                     if !same_inode
                         && entry.fingerprint.head_len > 0
@@ -272,8 +283,18 @@ impl Watcher {
         false
     }
 
-    fn track(&mut self, path: PathBuf, file: File, fingerprint: Fingerprint, offset: u64, rotated: bool) {
-        let id = self.wiring.tracker.register(&self.name, &path, fingerprint, offset);
+    fn track(
+        &mut self,
+        path: PathBuf,
+        file: File,
+        fingerprint: Fingerprint,
+        offset: u64,
+        rotated: bool,
+    ) {
+        let id = self
+            .wiring
+            .tracker
+            .register(&self.name, &path, fingerprint, offset);
         tracing::debug!(path = %path.display(), offset, rotated, "tailing");
         self.files.push(Tailed {
             id,
@@ -282,7 +303,7 @@ impl Watcher {
             offset,
             parser: self.parser.fresh(),
             source: Arc::new(Source::new(Arc::clone(&self.name), path)),
-            rotated,
+            rotated: rotated.then(Instant::now),
             warned: false,
         });
     }
@@ -290,23 +311,26 @@ impl Watcher {
     /// Picks up new files; marks files the glob no longer finds as rotated.
     fn scan(&mut self) {
         let mut seen = HashSet::new();
+        let mut tracked = self.tracked();
         for path in self.expand() {
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
             let inode = (meta.dev(), meta.ino());
-            if !seen.insert(inode) || self.tracked().contains(&inode) {
+            if !seen.insert(inode) || tracked.contains(&inode) {
                 continue;
             }
             if let Some((file, fingerprint)) = open(&path) {
+                // The path may have been replaced since the stat.
+                seen.insert(fingerprint.inode());
+                tracked.insert(fingerprint.inode());
                 self.track(path, file, fingerprint, 0, false);
-                seen.insert(self.files.last().map_or(inode, |f| f.fingerprint.inode()));
             }
         }
         for file in &mut self.files {
-            if !file.rotated && !seen.contains(&file.fingerprint.inode()) {
+            if file.rotated.is_none() && !seen.contains(&file.fingerprint.inode()) {
                 tracing::debug!(path = %file.source.path.display(), "rotated or deleted; reading to its end");
-                file.rotated = true;
+                file.rotated = Some(Instant::now());
             }
         }
     }
@@ -366,15 +390,16 @@ impl Watcher {
             Some((copy_path, copy_file, copy_fingerprint)) => {
                 tracing::info!(path = %path.display(), copy = %copy_path.display(), "file copied and truncated; reading the rest from the copy");
                 file.fingerprint = copy_fingerprint;
-                file.rotated = true;
-                self.wiring.tracker.update(file.id, Some(&copy_path), copy_fingerprint);
+                file.rotated = Some(Instant::now());
+                self.wiring
+                    .tracker
+                    .update(file.id, Some(&copy_path), copy_fingerprint);
                 Some(std::mem::replace(&mut file.file, copy_file))
             }
             None => {
                 tracing::warn!(path = %path.display(), offset = file.offset, "file truncated; reading it again from the start (lines written past the last read before the truncation are gone)");
-                let mut done = self.files.swap_remove(i);
+                let done = self.files.swap_remove(i);
                 let file = done.file.try_clone().ok();
-                done.rotated = true;
                 self.release(done);
                 file
             }
@@ -382,7 +407,9 @@ impl Watcher {
         if let Some(original) = original {
             match Fingerprint::of(&original) {
                 Ok(fingerprint) => self.track(path, original, fingerprint, 0, false),
-                Err(err) => tracing::warn!(path = %path.display(), %err, "cannot read truncated file"),
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), %err, "cannot read truncated file")
+                }
             }
         }
     }
@@ -396,12 +423,23 @@ impl Watcher {
         tracing::debug!(path = %done.source.path.display(), "released");
     }
 
+    /// Scans if the scan interval has passed: also while the reader waits
+    /// on a slow output, so a file rotated meanwhile is already held open.
+    fn scan_if_due(&mut self) {
+        if Instant::now() >= self.next_scan {
+            self.scan();
+            self.next_scan = Instant::now() + self.scan_interval;
+        }
+    }
+
     fn send(&mut self, mut chunk: Chunk, size: u64) {
         let Some(last) = chunk.events.last() else {
             return;
         };
         let commit = last.commit;
-        let Some(reservation) = self.wiring.budget.reserve(chunk.memory(), &self.wiring.stop)
+        let budget = Arc::clone(&self.wiring.budget);
+        let stop = Arc::clone(&self.wiring.stop);
+        let Some(reservation) = budget.reserve(chunk.memory(), &stop, &mut || self.scan_if_due())
         else {
             return;
         };
@@ -416,11 +454,26 @@ impl Watcher {
         );
         self.wiring.tracker.emitted(chunk.file, commit, size);
         let chunk = Arc::new(chunk);
-        for output in &self.wiring.outputs {
-            if output.blocking_send(Arc::clone(&chunk)).is_err() {
-                // An output only goes away when the shipper stops.
-                self.wiring.stop.store(true, Ordering::Relaxed);
-                return;
+        let outputs = self.wiring.outputs.clone();
+        let runtime = self.wiring.runtime.clone();
+        for output in &outputs {
+            loop {
+                // The timer must be made inside the runtime's context.
+                let waited = runtime
+                    .block_on(async { tokio::time::timeout(STOP_CHECK, output.reserve()).await });
+                match waited {
+                    Ok(Ok(permit)) => {
+                        permit.send(Arc::clone(&chunk));
+                        break;
+                    }
+                    Ok(Err(_)) => {
+                        // An output only goes away when the shipper stops.
+                        stop.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    Err(_) if self.stopping() => return,
+                    Err(_) => self.scan_if_due(),
+                }
             }
         }
     }

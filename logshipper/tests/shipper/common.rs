@@ -36,7 +36,10 @@ impl Dirs {
 
     /// A container's log directory, `<ns>_<pod>_<uid>/<container>`, created.
     pub fn container(&self, pod: &str, container: &str) -> PathBuf {
-        let dir = self.logs.join(format!("default_{pod}_uid-{pod}")).join(container);
+        let dir = self
+            .logs
+            .join(format!("default_{pod}_uid-{pod}"))
+            .join(container);
         std::fs::create_dir_all(&dir).expect("mkdir");
         dir
     }
@@ -53,7 +56,7 @@ impl Dirs {
     /// A config tailing every container's `*.log` (CRI) into `outputs` (YAML list items).
     pub fn config(&self, admin_port: u16, max_memory: &str, outputs: &str) -> PathBuf {
         let text = format!(
-            "inputs:\n  - name: pods\n    paths: [\"{}/*/*/*.log\"]\n    format: cri\n    scan_interval: 100ms\n    poll_interval: 20ms\ncheckpoint_dir: {}\nbuffer: {{max_memory: {max_memory}}}\noutputs:\n{outputs}admin: {{address: \"127.0.0.1:{admin_port}\"}}\nshutdown_grace: 10s\n",
+            "inputs:\n  - name: pods\n    paths: [\"{}/*/*/*.log\"]\n    format: cri\n    scan_interval: 100ms\n    poll_interval: 20ms\n    rotate_wait: 200ms\ncheckpoint_dir: {}\nbuffer: {{max_memory: {max_memory}}}\noutputs:\n{outputs}admin: {{address: \"127.0.0.1:{admin_port}\"}}\nshutdown_grace: 10s\n",
             self.logs.display(),
             self.checkpoints.display(),
         );
@@ -73,13 +76,21 @@ pub fn free_port() -> u16 {
 
 /// The text of log line `seq`; long enough to look like a real log line.
 pub fn text(seq: u64) -> String {
-    format!("seq={seq:09} GET /api/v1/items?page={} 200 OK user-agent=test/1.0", seq % 97)
+    format!(
+        "seq={seq:09} GET /api/v1/items?page={} 200 OK user-agent=test/1.0",
+        seq % 97
+    )
 }
 
 /// A CRI line holding `text(seq)`: whole, or (every `split`th) as a `P`
 /// piece and an `F` piece.
 pub fn cri(seq: u64, split: u64) -> String {
-    let ts = format!("2026-11-25T10:{:02}:{:02}.{:09}Z", seq / 60 % 60, seq % 60, seq);
+    let ts = format!(
+        "2026-11-25T10:{:02}:{:02}.{:09}Z",
+        seq / 60 % 60,
+        seq % 60,
+        seq
+    );
     let text = text(seq);
     if split > 0 && seq % split == 0 {
         let (a, b) = text.split_at(20);
@@ -176,7 +187,7 @@ impl Shipper {
         let child = Command::new(env!("CARGO_BIN_EXE_orca-logshipper"))
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -224,6 +235,14 @@ impl Shipper {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .expect("VmHWM")
             * 1024
+    }
+}
+
+impl Drop for Shipper {
+    fn drop(&mut self) {
+        // A failed test must not leave the process running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

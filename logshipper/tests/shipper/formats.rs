@@ -34,7 +34,11 @@ fn http_output(port: u16, format: &str) -> String {
 fn elasticsearch_bulk_over_http() {
     let dirs = Dirs::new();
     let server = TestServer::start();
-    let config = dirs.config(free_port(), "8MiB", &http_output(server.port, "elasticsearch_bulk"));
+    let config = dirs.config(
+        free_port(),
+        "8MiB",
+        &http_output(server.port, "elasticsearch_bulk"),
+    );
     let shipper = Shipper::start(&config, &dirs.root.path().join("shipper.log"));
     write_lines(&dirs);
     let mut delivered = Delivered::default();
@@ -44,8 +48,10 @@ fn elasticsearch_bulk_over_http() {
             assert_eq!(content_type, "application/x-ndjson");
             let text = String::from_utf8(body).expect("utf-8");
             assert!(text.ends_with('\n'), "the bulk body ends in a newline");
-            let lines: Vec<serde_json::Value> =
-                text.lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("JSON"))
+                .collect();
             for pair in lines.chunks(2) {
                 assert_eq!(pair[0], json!({"create": {"_index": "orca-logs"}}));
                 let doc = &pair[1];
@@ -53,7 +59,11 @@ fn elasticsearch_bulk_over_http() {
                 assert_eq!(doc["pod"], "shop");
                 assert_eq!(doc["container"], "cart");
                 assert_eq!(doc["stream"], "stdout");
-                assert!(doc["@timestamp"].as_str().is_some_and(|t| t.starts_with("2026-11-25T10:")));
+                assert!(
+                    doc["@timestamp"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("2026-11-25T10:"))
+                );
                 delivered.add(doc["message"].as_str().expect("message"));
             }
         }
@@ -81,7 +91,10 @@ fn loki_push_over_http() {
                 assert_eq!(stream["stream"]["stream"], "stdout");
                 for value in stream["values"].as_array().expect("values") {
                     let ts = value[0].as_str().expect("timestamp string");
-                    assert!(ts.parse::<i64>().is_ok_and(|ns| ns > 1_700_000_000_000_000_000));
+                    assert!(
+                        ts.parse::<i64>()
+                            .is_ok_and(|ns| ns > 1_700_000_000_000_000_000)
+                    );
                     delivered.add(value[1].as_str().expect("line"));
                 }
             }
@@ -109,13 +122,19 @@ fn forward_protocol_with_acks() {
     let mut delivered = Delivered::default();
     let mut unacked = 0;
     let mut first = true;
+    listener.set_nonblocking(true).expect("nonblocking");
     while !delivered.missing(LINES).is_empty() {
-        let (mut stream, _) = listener.accept().expect("accepts");
-        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-        loop {
-            let Ok(message) = rmpv::decode::read_value(&mut stream) else {
-                break;
-            };
+        let mut accepted = None;
+        wait_until("the shipper connects", Duration::from_secs(60), || {
+            accepted = listener.accept().ok();
+            accepted.is_some()
+        });
+        let (mut stream, _) = accepted.expect("accepted");
+        stream.set_nonblocking(false).expect("blocking");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        while let Ok(message) = rmpv::decode::read_value(&mut stream) {
             let (chunk, records) = check_forward_message(&message);
             if first {
                 // No ack: the shipper must send this chunk again.
@@ -175,9 +194,19 @@ fn check_forward_message(message: &Value) -> (String, Vec<String>) {
         logs.push(field("log").expect("log field"));
     }
     let option = parts[2].as_map().expect("option map");
-    let get = |name: &str| option.iter().find(|(k, _)| k.as_str() == Some(name)).map(|(_, v)| v.clone());
-    assert_eq!(get("size").and_then(|v| v.as_u64()), Some(entries.len() as u64));
-    let chunk = get("chunk").and_then(|v| v.as_str().map(str::to_string)).expect("chunk id");
+    let get = |name: &str| {
+        option
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(name))
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        get("size").and_then(|v| v.as_u64()),
+        Some(entries.len() as u64)
+    );
+    let chunk = get("chunk")
+        .and_then(|v| v.as_str().map(str::to_string))
+        .expect("chunk id");
     assert_eq!(chunk.len(), 24, "base64 of 128 bits");
     (chunk, logs)
 }
@@ -250,26 +279,30 @@ fn syslog_received_by_rsyslog() {
     let shipper = Shipper::start(&config, &dirs.root.path().join("shipper.log"));
     write_lines(&dirs);
     let mut delivered = Delivered::default();
-    wait_until("rsyslog received every line", Duration::from_secs(60), || {
-        delivered = Delivered::default();
-        let text = std::fs::read_to_string(&received).unwrap_or_default();
-        for line in text.lines() {
-            let fields: Vec<&str> = line.splitn(7, '|').collect();
-            assert_eq!(fields.len(), 7, "{line}");
-            // local0 (16) * 8 + informational (6)
-            assert_eq!(fields[0], "134", "{line}");
-            assert!(fields[1].starts_with("2026-11-25T10:"), "{line}");
-            assert_eq!(fields[2], "node-1");
-            assert_eq!(fields[3], "cart");
-            assert_eq!(fields[4], "stdout");
-            assert_eq!(
-                fields[5],
-                r#"[orca@32473 namespace="default" pod="shop" uid="uid-shop" container="cart"]"#
-            );
-            delivered.add(fields[6]);
-        }
-        delivered.missing(LINES).is_empty()
-    });
+    wait_until(
+        "rsyslog received every line",
+        Duration::from_secs(60),
+        || {
+            delivered = Delivered::default();
+            let text = std::fs::read_to_string(&received).unwrap_or_default();
+            for line in text.lines() {
+                let fields: Vec<&str> = line.splitn(7, '|').collect();
+                assert_eq!(fields.len(), 7, "{line}");
+                // local0 (16) * 8 + informational (6)
+                assert_eq!(fields[0], "134", "{line}");
+                assert!(fields[1].starts_with("2026-11-25T10:"), "{line}");
+                assert_eq!(fields[2], "node-1");
+                assert_eq!(fields[3], "cart");
+                assert_eq!(fields[4], "stdout");
+                assert_eq!(
+                    fields[5],
+                    r#"[orca@32473 namespace="default" pod="shop" uid="uid-shop" container="cart"]"#
+                );
+                delivered.add(fields[6]);
+            }
+            delivered.missing(LINES).is_empty()
+        },
+    );
     assert!(shipper.terminate().success());
     assert!(delivered.garbled.is_empty(), "{:?}", delivered.garbled);
 }

@@ -164,7 +164,11 @@ fn serve(stream: TcpStream, state: &State) {
                 delivered.torn += more.torn;
                 delivered.garbled.extend(more.garbled);
                 drop(delivered);
-                state.bodies.lock().expect("lock").push((content_type, body));
+                state
+                    .bodies
+                    .lock()
+                    .expect("lock")
+                    .push((content_type, body));
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{\"errors\":false}"
             }
             _ => return,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::common::{Delivered, Dirs, Shipper, Writer, cri, free_port, wait_until};
+use crate::common::{Delivered, Dirs, Shipper, Writer, cri, free_port, metric, wait_until};
 
 /// Lines written by the container.
 const LINES: u64 = 1_000_000;
@@ -55,7 +55,11 @@ fn every_line_survives_sigkill_and_restart() {
     assert!(shipper.terminate().success(), "clean exit on SIGTERM");
 
     let delivered = Delivered::from_file(&dirs.out);
-    assert!(delivered.garbled.is_empty(), "{:?}", &delivered.garbled[..delivered.garbled.len().min(5)]);
+    assert!(
+        delivered.garbled.is_empty(),
+        "{:?}",
+        &delivered.garbled[..delivered.garbled.len().min(5)]
+    );
     let duplicates = delivered.duplicates();
     eprintln!(
         "{LINES} lines, {kills} SIGKILLs: {duplicates} duplicates, {} torn lines",
@@ -65,5 +69,47 @@ fn every_line_survives_sigkill_and_restart() {
         duplicates <= kills * RESENT_BATCHES * MAX_EVENTS,
         "{duplicates} duplicates after {kills} kills"
     );
-    assert!(delivered.torn as u64 <= kills, "at most one torn line per kill");
+    assert!(
+        delivered.torn as u64 <= kills,
+        "at most one torn line per kill"
+    );
+}
+
+/// SIGTERM delivers what was read, even a batch still waiting to fill,
+/// and checkpoints it: the checkpoint then points at the end of the file.
+#[test]
+fn sigterm_flushes_and_checkpoints() {
+    const SIGTERM_LINES: u64 = 500;
+    let dirs = Dirs::new();
+    let admin = free_port();
+    let output = format!(
+        "  - name: out\n    type: file\n    path: {}\n    batch: {{max_events: 100000, max_bytes: 64MiB, max_wait: 1h}}\n",
+        dirs.out.display()
+    );
+    let config = dirs.config(admin, "8MiB", &output);
+    let log = dirs.container("app", "app").join("0.log");
+    let mut writer = Writer::open(log.clone());
+    for seq in 0..SIGTERM_LINES {
+        writer.write(&cri(seq, 4));
+    }
+    let shipper = Shipper::start(&config, &dirs.root.path().join("shipper.log"));
+    wait_until("every line read", Duration::from_secs(60), || {
+        metric(admin, "orca_logshipper_input_events_total{input=\"pods\"}")
+            == Some(SIGTERM_LINES as f64)
+    });
+    assert!(
+        Delivered::from_file(&dirs.out).counts.is_empty(),
+        "the batch waits for more events"
+    );
+    assert!(shipper.terminate().success());
+
+    let delivered = Delivered::from_file(&dirs.out);
+    assert!(delivered.missing(SIGTERM_LINES).is_empty());
+    assert_eq!(delivered.duplicates(), 0);
+    let checkpoints =
+        std::fs::read_to_string(dirs.checkpoints.join("checkpoints")).expect("checkpoint file");
+    let entry: serde_json::Value =
+        serde_json::from_str(checkpoints.lines().nth(1).expect("one entry")).expect("JSON");
+    let size = std::fs::metadata(&log).expect("log").len();
+    assert_eq!(entry["offset"], size, "{checkpoints}");
 }

@@ -2,9 +2,10 @@
 //! restarted, rotated under, and delivering to real sockets.
 
 mod common;
-mod kill;
-mod rotation;
-mod http_server;
-mod sink_down;
+mod corrupt;
 mod formats;
+mod http_server;
+mod kill;
 mod model;
+mod rotation;
+mod sink_down;

@@ -225,9 +225,15 @@ impl Model {
     /// Waits until line `seq` was delivered, if it was written.
     fn wait_read_from(&self, seq: u64) {
         if seq < self.next_seq {
-            wait_until("the shipper reads the current content", Duration::from_secs(30), || {
-                Delivered::from_file(&self.dirs.out).counts.contains_key(&seq)
-            });
+            wait_until(
+                "the shipper reads the current content",
+                Duration::from_secs(30),
+                || {
+                    Delivered::from_file(&self.dirs.out)
+                        .counts
+                        .contains_key(&seq)
+                },
+            );
         }
     }
 
@@ -236,13 +242,17 @@ impl Model {
         let meta = std::fs::metadata(&self.writer.path).expect("log exists");
         let (dev, ino) = (meta.dev(), meta.ino());
         let checkpoints = self.dirs.checkpoints.join("checkpoints");
-        wait_until("the shipper checkpoints the current file", Duration::from_secs(30), || {
-            let text = std::fs::read_to_string(&checkpoints).unwrap_or_default();
-            text.lines().skip(1).any(|line| {
-                let entry: serde_json::Value = serde_json::from_str(line).expect("entry");
-                entry["fingerprint"]["dev"] == dev && entry["fingerprint"]["ino"] == ino
-            })
-        });
+        wait_until(
+            "the shipper checkpoints the current file",
+            Duration::from_secs(30),
+            || {
+                let text = std::fs::read_to_string(&checkpoints).unwrap_or_default();
+                text.lines().skip(1).any(|line| {
+                    let entry: serde_json::Value = serde_json::from_str(line).expect("entry");
+                    entry["fingerprint"]["dev"] == dev && entry["fingerprint"]["ino"] == ino
+                })
+            },
+        );
     }
 }
 
@@ -264,7 +274,8 @@ fn run(seed: u64) {
     for (i, &op) in ops.iter().enumerate() {
         model.apply(op);
         assert!(
-            !Path::new(&model.dirs.out).exists() || Delivered::from_file(&model.dirs.out).garbled.is_empty(),
+            !Path::new(&model.dirs.out).exists()
+                || Delivered::from_file(&model.dirs.out).garbled.is_empty(),
             "seed {seed}: garbled output after {}",
             Ops(&ops[..=i])
         );
@@ -282,7 +293,11 @@ fn run(seed: u64) {
         &missing[..missing.len().min(5)],
         Ops(&ops)
     );
-    assert!(delivered.garbled.is_empty(), "seed {seed}: {:?}", delivered.garbled);
+    assert!(
+        delivered.garbled.is_empty(),
+        "seed {seed}: {:?}",
+        delivered.garbled
+    );
     let duplicates = delivered.duplicates();
     eprintln!(
         "seed {seed:#x}: {} lines, {} rotations, {} kills, {duplicates} duplicates",

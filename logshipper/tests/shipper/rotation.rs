@@ -39,10 +39,21 @@ fn rotate_under_a_steady_writer(rotation: Rotation) {
         }
     });
     writer.join().expect("writer finished");
-    wait_until("every line delivered", Duration::from_secs(120), || {
+    let start = std::time::Instant::now();
+    loop {
         std::thread::sleep(Duration::from_millis(200));
-        Delivered::from_file(&dirs.out).missing(LINES).is_empty()
-    });
+        let missing = Delivered::from_file(&dirs.out).missing(LINES);
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} lines never delivered, first {:?}; shipper log:\n{}",
+            missing.len(),
+            &missing[..missing.len().min(5)],
+            std::fs::read_to_string(&shipper_log).unwrap_or_default()
+        );
+    }
 
     // Rotated files are read to their end and released: only the live
     // file stays open, and deleting the rotated ones frees them at once.
@@ -55,11 +66,19 @@ fn rotate_under_a_steady_writer(rotation: Rotation) {
             std::fs::remove_file(path).expect("deletes rotated file");
         }
     }
-    assert!(deleted_fds(shipper.pid()).is_empty(), "{:?}", deleted_fds(shipper.pid()));
+    assert!(
+        deleted_fds(shipper.pid()).is_empty(),
+        "{:?}",
+        deleted_fds(shipper.pid())
+    );
 
     assert!(shipper.terminate().success());
     let delivered = Delivered::from_file(&dirs.out);
-    assert!(delivered.garbled.is_empty(), "{:?}", &delivered.garbled[..delivered.garbled.len().min(5)]);
+    assert!(
+        delivered.garbled.is_empty(),
+        "{:?}",
+        &delivered.garbled[..delivered.garbled.len().min(5)]
+    );
     assert_eq!(delivered.duplicates(), 0, "no restart, so no line twice");
     let log = std::fs::read_to_string(&shipper_log).expect("shipper log");
     eprintln!(
