@@ -187,6 +187,8 @@ pub struct OutputConfig {
     pub format: Option<HttpFormat>,
     /// `http`: extra request headers.
     pub headers: BTreeMap<String, String>,
+    /// `http`: compress request bodies with gzip (`Content-Encoding: gzip`).
+    pub gzip: bool,
     /// `http` with `elasticsearch_bulk`: the index (or data stream) written to.
     pub index: Option<String>,
     /// `forward`: wait for the server's ack of each chunk before counting it delivered.
@@ -216,6 +218,7 @@ impl Default for OutputConfig {
             url: None,
             format: None,
             headers: BTreeMap::new(),
+            gzip: false,
             index: None,
             require_ack: None,
             tag: None,
@@ -402,7 +405,7 @@ impl OutputConfig {
                     kind,
                     OutputType::Tcp | OutputType::Forward | OutputType::Syslog
                 ),
-                "url" | "format" | "headers" => kind == OutputType::Http,
+                "url" | "format" | "headers" | "gzip" => kind == OutputType::Http,
                 "index" => {
                     kind == OutputType::Http && self.format == Some(HttpFormat::ElasticsearchBulk)
                 }
@@ -417,6 +420,7 @@ impl OutputConfig {
             ("url", self.url.is_some()),
             ("format", self.format.is_some()),
             ("headers", !self.headers.is_empty()),
+            ("gzip", self.gzip),
             ("index", self.index.is_some()),
             ("require_ack", self.require_ack.is_some()),
             ("tag", self.tag.is_some()),
@@ -584,6 +588,7 @@ outputs:
     format: elasticsearch_bulk
     index: logs
     headers: {Authorization: "Basic eDp5"}
+    gzip: true
   - {name: l, type: http, url: "http://127.0.0.1:3100/loki/api/v1/push", format: loki}
   - {name: f, type: forward, address: "127.0.0.1:24224", require_ack: true, tag: k8s}
   - {name: y, type: syslog, address: "127.0.0.1:514", facility: 16}
@@ -591,6 +596,7 @@ outputs:
         let config = load(text).expect("loads");
         assert_eq!(config.outputs.len(), 6);
         assert_eq!(config.outputs[4].require_ack, Some(true));
+        assert!(config.outputs[2].gzip);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue};
+use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -67,6 +67,7 @@ impl Endpoint {
 pub struct HttpSink {
     endpoint: Endpoint,
     format: HttpFormat,
+    gzip: bool,
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
     sender: Option<SendRequest<Full<Bytes>>>,
@@ -92,6 +93,7 @@ impl HttpSink {
         Ok(Self {
             endpoint,
             format: config.format.unwrap_or(HttpFormat::JsonLines),
+            gzip: config.gzip,
             headers,
             timeout: config.timeout.get(),
             sender: None,
@@ -122,6 +124,11 @@ impl HttpSink {
             .header(CONTENT_TYPE, content_type)
             .body(Full::new(Bytes::copy_from_slice(payload)))
             .map_err(|err| SinkError::Config(err.to_string()))?;
+        if self.gzip {
+            request
+                .headers_mut()
+                .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
         for (name, value) in &self.headers {
             request.headers_mut().insert(name.clone(), value.clone());
         }

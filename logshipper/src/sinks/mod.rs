@@ -8,6 +8,7 @@ pub mod json;
 pub mod syslog;
 pub mod tcp;
 
+use std::io::Write as _;
 use std::sync::Arc;
 
 use crate::config::{HttpFormat, OutputConfig, OutputType};
@@ -116,6 +117,8 @@ pub struct Payload {
     pub bytes: Vec<u8>,
     /// The forward chunk id awaited in the ack; empty when none is.
     pub chunk: String,
+    /// The uncompressed body of a gzip output, kept for reuse.
+    pub scratch: Vec<u8>,
 }
 
 /// Turns batches into an output's payload. Owns no connection, so it can
@@ -137,11 +140,22 @@ pub enum Encoder {
     },
     /// RFC 5424 frames.
     Syslog(syslog::SyslogFormat),
+    /// Another encoder's body, gzip-compressed.
+    Gzip(Box<Encoder>),
 }
 
 impl Encoder {
     /// The encoder `config` needs (validated already).
     pub fn new(config: &OutputConfig) -> Self {
+        let encoder = Self::uncompressed(config);
+        if config.gzip {
+            Self::Gzip(Box::new(encoder))
+        } else {
+            encoder
+        }
+    }
+
+    fn uncompressed(config: &OutputConfig) -> Self {
         match (config.kind, config.format) {
             (OutputType::Http, Some(HttpFormat::ElasticsearchBulk)) => Self::ElasticsearchBulk(
                 config
@@ -181,6 +195,23 @@ impl Encoder {
                 forward::forward_message(batch, tag, chunk, &mut out.bytes);
             }
             Self::Syslog(format) => format.encode(batch, &mut out.bytes),
+            Self::Gzip(inner) => {
+                let mut body = Payload {
+                    bytes: std::mem::take(&mut out.scratch),
+                    ..Payload::default()
+                };
+                inner.encode(batch, &mut body);
+                // The fast level: log lines compress well even so, and the
+                // encoder runs once per batch on the shipper's own CPU.
+                let mut gzip = flate2::write::GzEncoder::new(
+                    std::mem::take(&mut out.bytes),
+                    flate2::Compression::fast(),
+                );
+                // Writing into a Vec cannot fail.
+                gzip.write_all(&body.bytes).expect("gzip into memory");
+                out.bytes = gzip.finish().expect("gzip into memory");
+                out.scratch = body.bytes;
+            }
         }
     }
 }

@@ -406,6 +406,9 @@ impl Watcher {
         };
         if let Some(original) = original {
             match Fingerprint::of(&original) {
+                // A scan run while the release above waited on a slow
+                // output may have picked the file up already.
+                Ok(fingerprint) if self.tracked().contains(&fingerprint.inode()) => {}
                 Ok(fingerprint) => self.track(path, original, fingerprint, 0, false),
                 Err(err) => {
                     tracing::warn!(path = %path.display(), %err, "cannot read truncated file")

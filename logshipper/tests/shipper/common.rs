@@ -187,7 +187,7 @@ impl Shipper {
         let child = Command::new(env!("CARGO_BIN_EXE_orca-logshipper"))
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

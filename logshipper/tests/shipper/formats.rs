@@ -44,9 +44,9 @@ fn elasticsearch_bulk_over_http() {
     let mut delivered = Delivered::default();
     wait_until("every line delivered", Duration::from_secs(60), || {
         delivered = Delivered::default();
-        for (content_type, body) in server.bodies() {
-            assert_eq!(content_type, "application/x-ndjson");
-            let text = String::from_utf8(body).expect("utf-8");
+        for body in server.bodies() {
+            assert_eq!(body.content_type, "application/x-ndjson");
+            let text = String::from_utf8(body.bytes).expect("utf-8");
             assert!(text.ends_with('\n'), "the bulk body ends in a newline");
             let lines: Vec<serde_json::Value> = text
                 .lines()
@@ -83,9 +83,9 @@ fn loki_push_over_http() {
     let mut delivered = Delivered::default();
     wait_until("every line delivered", Duration::from_secs(60), || {
         delivered = Delivered::default();
-        for (content_type, body) in server.bodies() {
-            assert_eq!(content_type, "application/json");
-            let push: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        for body in server.bodies() {
+            assert_eq!(body.content_type, "application/json");
+            let push: serde_json::Value = serde_json::from_slice(&body.bytes).expect("JSON");
             for stream in push["streams"].as_array().expect("streams") {
                 assert_eq!(stream["stream"]["pod"], "shop");
                 assert_eq!(stream["stream"]["stream"], "stdout");
@@ -103,6 +103,45 @@ fn loki_push_over_http() {
     });
     assert!(shipper.terminate().success());
     assert!(delivered.garbled.is_empty(), "{:?}", delivered.garbled);
+}
+
+/// Gzip-compressed JSON lines, decompressed by GNU gzip.
+#[test]
+fn gzip_json_lines_over_http() {
+    let dirs = Dirs::new();
+    let server = TestServer::start();
+    let output = http_output(server.port, "json_lines") + "    gzip: true\n";
+    let config = dirs.config(free_port(), "8MiB", &output);
+    let shipper = Shipper::start(&config, &dirs.root.path().join("shipper.log"));
+    write_lines(&dirs);
+    let mut delivered = Delivered::default();
+    wait_until("every line delivered", Duration::from_secs(60), || {
+        delivered = Delivered::default();
+        for body in server.bodies() {
+            assert_eq!(body.encoding, "gzip");
+            let mut gunzip = Command::new("gzip")
+                .arg("-dc")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("runs gzip");
+            gunzip
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(&body.bytes)
+                .expect("feeds gzip");
+            let out = gunzip.wait_with_output().expect("gzip finishes");
+            assert!(out.status.success(), "gzip accepts the body");
+            let more = Delivered::from_json_lines(&out.stdout);
+            assert_eq!(more.torn, 0);
+            for (seq, count) in more.counts {
+                *delivered.counts.entry(seq).or_default() += count;
+            }
+        }
+        delivered.missing(LINES).is_empty()
+    });
+    assert!(shipper.terminate().success());
 }
 
 /// A forward server that leaves the first message unacknowledged (closing

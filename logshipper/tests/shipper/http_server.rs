@@ -21,13 +21,24 @@ pub enum Mode {
     Down = 2,
 }
 
+/// One accepted request.
+#[derive(Debug, Clone)]
+pub struct Body {
+    /// Its `Content-Type`.
+    pub content_type: String,
+    /// Its `Content-Encoding`, empty if none.
+    pub encoding: String,
+    /// The body as received.
+    pub bytes: Vec<u8>,
+}
+
 #[derive(Default)]
 struct State {
     mode: AtomicU8,
     stop: AtomicBool,
     failed: AtomicU64,
     delivered: Mutex<Delivered>,
-    bodies: Mutex<Vec<(String, Vec<u8>)>>,
+    bodies: Mutex<Vec<Body>>,
 }
 
 /// The running server; stops when dropped.
@@ -63,8 +74,8 @@ impl TestServer {
         f(&self.state.delivered.lock().expect("lock"))
     }
 
-    /// Every accepted request's content type and body.
-    pub fn bodies(&self) -> Vec<(String, Vec<u8>)> {
+    /// Every accepted request.
+    pub fn bodies(&self) -> Vec<Body> {
         self.state.bodies.lock().expect("lock").clone()
     }
 }
@@ -117,6 +128,7 @@ fn serve(stream: TcpStream, state: &State) {
         let mut line = String::new();
         let mut content_length = 0usize;
         let mut content_type = String::new();
+        let mut encoding = String::new();
         loop {
             if state.stop.load(Ordering::SeqCst) || mode(state) == Mode::Down as u8 {
                 return;
@@ -138,6 +150,9 @@ fn serve(stream: TcpStream, state: &State) {
             if let Some(v) = lower.strip_prefix("content-type:") {
                 content_type = v.trim().to_string();
             }
+            if let Some(v) = lower.strip_prefix("content-encoding:") {
+                encoding = v.trim().to_string();
+            }
             head.push(line.clone());
         }
         let mut body = vec![0; content_length];
@@ -156,19 +171,20 @@ fn serve(stream: TcpStream, state: &State) {
                 b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy"
             }
             m if m == Mode::Up as u8 => {
-                let more = Delivered::from_json_lines(&body);
-                let mut delivered = state.delivered.lock().expect("lock");
-                for (seq, count) in more.counts {
-                    *delivered.counts.entry(seq).or_default() += count;
+                if encoding.is_empty() {
+                    let more = Delivered::from_json_lines(&body);
+                    let mut delivered = state.delivered.lock().expect("lock");
+                    for (seq, count) in more.counts {
+                        *delivered.counts.entry(seq).or_default() += count;
+                    }
+                    delivered.torn += more.torn;
+                    delivered.garbled.extend(more.garbled);
                 }
-                delivered.torn += more.torn;
-                delivered.garbled.extend(more.garbled);
-                drop(delivered);
-                state
-                    .bodies
-                    .lock()
-                    .expect("lock")
-                    .push((content_type, body));
+                state.bodies.lock().expect("lock").push(Body {
+                    content_type: content_type.clone(),
+                    encoding: encoding.clone(),
+                    bytes: body,
+                });
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{\"errors\":false}"
             }
             _ => return,

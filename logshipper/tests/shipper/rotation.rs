@@ -22,11 +22,21 @@ fn rotate_under_a_steady_writer(rotation: Rotation) {
     let shipper_log = dirs.root.path().join("shipper.log");
     let shipper = Shipper::start(&config, &shipper_log);
     let log = container.join("0.log");
+    let pid = shipper.pid();
     let writer = std::thread::spawn(move || {
-        let mut writer = Writer::open(log);
+        let mut writer = Writer::open(log.clone());
         for seq in 0..LINES {
             writer.write(&cri(seq, 7));
             if seq % ROTATE_EVERY == ROTATE_EVERY - 1 {
+                // A file rotated away before the shipper ever opened it is
+                // not looked for (see the crate README); kubelet rotates
+                // at 10MiB, far apart, but a loaded test machine could
+                // delay a scan past two of these quick rotations.
+                wait_until(
+                    "the shipper opens the live file",
+                    Duration::from_secs(30),
+                    || holds_open(pid, &log),
+                );
                 let suffix = (seq / ROTATE_EVERY).to_string();
                 match rotation {
                     Rotation::Rename => writer.rotate_rename(&suffix),
@@ -87,6 +97,20 @@ fn rotate_under_a_steady_writer(rotation: Rotation) {
         log.matches("reading the rest from the copy").count(),
         log.matches("reading it again from the start").count(),
     );
+}
+
+/// Whether the process holds the file now at `path` open.
+fn holds_open(pid: u32, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+                .any(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()))
+        })
+        .unwrap_or(false)
 }
 
 /// Names of the files under `dir` the process holds open.
