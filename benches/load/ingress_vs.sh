@@ -11,9 +11,13 @@
 # (from /proc/PID/stat over the run) and its peak RSS, then the ratios
 # Orca/nginx and Orca/HAProxy and one summary line. Loopback only.
 #
-# Latest result (2026-11-25, this 2-core machine, DURATION=5): see the
-# session note on issue 3; quote ratios from one run, never absolute figures
-# across runs.
+# Latest result (2026-11-25, this 2-core machine, DURATION=5, one run with
+# another build beside it, so noisy): Orca/nginx req/s 0.83-1.55 over
+# 64/256 connections x 2 B/16 KiB x plain/TLS (TLS 1.10-1.55), Orca/HAProxy
+# 0.64-1.49; CPU per request Orca/nginx 0.58-1.14; h2load over TLS: Orca
+# 27.9k req/s, nginx 33.1k, HAProxy 33.9k; 10k idle keep-alive connections:
+# Orca 140 MiB, nginx 24.7, HAProxy 35.0 (Orca measured ~55 MiB by hand after
+# idle connections stopped holding buffers). Quote ratios from one run only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

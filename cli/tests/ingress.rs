@@ -807,7 +807,7 @@ fn reload_swaps_routes_without_failing_a_request() {
 
 #[test]
 fn redirect_and_websocket() {
-    let (api, web) = (Backend::start("api"), Backend::start("web"));
+    let api = Backend::start("api");
     let config = format!(
         r#"
 listeners:
@@ -824,7 +824,6 @@ upstreams:
 "#,
         api.addr
     );
-    let _ = &web;
     let proxy = Proxy::start(&config);
     let r = get(proxy.http, "secure.example.com", "/login?next=/");
     assert_eq!(r.status, 308);
@@ -902,7 +901,7 @@ fn presented_subject(addr: SocketAddr, sni: &str) -> String {
 
 #[test]
 fn tls_by_sni_and_certificate_rotation() {
-    let (api, web) = (Backend::start("api"), Backend::start("web"));
+    let api = Backend::start("api");
     let dir = tempfile::tempdir().unwrap();
     let (a_cert, a_key) = openssl_cert(dir.path(), "a.example.com");
     let (b_cert, b_key) = openssl_cert(dir.path(), "b.example.com");
@@ -933,7 +932,6 @@ upstreams:
         b_key.display(),
         api.addr
     );
-    let _ = &web;
     let proxy = Proxy::start(&config);
     let tls = proxy.https();
     let a = presented_subject(tls, "a.example.com");
@@ -1381,7 +1379,7 @@ admin:
 
 #[test]
 fn shutdown_drains_requests_in_flight() {
-    let (slow, other) = (Backend::start("slow"), Backend::start("other"));
+    let slow = Backend::start("slow");
     let config = format!(
         r#"
 listeners:
@@ -1398,7 +1396,6 @@ shutdown_grace: 8s
 "#,
         slow.addr
     );
-    let _ = &other;
     let mut proxy = Proxy::start(&config);
     let addr = proxy.http;
     let in_flight = thread::spawn(move || get(addr, "x", "/slow"));
