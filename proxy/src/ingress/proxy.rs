@@ -70,9 +70,12 @@ const MAX_SPARE: usize = 1024;
 impl Worker {
     /// A worker numbered `id`.
     pub fn new(shared: Arc<Shared>, id: u64) -> Self {
-        let seed = Instant::now().elapsed().as_nanos() as u64
-            ^ (id.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-            ^ u64::from(std::process::id());
+        // Workers and processes must not balance in lockstep: mix the
+        // clock, the worker id and the process id.
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let seed = clock ^ (id.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ u64::from(std::process::id());
         Self {
             shared,
             pool: Pool::default(),
