@@ -1284,6 +1284,10 @@ fn h2_clients_reach_http1_upstreams() {
                 body.starts_with(&format!("{backend} {path} xff=127.0.0.1 xfp=http")),
                 "{body}"
             );
+            assert!(
+                body.contains(&format!("fwd=for=127.0.0.1;proto=http;host={host} ")),
+                "{body}"
+            );
         }
         let req = hyper::Request::get("http://nowhere.test/")
             .body(Empty::<Bytes>::new())

@@ -357,24 +357,7 @@ pub fn write_upstream_request(
         out.extend_from_slice(previous);
         out.extend_from_slice(b", ");
     }
-    // RFC 7239: an IPv6 address is bracketed and quoted.
-    if fwd.client.contains(':') {
-        out.extend_from_slice(b"for=\"[");
-        out.extend_from_slice(fwd.client.as_bytes());
-        out.extend_from_slice(b"]\"");
-    } else {
-        out.extend_from_slice(b"for=");
-        out.extend_from_slice(fwd.client.as_bytes());
-    }
-    out.extend_from_slice(b";proto=");
-    out.extend_from_slice(proto.as_bytes());
-    if let Some(host) = head
-        .header(buf, "host")
-        .filter(|h| h.iter().all(|b| b.is_ascii_graphic()))
-    {
-        out.extend_from_slice(b";host=");
-        out.extend_from_slice(host);
-    }
+    write_forwarded_element(out, fwd.client, proto, head.header(buf, "host"));
     out.extend_from_slice(b"\r\n");
     if !has_id {
         let _ = write!(out, "x-request-id: {}\r\n", fwd.request_id);
@@ -397,6 +380,26 @@ pub fn write_upstream_request(
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Appends this hop's element of a `Forwarded` header (RFC 7239), shared
+/// by both HTTP versions.
+pub fn write_forwarded_element(out: &mut Vec<u8>, client: &str, proto: &str, host: Option<&[u8]>) {
+    // An IPv6 address is bracketed and quoted.
+    if client.contains(':') {
+        out.extend_from_slice(b"for=\"[");
+        out.extend_from_slice(client.as_bytes());
+        out.extend_from_slice(b"]\"");
+    } else {
+        out.extend_from_slice(b"for=");
+        out.extend_from_slice(client.as_bytes());
+    }
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(proto.as_bytes());
+    if let Some(host) = host.filter(|h| h.iter().all(|b| b.is_ascii_graphic())) {
+        out.extend_from_slice(b";host=");
+        out.extend_from_slice(host);
+    }
 }
 
 /// What the proxy needs to know about a response besides its head.

@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::config::UpstreamProtocol;
-use super::proxy::{Worker, record};
+use super::proxy::{Worker, no_route, record};
 use super::upstream::Upstream;
 
 /// The connection preface an h2c client with prior knowledge starts with.
@@ -204,7 +204,7 @@ async fn handle(
             .cloned()
     };
     let Some(route) = route else {
-        record(&worker.shared, "-", 404, started);
+        record(&worker.shared, &no_route(), 404, started);
         return local(StatusCode::NOT_FOUND, "no route\n");
     };
     let route_name = route.name.clone();
@@ -242,16 +242,19 @@ async fn handle(
         None => client.clone(),
     };
     let proto = if tls { "https" } else { "http" };
-    let forwarded = match peer.ip() {
-        std::net::IpAddr::V4(ip) => format!("for={ip};proto={proto}"),
-        std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto={proto}"),
-    };
+    // Earlier hops' elements are kept, as for HTTP/1.1.
+    let mut forwarded = Vec::new();
+    if let Some(previous) = headers.get(header::FORWARDED) {
+        forwarded.extend_from_slice(previous.as_bytes());
+        forwarded.extend_from_slice(b", ");
+    }
+    super::h1::write_forwarded_element(&mut forwarded, &client, proto, Some(authority.as_bytes()));
     for (name, value) in [
-        ("x-forwarded-for", xff),
-        ("x-forwarded-proto", proto.to_string()),
+        ("x-forwarded-for", xff.into_bytes()),
+        ("x-forwarded-proto", proto.as_bytes().to_vec()),
         ("forwarded", forwarded),
     ] {
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        if let Ok(v) = HeaderValue::from_bytes(&value) {
             headers.insert(name, v);
         }
     }

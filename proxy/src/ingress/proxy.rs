@@ -316,7 +316,7 @@ pub async fn serve<S>(
                 out.clear();
                 h1::write_local_response(&mut out, e.status(), "", &format!("{e}\n"), false);
                 let _ = client.write_all(&out).await;
-                record(shared, "-", e.status(), Instant::now());
+                record(shared, &no_route(), e.status(), Instant::now());
                 return;
             }
             Err(ReadHeadError::Timeout) => {
@@ -355,9 +355,7 @@ pub async fn serve<S>(
             });
             (route, host, log_fields)
         };
-        let route_name: Arc<str> = route
-            .as_ref()
-            .map_or_else(|| Arc::from("-"), |r| r.name.clone());
+        let route_name: Arc<str> = route.as_ref().map_or_else(no_route, |r| r.name.clone());
         let done = match route {
             None => {
                 let keep = drain_body_or_close(&info);
@@ -447,9 +445,15 @@ pub async fn serve<S>(
     }
 }
 
-/// Counts a request in the metrics (for both HTTP versions).
-pub(super) fn record(shared: &Shared, route: &str, status: u16, started: Instant) {
-    let route: Arc<str> = Arc::from(route);
+/// The route label of requests no route matched.
+pub(super) fn no_route() -> Arc<str> {
+    static NO_ROUTE: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    NO_ROUTE.get_or_init(|| Arc::from("-")).clone()
+}
+
+/// Counts a request in the metrics (for both HTTP versions); the route's
+/// name is shared, not copied, so counting allocates nothing.
+pub(super) fn record(shared: &Shared, route: &Arc<str>, status: u16, started: Instant) {
     shared
         .metrics
         .requests
@@ -461,7 +465,9 @@ pub(super) fn record(shared: &Shared, route: &str, status: u16, started: Instant
     shared
         .metrics
         .latency
-        .get_or_create(&RouteLabels { route })
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+        })
         .observe(started.elapsed().as_secs_f64());
 }
 
