@@ -116,9 +116,30 @@ fn is_ours(ing: &Ingress) -> bool {
     spec_class.or(annotation) == Some(INGRESS_CLASS)
 }
 
+/// EndpointSlices by (namespace, service), indexed once per rebuild so
+/// resolving each backend does not scan every slice of the cluster.
+type SlicesByService = HashMap<(String, String), Vec<Arc<EndpointSlice>>>;
+
+fn slices_by_service(caches: &Caches) -> SlicesByService {
+    let mut index = SlicesByService::new();
+    for slice in caches.slices.list() {
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            .cloned();
+        if let (Some(ns), Some(service)) = (slice.metadata.namespace.clone(), service) {
+            index.entry((ns, service)).or_default().push(slice);
+        }
+    }
+    index
+}
+
 /// The ready endpoint addresses of `service`'s port `port` (number or name).
 fn endpoints_of(
     caches: &Caches,
+    slices: &SlicesByService,
     namespace: &str,
     service: &str,
     port: &ServicePortRef,
@@ -136,16 +157,9 @@ fn endpoints_of(
     };
     let port_name = svc_port.name.clone().unwrap_or_default();
     let mut out = Vec::new();
-    for slice in caches.slices.list() {
-        let owned = slice.metadata.namespace.as_deref() == Some(namespace)
-            && slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                .map(String::as_str)
-                == Some(service);
-        if !owned || slice.address_type == "FQDN" {
+    let owned = slices.get(&(namespace.to_string(), service.to_string()));
+    for slice in owned.into_iter().flatten() {
+        if slice.address_type == "FQDN" {
             continue;
         }
         let Some(target) = slice
@@ -215,13 +229,14 @@ impl ClusterCerts {
 fn build(caches: &Caches, registry: &mut Registry) -> (RouteTable, ClusterCerts) {
     let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
     let mut next = Registry::new();
+    let slices = slices_by_service(caches);
     let mut upstream_for =
         |namespace: &str, service: &str, port: &ServicePortRef| -> Arc<Upstream> {
             let key = format!("{namespace}/{service}:{port}");
             if let Some(u) = upstreams.get(&key) {
                 return u.clone();
             }
-            let endpoints = endpoints_of(caches, namespace, service, port)
+            let endpoints = endpoints_of(caches, &slices, namespace, service, port)
                 .into_iter()
                 .map(|addr| {
                     let id = (key.clone(), addr);
