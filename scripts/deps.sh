@@ -11,6 +11,7 @@ packages=(
     libnftnl-dev      # node proxy: nftables over netlink
     libmnl-dev
     iproute2          # network namespaces in tests
+    nftables          # node proxy tests read the kernel ruleset back with `nft -j`
     rsyslog           # log shipper: the syslog output is tested against a real rsyslogd
     openssl           # TLS certificates for the ingress tests
 )

@@ -6,6 +6,7 @@ pub mod describe;
 pub mod get;
 pub mod ingress;
 pub mod logshipper;
+pub mod node_proxy;
 
 use anyhow::Context;
 use orca_core::api::Kind;

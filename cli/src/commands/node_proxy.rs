@@ -1,0 +1,130 @@
+//! `orca node-proxy --node NAME`: the nftables service proxy alone.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use orca_core::config::Duration;
+use orca_core::store::Store;
+use orca_core::telemetry::{self, Admin, Metrics};
+use orca_proxy::nftables::proxier::Options;
+use orca_proxy::nftables::runner::{self, Settings, SyncMetrics};
+use orca_proxy::nftables::{Kernel, TABLE};
+
+/// Arguments of `orca node-proxy`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// This node's name, as EndpointSlices' `nodeName` gives it (for
+    /// `Local` traffic policies). Default: the host name.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// The pod CIDR; ClusterIP traffic from outside it is masqueraded.
+    #[arg(long)]
+    pub cluster_cidr: Option<String>,
+    /// At most one sync per period; changes in between are batched.
+    #[arg(long, default_value = "100ms")]
+    pub min_sync_period: Duration,
+    /// Address of /metrics and /healthz.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// Program the network namespace at this path (like
+    /// /run/netns/NAME) instead of the process's own; etcd is still
+    /// reached from the process's namespace.
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
+    /// Remove everything the node proxy made, then exit.
+    #[arg(long)]
+    pub cleanup: bool,
+}
+
+/// Parses `a.b.c.d/n`.
+fn parse_cidr(s: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
+    let (ip, bits) = s.split_once('/').with_context(|| {
+        format!("--cluster-cidr {s:?}: expected an IPv4 CIDR like 10.244.0.0/16")
+    })?;
+    let ip: Ipv4Addr = ip
+        .parse()
+        .with_context(|| format!("--cluster-cidr {s:?}: {ip:?} is not an IPv4 address"))?;
+    let bits: u8 = bits
+        .parse()
+        .ok()
+        .filter(|b| *b <= 32)
+        .with_context(|| format!("--cluster-cidr {s:?}: the prefix length must be 0 to 32"))?;
+    Ok((ip, bits))
+}
+
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Runs the node proxy until SIGINT or SIGTERM (the table stays, so
+/// traffic keeps flowing across a restart), or cleans up and exits.
+pub async fn run(
+    args: Args,
+    store: impl Future<Output = anyhow::Result<Store>>,
+) -> anyhow::Result<bool> {
+    telemetry::init_tracing("info");
+    let mut kernel = Kernel::open(args.netns.as_deref()).with_context(|| match &args.netns {
+        Some(ns) => format!("opening netlink in {}", ns.display()),
+        None => "opening netlink".into(),
+    })?;
+    if args.cleanup {
+        kernel
+            .cleanup()
+            .with_context(|| format!("removing table ip {TABLE}"))?;
+        return Ok(true);
+    }
+    let options = Options {
+        cluster_cidr: args.cluster_cidr.as_deref().map(parse_cidr).transpose()?,
+    };
+    let node = args
+        .node
+        .or_else(host_name)
+        .context("--node is required: the host name is unknown")?;
+    let store = store.await?;
+    let metrics = Metrics::new();
+    let sync_metrics = SyncMetrics::new(&metrics.registry_with_prefix("orca_node_proxy"));
+    let synced = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = args.admin {
+        let listener = telemetry::bind_admin(addr).await?;
+        let ready = synced.clone();
+        let admin = Admin::new(metrics).health(move || {
+            if ready.load(Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err("the first sync has not completed".into())
+            }
+        });
+        tokio::spawn(telemetry::serve_admin(
+            listener,
+            admin,
+            telemetry::shutdown_signal(),
+        ));
+    }
+    let settings = Settings {
+        node,
+        options,
+        min_sync_period: args.min_sync_period.into(),
+    };
+    tracing::info!(node = %settings.node, "node proxy starting");
+    runner::run(
+        store,
+        settings,
+        &mut kernel,
+        sync_metrics,
+        |plan| {
+            if plan.full {
+                tracing::info!(ops = plan.ops.len(), "table ip {TABLE} replaced");
+            }
+            synced.store(true, Ordering::Relaxed);
+        },
+        telemetry::shutdown_signal(),
+    )
+    .await;
+    Ok(true)
+}

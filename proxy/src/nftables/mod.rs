@@ -1,0 +1,54 @@
+//! The node proxy: Services and their ready endpoints turned into an
+//! nftables table (`ip orca`) so packets to a ClusterIP or a NodePort reach
+//! a pod with no process in the path.
+//!
+//! - [`ruleset`]: the objects as data, and the in-memory model tests use;
+//! - [`proxier`]: what each Service needs and the smallest transaction to
+//!   get there;
+//! - [`netlink`]: the transaction encoded for the kernel;
+//! - [`runner`]: watch events → bounded-frequency syncs, with metrics.
+
+pub mod netlink;
+pub mod proxier;
+pub mod ruleset;
+pub mod runner;
+
+use ruleset::Op;
+
+/// Orca's table in the `ip` family.
+pub const TABLE: &str = "orca";
+
+/// The kernel's nf_tables, through netlink.
+pub struct Kernel {
+    netlink: netlink::Netlink,
+}
+
+impl Kernel {
+    /// Opens netlink in the network namespace at `netns`, or in the
+    /// process's own.
+    pub fn open(netns: Option<&std::path::Path>) -> std::io::Result<Self> {
+        Ok(Kernel {
+            netlink: netlink::Netlink::open(netns)?,
+        })
+    }
+
+    /// Removes Orca's table and everything in it, if it exists.
+    pub fn cleanup(&mut self) -> Result<(), netlink::Error> {
+        self.apply(&[Op::AddTable, Op::DeleteTable])
+    }
+
+    /// Applies `ops` as one transaction.
+    pub fn apply(&mut self, ops: &[Op]) -> Result<(), netlink::Error> {
+        let mut batch = self.netlink.batch();
+        for op in ops {
+            batch.push(TABLE, op);
+        }
+        self.netlink.commit(batch)
+    }
+}
+
+impl runner::Backend for Kernel {
+    fn commit(&mut self, ops: &[Op]) -> Result<(), String> {
+        self.apply(ops).map_err(|e| e.to_string())
+    }
+}

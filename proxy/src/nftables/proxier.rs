@@ -1,0 +1,1043 @@
+//! What the kernel should hold for each Service, and the smallest
+//! transaction that gets it there.
+//!
+//! The table follows kube-proxy's nftables mode (KEP-3866) with one change
+//! that removes its scaling limit: there are no per-endpoint chains and no
+//! anonymous sets. A service port's chain picks an endpoint with one rule,
+//! `dnat to slot . numgen random mod N map @endpoints`, where `endpoints` is
+//! one map for the whole node keyed by (the service port's slot, index).
+//! Adding a service costs one chain, one rule and N + 1 map elements; an
+//! endpoint change costs a few element updates and one rule, whatever the
+//! number of services.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use super::ruleset::{
+    Base, BaseChain, Chain, ChainKind, CmpOp, CtKey, DynsetOp, Elem, ElemData, Expr, Field, Hook,
+    Key, KeyBuf, MetaKey, Op, R0, Set, SetData, Verdict,
+};
+
+/// Verdict map: ClusterIP . protocol . port → the service port's chain.
+pub const SERVICE_IPS: &str = "service-ips";
+/// Verdict map: protocol . node port → the node port's chain.
+pub const SERVICE_NODEPORTS: &str = "service-nodeports";
+/// Verdict map: ClusterIP . protocol . port of services without endpoints → reject.
+pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+/// Verdict map: protocol . node port without endpoints → reject or drop.
+pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+/// Map: slot . index → endpoint address . port.
+pub const ENDPOINTS: &str = "endpoints";
+/// Verdict map: slot . index → endpoint chain (session affinity groups).
+pub const ENDPOINT_CHAINS: &str = "endpoint-chains";
+/// Set of ClusterIPs, to reject traffic to ports a Service does not have.
+pub const CLUSTER_IPS: &str = "cluster-ips";
+/// Set of endpoint . endpoint pairs: a pod reaching itself through its
+/// Service is masqueraded so the reply comes back through the node.
+pub const HAIRPIN: &str = "hairpin";
+
+const MARK_MASQ: &str = "mark-for-masquerade";
+const MASQUERADING: &str = "masquerading";
+const SERVICES: &str = "services";
+const REJECT: &str = "reject-chain";
+/// The packet mark bit that asks for masquerade on the way out.
+const MASQ_BIT: u32 = 0x4000;
+/// conntrack's "new" state bit.
+const CT_STATE_NEW: u32 = 8;
+/// conntrack's "destination NAT applied" status bit.
+const CT_STATUS_DNAT: u32 = 0x20;
+/// The route type of local addresses (RTN_LOCAL).
+const RTN_LOCAL: u32 = 2;
+/// Kubernetes' default session affinity timeout.
+const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
+
+/// A transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    /// TCP.
+    Tcp = 6,
+    /// UDP.
+    Udp = 17,
+    /// SCTP.
+    Sctp = 132,
+}
+
+impl Proto {
+    fn parse(s: Option<&str>) -> Option<Proto> {
+        match s.unwrap_or("TCP") {
+            "TCP" => Some(Proto::Tcp),
+            "UDP" => Some(Proto::Udp),
+            "SCTP" => Some(Proto::Sctp),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Sctp => "sctp",
+        }
+    }
+}
+
+/// One endpoint of a service port, as the EndpointSlices say.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Endpoint {
+    /// Address and target port.
+    pub addr: SocketAddrV4,
+    /// Ready for new connections.
+    pub ready: bool,
+    /// Serving, even if terminating.
+    pub serving: bool,
+    /// Being deleted.
+    pub terminating: bool,
+    /// On this node.
+    pub local: bool,
+}
+
+/// One port of a Service with everything the rules need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// The ClusterIP.
+    pub cluster_ip: Ipv4Addr,
+    /// The Service port.
+    pub port: u16,
+    /// Its protocol.
+    pub proto: Proto,
+    /// The node port, for NodePort and LoadBalancer Services.
+    pub node_port: Option<u16>,
+    /// `sessionAffinity: ClientIP` with its timeout in seconds.
+    pub affinity: Option<u32>,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_local: bool,
+    /// `externalTrafficPolicy: Local`.
+    pub external_local: bool,
+    /// The endpoints, sorted.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A Service's identity: namespace and name.
+pub type ServiceKey = (String, String);
+
+/// Reads the service ports out of a Service and its EndpointSlices.
+/// Headless, ExternalName and non-IPv4 Services have none.
+pub fn service_ports(
+    svc: &k8s_openapi::api::core::v1::Service,
+    slices: &[&k8s_openapi::api::discovery::v1::EndpointSlice],
+    node: &str,
+) -> Vec<ServicePort> {
+    let Some(spec) = &svc.spec else {
+        return Vec::new();
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return Vec::new();
+    }
+    let Some(cluster_ip) = spec
+        .cluster_ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+    else {
+        return Vec::new();
+    };
+    let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .unwrap_or(DEFAULT_AFFINITY_SECONDS)
+    });
+    let node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+    let mut out = Vec::new();
+    for p in spec.ports.iter().flatten() {
+        let (Some(proto), Ok(port)) = (Proto::parse(p.protocol.as_deref()), u16::try_from(p.port))
+        else {
+            continue;
+        };
+        let name = p.name.clone().unwrap_or_default();
+        let mut endpoints = Vec::new();
+        for slice in slices {
+            if slice.address_type != "IPv4" {
+                continue;
+            }
+            // Target ports come from the slice, matched by port name, as
+            // kube-proxy does: named target ports resolve per pod.
+            let Some(target) = slice
+                .ports
+                .iter()
+                .flatten()
+                .find(|sp| {
+                    sp.name.clone().unwrap_or_default() == name
+                        && Proto::parse(sp.protocol.as_deref()) == Some(proto)
+                })
+                .and_then(|sp| sp.port)
+                .and_then(|p| u16::try_from(p).ok())
+            else {
+                continue;
+            };
+            for ep in &slice.endpoints {
+                let c = ep.conditions.as_ref();
+                // Unset ready means ready; unset serving follows ready.
+                let ready = c.and_then(|c| c.ready).unwrap_or(true);
+                let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+                let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+                let local = ep.node_name.as_deref() == Some(node);
+                for a in &ep.addresses {
+                    if let Ok(ip) = a.parse::<Ipv4Addr>() {
+                        endpoints.push(Endpoint {
+                            addr: SocketAddrV4::new(ip, target),
+                            ready,
+                            serving,
+                            terminating,
+                            local,
+                        });
+                    }
+                }
+            }
+        }
+        endpoints.sort();
+        endpoints.dedup_by(|a, b| a.addr == b.addr);
+        out.push(ServicePort {
+            cluster_ip,
+            port,
+            proto,
+            node_port: if node_ports {
+                p.node_port.and_then(|n| u16::try_from(n).ok())
+            } else {
+                None
+            },
+            affinity,
+            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+            endpoints,
+        });
+    }
+    out
+}
+
+/// The endpoints traffic may go to: the ready ones, or when none is ready
+/// the serving terminating ones (so a rollout's last pod still answers).
+fn usable(endpoints: &[Endpoint], local_only: bool) -> Vec<SocketAddrV4> {
+    let candidates: Vec<&Endpoint> = endpoints
+        .iter()
+        .filter(|e| !local_only || e.local)
+        .collect();
+    let ready: Vec<SocketAddrV4> = candidates
+        .iter()
+        .filter(|e| e.ready)
+        .map(|e| e.addr)
+        .collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    candidates
+        .iter()
+        .filter(|e| e.serving && e.terminating)
+        .map(|e| e.addr)
+        .collect()
+}
+
+/// Everything one Service puts in the table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// Its chains and their rules.
+    chains: BTreeMap<String, Vec<Vec<Expr>>>,
+    /// Its own sets (session affinity).
+    sets: BTreeMap<String, Set>,
+    /// Its elements in the node-wide sets and maps.
+    elems: BTreeMap<(&'static str, Vec<u8>), Option<ElemData>>,
+}
+
+/// Options of the rules that are not in the Services.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The cluster's pod CIDR: ClusterIP traffic from outside it is
+    /// masqueraded so replies return through this node.
+    pub cluster_cidr: Option<(Ipv4Addr, u8)>,
+}
+
+/// Slots of the `endpoints` map, one per endpoint group, reused when freed.
+#[derive(Debug, Default)]
+struct Slots {
+    by_chain: HashMap<String, u32>,
+    free: Vec<u32>,
+    next: u32,
+}
+
+impl Slots {
+    fn get(&mut self, chain: &str) -> u32 {
+        if let Some(s) = self.by_chain.get(chain) {
+            return *s;
+        }
+        let s = self.free.pop().unwrap_or_else(|| {
+            self.next += 1;
+            self.next
+        });
+        self.by_chain.insert(chain.to_string(), s);
+        s
+    }
+
+    fn release(&mut self, chain: &str) {
+        if let Some(s) = self.by_chain.remove(chain) {
+            self.free.push(s);
+        }
+    }
+}
+
+/// The sync engine: the programmed state and the diff from it.
+#[derive(Debug, Default)]
+pub struct Proxier {
+    options: Options,
+    programmed: HashMap<ServiceKey, Footprint>,
+    slots: Slots,
+    /// How many programmed Services hold each hairpin element.
+    hairpin_refs: HashMap<Vec<u8>, usize>,
+    /// Set after a failed commit: the next sync replaces the whole table.
+    needs_full: bool,
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The transaction.
+    pub ops: Vec<Op>,
+    /// Whether it replaces the whole table.
+    pub full: bool,
+}
+
+impl Proxier {
+    /// A proxier that has programmed nothing yet; its first sync is full.
+    pub fn new(options: Options) -> Self {
+        Proxier {
+            options,
+            needs_full: true,
+            ..Default::default()
+        }
+    }
+
+    /// Whether the next sync will replace the whole table.
+    pub fn needs_full(&self) -> bool {
+        self.needs_full
+    }
+
+    /// Marks the kernel state unknown (a failed commit): the next sync is full.
+    pub fn invalidate(&mut self) {
+        self.needs_full = true;
+    }
+
+    /// Number of Services programmed.
+    pub fn services(&self) -> usize {
+        self.programmed.len()
+    }
+
+    /// Plans the transaction that brings the Services named in `changed`
+    /// (or all of `desired`'s, when the sync must be full) to `desired`,
+    /// and records it as programmed. On a failed commit call
+    /// [`Proxier::invalidate`].
+    pub fn plan<'a>(
+        &mut self,
+        changed: impl IntoIterator<Item = &'a ServiceKey>,
+        desired: impl Fn(&ServiceKey) -> Option<Vec<ServicePort>>,
+        all: impl Fn() -> Vec<ServiceKey>,
+    ) -> Plan {
+        if self.needs_full {
+            let mut ops = vec![Op::AddTable, Op::DeleteTable, Op::AddTable];
+            ops.extend(skeleton());
+            self.programmed.clear();
+            self.slots = Slots::default();
+            self.hairpin_refs.clear();
+            let mut keys = all();
+            keys.sort();
+            let mut adds = Vec::new();
+            for key in keys {
+                if let Some(ports) = desired(&key) {
+                    let new = self.footprint(&key, &ports);
+                    self.diff(&Footprint::default(), &new, &mut ops, &mut adds);
+                    self.programmed.insert(key, new);
+                }
+            }
+            ops.extend(adds);
+            self.needs_full = false;
+            return Plan { ops, full: true };
+        }
+        let mut ops = Vec::new();
+        let mut adds = Vec::new();
+        let mut removed_chains = Vec::new();
+        let mut seen = HashSet::new();
+        for key in changed {
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            let old = self.programmed.remove(key).unwrap_or_default();
+            let new = match desired(key) {
+                Some(ports) => self.footprint(key, &ports),
+                None => Footprint::default(),
+            };
+            if old == new {
+                if !new.chains.is_empty() {
+                    self.programmed.insert(key.clone(), new);
+                }
+                continue;
+            }
+            self.diff(&old, &new, &mut ops, &mut adds);
+            removed_chains.extend(
+                old.chains
+                    .keys()
+                    .filter(|c| !new.chains.contains_key(*c))
+                    .cloned(),
+            );
+            if !new.chains.is_empty() {
+                self.programmed.insert(key.clone(), new);
+            }
+        }
+        ops.extend(adds);
+        for chain in removed_chains {
+            self.slots.release(&chain);
+        }
+        Plan { ops, full: false }
+    }
+
+    /// The footprint of one Service.
+    fn footprint(&mut self, key: &ServiceKey, ports: &[ServicePort]) -> Footprint {
+        let mut fp = Footprint::default();
+        for sp in ports {
+            let id = format!("{}/{}/{}/{}", key.0, key.1, sp.proto.name(), sp.port);
+            let svc_chain = format!("svc-{id}");
+            let cluster = usable(&sp.endpoints, sp.internal_local);
+            let svc_key = KeyBuf::default()
+                .ip(sp.cluster_ip)
+                .proto(sp.proto as u8)
+                .port(sp.port)
+                .done();
+            fp.elems.insert(
+                (CLUSTER_IPS, KeyBuf::default().ip(sp.cluster_ip).done()),
+                None,
+            );
+
+            let mut rules = Vec::new();
+            if let Some((net, bits)) = self.options.cluster_cidr {
+                rules.push(masquerade_unless_from(net, bits));
+            }
+            self.group(&mut fp, &svc_chain, &cluster, sp.affinity, &mut rules);
+            fp.chains.insert(svc_chain.clone(), rules);
+            if cluster.is_empty() {
+                fp.elems.insert(
+                    (NO_ENDPOINT_SERVICES, svc_key),
+                    Some(ElemData::Verdict(Verdict::Goto(REJECT.into()))),
+                );
+            } else {
+                fp.elems.insert(
+                    (SERVICE_IPS, svc_key),
+                    Some(ElemData::Verdict(Verdict::Goto(svc_chain.clone()))),
+                );
+            }
+
+            if let Some(node_port) = sp.node_port {
+                let np_key = KeyBuf::default()
+                    .proto(sp.proto as u8)
+                    .port(node_port)
+                    .done();
+                let ext_chain = format!("ext-{id}");
+                let (usable_here, verdict_if_none) = if sp.external_local {
+                    // Local only, without masquerade: the client's address
+                    // is kept, and a node without endpoints drops so load
+                    // balancers' health checks steer away from it.
+                    let local = usable(&sp.endpoints, true);
+                    let mut rules = Vec::new();
+                    self.group(&mut fp, &ext_chain, &local, sp.affinity, &mut rules);
+                    fp.chains.insert(ext_chain.clone(), rules);
+                    let none = if cluster.is_empty() {
+                        Verdict::Goto(REJECT.into())
+                    } else {
+                        Verdict::Drop
+                    };
+                    (!local.is_empty(), none)
+                } else {
+                    fp.chains.insert(
+                        ext_chain.clone(),
+                        vec![
+                            vec![Expr::Verdict(Verdict::Jump(MARK_MASQ.into()))],
+                            vec![Expr::Verdict(Verdict::Goto(svc_chain.clone()))],
+                        ],
+                    );
+                    (!cluster.is_empty(), Verdict::Goto(REJECT.into()))
+                };
+                if usable_here {
+                    fp.elems.insert(
+                        (SERVICE_NODEPORTS, np_key),
+                        Some(ElemData::Verdict(Verdict::Goto(ext_chain))),
+                    );
+                } else {
+                    fp.elems.insert(
+                        (NO_ENDPOINT_NODEPORTS, np_key),
+                        Some(ElemData::Verdict(verdict_if_none)),
+                    );
+                }
+            }
+        }
+        fp
+    }
+
+    /// The rules and elements of one endpoint group (a chain that DNATs
+    /// to `endpoints`).
+    fn group(
+        &mut self,
+        fp: &mut Footprint,
+        chain: &str,
+        endpoints: &[SocketAddrV4],
+        affinity: Option<u32>,
+        rules: &mut Vec<Vec<Expr>>,
+    ) {
+        if endpoints.is_empty() {
+            return;
+        }
+        let slot = self.slots.get(chain);
+        for (i, ep) in endpoints.iter().enumerate() {
+            if affinity.is_none() {
+                fp.elems.insert(
+                    (
+                        ENDPOINTS,
+                        KeyBuf::default().mark(slot).mark(i as u32).done(),
+                    ),
+                    Some(ElemData::Value(
+                        KeyBuf::default().ip(*ep.ip()).port(ep.port()).done(),
+                    )),
+                );
+            }
+            fp.elems.insert(
+                (HAIRPIN, KeyBuf::default().ip(*ep.ip()).ip(*ep.ip()).done()),
+                None,
+            );
+        }
+        let n = endpoints.len() as u32;
+        let Some(seconds) = affinity else {
+            rules.push(pick(slot, n));
+            return;
+        };
+        // Session affinity, after kube-proxy: a chain and a client set per
+        // endpoint. A client in an endpoint's set goes back to it; a new
+        // one is sent to a random endpoint's chain, which remembers it.
+        // Every new connection refreshes the client's entry.
+        for (i, ep) in endpoints.iter().enumerate() {
+            let tag = format!("{chain}__{}/{}", ep.ip(), ep.port());
+            let set = format!("affinity-{tag}");
+            let ep_chain = format!("endpoint-{tag}");
+            fp.sets.insert(
+                set.clone(),
+                Set {
+                    name: set.clone(),
+                    key: Key(vec![Field::Ipv4]),
+                    data: None,
+                    timeout_ms: Some(u64::from(seconds) * 1000),
+                },
+            );
+            fp.chains.insert(
+                ep_chain.clone(),
+                vec![
+                    vec![
+                        saddr(R0),
+                        Expr::Dynset {
+                            set: set.clone(),
+                            op: DynsetOp::Update,
+                            key: R0,
+                            data: None,
+                        },
+                    ],
+                    vec![
+                        Expr::Immediate {
+                            dreg: R0,
+                            data: ep.ip().octets().to_vec(),
+                        },
+                        Expr::Immediate {
+                            dreg: R0 + 1,
+                            data: ep.port().to_be_bytes().to_vec(),
+                        },
+                        Expr::Dnat {
+                            addr: R0,
+                            port: R0 + 1,
+                        },
+                    ],
+                ],
+            );
+            rules.push(vec![
+                saddr(R0),
+                Expr::Lookup {
+                    set,
+                    sreg: R0,
+                    dreg: None,
+                    invert: false,
+                },
+                Expr::Verdict(Verdict::Goto(ep_chain.clone())),
+            ]);
+            fp.elems.insert(
+                (
+                    ENDPOINT_CHAINS,
+                    KeyBuf::default().mark(slot).mark(i as u32).done(),
+                ),
+                Some(ElemData::Verdict(Verdict::Goto(ep_chain))),
+            );
+        }
+        let mut random = pick(slot, n);
+        random.truncate(2);
+        random.push(Expr::Lookup {
+            set: ENDPOINT_CHAINS.into(),
+            sreg: R0,
+            dreg: Some(0),
+            invert: false,
+        });
+        rules.push(random);
+    }
+
+    /// Appends to `ops` (removals, rule changes) and `adds` (element
+    /// additions, which must follow every deletion of the transaction) what
+    /// turns `old` into `new`.
+    fn diff(&mut self, old: &Footprint, new: &Footprint, ops: &mut Vec<Op>, adds: &mut Vec<Op>) {
+        for (name, set) in &new.sets {
+            if !old.sets.contains_key(name) {
+                ops.push(Op::AddSet(set.clone()));
+            }
+        }
+        for name in new.chains.keys() {
+            if !old.chains.contains_key(name) {
+                ops.push(Op::AddChain(Chain {
+                    name: name.clone(),
+                    base: None,
+                }));
+            }
+        }
+        // Element removals first: verdict-map elements may point at chains
+        // removed below, and a changed value is a delete plus an add.
+        let mut deletes: BTreeMap<&'static str, Vec<Elem>> = BTreeMap::new();
+        for ((set, key), data) in &old.elems {
+            if new.elems.get(&(*set, key.clone())) == Some(data) {
+                continue;
+            }
+            if *set == HAIRPIN && !self.unref_hairpin(key) {
+                continue;
+            }
+            deletes.entry(set).or_default().push(Elem {
+                key: key.clone(),
+                data: None,
+            });
+        }
+        for (set, elems) in deletes {
+            ops.push(Op::DeleteElems {
+                set: set.into(),
+                elems,
+            });
+        }
+        for (name, rules) in &new.chains {
+            if old.chains.get(name) == Some(rules) {
+                continue;
+            }
+            if old.chains.contains_key(name) {
+                ops.push(Op::FlushChain(name.clone()));
+            }
+            for exprs in rules {
+                ops.push(Op::AddRule {
+                    chain: name.clone(),
+                    exprs: exprs.clone(),
+                });
+            }
+        }
+        for name in old.chains.keys() {
+            if !new.chains.contains_key(name) {
+                ops.push(Op::FlushChain(name.clone()));
+                ops.push(Op::DeleteChain(name.clone()));
+            }
+        }
+        for name in old.sets.keys() {
+            if !new.sets.contains_key(name) {
+                ops.push(Op::DeleteSet(name.clone()));
+            }
+        }
+        let mut additions: BTreeMap<&'static str, Vec<Elem>> = BTreeMap::new();
+        for ((set, key), data) in &new.elems {
+            if old.elems.get(&(*set, key.clone())) == Some(data) {
+                continue;
+            }
+            if *set == HAIRPIN && !self.ref_hairpin(key) {
+                continue;
+            }
+            additions.entry(set).or_default().push(Elem {
+                key: key.clone(),
+                data: data.clone(),
+            });
+        }
+        for (set, elems) in additions {
+            adds.push(Op::AddElems {
+                set: set.into(),
+                elems,
+            });
+        }
+    }
+
+    /// Counts a reference; true if the element must be added.
+    fn ref_hairpin(&mut self, key: &[u8]) -> bool {
+        let n = self.hairpin_refs.entry(key.to_vec()).or_default();
+        *n += 1;
+        *n == 1
+    }
+
+    /// Drops a reference; true if the element must be deleted.
+    fn unref_hairpin(&mut self, key: &[u8]) -> bool {
+        match self.hairpin_refs.get_mut(key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                self.hairpin_refs.remove(key);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn saddr(dreg: u32) -> Expr {
+    Expr::Payload {
+        dreg,
+        base: Base::Network,
+        offset: 12,
+        len: 4,
+    }
+}
+
+fn daddr(dreg: u32) -> Expr {
+    Expr::Payload {
+        dreg,
+        base: Base::Network,
+        offset: 16,
+        len: 4,
+    }
+}
+
+fn l4proto(dreg: u32) -> Expr {
+    Expr::Meta {
+        dreg,
+        key: MetaKey::L4Proto,
+    }
+}
+
+fn dport(dreg: u32) -> Expr {
+    Expr::Payload {
+        dreg,
+        base: Base::Transport,
+        offset: 2,
+        len: 2,
+    }
+}
+
+/// `dnat to slot . numgen random mod n map @endpoints`.
+fn pick(slot: u32, n: u32) -> Vec<Expr> {
+    vec![
+        Expr::Immediate {
+            dreg: R0,
+            data: slot.to_ne_bytes().to_vec(),
+        },
+        Expr::Numgen {
+            dreg: R0 + 1,
+            modulus: n,
+        },
+        Expr::Lookup {
+            set: ENDPOINTS.into(),
+            sreg: R0,
+            dreg: Some(R0 + 2),
+            invert: false,
+        },
+        Expr::Dnat {
+            addr: R0 + 2,
+            port: R0 + 3,
+        },
+    ]
+}
+
+/// `ip saddr != net/bits jump mark-for-masquerade`.
+fn masquerade_unless_from(net: Ipv4Addr, bits: u8) -> Vec<Expr> {
+    let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+    vec![
+        saddr(R0),
+        Expr::Bitwise {
+            sreg: R0,
+            dreg: R0,
+            mask: mask.to_be_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            sreg: R0,
+            op: CmpOp::Neq,
+            data: (u32::from(net) & mask).to_be_bytes().to_vec(),
+        },
+        Expr::Verdict(Verdict::Jump(MARK_MASQ.into())),
+    ]
+}
+
+/// `<host-order register> & bits != 0` (or `== 0`).
+fn bits_test(load: Expr, bits: u32, op: CmpOp) -> [Expr; 3] {
+    [
+        load,
+        Expr::Bitwise {
+            sreg: R0,
+            dreg: R0,
+            mask: bits.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            sreg: R0,
+            op,
+            data: vec![0; 4],
+        },
+    ]
+}
+
+fn ct_new() -> [Expr; 3] {
+    bits_test(
+        Expr::Ct {
+            dreg: R0,
+            key: CtKey::State,
+        },
+        CT_STATE_NEW,
+        CmpOp::Neq,
+    )
+}
+
+fn fib_local() -> [Expr; 2] {
+    [
+        Expr::FibDaddrType { dreg: R0 },
+        Expr::Cmp {
+            sreg: R0,
+            op: CmpOp::Eq,
+            data: RTN_LOCAL.to_ne_bytes().to_vec(),
+        },
+    ]
+}
+
+fn vmap(load: Vec<Expr>, set: &str) -> Vec<Expr> {
+    let mut v = load;
+    v.push(Expr::Lookup {
+        set: set.into(),
+        sreg: R0,
+        dreg: Some(0),
+        invert: false,
+    });
+    v
+}
+
+fn service_tuple() -> Vec<Expr> {
+    vec![daddr(R0), l4proto(R0 + 1), dport(R0 + 2)]
+}
+
+fn nodeport_tuple() -> Vec<Expr> {
+    vec![l4proto(R0), dport(R0 + 1)]
+}
+
+fn base(name: &str, kind: ChainKind, hook: Hook, priority: i32) -> Op {
+    Op::AddChain(Chain {
+        name: name.into(),
+        base: Some(BaseChain {
+            hook,
+            priority,
+            kind,
+        }),
+    })
+}
+
+fn rule(chain: &str, exprs: Vec<Expr>) -> Op {
+    Op::AddRule {
+        chain: chain.into(),
+        exprs,
+    }
+}
+
+/// The node-wide part of the table: hooks, the maps, the shared chains.
+pub fn skeleton() -> Vec<Op> {
+    let verdict_map = |name: &str, key: Vec<Field>| {
+        Op::AddSet(Set {
+            name: name.into(),
+            key: Key(key),
+            data: Some(SetData::Verdict),
+            timeout_ms: None,
+        })
+    };
+    let mut ops = vec![
+        verdict_map(SERVICE_IPS, vec![Field::Ipv4, Field::Proto, Field::Port]),
+        verdict_map(
+            NO_ENDPOINT_SERVICES,
+            vec![Field::Ipv4, Field::Proto, Field::Port],
+        ),
+        verdict_map(SERVICE_NODEPORTS, vec![Field::Proto, Field::Port]),
+        verdict_map(NO_ENDPOINT_NODEPORTS, vec![Field::Proto, Field::Port]),
+        Op::AddSet(Set {
+            name: ENDPOINTS.into(),
+            key: Key(vec![Field::Mark, Field::Mark]),
+            data: Some(SetData::Value(Key(vec![Field::Ipv4, Field::Port]))),
+            timeout_ms: None,
+        }),
+        verdict_map(ENDPOINT_CHAINS, vec![Field::Mark, Field::Mark]),
+        Op::AddSet(Set {
+            name: CLUSTER_IPS.into(),
+            key: Key(vec![Field::Ipv4]),
+            data: None,
+            timeout_ms: None,
+        }),
+        Op::AddSet(Set {
+            name: HAIRPIN.into(),
+            key: Key(vec![Field::Ipv4, Field::Ipv4]),
+            data: None,
+            timeout_ms: None,
+        }),
+    ];
+    for name in [MARK_MASQ, MASQUERADING, SERVICES, REJECT] {
+        ops.push(Op::AddChain(Chain {
+            name: name.into(),
+            base: None,
+        }));
+    }
+    ops.extend([
+        base("nat-prerouting", ChainKind::Nat, Hook::Prerouting, -100),
+        base("nat-output", ChainKind::Nat, Hook::Output, -100),
+        base("nat-postrouting", ChainKind::Nat, Hook::Postrouting, 100),
+        base("filter-input", ChainKind::Filter, Hook::Input, -110),
+        base("filter-forward", ChainKind::Filter, Hook::Forward, -110),
+        base("filter-output", ChainKind::Filter, Hook::Output, -110),
+        base(
+            "filter-output-post-dnat",
+            ChainKind::Filter,
+            Hook::Output,
+            -90,
+        ),
+    ]);
+    let mark = Expr::Meta {
+        dreg: R0,
+        key: MetaKey::Mark,
+    };
+    let set_mark = Expr::MetaSet {
+        sreg: R0,
+        key: MetaKey::Mark,
+    };
+    ops.extend([
+        rule(
+            MARK_MASQ,
+            vec![
+                mark.clone(),
+                Expr::Bitwise {
+                    sreg: R0,
+                    dreg: R0,
+                    mask: (!MASQ_BIT).to_ne_bytes().to_vec(),
+                    xor: MASQ_BIT.to_ne_bytes().to_vec(),
+                },
+                set_mark.clone(),
+            ],
+        ),
+        rule(MASQUERADING, {
+            let mut r = bits_test(mark.clone(), MASQ_BIT, CmpOp::Eq).to_vec();
+            r.push(Expr::Verdict(Verdict::Return));
+            r
+        }),
+        rule(
+            MASQUERADING,
+            vec![
+                mark,
+                Expr::Bitwise {
+                    sreg: R0,
+                    dreg: R0,
+                    mask: (!MASQ_BIT).to_ne_bytes().to_vec(),
+                    xor: vec![0; 4],
+                },
+                set_mark,
+                Expr::Masquerade,
+            ],
+        ),
+        rule(SERVICES, vmap(service_tuple(), SERVICE_IPS)),
+        rule(SERVICES, {
+            let mut r = fib_local().to_vec();
+            r.extend(vmap(nodeport_tuple(), SERVICE_NODEPORTS));
+            r
+        }),
+        rule(
+            REJECT,
+            vec![
+                l4proto(R0),
+                Expr::Cmp {
+                    sreg: R0,
+                    op: CmpOp::Eq,
+                    data: vec![Proto::Tcp as u8],
+                },
+                Expr::RejectTcpReset,
+            ],
+        ),
+        rule(REJECT, vec![Expr::RejectIcmp]),
+        rule(
+            "nat-prerouting",
+            vec![Expr::Verdict(Verdict::Jump(SERVICES.into()))],
+        ),
+        rule(
+            "nat-output",
+            vec![Expr::Verdict(Verdict::Jump(SERVICES.into()))],
+        ),
+        rule(
+            "nat-postrouting",
+            vec![Expr::Verdict(Verdict::Jump(MASQUERADING.into()))],
+        ),
+        rule("nat-postrouting", {
+            let mut r = bits_test(
+                Expr::Ct {
+                    dreg: R0,
+                    key: CtKey::Status,
+                },
+                CT_STATUS_DNAT,
+                CmpOp::Neq,
+            )
+            .to_vec();
+            r.extend([
+                saddr(R0),
+                daddr(R0 + 1),
+                Expr::Lookup {
+                    set: HAIRPIN.into(),
+                    sreg: R0,
+                    dreg: None,
+                    invert: false,
+                },
+                Expr::Masquerade,
+            ]);
+            r
+        }),
+    ]);
+    let no_endpoints = || {
+        let mut r = ct_new().to_vec();
+        r.extend(vmap(service_tuple(), NO_ENDPOINT_SERVICES));
+        r
+    };
+    let no_endpoint_nodeports = || {
+        let mut r = ct_new().to_vec();
+        r.extend(fib_local());
+        r.extend(vmap(nodeport_tuple(), NO_ENDPOINT_NODEPORTS));
+        r
+    };
+    let bad_port = || {
+        let mut r = ct_new().to_vec();
+        r.extend([
+            daddr(R0),
+            Expr::Lookup {
+                set: CLUSTER_IPS.into(),
+                sreg: R0,
+                dreg: None,
+                invert: false,
+            },
+            Expr::Verdict(Verdict::Goto(REJECT.into())),
+        ]);
+        r
+    };
+    ops.extend([
+        rule("filter-input", no_endpoint_nodeports()),
+        rule("filter-forward", no_endpoints()),
+        rule("filter-forward", bad_port()),
+        rule("filter-output", no_endpoints()),
+        rule("filter-output", no_endpoint_nodeports()),
+        // After DNAT, only traffic to a ClusterIP port no Service has is left.
+        rule("filter-output-post-dnat", bad_port()),
+    ]);
+    ops
+}

@@ -1,0 +1,353 @@
+//! The node proxy's loop, after kube-proxy: watch events only record which
+//! Services changed; a bounded-frequency runner turns the changes into one
+//! transaction; a failed transaction makes the next sync full.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use orca_core::api::{EndpointSlice, Object, Service};
+use orca_core::store::{Error as StoreError, Store};
+use orca_core::telemetry::Metrics;
+use orca_core::watch::{self, Event};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Unit;
+
+use super::proxier::{Options, Plan, Proxier, ServiceKey, service_ports};
+use super::ruleset::{Model, Op};
+
+/// Label that ties an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Back-off before retrying after a failed transaction.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Where the operations go: the kernel, or the in-memory model in tests.
+pub trait Backend {
+    /// Applies `ops` as one atomic transaction.
+    fn commit(&mut self, ops: &[Op]) -> Result<(), String>;
+}
+
+impl Backend for Model {
+    fn commit(&mut self, ops: &[Op]) -> Result<(), String> {
+        self.apply(ops).map_err(|e| e.to_string())
+    }
+}
+
+/// What the proxier reads: Services and their EndpointSlices, as the watch
+/// events left them, and which Services changed since the last sync.
+#[derive(Default)]
+pub struct Tracker {
+    services: HashMap<ServiceKey, Arc<Service>>,
+    slices: HashMap<ServiceKey, BTreeMap<String, Arc<EndpointSlice>>>,
+    slice_owner: HashMap<(String, String), ServiceKey>,
+    dirty: HashSet<ServiceKey>,
+    relist_services: Option<Vec<Service>>,
+    relist_slices: Option<Vec<EndpointSlice>>,
+    services_synced: bool,
+    slices_synced: bool,
+    /// When the oldest change not yet in the kernel arrived.
+    oldest_change: Option<Instant>,
+}
+
+fn key_of<K: Object>(obj: &K) -> ServiceKey {
+    let m = obj.metadata();
+    (
+        m.namespace.clone().unwrap_or_default(),
+        m.name.clone().unwrap_or_default(),
+    )
+}
+
+fn owner_of(slice: &EndpointSlice) -> Option<ServiceKey> {
+    let ns = slice.metadata.namespace.clone()?;
+    let svc = slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get(SERVICE_NAME_LABEL)?
+        .clone();
+    Some((ns, svc))
+}
+
+impl Tracker {
+    /// Whether both lists completed once: nothing is programmed before.
+    pub fn ready(&self) -> bool {
+        self.services_synced && self.slices_synced
+    }
+
+    /// Records a Service event.
+    pub fn service_event(&mut self, event: Event<Service>) {
+        match event {
+            Event::Init => self.relist_services = Some(Vec::new()),
+            Event::InitApply(s) => self.relist_services.get_or_insert_with(Vec::new).push(s),
+            Event::InitDone => {
+                let list = self.relist_services.take().unwrap_or_default();
+                let old: Vec<ServiceKey> = self.services.keys().cloned().collect();
+                self.mark(old);
+                self.services.clear();
+                for s in list {
+                    self.apply_service(s);
+                }
+                self.services_synced = true;
+            }
+            Event::Apply(s) => self.apply_service(s),
+            Event::Delete(s) => {
+                let key = key_of(&s);
+                self.services.remove(&key);
+                self.mark([key]);
+            }
+        }
+    }
+
+    fn apply_service(&mut self, s: Service) {
+        let key = key_of(&s);
+        self.services.insert(key.clone(), Arc::new(s));
+        self.mark([key]);
+    }
+
+    /// Records an EndpointSlice event.
+    pub fn slice_event(&mut self, event: Event<EndpointSlice>) {
+        match event {
+            Event::Init => self.relist_slices = Some(Vec::new()),
+            Event::InitApply(s) => self.relist_slices.get_or_insert_with(Vec::new).push(s),
+            Event::InitDone => {
+                let list = self.relist_slices.take().unwrap_or_default();
+                let old: Vec<ServiceKey> = self.slices.keys().cloned().collect();
+                self.mark(old);
+                self.slices.clear();
+                self.slice_owner.clear();
+                for s in list {
+                    self.apply_slice(s);
+                }
+                self.slices_synced = true;
+            }
+            Event::Apply(s) => self.apply_slice(s),
+            Event::Delete(s) => {
+                let id = key_of(&s);
+                self.remove_slice(&id);
+            }
+        }
+    }
+
+    fn remove_slice(&mut self, id: &(String, String)) {
+        if let Some(owner) = self.slice_owner.remove(id) {
+            if let Some(map) = self.slices.get_mut(&owner) {
+                map.remove(&id.1);
+                if map.is_empty() {
+                    self.slices.remove(&owner);
+                }
+            }
+            self.mark([owner]);
+        }
+    }
+
+    fn apply_slice(&mut self, s: EndpointSlice) {
+        let id = key_of(&s);
+        // A slice whose service label changed leaves its old Service.
+        if self.slice_owner.get(&id) != owner_of(&s).as_ref() {
+            self.remove_slice(&id);
+        }
+        let Some(owner) = owner_of(&s) else {
+            return;
+        };
+        self.slice_owner.insert(id.clone(), owner.clone());
+        self.slices
+            .entry(owner.clone())
+            .or_default()
+            .insert(id.1, Arc::new(s));
+        self.mark([owner]);
+    }
+
+    fn mark(&mut self, keys: impl IntoIterator<Item = ServiceKey>) {
+        self.dirty.extend(keys);
+        self.oldest_change.get_or_insert_with(Instant::now);
+    }
+
+    /// Whether a sync has work.
+    pub fn has_changes(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Plans the next transaction and forgets the recorded changes.
+    pub fn plan(&mut self, proxier: &mut Proxier, node: &str) -> Plan {
+        let dirty: Vec<ServiceKey> = self.dirty.drain().collect();
+        let services = &self.services;
+        let slices = &self.slices;
+        proxier.plan(
+            &dirty,
+            |key| {
+                let svc = services.get(key)?;
+                let owned: Vec<&EndpointSlice> = slices
+                    .get(key)
+                    .into_iter()
+                    .flat_map(|m| m.values().map(|s| s.as_ref()))
+                    .collect();
+                Some(service_ports(svc, &owned, node))
+            },
+            || services.keys().cloned().collect(),
+        )
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: &'static str,
+}
+
+/// The node proxy's metrics.
+#[derive(Clone)]
+pub struct SyncMetrics {
+    duration: Family<ModeLabels, Histogram, fn() -> Histogram>,
+    latency: Histogram,
+    rules: Counter,
+    elements: Counter,
+    failures: Counter,
+    services: Gauge,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+impl SyncMetrics {
+    /// Registers the metrics under `metrics` (prefix it with the component).
+    pub fn new(metrics: &Metrics) -> Self {
+        let m = SyncMetrics {
+            duration: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
+            latency: duration_histogram(),
+            rules: Counter::default(),
+            elements: Counter::default(),
+            failures: Counter::default(),
+            services: Gauge::default(),
+        };
+        metrics.register_with_unit(
+            "sync_duration",
+            "Time to plan and commit one transaction, by mode (full or partial)",
+            Unit::Seconds,
+            m.duration.clone(),
+        );
+        metrics.register_with_unit(
+            "network_programming_latency",
+            "Time from a watch event reaching the node proxy to its rules being in the kernel",
+            Unit::Seconds,
+            m.latency.clone(),
+        );
+        metrics.register(
+            "rules_programmed",
+            "Rules added to the kernel",
+            m.rules.clone(),
+        );
+        metrics.register(
+            "elements_programmed",
+            "Set and map elements added to or deleted from the kernel",
+            m.elements.clone(),
+        );
+        metrics.register(
+            "sync_failures",
+            "Transactions the kernel refused",
+            m.failures.clone(),
+        );
+        metrics.register("services", "Services programmed", m.services.clone());
+        m
+    }
+}
+
+/// Counts the rules and elements a transaction writes.
+pub fn plan_size(ops: &[Op]) -> (usize, usize) {
+    ops.iter().fold((0, 0), |(r, e), op| match op {
+        Op::AddRule { .. } => (r + 1, e),
+        Op::AddElems { elems, .. } | Op::DeleteElems { elems, .. } => (r, e + elems.len()),
+        _ => (r, e),
+    })
+}
+
+/// Settings of the loop.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This node's name (for `Local` traffic policies).
+    pub node: String,
+    /// Options of the rules.
+    pub options: Options,
+    /// At most one sync per this period; changes in between are batched.
+    pub min_sync_period: Duration,
+}
+
+/// Follows Services and EndpointSlices in `store` and keeps `backend` in
+/// step until `shutdown` completes. `on_sync` is told after every
+/// successful commit (the CLI uses it for readiness).
+pub async fn run(
+    store: Store,
+    settings: Settings,
+    backend: &mut dyn Backend,
+    metrics: SyncMetrics,
+    mut on_sync: impl FnMut(&Plan),
+    shutdown: impl Future<Output = ()>,
+) {
+    let services = watch::watcher(store.api::<Service>(None)).map(|e| Change::Service(Box::new(e)));
+    let slices =
+        watch::watcher(store.api::<EndpointSlice>(None)).map(|e| Change::Slice(Box::new(e)));
+    let mut events = std::pin::pin!(futures::stream::select(services, slices));
+    let mut tracker = Tracker::default();
+    let mut proxier = Proxier::new(settings.options.clone());
+    let mut next_allowed = tokio::time::Instant::now();
+    tokio::pin!(shutdown);
+    loop {
+        let due = tracker.ready() && (tracker.has_changes() || proxier.needs_full());
+        tokio::select! {
+            () = &mut shutdown => return,
+            event = events.next() => match event {
+                Some(Change::Service(e)) => match *e {
+                    Ok(e) => tracker.service_event(e),
+                    Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
+                },
+                Some(Change::Slice(e)) => match *e {
+                    Ok(e) => tracker.slice_event(e),
+                    Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
+                },
+                None => return,
+            },
+            () = tokio::time::sleep_until(next_allowed), if due => {
+                let started = Instant::now();
+                let oldest = tracker.oldest_change.take();
+                let plan = tracker.plan(&mut proxier, &settings.node);
+                next_allowed = tokio::time::Instant::now() + settings.min_sync_period;
+                if plan.ops.is_empty() {
+                    continue;
+                }
+                let (rules, elements) = plan_size(&plan.ops);
+                match backend.commit(&plan.ops) {
+                    Ok(()) => {
+                        let took = started.elapsed();
+                        let mode = if plan.full { "full" } else { "partial" };
+                        metrics.duration.get_or_create(&ModeLabels { mode }).observe(took.as_secs_f64());
+                        if let Some(t) = oldest {
+                            metrics.latency.observe(t.elapsed().as_secs_f64());
+                        }
+                        metrics.rules.inc_by(rules as u64);
+                        metrics.elements.inc_by(elements as u64);
+                        metrics.services.set(proxier.services() as i64);
+                        tracing::debug!(mode, ops = plan.ops.len(), rules, elements, ?took, "synced");
+                        on_sync(&plan);
+                    }
+                    Err(e) => {
+                        metrics.failures.inc();
+                        tracing::warn!(error = %e, full = plan.full, "sync failed; the next sync replaces the whole table");
+                        proxier.invalidate();
+                        next_allowed = tokio::time::Instant::now() + RETRY_AFTER;
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Change {
+    Service(Box<Result<Event<Service>, StoreError>>),
+    Slice(Box<Result<Event<EndpointSlice>, StoreError>>),
+}
