@@ -8,8 +8,6 @@ packages=(
     protobuf-compiler # etcd-client generates its gRPC code at build time
     libprotobuf-dev
     pkg-config
-    libnftnl-dev      # node proxy: nftables over netlink
-    libmnl-dev
     iproute2          # network namespaces in tests
     nftables          # node proxy tests read the kernel ruleset back with `nft -j`
     rsyslog           # log shipper: the syslog output is tested against a real rsyslogd

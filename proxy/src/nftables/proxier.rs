@@ -1041,3 +1041,546 @@ pub fn skeleton() -> Vec<Op> {
     ]);
     ops
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::ruleset::Model;
+    use super::*;
+
+    fn ep(ip: &str, port: u16) -> Endpoint {
+        Endpoint {
+            addr: SocketAddrV4::new(ip.parse().unwrap(), port),
+            ready: true,
+            serving: true,
+            terminating: false,
+            local: false,
+        }
+    }
+
+    fn port(ip: &str, port: u16, endpoints: Vec<Endpoint>) -> ServicePort {
+        ServicePort {
+            cluster_ip: ip.parse().unwrap(),
+            port,
+            proto: Proto::Tcp,
+            node_port: None,
+            affinity: None,
+            internal_local: false,
+            external_local: false,
+            endpoints,
+        }
+    }
+
+    fn key(name: &str) -> ServiceKey {
+        ("default".into(), name.into())
+    }
+
+    /// Services by key; what the tracker would hand the proxier.
+    type Desired = BTreeMap<ServiceKey, Vec<ServicePort>>;
+
+    fn sync(p: &mut Proxier, m: &mut Model, desired: &Desired, changed: &[ServiceKey]) -> Plan {
+        let plan = p.plan(
+            changed,
+            |k| desired.get(k).cloned(),
+            || desired.keys().cloned().collect(),
+        );
+        m.apply(&plan.ops)
+            .expect("the kernel model accepts the plan");
+        plan
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Target {
+        Endpoints(Vec<SocketAddrV4>),
+        Reject,
+        Absent,
+    }
+
+    fn slot_of(rule: &[Expr]) -> Vec<u8> {
+        rule.iter()
+            .find_map(|e| match e {
+                Expr::Immediate { dreg, data } if *dreg == R0 => Some(data.clone()),
+                _ => None,
+            })
+            .expect("the pick rule loads its slot")
+    }
+
+    fn modulus(rule: &[Expr]) -> u32 {
+        rule.iter()
+            .find_map(|e| match e {
+                Expr::Numgen { modulus, .. } => Some(*modulus),
+                _ => None,
+            })
+            .expect("the pick rule draws a number")
+    }
+
+    /// Where the chain sends new connections, read from the model alone.
+    fn chain_endpoints(m: &Model, chain: &str) -> Vec<SocketAddrV4> {
+        let rules = m.rules(chain).expect("chain exists");
+        let uses = |rule: &[Expr], set: &str| {
+            rule.iter()
+                .any(|e| matches!(e, Expr::Lookup { set: s, .. } if s == set))
+        };
+        let mut out = Vec::new();
+        if let Some(pick) = rules.iter().find(|r| uses(r, ENDPOINTS)) {
+            let slot = slot_of(pick);
+            for e in m.elements(ENDPOINTS) {
+                if e.key[..4] == slot[..] {
+                    let Some(ElemData::Value(v)) = e.data else {
+                        panic!("endpoint without value")
+                    };
+                    out.push(SocketAddrV4::new(
+                        Ipv4Addr::new(v[0], v[1], v[2], v[3]),
+                        u16::from_be_bytes([v[4], v[5]]),
+                    ));
+                }
+            }
+            assert_eq!(modulus(pick) as usize, out.len(), "{chain}: modulus");
+        } else if let Some(pick) = rules.iter().find(|r| uses(r, ENDPOINT_CHAINS)) {
+            let slot = slot_of(pick);
+            for e in m.elements(ENDPOINT_CHAINS) {
+                if e.key[..4] == slot[..] {
+                    let Some(ElemData::Verdict(Verdict::Goto(ep_chain))) = e.data else {
+                        panic!("endpoint chain element without goto")
+                    };
+                    let ep_rules = m.rules(&ep_chain).expect("endpoint chain exists");
+                    let imm: Vec<Vec<u8>> = ep_rules[1]
+                        .iter()
+                        .filter_map(|e| match e {
+                            Expr::Immediate { data, .. } => Some(data.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    out.push(SocketAddrV4::new(
+                        Ipv4Addr::new(imm[0][0], imm[0][1], imm[0][2], imm[0][3]),
+                        u16::from_be_bytes([imm[1][0], imm[1][1]]),
+                    ));
+                }
+            }
+            assert_eq!(modulus(pick) as usize, out.len(), "{chain}: modulus");
+        }
+        out.sort();
+        out
+    }
+
+    fn resolve(m: &Model, ip: &str, port: u16) -> Target {
+        let k = KeyBuf::default()
+            .ip(ip.parse().unwrap())
+            .proto(Proto::Tcp as u8)
+            .port(port)
+            .done();
+        let find = |set| m.elements(set).into_iter().find(|e| e.key == k);
+        if let Some(e) = find(SERVICE_IPS) {
+            let Some(ElemData::Verdict(Verdict::Goto(chain))) = e.data else {
+                panic!("service-ips element without goto")
+            };
+            return Target::Endpoints(chain_endpoints(m, &chain));
+        }
+        if find(NO_ENDPOINT_SERVICES).is_some() {
+            return Target::Reject;
+        }
+        Target::Absent
+    }
+
+    fn addrs(list: &[&str]) -> Target {
+        let mut v: Vec<SocketAddrV4> = list.iter().map(|s| s.parse().unwrap()).collect();
+        v.sort();
+        Target::Endpoints(v)
+    }
+
+    #[test]
+    fn a_cluster_ip_spreads_over_its_ready_endpoints() {
+        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let mut unready = ep("10.244.1.3", 8080);
+        unready.ready = false;
+        let desired = Desired::from([(
+            key("web"),
+            vec![port(
+                "10.96.0.10",
+                80,
+                vec![ep("10.244.1.2", 8080), unready, ep("10.244.2.4", 8080)],
+            )],
+        )]);
+        let plan = sync(&mut p, &mut m, &desired, &[]);
+        assert!(plan.full, "the first sync is full");
+        assert_eq!(
+            resolve(&m, "10.96.0.10", 80),
+            addrs(&["10.244.1.2:8080", "10.244.2.4:8080"])
+        );
+        let text = m.render();
+        assert!(
+            text.contains(
+                "set service-ips { 10.96.0.10 . tcp . 80 : goto svc-default/web/tcp/80 }"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("dnat to 1 . numgen random mod 2 map @endpoints"),
+            "{text}"
+        );
+        assert!(
+            text.contains("set hairpin { 10.244.1.2 . 10.244.1.2, 10.244.2.4 . 10.244.2.4 }"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn no_ready_endpoint_rejects_unless_one_is_terminating_but_serving() {
+        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let mut gone = ep("10.244.1.2", 80);
+        gone.ready = false;
+        gone.serving = false;
+        let mut desired =
+            Desired::from([(key("a"), vec![port("10.96.0.1", 80, vec![gone.clone()])])]);
+        sync(&mut p, &mut m, &desired, &[]);
+        assert_eq!(resolve(&m, "10.96.0.1", 80), Target::Reject);
+
+        let mut draining = ep("10.244.1.3", 80);
+        draining.ready = false;
+        draining.terminating = true;
+        desired.insert(key("a"), vec![port("10.96.0.1", 80, vec![gone, draining])]);
+        sync(&mut p, &mut m, &desired, &[key("a")]);
+        assert_eq!(resolve(&m, "10.96.0.1", 80), addrs(&["10.244.1.3:80"]));
+    }
+
+    #[test]
+    fn one_endpoint_change_among_10k_services_is_one_small_transaction() {
+        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let mut desired = Desired::new();
+        for i in 0..10_000u32 {
+            let ip = Ipv4Addr::from(0x0a60_0000 + i).to_string();
+            let eps = (0..10u32)
+                .map(|j| ep(&Ipv4Addr::from(0x0af4_0000 + i * 10 + j).to_string(), 8080))
+                .collect();
+            desired.insert(key(&format!("s{i}")), vec![port(&ip, 80, eps)]);
+        }
+        sync(&mut p, &mut m, &desired, &[]);
+        let (rules, elems) = m.counts();
+        assert!(
+            rules > 10_000 && elems > 100_000,
+            "{rules} rules, {elems} elements"
+        );
+
+        // One endpoint of one service becomes unready.
+        let svc = desired.get_mut(&key("s77")).unwrap();
+        svc[0].endpoints[9].ready = false;
+        let plan = sync(&mut p, &mut m, &desired, &[key("s77")]);
+        assert!(!plan.full);
+        assert!(plan.ops.len() <= 6, "{:#?}", plan.ops);
+        let touched: usize = plan
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::AddElems { elems, .. } | Op::DeleteElems { elems, .. } => elems.len(),
+                _ => 1,
+            })
+            .sum();
+        assert!(touched <= 6, "{:#?}", plan.ops);
+        let Target::Endpoints(now) = resolve(&m, "10.96.0.77", 80) else {
+            panic!("s77 lost its rules")
+        };
+        assert_eq!(now.len(), 9);
+
+        // Nothing changed: nothing to do.
+        let plan = sync(&mut p, &mut m, &desired, &[key("s1"), key("s2")]);
+        assert!(plan.ops.is_empty(), "{:?}", plan.ops);
+    }
+
+    #[test]
+    fn a_deleted_service_leaves_nothing_behind() {
+        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let mut empty = Model::default();
+        empty.apply(&[Op::AddTable]).unwrap();
+        empty.apply(&skeleton()).unwrap();
+        let mut aff = port(
+            "10.96.0.2",
+            80,
+            vec![ep("10.244.1.2", 80), ep("10.244.1.3", 80)],
+        );
+        aff.affinity = Some(60);
+        aff.node_port = Some(30080);
+        let mut desired = Desired::from([
+            (
+                key("a"),
+                vec![port("10.96.0.1", 80, vec![ep("10.244.1.2", 80)])],
+            ),
+            (key("b"), vec![aff]),
+        ]);
+        sync(&mut p, &mut m, &desired, &[]);
+        desired.clear();
+        sync(&mut p, &mut m, &desired, &[key("a"), key("b")]);
+        assert_eq!(m.render(), empty.render());
+        assert_eq!(p.services(), 0);
+    }
+
+    #[test]
+    fn a_failed_commit_makes_the_next_sync_full() {
+        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let desired = Desired::from([(
+            key("a"),
+            vec![port("10.96.0.1", 80, vec![ep("10.244.1.2", 80)])],
+        )]);
+        sync(&mut p, &mut m, &desired, &[]);
+        p.invalidate();
+        let plan = sync(&mut p, &mut m, &desired, &[]);
+        assert!(plan.full);
+        assert_eq!(plan.ops[..3], [Op::AddTable, Op::DeleteTable, Op::AddTable]);
+        assert_eq!(resolve(&m, "10.96.0.1", 80), addrs(&["10.244.1.2:80"]));
+    }
+
+    #[test]
+    fn session_affinity_has_a_chain_and_client_set_per_endpoint() {
+        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let mut sp = port(
+            "10.96.0.5",
+            80,
+            vec![ep("10.244.1.2", 80), ep("10.244.1.3", 80)],
+        );
+        sp.affinity = Some(30);
+        let mut desired = Desired::from([(key("a"), vec![sp.clone()])]);
+        sync(&mut p, &mut m, &desired, &[]);
+        assert_eq!(
+            resolve(&m, "10.96.0.5", 80),
+            addrs(&["10.244.1.2:80", "10.244.1.3:80"])
+        );
+        let text = m.render();
+        assert!(
+            text.contains("ip saddr @affinity-svc-default/a/tcp/80__10.244.1.2/80 goto endpoint-svc-default/a/tcp/80__10.244.1.2/80"),
+            "{text}"
+        );
+        assert!(
+            text.contains("update @affinity-svc-default/a/tcp/80__10.244.1.3/80 { ip saddr }"),
+            "{text}"
+        );
+
+        // Losing an endpoint removes its set and chain; the other keeps its clients.
+        sp.endpoints.remove(0);
+        desired.insert(key("a"), vec![sp]);
+        let plan = sync(&mut p, &mut m, &desired, &[key("a")]);
+        assert!(plan.ops.contains(&Op::DeleteSet(
+            "affinity-svc-default/a/tcp/80__10.244.1.2/80".into()
+        )));
+        assert!(
+            !plan
+                .ops
+                .iter()
+                .any(|op| matches!(op, Op::DeleteSet(s) if s.contains("10.244.1.3")))
+        );
+        assert_eq!(resolve(&m, "10.96.0.5", 80), addrs(&["10.244.1.3:80"]));
+    }
+
+    #[test]
+    fn node_ports_follow_the_external_traffic_policy() {
+        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let mut local = ep("10.244.1.2", 80);
+        local.local = true;
+        let mut sp = port("10.96.0.7", 80, vec![local.clone(), ep("10.244.2.2", 80)]);
+        sp.node_port = Some(30007);
+        let mut desired = Desired::from([(key("np"), vec![sp.clone()])]);
+        sync(&mut p, &mut m, &desired, &[]);
+        let text = m.render();
+        assert!(
+            text.contains("set service-nodeports { tcp . 30007 : goto ext-default/np/tcp/80 }"),
+            "{text}"
+        );
+        assert_eq!(
+            m.rules("ext-default/np/tcp/80").unwrap(),
+            vec![
+                vec![Expr::Verdict(Verdict::Jump(MARK_MASQ.into()))],
+                vec![Expr::Verdict(Verdict::Goto("svc-default/np/tcp/80".into()))],
+            ]
+        );
+
+        // Local: only this node's endpoints, no masquerade.
+        sp.external_local = true;
+        desired.insert(key("np"), vec![sp.clone()]);
+        sync(&mut p, &mut m, &desired, &[key("np")]);
+        assert_eq!(
+            chain_endpoints(&m, "ext-default/np/tcp/80"),
+            vec![local.addr]
+        );
+
+        // Local without a local endpoint: dropped, so a balancer's health
+        // check moves away; the ClusterIP still works.
+        sp.endpoints.retain(|e| !e.local);
+        desired.insert(key("np"), vec![sp]);
+        sync(&mut p, &mut m, &desired, &[key("np")]);
+        let text = m.render();
+        assert!(
+            text.contains("set no-endpoint-nodeports { tcp . 30007 : drop }"),
+            "{text}"
+        );
+        assert_eq!(resolve(&m, "10.96.0.7", 80), addrs(&["10.244.2.2:80"]));
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_keeps_cluster_ip_traffic_on_the_node() {
+        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let mut local = ep("10.244.1.2", 80);
+        local.local = true;
+        let mut sp = port("10.96.0.8", 80, vec![local, ep("10.244.2.2", 80)]);
+        sp.internal_local = true;
+        let desired = Desired::from([(key("itp"), vec![sp])]);
+        sync(&mut p, &mut m, &desired, &[]);
+        assert_eq!(resolve(&m, "10.96.0.8", 80), addrs(&["10.244.1.2:80"]));
+    }
+
+    #[test]
+    fn off_cluster_clients_are_masqueraded_when_the_pod_cidr_is_known() {
+        let mut p = Proxier::new(Options {
+            cluster_cidr: Some(("10.244.0.0".parse().unwrap(), 16)),
+        });
+        let mut m = Model::default();
+        let desired = Desired::from([(
+            key("a"),
+            vec![port("10.96.0.1", 80, vec![ep("10.244.1.2", 80)])],
+        )]);
+        sync(&mut p, &mut m, &desired, &[]);
+        let text = m.render();
+        assert!(
+            text.contains(
+                "(ip saddr & 255.255.0.0) ^ 0.0.0.0 != 10.244.0.0 jump mark-for-masquerade"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn hairpin_elements_are_shared_between_services() {
+        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let mut desired = Desired::from([
+            (
+                key("a"),
+                vec![port("10.96.0.1", 80, vec![ep("10.244.1.2", 80)])],
+            ),
+            (
+                key("b"),
+                vec![port("10.96.0.2", 81, vec![ep("10.244.1.2", 81)])],
+            ),
+        ]);
+        sync(&mut p, &mut m, &desired, &[]);
+        desired.remove(&key("a"));
+        sync(&mut p, &mut m, &desired, &[key("a")]);
+        assert_eq!(m.elements(HAIRPIN).len(), 1, "still used by b");
+        desired.remove(&key("b"));
+        sync(&mut p, &mut m, &desired, &[key("b")]);
+        assert!(m.elements(HAIRPIN).is_empty());
+    }
+
+    /// A random walk of service and endpoint changes: every incremental
+    /// plan applies cleanly and leaves the table resolving exactly like the
+    /// desired state, and like a full sync of it.
+    #[test]
+    fn incremental_syncs_match_the_desired_state() {
+        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let mut desired = Desired::new();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        sync(&mut p, &mut m, &desired, &[]);
+        for round in 0..400 {
+            let i = next(12);
+            let k = key(&format!("s{i}"));
+            if next(5) == 0 {
+                desired.remove(&k);
+            } else {
+                let n = next(4);
+                let eps = (0..n)
+                    .map(|j| {
+                        let mut e = ep(
+                            &format!("10.244.{}.{}", next(3), j + 1),
+                            80 + next(2) as u16,
+                        );
+                        e.ready = next(4) != 0;
+                        e
+                    })
+                    .collect::<Vec<_>>();
+                let mut sp = port(&format!("10.96.0.{}", i + 1), 80, eps);
+                sp.affinity = (next(3) == 0).then_some(60);
+                sp.node_port = (next(2) == 0).then_some(30000 + i as u16);
+                sp.endpoints.sort();
+                sp.endpoints.dedup_by(|a, b| a.addr == b.addr);
+                desired.insert(k.clone(), vec![sp]);
+            }
+            sync(&mut p, &mut m, &desired, &[k]);
+            for j in 0..12 {
+                let ip = format!("10.96.0.{}", j + 1);
+                let want = match desired.get(&key(&format!("s{j}"))) {
+                    None => Target::Absent,
+                    Some(ports) => {
+                        let eps = usable(&ports[0].endpoints, false);
+                        if eps.is_empty() {
+                            Target::Reject
+                        } else {
+                            let mut eps = eps;
+                            eps.sort();
+                            Target::Endpoints(eps)
+                        }
+                    }
+                };
+                assert_eq!(resolve(&m, &ip, 80), want, "round {round}, service s{j}");
+            }
+        }
+        let (mut fresh, mut full) = (Proxier::new(Options::default()), Model::default());
+        sync(&mut fresh, &mut full, &desired, &[]);
+        assert_eq!(m.counts(), full.counts());
+    }
+
+    fn object<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn named_target_ports_resolve_per_slice_and_protocol() {
+        let svc: k8s_openapi::api::core::v1::Service = object(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.9", "type": "NodePort", "ports": [
+                {"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080},
+                {"name": "dns", "port": 53, "protocol": "UDP"}
+            ]}
+        }));
+        let slice = |name: &str,
+                     port: i32,
+                     ip: &str,
+                     node: &str|
+         -> k8s_openapi::api::discovery::v1::EndpointSlice {
+            object(serde_json::json!({
+                "metadata": {"name": name, "namespace": "default"},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": port}, {"name": "dns", "port": 5353, "protocol": "UDP"}],
+                "endpoints": [{"addresses": [ip], "nodeName": node}]
+            }))
+        };
+        let a = slice("a", 8080, "10.244.1.2", "n1");
+        let b = slice("b", 9090, "10.244.2.2", "n2");
+        let ports = service_ports(&svc, &[&a, &b], "n1");
+        assert_eq!(ports.len(), 2);
+        let http = &ports[0];
+        assert_eq!(
+            (http.port, http.proto, http.node_port),
+            (80, Proto::Tcp, Some(30080))
+        );
+        let got: Vec<(String, bool)> = http
+            .endpoints
+            .iter()
+            .map(|e| (e.addr.to_string(), e.local))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("10.244.1.2:8080".to_string(), true),
+                ("10.244.2.2:9090".to_string(), false)
+            ]
+        );
+        assert_eq!(ports[1].proto, Proto::Udp);
+        assert_eq!(ports[1].endpoints[0].addr.port(), 5353);
+
+        let headless: k8s_openapi::api::core::v1::Service = object(serde_json::json!({
+            "spec": {"clusterIP": "None", "ports": [{"port": 80}]}
+        }));
+        assert!(service_ports(&headless, &[&a], "n1").is_empty());
+    }
+}

@@ -568,6 +568,29 @@ impl Model {
         Ok(())
     }
 
+    /// The elements of a set, sorted by key.
+    pub fn elements(&self, set: &str) -> Vec<Elem> {
+        self.table
+            .as_ref()
+            .and_then(|(_, sets)| sets.get(set))
+            .map(|s| {
+                s.elems
+                    .iter()
+                    .map(|(key, data)| Elem {
+                        key: key.clone(),
+                        data: data.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The rules of a chain, in order.
+    pub fn rules(&self, chain: &str) -> Option<Vec<Vec<Expr>>> {
+        let (chains, _) = self.table.as_ref()?;
+        chains.get(chain).map(|c| c.rules.clone())
+    }
+
     /// Whether the table exists.
     pub fn exists(&self) -> bool {
         self.table.is_some()

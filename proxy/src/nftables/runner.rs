@@ -351,3 +351,74 @@ enum Change {
     Service(Box<Result<Event<Service>, StoreError>>),
     Slice(Box<Result<Event<EndpointSlice>, StoreError>>),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, ip: &str) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"clusterIP": ip, "ports": [{"port": 80}]}
+        }))
+        .unwrap()
+    }
+
+    fn slice(name: &str, service: &str, ip: &str) -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default",
+                         "labels": {SERVICE_NAME_LABEL: service}},
+            "addressType": "IPv4",
+            "ports": [{"port": 8080}],
+            "endpoints": [{"addresses": [ip]}]
+        }))
+        .unwrap()
+    }
+
+    fn list<K>(items: Vec<K>) -> Vec<Event<K>> {
+        let mut events = vec![Event::Init];
+        events.extend(items.into_iter().map(Event::InitApply));
+        events.push(Event::InitDone);
+        events
+    }
+
+    #[test]
+    fn nothing_is_programmed_before_both_lists_complete_then_changes_are_partial() {
+        let mut t = Tracker::default();
+        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        for e in list(vec![svc("a", "10.96.0.1"), svc("b", "10.96.0.2")]) {
+            t.service_event(e);
+        }
+        assert!(!t.ready(), "slices are not listed yet");
+        for e in list(vec![slice("a-1", "a", "10.244.1.2")]) {
+            t.slice_event(e);
+        }
+        assert!(t.ready());
+        let plan = t.plan(&mut p, "n1");
+        assert!(plan.full);
+        m.commit(&plan.ops).unwrap();
+        assert!(!t.has_changes());
+
+        // A slice moving from a to b makes both dirty.
+        t.slice_event(Event::Apply(slice("a-1", "b", "10.244.1.2")));
+        let plan = t.plan(&mut p, "n1");
+        assert!(!plan.full);
+        m.commit(&plan.ops).unwrap();
+        let text = m.render();
+        assert!(
+            text.contains("10.96.0.1 . tcp . 80 : goto reject-chain"),
+            "{text}"
+        );
+        assert!(
+            text.contains("10.96.0.2 . tcp . 80 : goto svc-default/b/tcp/80"),
+            "{text}"
+        );
+
+        // A re-list that no longer has b removes it.
+        for e in list(vec![svc("a", "10.96.0.1")]) {
+            t.service_event(e);
+        }
+        m.commit(&t.plan(&mut p, "n1").ops).unwrap();
+        assert!(!m.render().contains("10.96.0.2"));
+    }
+}
