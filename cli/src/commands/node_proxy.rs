@@ -23,6 +23,10 @@ pub struct Args {
     /// The pod CIDR; ClusterIP traffic from outside it is masqueraded.
     #[arg(long)]
     pub cluster_cidr: Option<String>,
+    /// The ClusterIP range; connections to an address in it that no
+    /// Service has are refused.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cidr: String,
     /// At most one sync per period; changes in between are batched.
     #[arg(long, default_value = "100ms")]
     pub min_sync_period: Duration,
@@ -40,18 +44,18 @@ pub struct Args {
 }
 
 /// Parses `a.b.c.d/n`.
-fn parse_cidr(s: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
-    let (ip, bits) = s.split_once('/').with_context(|| {
-        format!("--cluster-cidr {s:?}: expected an IPv4 CIDR like 10.244.0.0/16")
-    })?;
+fn parse_cidr(flag: &str, s: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
+    let (ip, bits) = s
+        .split_once('/')
+        .with_context(|| format!("{flag} {s:?}: expected an IPv4 CIDR like 10.244.0.0/16"))?;
     let ip: Ipv4Addr = ip
         .parse()
-        .with_context(|| format!("--cluster-cidr {s:?}: {ip:?} is not an IPv4 address"))?;
+        .with_context(|| format!("{flag} {s:?}: {ip:?} is not an IPv4 address"))?;
     let bits: u8 = bits
         .parse()
         .ok()
         .filter(|b| *b <= 32)
-        .with_context(|| format!("--cluster-cidr {s:?}: the prefix length must be 0 to 32"))?;
+        .with_context(|| format!("{flag} {s:?}: the prefix length must be 0 to 32"))?;
     Ok((ip, bits))
 }
 
@@ -80,7 +84,12 @@ pub async fn run(
         return Ok(true);
     }
     let options = Options {
-        cluster_cidr: args.cluster_cidr.as_deref().map(parse_cidr).transpose()?,
+        cluster_cidr: args
+            .cluster_cidr
+            .as_deref()
+            .map(|c| parse_cidr("--cluster-cidr", c))
+            .transpose()?,
+        service_cidr: Some(parse_cidr("--service-cidr", &args.service_cidr)?),
     };
     let node = args
         .node

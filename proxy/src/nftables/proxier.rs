@@ -255,6 +255,9 @@ pub struct Options {
     /// The cluster's pod CIDR: ClusterIP traffic from outside it is
     /// masqueraded so replies return through this node.
     pub cluster_cidr: Option<(Ipv4Addr, u8)>,
+    /// The ClusterIP range: new connections to an address in it that no
+    /// Service has are refused rather than left to time out.
+    pub service_cidr: Option<(Ipv4Addr, u8)>,
 }
 
 /// Slots of the `endpoints` map, one per endpoint group, reused when freed.
@@ -343,7 +346,7 @@ impl Proxier {
     ) -> Plan {
         if self.needs_full {
             let mut ops = vec![Op::AddTable, Op::DeleteTable, Op::AddTable];
-            ops.extend(skeleton());
+            ops.extend(skeleton(&self.options));
             self.programmed.clear();
             self.slots = Slots::default();
             self.hairpin_refs.clear();
@@ -754,11 +757,11 @@ fn pick(slot: u32, n: u32) -> Vec<Expr> {
     ]
 }
 
-/// `ip saddr != net/bits jump mark-for-masquerade`.
-fn masquerade_unless_from(net: Ipv4Addr, bits: u8) -> Vec<Expr> {
+/// `<address> & mask ==/!= net`.
+fn in_cidr(load: Expr, net: Ipv4Addr, bits: u8, op: CmpOp) -> [Expr; 3] {
     let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-    vec![
-        saddr(R0),
+    [
+        load,
         Expr::Bitwise {
             sreg: R0,
             dreg: R0,
@@ -767,11 +770,17 @@ fn masquerade_unless_from(net: Ipv4Addr, bits: u8) -> Vec<Expr> {
         },
         Expr::Cmp {
             sreg: R0,
-            op: CmpOp::Neq,
+            op,
             data: (u32::from(net) & mask).to_be_bytes().to_vec(),
         },
-        Expr::Verdict(Verdict::Jump(MARK_MASQ.into())),
     ]
+}
+
+/// `ip saddr != net/bits jump mark-for-masquerade`.
+fn masquerade_unless_from(net: Ipv4Addr, bits: u8) -> Vec<Expr> {
+    let mut r = in_cidr(saddr(R0), net, bits, CmpOp::Neq).to_vec();
+    r.push(Expr::Verdict(Verdict::Jump(MARK_MASQ.into())));
+    r
 }
 
 /// `<host-order register> & bits != 0` (or `== 0`).
@@ -852,7 +861,7 @@ fn rule(chain: &str, exprs: Vec<Expr>) -> Op {
 }
 
 /// The node-wide part of the table: hooks, the maps, the shared chains.
-pub fn skeleton() -> Vec<Op> {
+pub fn skeleton(options: &Options) -> Vec<Op> {
     let verdict_map = |name: &str, key: Vec<Field>| {
         Op::AddSet(Set {
             name: name.into(),
@@ -1039,6 +1048,14 @@ pub fn skeleton() -> Vec<Op> {
         // After DNAT, only traffic to a ClusterIP port no Service has is left.
         rule("filter-output-post-dnat", bad_port()),
     ]);
+    if let Some((net, bits)) = options.service_cidr {
+        for chain in ["filter-forward", "filter-output-post-dnat"] {
+            let mut r = ct_new().to_vec();
+            r.extend(in_cidr(daddr(R0), net, bits, CmpOp::Eq));
+            r.push(Expr::Verdict(Verdict::Goto(REJECT.into())));
+            ops.push(rule(chain, r));
+        }
+    }
     ops
 }
 
@@ -1290,7 +1307,7 @@ mod tests {
         let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
         let mut empty = Model::default();
         empty.apply(&[Op::AddTable]).unwrap();
-        empty.apply(&skeleton()).unwrap();
+        empty.apply(&skeleton(&Options::default())).unwrap();
         let mut aff = port(
             "10.96.0.2",
             80,
@@ -1428,6 +1445,7 @@ mod tests {
     fn off_cluster_clients_are_masqueraded_when_the_pod_cidr_is_known() {
         let mut p = Proxier::new(Options {
             cluster_cidr: Some(("10.244.0.0".parse().unwrap(), 16)),
+            service_cidr: None,
         });
         let mut m = Model::default();
         let desired = Desired::from([(

@@ -1,0 +1,571 @@
+//! The node proxy (`orca node-proxy`) against the real kernel: each test
+//! builds its own network namespaces (a node, pods, an outside client),
+//! runs the node proxy on them against a real etcd, sends real packets and
+//! reads the kernel's ruleset back with `nft -j`.
+//!
+//! The namespaces have no link to the host: pods and the client are wired
+//! to the node namespace by veth pairs created inside it, the node routes
+//! the service CIDR to a dead-end veth and the rest of the cluster CIDR to a
+//! blackhole, and nothing has a default route out. They need root and
+//! iproute2 and nftables; without them the tests fail saying so.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use orca_testkit::Etcd;
+
+const ORCA: &str = env!("CARGO_BIN_EXE_orca");
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} is required for the node proxy tests: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn require_root() {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        });
+    assert_eq!(
+        uid.as_deref(),
+        Some("0"),
+        "the node proxy tests need root (network namespaces and nftables)"
+    );
+}
+
+/// A network namespace, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Self {
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns(name);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.0.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all);
+    }
+
+    fn exec(&self, cmd: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(cmd)
+            .output()
+            .expect("ip netns exec")
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+
+    /// Runs `f` on a thread inside this namespace.
+    fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = self.path();
+        thread::spawn(move || {
+            enter(&path);
+            f()
+        })
+        .join()
+        .expect("thread in namespace")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+fn enter(path: &str) {
+    let ns = std::fs::File::open(path).expect("namespace file");
+    rustix::thread::move_into_link_name_space(
+        ns.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .expect("setns");
+}
+
+/// A pod: a namespace with a TCP server on 8080 and a UDP server on 5353,
+/// both answering with the pod's name.
+struct Pod {
+    /// Held so the namespace lives as long as the pod.
+    _ns: Netns,
+    ip: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(path: String, name: String, stop: Arc<AtomicBool>) {
+    let (tcp_path, tcp_name, tcp_stop) = (path.clone(), name.clone(), stop.clone());
+    let ready = Arc::new(AtomicUsize::new(0));
+    let r = ready.clone();
+    thread::spawn(move || {
+        enter(&tcp_path);
+        let listener = TcpListener::bind("0.0.0.0:8080").expect("bind 8080");
+        listener.set_nonblocking(true).unwrap();
+        r.fetch_add(1, Ordering::SeqCst);
+        while !tcp_stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.write_all(tcp_name.as_bytes());
+                }
+                Err(_) => thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    });
+    let r = ready.clone();
+    thread::spawn(move || {
+        enter(&path);
+        let socket = UdpSocket::bind("0.0.0.0:5353").expect("bind 5353");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        r.fetch_add(1, Ordering::SeqCst);
+        let mut buf = [0u8; 512];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(name.as_bytes(), from);
+            }
+        }
+    });
+    while ready.load(Ordering::SeqCst) < 2 {
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The test's little cluster: etcd, a node namespace running the node
+/// proxy, pods routed through it, and a client outside the cluster.
+struct Cluster {
+    proxy: Option<Child>,
+    pods: Vec<Pod>,
+    client: Netns,
+    node: Netns,
+    etcd: Etcd,
+    dir: tempfile::TempDir,
+}
+
+/// The node's address on the client's link (NodePorts are reached on it).
+const NODE_IP: &str = "192.168.77.1";
+
+impl Cluster {
+    fn new(tag: &str, pods: usize) -> Self {
+        require_root();
+        run("nft", &["--version"]);
+        let id = format!("orca-{}-{tag}", std::process::id());
+        let node = Netns::new(format!("{id}-node"));
+        // Service and cluster CIDRs end inside the node: the service CIDR
+        // on a veth whose peer stays down (so packets pass the forward and
+        // output hooks, where unanswered ones are rejected, then die).
+        node.ip(&[
+            "link",
+            "add",
+            "svc0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "svc0-sink",
+        ]);
+        node.ip(&["link", "set", "svc0", "up"]);
+        node.ip(&["route", "add", "10.96.0.0/12", "dev", "svc0"]);
+        node.ip(&["route", "add", "blackhole", "10.244.0.0/16"]);
+        let out = node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        assert!(out.status.success(), "ip_forward in the node namespace");
+
+        let mut list = Vec::new();
+        for i in 1..=pods {
+            let name = format!("pod{i}");
+            let ns = Netns::new(format!("{id}-{name}"));
+            let host_if = format!("veth{i}");
+            node.ip(&[
+                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.0,
+            ]);
+            node.ip(&["addr", "add", &format!("10.244.{i}.1/24"), "dev", &host_if]);
+            node.ip(&["link", "set", &host_if, "up"]);
+            let ip = format!("10.244.{i}.2");
+            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+            ns.ip(&["link", "set", "eth0", "up"]);
+            ns.ip(&["route", "add", "default", "via", &format!("10.244.{i}.1")]);
+            let stop = Arc::new(AtomicBool::new(false));
+            serve(ns.path(), name, stop.clone());
+            list.push(Pod { _ns: ns, ip, stop });
+        }
+        let client = Netns::new(format!("{id}-client"));
+        node.ip(&[
+            "link", "add", "outside", "type", "veth", "peer", "name", "eth0", "netns", &client.0,
+        ]);
+        node.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "outside"]);
+        node.ip(&["link", "set", "outside", "up"]);
+        client.ip(&["addr", "add", "192.168.77.2/24", "dev", "eth0"]);
+        client.ip(&["link", "set", "eth0", "up"]);
+        client.ip(&["route", "add", "default", "via", NODE_IP]);
+
+        let mut cluster = Cluster {
+            proxy: None,
+            pods: list,
+            client,
+            node,
+            etcd: Etcd::start(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        cluster.start_proxy();
+        cluster
+    }
+
+    fn start_proxy(&mut self) {
+        let child = Command::new(ORCA)
+            .args([
+                "--etcd",
+                &self.etcd.endpoint(),
+                "node-proxy",
+                "--node",
+                "node-1",
+            ])
+            .args(["--netns", &self.node.path(), "--min-sync-period", "10ms"])
+            .args([
+                "--cluster-cidr",
+                "10.244.0.0/16",
+                "--service-cidr",
+                "10.96.0.0/12",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start orca node-proxy");
+        self.proxy = Some(child);
+        self.wait_for("the table to exist", |c| c.ruleset().is_some());
+    }
+
+    fn kill_proxy(&mut self) {
+        if let Some(mut p) = self.proxy.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+
+    /// `nft -j list table ip orca` in the node namespace, parsed.
+    fn ruleset(&self) -> Option<serde_json::Value> {
+        let out = self
+            .node
+            .exec(&["nft", "-j", "list", "table", "ip", "orca"]);
+        if !out.status.success() {
+            return None;
+        }
+        Some(serde_json::from_slice(&out.stdout).expect("nft -j prints JSON"))
+    }
+
+    /// Names of the chains in the kernel's table.
+    fn chains(&self) -> Vec<String> {
+        let Some(rs) = self.ruleset() else {
+            return Vec::new();
+        };
+        rs["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o["chain"]["name"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    fn apply(&self, yaml: &str) {
+        let path = self.dir.path().join("manifest.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        run(
+            ORCA,
+            &[
+                "--etcd",
+                &self.etcd.endpoint(),
+                "apply",
+                "-f",
+                path.to_str().unwrap(),
+            ],
+        );
+    }
+
+    fn delete(&self, kind: &str, name: &str) {
+        run(
+            ORCA,
+            &["--etcd", &self.etcd.endpoint(), "delete", kind, name],
+        );
+    }
+
+    fn wait_for(&self, what: &str, cond: impl Fn(&Cluster) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `n` TCP connections from the client namespace; the answers.
+    fn ask_tcp(&self, addr: &str, n: usize) -> Vec<Result<String, ErrorKind>> {
+        let addr: SocketAddr = addr.parse().unwrap();
+        self.client
+            .within(move || (0..n).map(|_| tcp(addr)).collect())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_proxy();
+    }
+}
+
+fn tcp(addr: SocketAddr) -> Result<String, ErrorKind> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.kind())?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.kind())?;
+    Ok(out)
+}
+
+fn service(name: &str, ip: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec:\n  clusterIP: {ip}\n{extra}  ports:\n  - {{name: http, port: 80, targetPort: http}}\n  \
+         - {{name: dns, port: 53, protocol: UDP}}\n"
+    )
+}
+
+/// An EndpointSlice for `service` with `(ip, ready)` endpoints.
+fn slice(service: &str, endpoints: &[(&str, bool)]) -> String {
+    let mut eps = String::new();
+    for (ip, ready) in endpoints {
+        eps.push_str(&format!(
+            "- addresses: [\"{ip}\"]\n  conditions: {{ready: {ready}}}\n  nodeName: node-1\n"
+        ));
+    }
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata:\n  name: {service}-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: {service}}}\n\
+         addressType: IPv4\nports:\n- {{name: http, port: 8080, protocol: TCP}}\n\
+         - {{name: dns, port: 5353, protocol: UDP}}\nendpoints:\n{eps}"
+    )
+}
+
+fn count(answers: &[Result<String, ErrorKind>], who: &str) -> usize {
+    answers.iter().filter(|a| a.as_deref() == Ok(who)).count()
+}
+
+#[test]
+fn cluster_ip_spreads_follows_readiness_and_rejects_when_deleted() {
+    let c = Cluster::new("cip", 2);
+    let (p1, p2) = (c.pods[0].ip.clone(), c.pods[1].ip.clone());
+    c.apply(&format!(
+        "{}---\n{}",
+        service("web", "10.96.0.10", ""),
+        slice("web", &[(&p1, true), (&p2, true)])
+    ));
+    c.wait_for("the service chain", |c| {
+        c.chains().iter().any(|n| n == "svc-default/web/tcp/80")
+    });
+
+    let answers = c.ask_tcp("10.96.0.10:80", 100);
+    let (a, b) = (count(&answers, "pod1"), count(&answers, "pod2"));
+    assert_eq!(a + b, 100, "every connection answered: {answers:?}");
+    assert!(
+        a >= 15 && b >= 15,
+        "spread over both endpoints: pod1 {a}, pod2 {b}"
+    );
+
+    // pod2 unready: new connections go to pod1 only.
+    c.apply(&slice("web", &[(&p1, true), (&p2, false)]));
+    c.wait_for("pod2 to leave", |c| {
+        count(&c.ask_tcp("10.96.0.10:80", 20), "pod1") == 20
+    });
+    let answers = c.ask_tcp("10.96.0.10:80", 50);
+    assert_eq!(count(&answers, "pod1"), 50, "{answers:?}");
+
+    // No ready endpoint: refused at once, not a timeout.
+    c.apply(&slice("web", &[(&p1, false), (&p2, false)]));
+    c.wait_for("the reject", |c| {
+        c.ask_tcp("10.96.0.10:80", 1)[0] == Err(ErrorKind::ConnectionRefused)
+    });
+
+    // A port the Service does not have is refused too.
+    assert_eq!(
+        c.ask_tcp("10.96.0.10:81", 1)[0],
+        Err(ErrorKind::ConnectionRefused)
+    );
+
+    // Deleted: its chains leave the kernel and the IP refuses.
+    c.apply(&slice("web", &[(&p1, true)]));
+    c.wait_for("pod1 back", |c| {
+        c.ask_tcp("10.96.0.10:80", 1)[0].as_deref() == Ok("pod1")
+    });
+    c.delete("service", "web");
+    c.wait_for("the chains to go", |c| {
+        !c.chains().iter().any(|n| n.contains("default/web"))
+    });
+    let text = c.node.exec(&["nft", "list", "table", "ip", "orca"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(!text.contains("10.96.0.10"), "{text}");
+    // An address of the service CIDR that no Service has is refused.
+    assert_eq!(
+        c.ask_tcp("10.96.0.10:80", 1)[0],
+        Err(ErrorKind::ConnectionRefused)
+    );
+}
+
+#[test]
+fn node_port_from_outside_and_udp() {
+    let c = Cluster::new("np", 2);
+    let (p1, p2) = (c.pods[0].ip.clone(), c.pods[1].ip.clone());
+    let svc = service("np", "10.96.0.20", "  type: NodePort\n")
+        .replace("targetPort: http}", "targetPort: http, nodePort: 30080}");
+    c.apply(&format!(
+        "{svc}---\n{}",
+        slice("np", &[(&p1, true), (&p2, true)])
+    ));
+    c.wait_for("the node port", |c| {
+        c.chains().iter().any(|n| n == "ext-default/np/tcp/80")
+    });
+
+    let answers = c.ask_tcp(&format!("{NODE_IP}:30080"), 60);
+    let (a, b) = (count(&answers, "pod1"), count(&answers, "pod2"));
+    assert_eq!(a + b, 60, "{answers:?}");
+    assert!(a > 0 && b > 0, "pod1 {a}, pod2 {b}");
+
+    // UDP through the ClusterIP.
+    let replies: Vec<String> = c.client.within(|| {
+        (0..40)
+            .filter_map(|_| {
+                // A new source port per query, so each is a new conntrack flow.
+                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                s.send_to(b"q", "10.96.0.20:53").ok()?;
+                let mut buf = [0u8; 64];
+                let n = s.recv(&mut buf).ok()?;
+                Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+            })
+            .collect()
+    });
+    assert_eq!(replies.len(), 40, "every datagram answered");
+    assert!(replies.iter().any(|r| r == "pod1") && replies.iter().any(|r| r == "pod2"));
+}
+
+#[test]
+fn session_affinity_pins_each_client() {
+    let c = Cluster::new("aff", 2);
+    let (p1, p2) = (c.pods[0].ip.clone(), c.pods[1].ip.clone());
+    let svc = service("sticky", "10.96.0.30", "  sessionAffinity: ClientIP\n");
+    c.apply(&format!(
+        "{svc}---\n{}",
+        slice("sticky", &[(&p1, true), (&p2, true)])
+    ));
+    c.wait_for("the service chain", |c| {
+        c.chains().iter().any(|n| n == "svc-default/sticky/tcp/80")
+    });
+    let answers = c.ask_tcp("10.96.0.30:80", 40);
+    let first = answers[0].clone().expect("answered");
+    assert_eq!(
+        count(&answers, &first),
+        40,
+        "one client, one endpoint: {answers:?}"
+    );
+}
+
+#[test]
+fn restart_under_traffic_loses_no_connection_attempt_and_cleanup_removes_all() {
+    let mut c = Cluster::new("restart", 2);
+    let (p1, p2) = (c.pods[0].ip.clone(), c.pods[1].ip.clone());
+    c.apply(&format!(
+        "{}---\n{}",
+        service("web", "10.96.0.40", ""),
+        slice("web", &[(&p1, true), (&p2, true)])
+    ));
+    c.wait_for("the service", |c| c.ask_tcp("10.96.0.40:80", 1)[0].is_ok());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let path = c.client.path();
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        thread::spawn(move || {
+            enter(&path);
+            let addr: SocketAddr = "10.96.0.40:80".parse().unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                match tcp(addr) {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    for _ in 0..3 {
+        thread::sleep(Duration::from_millis(300));
+        c.kill_proxy();
+        thread::sleep(Duration::from_millis(200));
+        // The restart replaces the table in one transaction.
+        c.start_proxy();
+    }
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(ok > 20, "the load ran: {ok} connections");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} connection attempts failed across restarts",
+        ok + failed
+    );
+
+    // --cleanup removes the table.
+    c.kill_proxy();
+    run(
+        ORCA,
+        &["node-proxy", "--cleanup", "--netns", &c.node.path()],
+    );
+    assert!(c.ruleset().is_none(), "the table is gone");
+    // And again: nothing to remove is not an error.
+    run(
+        ORCA,
+        &["node-proxy", "--cleanup", "--netns", &c.node.path()],
+    );
+}
+
+#[test]
+fn a_missing_namespace_is_a_clear_error() {
+    let out = Command::new(ORCA)
+        .args([
+            "node-proxy",
+            "--cleanup",
+            "--netns",
+            "/run/netns/orca-no-such-namespace",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/run/netns/orca-no-such-namespace"), "{err}");
+}
