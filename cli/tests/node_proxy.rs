@@ -166,6 +166,8 @@ fn serve(path: String, name: String, stop: Arc<AtomicBool>) {
 /// proxy, pods routed through it, and a client outside the cluster.
 struct Cluster {
     proxy: Option<Child>,
+    /// The node proxy's /metrics and /healthz, on loopback.
+    admin: String,
     pods: Vec<Pod>,
     client: Netns,
     node: Netns,
@@ -231,6 +233,7 @@ impl Cluster {
 
         let mut cluster = Cluster {
             proxy: None,
+            admin: format!("127.0.0.1:{}", orca_testkit::closed_port()),
             pods: list,
             client,
             node,
@@ -257,6 +260,7 @@ impl Cluster {
                 "--service-cidr",
                 "10.96.0.0/12",
             ])
+            .args(["--admin", &self.admin])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -294,6 +298,19 @@ impl Cluster {
             .iter()
             .filter_map(|o| o["chain"]["name"].as_str().map(str::to_string))
             .collect()
+    }
+
+    /// GET `path` from the admin endpoint; the body.
+    fn admin_get(&self, path: &str) -> String {
+        let mut s = TcpStream::connect(&self.admin).expect("admin endpoint");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
     }
 
     fn apply(&self, yaml: &str) {
@@ -416,6 +433,20 @@ fn cluster_ip_spreads_follows_readiness_and_rejects_when_deleted() {
         c.ask_tcp("10.96.0.10:81", 1)[0],
         Err(ErrorKind::ConnectionRefused)
     );
+
+    // The syncs are measured.
+    let metrics = c.admin_get("/metrics");
+    for name in [
+        "orca_node_proxy_sync_duration_seconds_count{mode=\"full\"} 1",
+        "orca_node_proxy_sync_duration_seconds_count{mode=\"partial\"}",
+        "orca_node_proxy_network_programming_latency_seconds_count",
+        "orca_node_proxy_rules_programmed_total",
+        "orca_node_proxy_elements_programmed_total",
+        "orca_node_proxy_services 1",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+    assert!(c.admin_get("/healthz").starts_with("HTTP/1.1 200"));
 
     // Deleted: its chains leave the kernel and the IP refuses.
     c.apply(&slice("web", &[(&p1, true)]));
