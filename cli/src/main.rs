@@ -37,6 +37,8 @@ enum Command {
     Ingress(commands::ingress::Args),
     /// Run the log shipper alone, from a configuration file.
     Logshipper(commands::logshipper::Args),
+    /// Run a node: the node proxy and the log shipper as tasks of one process.
+    Node(commands::node::Args),
     /// Run the node proxy (nftables Service load balancing) alone.
     NodeProxy(commands::node_proxy::Args),
 }
@@ -74,6 +76,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             commands::ingress::run(args, cluster).await
         }
         Command::Logshipper(args) => commands::logshipper::run(args).await,
+        Command::Node(args) => commands::node::run(args, connect(&cli.etcd)).await,
         Command::NodeProxy(args) => commands::node_proxy::run(args, connect(&cli.etcd)).await,
     }
 }

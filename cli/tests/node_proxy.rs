@@ -600,3 +600,84 @@ fn a_missing_namespace_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/run/netns/orca-no-such-namespace"), "{err}");
 }
+
+#[test]
+fn orca_node_runs_the_node_proxy_and_the_log_shipper_as_tasks() {
+    let mut c = Cluster::new("node", 1);
+    c.kill_proxy();
+    run(
+        ORCA,
+        &["node-proxy", "--cleanup", "--netns", &c.node.path()],
+    );
+    let p1 = c.pods[0].ip.clone();
+    c.apply(&format!(
+        "{}---\n{}",
+        service("web", "10.96.0.50", ""),
+        slice("web", &[(&p1, true)])
+    ));
+
+    let logs = c.dir.path().join("pods");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(
+        logs.join("0.log"),
+        "2026-11-29T10:00:00.000000001Z stdout F hello from a pod\n",
+    )
+    .unwrap();
+    let shipped = c.dir.path().join("shipped.jsonl");
+    let config = c.dir.path().join("logshipper.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "inputs:\n  - name: pods\n    paths: [\"{}/*.log\"]\n    format: cri\n\
+             checkpoint_dir: {}\noutputs:\n  - name: out\n    type: file\n    path: {}\n\
+             \x20   batch: {{max_events: 10, max_bytes: 1MiB, max_wait: 50ms}}\n\
+             admin:\n  address: 127.0.0.1:{}\n",
+            logs.display(),
+            c.dir.path().join("checkpoints").display(),
+            shipped.display(),
+            orca_testkit::closed_port(),
+        ),
+    )
+    .unwrap();
+    let mut node = Command::new(ORCA)
+        .args(["--etcd", &c.etcd.endpoint(), "node", "--node", "node-1"])
+        .args(["--netns", &c.node.path(), "--min-sync-period", "10ms"])
+        .args(["--logshipper-config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start orca node");
+    c.wait_for("the node proxy task", |c| {
+        c.ask_tcp("10.96.0.50:80", 1)[0].as_deref() == Ok("pod1")
+    });
+    c.wait_for("the log shipper task", |_| {
+        std::fs::read_to_string(&shipped).is_ok_and(|s| s.contains("hello from a pod"))
+    });
+    // SIGTERM stops both and the process exits cleanly.
+    run("kill", &["-TERM", &node.id().to_string()]);
+    let status = node.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn orca_node_rejects_a_broken_log_shipper_config_before_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.yaml");
+    std::fs::write(&config, "inputs: []\nbogus: 1\n").unwrap();
+    let out = Command::new(ORCA)
+        .args([
+            "--etcd",
+            &format!("http://127.0.0.1:{}", orca_testkit::closed_port()),
+        ])
+        .args([
+            "node",
+            "--node",
+            "n",
+            "--logshipper-config",
+            config.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bogus"), "{err}");
+}

@@ -13,9 +13,9 @@ use orca_proxy::nftables::proxier::Options;
 use orca_proxy::nftables::runner::{self, Settings, SyncMetrics};
 use orca_proxy::nftables::{Kernel, TABLE};
 
-/// Arguments of `orca node-proxy`.
+/// The node proxy's settings, shared by `orca node-proxy` and `orca node`.
 #[derive(clap::Args)]
-pub struct Args {
+pub struct Flags {
     /// This node's name, as EndpointSlices' `nodeName` gives it (for
     /// `Local` traffic policies). Default: the host name.
     #[arg(long)]
@@ -30,14 +30,21 @@ pub struct Args {
     /// At most one sync per period; changes in between are batched.
     #[arg(long, default_value = "100ms")]
     pub min_sync_period: Duration,
-    /// Address of /metrics and /healthz.
-    #[arg(long)]
-    pub admin: Option<SocketAddr>,
     /// Program the network namespace at this path (like
     /// /run/netns/NAME) instead of the process's own; etcd is still
     /// reached from the process's namespace.
     #[arg(long)]
     pub netns: Option<PathBuf>,
+}
+
+/// Arguments of `orca node-proxy`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    flags: Flags,
+    /// Address of /metrics and /healthz.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
     /// Remove everything the node proxy made, then exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -66,6 +73,13 @@ fn host_name() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+fn open(netns: Option<&std::path::Path>) -> anyhow::Result<Kernel> {
+    Kernel::open(netns).with_context(|| match netns {
+        Some(ns) => format!("opening netlink in {}", ns.display()),
+        None => "opening netlink".into(),
+    })
+}
+
 /// Runs the node proxy until SIGINT or SIGTERM (the table stays, so
 /// traffic keeps flowing across a restart), or cleans up and exits.
 pub async fn run(
@@ -73,52 +87,78 @@ pub async fn run(
     store: impl Future<Output = anyhow::Result<Store>>,
 ) -> anyhow::Result<bool> {
     telemetry::init_tracing("info");
-    let mut kernel = Kernel::open(args.netns.as_deref()).with_context(|| match &args.netns {
-        Some(ns) => format!("opening netlink in {}", ns.display()),
-        None => "opening netlink".into(),
-    })?;
     if args.cleanup {
-        kernel
+        open(args.flags.netns.as_deref())?
             .cleanup()
             .with_context(|| format!("removing table ip {TABLE}"))?;
         return Ok(true);
     }
+    let metrics = Metrics::new();
+    let synced = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = args.admin {
+        spawn_admin(addr, metrics.clone(), synced.clone()).await?;
+    }
+    serve(
+        args.flags,
+        &metrics,
+        synced,
+        store.await?,
+        telemetry::shutdown_signal(),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Serves /metrics and /healthz on `addr` until SIGINT or SIGTERM; healthy
+/// once `synced` is true.
+pub async fn spawn_admin(
+    addr: SocketAddr,
+    metrics: Metrics,
+    synced: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let listener = telemetry::bind_admin(addr).await?;
+    let admin = Admin::new(metrics).health(move || {
+        if synced.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("the node proxy has not completed its first sync".into())
+        }
+    });
+    tokio::spawn(telemetry::serve_admin(
+        listener,
+        admin,
+        telemetry::shutdown_signal(),
+    ));
+    Ok(())
+}
+
+/// Runs the node proxy on `store` until `shutdown`; `synced` turns true
+/// after the first successful sync.
+pub async fn serve(
+    flags: Flags,
+    metrics: &Metrics,
+    synced: Arc<AtomicBool>,
+    store: Store,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut kernel = open(flags.netns.as_deref())?;
     let options = Options {
-        cluster_cidr: args
+        cluster_cidr: flags
             .cluster_cidr
             .as_deref()
             .map(|c| parse_cidr("--cluster-cidr", c))
             .transpose()?,
-        service_cidr: Some(parse_cidr("--service-cidr", &args.service_cidr)?),
+        service_cidr: Some(parse_cidr("--service-cidr", &flags.service_cidr)?),
     };
-    let node = args
+    let node = flags
         .node
         .or_else(host_name)
         .context("--node is required: the host name is unknown")?;
-    let store = store.await?;
-    let metrics = Metrics::new();
     let sync_metrics = SyncMetrics::new(&metrics.registry_with_prefix("orca_node_proxy"));
-    let synced = Arc::new(AtomicBool::new(false));
-    if let Some(addr) = args.admin {
-        let listener = telemetry::bind_admin(addr).await?;
-        let ready = synced.clone();
-        let admin = Admin::new(metrics).health(move || {
-            if ready.load(Ordering::Relaxed) {
-                Ok(())
-            } else {
-                Err("the first sync has not completed".into())
-            }
-        });
-        tokio::spawn(telemetry::serve_admin(
-            listener,
-            admin,
-            telemetry::shutdown_signal(),
-        ));
-    }
     let settings = Settings {
         node,
         options,
-        min_sync_period: args.min_sync_period.into(),
+        min_sync_period: flags.min_sync_period.into(),
     };
     tracing::info!(node = %settings.node, "node proxy starting");
     runner::run(
@@ -132,8 +172,8 @@ pub async fn run(
             }
             synced.store(true, Ordering::Relaxed);
         },
-        telemetry::shutdown_signal(),
+        shutdown,
     )
     .await;
-    Ok(true)
+    Ok(())
 }

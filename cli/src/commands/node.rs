@@ -1,0 +1,69 @@
+//! `orca node --node NAME`: the per-node agent, its components as tasks of
+//! one process: the node proxy and, given a configuration, the log shipper.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use orca_core::store::Store;
+use orca_core::telemetry::{self, Metrics};
+
+use super::node_proxy;
+
+/// Arguments of `orca node`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    proxy: node_proxy::Flags,
+    /// The log shipper's configuration file; without one no logs are shipped.
+    #[arg(long)]
+    pub logshipper_config: Option<PathBuf>,
+    /// Address of the node's /metrics and /healthz (the log shipper serves
+    /// its own, as its file says).
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+}
+
+/// Runs the node's components until SIGINT or SIGTERM; the first that
+/// fails stops the node with its error.
+pub async fn run(
+    args: Args,
+    store: impl Future<Output = anyhow::Result<Store>>,
+) -> anyhow::Result<bool> {
+    telemetry::init_tracing("info");
+    // Every configuration is read before anything starts.
+    let shipper_config: Option<orca_logshipper::config::Config> = args
+        .logshipper_config
+        .as_deref()
+        .map(|path| orca_core::config::load(Some(path), |_| {}))
+        .transpose()?;
+    let store = store.await?;
+    let metrics = Metrics::new();
+    let synced = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = args.admin {
+        node_proxy::spawn_admin(addr, metrics.clone(), synced.clone()).await?;
+    }
+    let proxy = async {
+        node_proxy::serve(
+            args.proxy,
+            &metrics,
+            synced,
+            store,
+            telemetry::shutdown_signal(),
+        )
+        .await
+        .context("node proxy")
+    };
+    let shipper = async {
+        match shipper_config {
+            Some(config) => orca_logshipper::run(config, telemetry::shutdown_signal())
+                .await
+                .context("log shipper"),
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(proxy, shipper)?;
+    Ok(true)
+}
