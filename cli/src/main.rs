@@ -75,7 +75,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             };
             commands::ingress::run(args, cluster).await
         }
-        Command::Logshipper(args) => commands::logshipper::run(args).await,
+        Command::Logshipper(args) => {
+            let cluster = match &cli.etcd {
+                Some(_) => Some(connect(&cli.etcd).await?),
+                None => None,
+            };
+            commands::logshipper::run(args, cluster).await
+        }
         Command::Node(args) => commands::node::run(args, connect(&cli.etcd)).await,
         Command::NodeProxy(args) => commands::node_proxy::run(args, connect(&cli.etcd)).await,
     }

@@ -616,10 +616,30 @@ fn orca_node_runs_the_node_proxy_and_the_log_shipper_as_tasks() {
         slice("web", &[(&p1, true)])
     ));
 
+    // A pod with labels, and a log file where the kubelet writes its logs.
+    c.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: default, \
+         labels: {app: web, tier: front}}\nspec:\n  containers:\n  - {name: nginx, image: nginx}\n",
+    );
+    let pod = run(
+        ORCA,
+        &[
+            "--etcd",
+            &c.etcd.endpoint(),
+            "get",
+            "pod",
+            "web-0",
+            "-o",
+            "json",
+        ],
+    );
+    let pod: serde_json::Value = serde_json::from_str(&pod).unwrap();
+    let uid = pod["metadata"]["uid"].as_str().expect("uid").to_string();
     let logs = c.dir.path().join("pods");
-    std::fs::create_dir_all(&logs).unwrap();
+    let container = logs.join(format!("default_web-0_{uid}")).join("nginx");
+    std::fs::create_dir_all(&container).unwrap();
     std::fs::write(
-        logs.join("0.log"),
+        container.join("0.log"),
         "2026-11-29T10:00:00.000000001Z stdout F hello from a pod\n",
     )
     .unwrap();
@@ -628,7 +648,7 @@ fn orca_node_runs_the_node_proxy_and_the_log_shipper_as_tasks() {
     std::fs::write(
         &config,
         format!(
-            "inputs:\n  - name: pods\n    paths: [\"{}/*.log\"]\n    format: cri\n\
+            "inputs:\n  - name: pods\n    paths: [\"{}/*/*/*.log\"]\n    format: cri\n\
              checkpoint_dir: {}\noutputs:\n  - name: out\n    type: file\n    path: {}\n\
              \x20   batch: {{max_events: 10, max_bytes: 1MiB, max_wait: 50ms}}\n\
              admin:\n  address: 127.0.0.1:{}\n",
@@ -652,6 +672,13 @@ fn orca_node_runs_the_node_proxy_and_the_log_shipper_as_tasks() {
     c.wait_for("the log shipper task", |_| {
         std::fs::read_to_string(&shipped).is_ok_and(|s| s.contains("hello from a pod"))
     });
+    // The event carries the pod's labels, from the cluster.
+    let line = std::fs::read_to_string(&shipped).unwrap();
+    assert!(
+        line.contains(r#""pod":"web-0","uid":""#)
+            && line.contains(r#""labels":{"app":"web","tier":"front"}"#),
+        "{line}"
+    );
     // SIGTERM stops both and the process exits cleanly.
     run("kill", &["-TERM", &node.id().to_string()]);
     let status = node.wait().unwrap();

@@ -1,6 +1,7 @@
 //! Events as they travel from a reader to the outputs: a chunk of lines
 //! from one file, sharing one description of where they came from.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -87,6 +88,15 @@ pub struct Source {
 impl Source {
     /// Describes the file at `path`, read by `input`.
     pub fn new(input: Arc<str>, path: PathBuf) -> Self {
+        Self::with_labels(input, path, |_| None)
+    }
+
+    /// Like [`Source::new`], with the pod's labels as `labels` finds them.
+    pub fn with_labels(
+        input: Arc<str>,
+        path: PathBuf,
+        labels: impl FnOnce(&PodRef) -> Option<BTreeMap<String, String>>,
+    ) -> Self {
         let pod = PodRef::from_path(&path);
         let mut fields = Vec::new();
         let path_text = path.to_string_lossy();
@@ -103,6 +113,18 @@ impl Source {
             put("pod", &pod.pod);
             put("uid", &pod.uid);
             put("container", &pod.container);
+            if let Some(labels) = labels(pod) {
+                fields.extend_from_slice(b",\"labels\":{");
+                for (i, (k, v)) in labels.iter().enumerate() {
+                    if i > 0 {
+                        fields.push(b',');
+                    }
+                    json::push_str(&mut fields, k);
+                    fields.push(b':');
+                    json::push_str(&mut fields, v);
+                }
+                fields.push(b'}');
+            }
         }
         let json_fields = String::from_utf8(fields).unwrap_or_default();
         Self {
@@ -226,5 +248,26 @@ mod tests {
             source.json_fields(),
             r#","input":"in\"put","file":"/l/ns_p_u/c/0.log","namespace":"ns","pod":"p","uid":"u","container":"c""#
         );
+    }
+
+    #[test]
+    fn pod_labels_join_the_pod_fields_escaped() {
+        let labels = BTreeMap::from([
+            ("app".to_string(), "web".to_string()),
+            ("note".to_string(), "say \"hi\"".to_string()),
+        ]);
+        let source = Source::with_labels("in".into(), PathBuf::from("/l/ns_p_u/c/0.log"), |pod| {
+            assert_eq!(pod.pod, "p");
+            Some(labels)
+        });
+        assert_eq!(
+            source.json_fields(),
+            r#","input":"in","file":"/l/ns_p_u/c/0.log","namespace":"ns","pod":"p","uid":"u","container":"c","labels":{"app":"web","note":"say \"hi\""}"#
+        );
+        // Files that are not pod logs have no pod, so no labels are asked for.
+        let plain = Source::with_labels("in".into(), PathBuf::from("/var/log/x"), |_| {
+            panic!("asked")
+        });
+        assert!(!plain.json_fields().contains("labels"));
     }
 }

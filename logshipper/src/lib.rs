@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod event;
 pub mod json;
+pub mod metadata;
 pub mod metrics;
 pub mod parse;
 pub mod pipeline;
@@ -42,6 +43,10 @@ use crate::tracker::Tracker;
 /// hold memory, since a paused reader loses nothing (the file is the
 /// buffer). `buffer.max_memory` caps the total across inputs and outputs.
 const OUTPUT_QUEUE: usize = 8;
+
+/// How long start-up waits for the cluster's pod list before reading files
+/// without labels.
+const CLUSTER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why the shipper could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +93,13 @@ impl Drop for ExitNotice {
 /// Runs the shipper until `shutdown` resolves, then stops reading, lets the
 /// outputs deliver what was read (for at most `shutdown_grace`) and writes
 /// a last checkpoint. Serves `/metrics` and `/healthz` on `admin.address`.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ShipperError> {
+///
+/// With `cluster`, events of pod log files carry the pod's labels.
+pub async fn run(
+    config: Config,
+    cluster: Option<&orca_core::store::Store>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ShipperError> {
     let mut shutdown = pin!(shutdown);
     // Polling once installs the signal handlers before the slow part of
     // start-up, so an early SIGTERM already takes the orderly path.
@@ -141,6 +152,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         );
     }
 
+    let pods = match cluster {
+        Some(store) => {
+            let (pods, driver) = metadata::PodMetadata::follow(store);
+            let follow = tokio::spawn(driver);
+            if !pods.wait_synced(CLUSTER_WAIT).await {
+                tracing::warn!(
+                    "the cluster's pods are not listed yet; files found meanwhile carry no labels"
+                );
+            }
+            Some((pods, follow))
+        }
+        None => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let reader_exit = Arc::new(Notify::new());
     let mut readers = Vec::new();
@@ -152,6 +176,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             stop: Arc::clone(&stop),
             runtime: tokio::runtime::Handle::current(),
             metrics: metrics.input(&input.name),
+            pods: pods.as_ref().map(|(p, _)| p.clone()),
         };
         let watcher = Watcher::new(input, wiring).map_err(|source| ShipperError::Input {
             input: input.name.clone(),
@@ -226,6 +251,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = checkpoints.await;
     let _ = stop_admin.send(true);
     let _ = admin.await;
+    if let Some((_, follow)) = pods {
+        follow.abort();
+    }
     tracing::info!("log shipper stopped");
     result
 }

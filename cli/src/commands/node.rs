@@ -50,7 +50,7 @@ pub async fn run(
             args.proxy,
             &metrics,
             synced,
-            store,
+            store.clone(),
             telemetry::shutdown_signal(),
         )
         .await
@@ -58,9 +58,11 @@ pub async fn run(
     };
     let shipper = async {
         match shipper_config {
-            Some(config) => orca_logshipper::run(config, telemetry::shutdown_signal())
-                .await
-                .context("log shipper"),
+            Some(config) => {
+                orca_logshipper::run(config, Some(&store), telemetry::shutdown_signal())
+                    .await
+                    .context("log shipper")
+            }
             None => Ok(()),
         }
     };

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(orca_logshipper::run(
         config,
+        None,
         orca_core::telemetry::shutdown_signal(),
     )) {
         Ok(()) => ExitCode::SUCCESS,

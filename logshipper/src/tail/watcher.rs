@@ -20,6 +20,7 @@ use crate::buffer::Budget;
 use crate::checkpoint::Entry;
 use crate::config::InputConfig;
 use crate::event::{Chunk, FileId, Source};
+use crate::metadata::PodMetadata;
 use crate::metrics::InputMetrics;
 use crate::parse::{ParseError, Parser};
 use crate::tail::fingerprint::Fingerprint;
@@ -90,6 +91,8 @@ pub struct Wiring {
     pub runtime: tokio::runtime::Handle,
     /// The input's counters.
     pub metrics: InputMetrics,
+    /// The cluster's pods, for their labels; `None` without a cluster.
+    pub pods: Option<PodMetadata>,
 }
 
 /// One input's reader.
@@ -302,7 +305,9 @@ impl Watcher {
             fingerprint,
             offset,
             parser: self.parser.fresh(),
-            source: Arc::new(Source::new(Arc::clone(&self.name), path)),
+            source: Arc::new(Source::with_labels(Arc::clone(&self.name), path, |pod| {
+                self.wiring.pods.as_ref().and_then(|p| p.labels(pod))
+            })),
             rotated: rotated.then(Instant::now),
             warned: false,
         });

@@ -1,0 +1,55 @@
+//! Pod metadata from the cluster: each pod's labels, followed through the
+//! core watch pipeline, for the events of its log files.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use futures::StreamExt;
+use orca_core::api::Pod;
+use orca_core::store::Store;
+use orca_core::watch::{self, ObjectKey, Reader};
+
+use crate::event::PodRef;
+
+/// The pods of the cluster, as the watch last saw them.
+#[derive(Clone)]
+pub struct PodMetadata {
+    pods: Reader<Pod>,
+}
+
+impl PodMetadata {
+    /// Starts following the pods in `store`; the returned future drives the
+    /// watch and must be polled (spawned) for the cache to fill.
+    pub fn follow(store: &Store) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let (reader, writer) = watch::store::<Pod>();
+        let events = watch::reflector(writer, watch::watcher(store.api::<Pod>(None)));
+        let driver = events.for_each(|event| async move {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "pod watch failed; retrying");
+            }
+        });
+        (PodMetadata { pods: reader }, driver)
+    }
+
+    /// Waits until the first list completed, at most `limit`: a cluster
+    /// that does not answer delays shipping only that long, then files are
+    /// read with what their paths say.
+    pub async fn wait_synced(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.pods.wait_until_synced())
+            .await
+            .is_ok()
+    }
+
+    /// The labels of the pod a log file belongs to, if the cache has that
+    /// pod (same namespace, name and UID).
+    pub fn labels(&self, pod: &PodRef) -> Option<BTreeMap<String, String>> {
+        let found = self
+            .pods
+            .get(&ObjectKey::new(Some(&pod.namespace), &pod.pod))?;
+        if found.metadata.uid.as_deref() != Some(pod.uid.as_str()) {
+            return None;
+        }
+        Some(found.metadata.labels.clone().unwrap_or_default())
+    }
+}
