@@ -129,7 +129,7 @@ fn serve(path: String, name: String, stop: Arc<AtomicBool>) {
     let r = ready.clone();
     thread::spawn(move || {
         enter(&tcp_path);
-        let listener = TcpListener::bind("0.0.0.0:8080").expect("bind 8080");
+        let listener = TcpListener::bind("[::]:8080").expect("bind 8080");
         listener.set_nonblocking(true).unwrap();
         r.fetch_add(1, Ordering::SeqCst);
         while !tcp_stop.load(Ordering::Relaxed) {
@@ -145,7 +145,7 @@ fn serve(path: String, name: String, stop: Arc<AtomicBool>) {
     let r = ready.clone();
     thread::spawn(move || {
         enter(&path);
-        let socket = UdpSocket::bind("0.0.0.0:5353").expect("bind 5353");
+        let socket = UdpSocket::bind("[::]:5353").expect("bind 5353");
         socket
             .set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
@@ -200,8 +200,12 @@ impl Cluster {
         node.ip(&["link", "set", "svc0", "up"]);
         node.ip(&["route", "add", "10.96.0.0/12", "dev", "svc0"]);
         node.ip(&["route", "add", "blackhole", "10.244.0.0/16"]);
-        let out = node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        assert!(out.status.success(), "ip_forward in the node namespace");
+        node.ip(&["-6", "route", "add", "fd00:96::/108", "dev", "svc0"]);
+        node.ip(&["-6", "route", "add", "blackhole", "fd00:244::/56"]);
+        for knob in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            let out = node.exec(&["sysctl", "-qw", knob]);
+            assert!(out.status.success(), "{knob} in the node namespace");
+        }
 
         let mut list = Vec::new();
         for i in 1..=pods {
@@ -212,11 +216,35 @@ impl Cluster {
                 "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.0,
             ]);
             node.ip(&["addr", "add", &format!("10.244.{i}.1/24"), "dev", &host_if]);
+            node.ip(&[
+                "addr",
+                "add",
+                &format!("fd00:244:{i}::1/64"),
+                "dev",
+                &host_if,
+                "nodad",
+            ]);
             node.ip(&["link", "set", &host_if, "up"]);
             let ip = format!("10.244.{i}.2");
             ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("fd00:244:{i}::2/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
             ns.ip(&["link", "set", "eth0", "up"]);
             ns.ip(&["route", "add", "default", "via", &format!("10.244.{i}.1")]);
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd00:244:{i}::1"),
+            ]);
             let stop = Arc::new(AtomicBool::new(false));
             serve(ns.path(), name, stop.clone());
             list.push(Pod { _ns: ns, ip, stop });
@@ -226,10 +254,13 @@ impl Cluster {
             "link", "add", "outside", "type", "veth", "peer", "name", "eth0", "netns", &client.0,
         ]);
         node.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "outside"]);
+        node.ip(&["addr", "add", "fd00:77::1/64", "dev", "outside", "nodad"]);
         node.ip(&["link", "set", "outside", "up"]);
         client.ip(&["addr", "add", "192.168.77.2/24", "dev", "eth0"]);
+        client.ip(&["addr", "add", "fd00:77::2/64", "dev", "eth0", "nodad"]);
         client.ip(&["link", "set", "eth0", "up"]);
         client.ip(&["route", "add", "default", "via", NODE_IP]);
+        client.ip(&["-6", "route", "add", "default", "via", "fd00:77::1"]);
 
         let mut cluster = Cluster {
             proxy: None,
@@ -256,9 +287,9 @@ impl Cluster {
             .args(["--netns", &self.node.path(), "--min-sync-period", "10ms"])
             .args([
                 "--cluster-cidr",
-                "10.244.0.0/16",
+                "10.244.0.0/16,fd00:244::/56",
                 "--service-cidr",
-                "10.96.0.0/12",
+                "10.96.0.0/12,fd00:96::/108",
             ])
             .args(["--admin", &self.admin])
             .stdout(Stdio::null())
@@ -278,9 +309,14 @@ impl Cluster {
 
     /// `nft -j list table ip orca` in the node namespace, parsed.
     fn ruleset(&self) -> Option<serde_json::Value> {
+        self.table("ip")
+    }
+
+    /// `nft -j list table FAMILY orca` in the node namespace, parsed.
+    fn table(&self, family: &str) -> Option<serde_json::Value> {
         let out = self
             .node
-            .exec(&["nft", "-j", "list", "table", "ip", "orca"]);
+            .exec(&["nft", "-j", "list", "table", family, "orca"]);
         if !out.status.success() {
             return None;
         }
@@ -437,12 +473,13 @@ fn cluster_ip_spreads_follows_readiness_and_rejects_when_deleted() {
     // The syncs are measured.
     let metrics = c.admin_get("/metrics");
     for name in [
-        "orca_node_proxy_sync_duration_seconds_count{mode=\"full\"} 1",
-        "orca_node_proxy_sync_duration_seconds_count{mode=\"partial\"}",
+        "orca_node_proxy_sync_duration_seconds_count{family=\"ip\",mode=\"full\"} 1",
+        "orca_node_proxy_sync_duration_seconds_count{family=\"ip6\",mode=\"full\"} 1",
+        "orca_node_proxy_sync_duration_seconds_count{family=\"ip\",mode=\"partial\"}",
         "orca_node_proxy_network_programming_latency_seconds_count",
         "orca_node_proxy_rules_programmed_total",
         "orca_node_proxy_elements_programmed_total",
-        "orca_node_proxy_services 1",
+        "orca_node_proxy_services{family=\"ip\"} 1",
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }
@@ -578,6 +615,7 @@ fn restart_under_traffic_loses_no_connection_attempt_and_cleanup_removes_all() {
         &["node-proxy", "--cleanup", "--netns", &c.node.path()],
     );
     assert!(c.ruleset().is_none(), "the table is gone");
+    assert!(c.table("ip6").is_none(), "the ip6 table is gone");
     // And again: nothing to remove is not an error.
     run(
         ORCA,
@@ -707,4 +745,40 @@ fn orca_node_rejects_a_broken_log_shipper_config_before_starting() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bogus"), "{err}");
+}
+
+#[test]
+fn a_dual_stack_service_answers_on_both_families() {
+    let c = Cluster::new("v6", 2);
+    assert!(
+        c.table("ip6").is_some(),
+        "an IPv6 service CIDR gives the ip6 table"
+    );
+    let svc = service("dual", "10.96.0.60", "").replace(
+        "  clusterIP: 10.96.0.60\n",
+        "  clusterIP: 10.96.0.60\n  clusterIPs: [10.96.0.60, \"fd00:96::60\"]\n  ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack\n",
+    );
+    let v4 = slice("dual", &[("10.244.1.2", true), ("10.244.2.2", true)]);
+    let v6 = slice("dual", &[("fd00:244:1::2", true), ("fd00:244:2::2", true)])
+        .replace("name: dual-1", "name: dual-v6")
+        .replace("addressType: IPv4", "addressType: IPv6");
+    c.apply(&format!("{svc}---\n{v4}---\n{v6}"));
+    c.wait_for("both families", |c| {
+        c.ask_tcp("[fd00:96::60]:80", 1)[0].is_ok() && c.ask_tcp("10.96.0.60:80", 1)[0].is_ok()
+    });
+    let answers = c.ask_tcp("[fd00:96::60]:80", 60);
+    let (a, b) = (count(&answers, "pod1"), count(&answers, "pod2"));
+    assert_eq!(a + b, 60, "{answers:?}");
+    assert!(a > 0 && b > 0, "pod1 {a}, pod2 {b}");
+
+    // Without ready IPv6 endpoints the IPv6 ClusterIP refuses at once.
+    c.apply(
+        &slice("dual", &[("fd00:244:1::2", false)])
+            .replace("name: dual-1", "name: dual-v6")
+            .replace("addressType: IPv4", "addressType: IPv6"),
+    );
+    c.wait_for("the IPv6 reject", |c| {
+        c.ask_tcp("[fd00:96::60]:80", 1)[0] == Err(ErrorKind::ConnectionRefused)
+    });
+    assert!(c.ask_tcp("10.96.0.60:80", 1)[0].is_ok(), "IPv4 unaffected");
 }

@@ -1,6 +1,6 @@
 //! `orca node-proxy --node NAME`: the nftables service proxy alone.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +10,8 @@ use orca_core::config::Duration;
 use orca_core::store::Store;
 use orca_core::telemetry::{self, Admin, Metrics};
 use orca_proxy::nftables::proxier::Options;
-use orca_proxy::nftables::runner::{self, Settings, SyncMetrics};
+use orca_proxy::nftables::ruleset::Family;
+use orca_proxy::nftables::runner::{self, Settings, SyncMetrics, Table};
 use orca_proxy::nftables::{Kernel, TABLE};
 
 /// The node proxy's settings, shared by `orca node-proxy` and `orca node`.
@@ -20,11 +21,14 @@ pub struct Flags {
     /// `Local` traffic policies). Default: the host name.
     #[arg(long)]
     pub node: Option<String>,
-    /// The pod CIDR; ClusterIP traffic from outside it is masqueraded.
+    /// The pod CIDRs, comma-separated (one per family); ClusterIP traffic
+    /// from outside them is masqueraded.
     #[arg(long)]
     pub cluster_cidr: Option<String>,
-    /// The ClusterIP range; connections to an address in it that no
-    /// Service has are refused.
+    /// The ClusterIP ranges, comma-separated (one per family, as in a
+    /// dual-stack cluster). Each family named gets its table (`ip orca`,
+    /// `ip6 orca`); connections to an address in a range that no Service
+    /// has are refused.
     #[arg(long, default_value = "10.96.0.0/12")]
     pub service_cidr: String,
     /// At most one sync per period; changes in between are batched.
@@ -50,20 +54,28 @@ pub struct Args {
     pub cleanup: bool,
 }
 
-/// Parses `a.b.c.d/n`.
-fn parse_cidr(flag: &str, s: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
-    let (ip, bits) = s
-        .split_once('/')
-        .with_context(|| format!("{flag} {s:?}: expected an IPv4 CIDR like 10.244.0.0/16"))?;
-    let ip: Ipv4Addr = ip
-        .parse()
-        .with_context(|| format!("{flag} {s:?}: {ip:?} is not an IPv4 address"))?;
-    let bits: u8 = bits
-        .parse()
-        .ok()
-        .filter(|b| *b <= 32)
-        .with_context(|| format!("{flag} {s:?}: the prefix length must be 0 to 32"))?;
-    Ok((ip, bits))
+/// Parses `a.b.c.d/n,x:y::/m`: at most one CIDR per family.
+fn parse_cidrs(flag: &str, list: &str) -> anyhow::Result<Vec<(IpAddr, u8)>> {
+    let mut out: Vec<(IpAddr, u8)> = Vec::new();
+    for s in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (ip, bits) = s.split_once('/').with_context(|| {
+            format!("{flag} {s:?}: expected a CIDR like 10.244.0.0/16 or fd00::/64")
+        })?;
+        let ip: IpAddr = ip
+            .parse()
+            .with_context(|| format!("{flag} {s:?}: {ip:?} is not an IP address"))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let bits: u8 = bits
+            .parse()
+            .ok()
+            .filter(|b| *b <= max)
+            .with_context(|| format!("{flag} {s:?}: the prefix length must be 0 to {max}"))?;
+        if out.iter().any(|(other, _)| other.is_ipv4() == ip.is_ipv4()) {
+            anyhow::bail!("{flag} {list:?}: at most one range per address family");
+        }
+        out.push((ip, bits));
+    }
+    Ok(out)
 }
 
 fn host_name() -> Option<String> {
@@ -73,8 +85,8 @@ fn host_name() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-fn open(netns: Option<&std::path::Path>) -> anyhow::Result<Kernel> {
-    Kernel::open(netns).with_context(|| match netns {
+fn open(netns: Option<&std::path::Path>, family: Family) -> anyhow::Result<Kernel> {
+    Kernel::open(netns, family).with_context(|| match netns {
         Some(ns) => format!("opening netlink in {}", ns.display()),
         None => "opening netlink".into(),
     })
@@ -88,9 +100,11 @@ pub async fn run(
 ) -> anyhow::Result<bool> {
     telemetry::init_tracing("info");
     if args.cleanup {
-        open(args.flags.netns.as_deref())?
-            .cleanup()
-            .with_context(|| format!("removing table ip {TABLE}"))?;
+        for family in [Family::V4, Family::V6] {
+            open(args.flags.netns.as_deref(), family)?
+                .cleanup()
+                .with_context(|| format!("removing table {} {TABLE}", family.name()))?;
+        }
         return Ok(true);
     }
     let metrics = Metrics::new();
@@ -141,15 +155,27 @@ pub async fn serve(
     store: Store,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let mut kernel = open(flags.netns.as_deref())?;
-    let options = Options {
-        cluster_cidr: flags
-            .cluster_cidr
-            .as_deref()
-            .map(|c| parse_cidr("--cluster-cidr", c))
-            .transpose()?,
-        service_cidr: Some(parse_cidr("--service-cidr", &flags.service_cidr)?),
+    let service_cidrs = parse_cidrs("--service-cidr", &flags.service_cidr)?;
+    let cluster_cidrs = match &flags.cluster_cidr {
+        Some(list) => parse_cidrs("--cluster-cidr", list)?,
+        None => Vec::new(),
     };
+    anyhow::ensure!(
+        !service_cidrs.is_empty(),
+        "--service-cidr: at least one range is needed"
+    );
+    let mut kernels = Vec::new();
+    for (net, bits) in &service_cidrs {
+        let family = Family::of(*net);
+        let options = Options {
+            cluster_cidr: cluster_cidrs
+                .iter()
+                .copied()
+                .find(|(c, _)| Family::of(*c) == family),
+            service_cidr: Some((*net, *bits)),
+        };
+        kernels.push((family, options, open(flags.netns.as_deref(), family)?));
+    }
     let node = flags
         .node
         .or_else(host_name)
@@ -157,18 +183,25 @@ pub async fn serve(
     let sync_metrics = SyncMetrics::new(&metrics.registry_with_prefix("orca_node_proxy"));
     let settings = Settings {
         node,
-        options,
         min_sync_period: flags.min_sync_period.into(),
     };
+    let tables = kernels
+        .iter_mut()
+        .map(|(family, options, kernel)| Table {
+            family: *family,
+            options: options.clone(),
+            backend: kernel,
+        })
+        .collect();
     tracing::info!(node = %settings.node, "node proxy starting");
     runner::run(
         store,
         settings,
-        &mut kernel,
+        tables,
         sync_metrics,
         |plan| {
             if plan.full {
-                tracing::info!(ops = plan.ops.len(), "table ip {TABLE} replaced");
+                tracing::info!(ops = plan.ops.len(), "table {TABLE} replaced");
             }
             synced.store(true, Ordering::Relaxed);
         },

@@ -13,22 +13,24 @@ pub mod proxier;
 pub mod ruleset;
 pub mod runner;
 
-use ruleset::Op;
+use ruleset::{Family, Op};
 
-/// Orca's table in the `ip` family.
+/// Orca's table, in the `ip` family and, where the cluster has IPv6, `ip6`.
 pub const TABLE: &str = "orca";
 
-/// The kernel's nf_tables, through netlink.
+/// One of Orca's tables in the kernel, through netlink.
 pub struct Kernel {
     netlink: netlink::Netlink,
+    family: Family,
 }
 
 impl Kernel {
-    /// Opens netlink in the network namespace at `netns`, or in the
-    /// process's own.
-    pub fn open(netns: Option<&std::path::Path>) -> std::io::Result<Self> {
+    /// Opens netlink for the table of `family` in the network namespace at
+    /// `netns`, or in the process's own.
+    pub fn open(netns: Option<&std::path::Path>, family: Family) -> std::io::Result<Self> {
         Ok(Kernel {
             netlink: netlink::Netlink::open(netns)?,
+            family,
         })
     }
 
@@ -39,7 +41,7 @@ impl Kernel {
 
     /// Applies `ops` as one transaction.
     pub fn apply(&mut self, ops: &[Op]) -> Result<(), netlink::Error> {
-        let mut batch = self.netlink.batch();
+        let mut batch = self.netlink.batch(self.family);
         for op in ops {
             batch.push(TABLE, op);
         }

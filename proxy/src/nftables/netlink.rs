@@ -16,7 +16,7 @@ use std::path::Path;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::ruleset::{Chain, Elem, Expr, Op, Set, Verdict};
+use super::ruleset::{Chain, Elem, Expr, Family, Op, Set, Verdict};
 
 // Netlink and nfnetlink constants (uapi/linux/netlink.h, nfnetlink.h).
 const NETLINK_NETFILTER: i32 = 12;
@@ -31,9 +31,6 @@ const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NETLINK_CAP_ACK: i32 = 10;
 const NETLINK_EXT_ACK: i32 = 11;
-
-/// The address family of Orca's table (`ip`).
-const NFPROTO_IPV4: u8 = 2;
 
 // nf_tables message types.
 const NFT_MSG_NEWTABLE: u16 = 0;
@@ -172,6 +169,7 @@ impl Attrs<'_> {
 
 /// One nf_tables transaction, encoded.
 pub struct Batch {
+    family: Family,
     buf: Vec<u8>,
     seq: u32,
     first_seq: u32,
@@ -180,9 +178,11 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// An empty transaction; sequence numbers start at `seq`.
-    pub fn new(seq: u32) -> Self {
+    /// An empty transaction on tables of `family`; sequence numbers start
+    /// at `seq`.
+    pub fn new(seq: u32, family: Family) -> Self {
         let mut batch = Batch {
+            family,
             buf: Vec::with_capacity(4096),
             seq,
             first_seq: seq,
@@ -224,7 +224,7 @@ impl Batch {
         self.message(
             (NFNL_SUBSYS_NFTABLES << 8) | msg,
             flags,
-            NFPROTO_IPV4,
+            self.family.nfproto(),
             what,
             body,
         );
@@ -428,6 +428,7 @@ const NFTA_REJECT_ICMP_CODE: u16 = 2;
 const NFT_REJECT_ICMP_UNREACH: u32 = 0;
 const NFT_REJECT_TCP_RST: u32 = 1;
 const ICMP_PORT_UNREACH: u8 = 3;
+const ICMPV6_PORT_UNREACH: u8 = 4;
 const NFTA_FIB_DREG: u16 = 1;
 const NFTA_FIB_RESULT: u16 = 2;
 const NFTA_FIB_FLAGS: u16 = 3;
@@ -509,9 +510,9 @@ fn expr(a: &mut Attrs<'_>, e: &Expr) {
             a.be32(NFTA_NG_MODULUS, *modulus);
             a.be32(NFTA_NG_TYPE, NFT_NG_RANDOM);
         }
-        Expr::Dnat { addr, port } => {
+        Expr::Dnat { family, addr, port } => {
             a.be32(NFTA_NAT_TYPE, NFT_NAT_DNAT);
-            a.be32(NFTA_NAT_FAMILY, u32::from(NFPROTO_IPV4));
+            a.be32(NFTA_NAT_FAMILY, u32::from(family.nfproto()));
             a.be32(NFTA_NAT_REG_ADDR_MIN, *addr);
             a.be32(NFTA_NAT_REG_PROTO_MIN, *port);
         }
@@ -520,9 +521,13 @@ fn expr(a: &mut Attrs<'_>, e: &Expr) {
             a.be32(NFTA_REJECT_TYPE, NFT_REJECT_TCP_RST);
             a.put(NFTA_REJECT_ICMP_CODE, &[0]);
         }
-        Expr::RejectIcmp => {
+        Expr::RejectIcmp(family) => {
             a.be32(NFTA_REJECT_TYPE, NFT_REJECT_ICMP_UNREACH);
-            a.put(NFTA_REJECT_ICMP_CODE, &[ICMP_PORT_UNREACH]);
+            let code = match family {
+                Family::V4 => ICMP_PORT_UNREACH,
+                Family::V6 => ICMPV6_PORT_UNREACH,
+            };
+            a.put(NFTA_REJECT_ICMP_CODE, &[code]);
         }
         Expr::FibDaddrType { dreg } => {
             a.be32(NFTA_FIB_DREG, *dreg);
@@ -614,9 +619,9 @@ impl Netlink {
         Ok(socket)
     }
 
-    /// A new transaction with fresh sequence numbers.
-    pub fn batch(&mut self) -> Batch {
-        Batch::new(self.seq)
+    /// A new transaction on tables of `family`, with fresh sequence numbers.
+    pub fn batch(&mut self, family: Family) -> Batch {
+        Batch::new(self.seq, family)
     }
 
     /// Sends `batch` as one transaction and waits for the kernel's verdict.

@@ -11,11 +11,11 @@
 //! number of services.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use super::ruleset::{
-    Base, BaseChain, Chain, ChainKind, CmpOp, CtKey, DynsetOp, Elem, ElemData, Expr, Field, Hook,
-    Key, KeyBuf, MetaKey, Op, R0, Set, SetData, Verdict,
+    Base, BaseChain, Chain, ChainKind, CmpOp, CtKey, DynsetOp, Elem, ElemData, Expr, Family, Field,
+    Hook, Key, KeyBuf, MetaKey, Op, R0, Set, SetData, Verdict,
 };
 
 /// Verdict map: ClusterIP . protocol . port → the service port's chain.
@@ -85,7 +85,7 @@ impl Proto {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Endpoint {
     /// Address and target port.
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     /// Ready for new connections.
     pub ready: bool,
     /// Serving, even if terminating.
@@ -99,8 +99,8 @@ pub struct Endpoint {
 /// One port of a Service with everything the rules need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServicePort {
-    /// The ClusterIP.
-    pub cluster_ip: Ipv4Addr,
+    /// The ClusterIP (of the proxier's family).
+    pub cluster_ip: IpAddr,
     /// The Service port.
     pub port: u16,
     /// Its protocol.
@@ -120,12 +120,14 @@ pub struct ServicePort {
 /// A Service's identity: namespace and name.
 pub type ServiceKey = (String, String);
 
-/// Reads the service ports out of a Service and its EndpointSlices.
-/// Headless, ExternalName and non-IPv4 Services have none.
+/// Reads the service ports of `family` out of a Service and its
+/// EndpointSlices. Headless and ExternalName Services have none, and so
+/// has a Service without a ClusterIP of that family.
 pub fn service_ports(
     svc: &k8s_openapi::api::core::v1::Service,
     slices: &[&k8s_openapi::api::discovery::v1::EndpointSlice],
     node: &str,
+    family: Family,
 ) -> Vec<ServicePort> {
     let Some(spec) = &svc.spec else {
         return Vec::new();
@@ -133,12 +135,20 @@ pub fn service_ports(
     if spec.type_.as_deref() == Some("ExternalName") {
         return Vec::new();
     }
+    // Dual-stack Services list one ClusterIP per family in clusterIPs.
     let Some(cluster_ip) = spec
-        .cluster_ip
-        .as_deref()
-        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .find(|ip| Family::of(*ip) == family)
     else {
         return Vec::new();
+    };
+    let address_type = match family {
+        Family::V4 => "IPv4",
+        Family::V6 => "IPv6",
     };
     let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         spec.session_affinity_config
@@ -158,7 +168,7 @@ pub fn service_ports(
         let name = p.name.clone().unwrap_or_default();
         let mut endpoints = Vec::new();
         for slice in slices {
-            if slice.address_type != "IPv4" {
+            if slice.address_type != address_type {
                 continue;
             }
             // Target ports come from the slice, matched by port name, as
@@ -184,9 +194,9 @@ pub fn service_ports(
                 let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
                 let local = ep.node_name.as_deref() == Some(node);
                 for a in &ep.addresses {
-                    if let Ok(ip) = a.parse::<Ipv4Addr>() {
+                    if let Ok(ip) = a.parse::<IpAddr>() {
                         endpoints.push(Endpoint {
-                            addr: SocketAddrV4::new(ip, target),
+                            addr: SocketAddr::new(ip, target),
                             ready,
                             serving,
                             terminating,
@@ -218,12 +228,12 @@ pub fn service_ports(
 
 /// The endpoints traffic may go to: the ready ones, or when none is ready
 /// the serving terminating ones (so a rollout's last pod still answers).
-fn usable(endpoints: &[Endpoint], local_only: bool) -> Vec<SocketAddrV4> {
+fn usable(endpoints: &[Endpoint], local_only: bool) -> Vec<SocketAddr> {
     let candidates: Vec<&Endpoint> = endpoints
         .iter()
         .filter(|e| !local_only || e.local)
         .collect();
-    let ready: Vec<SocketAddrV4> = candidates
+    let ready: Vec<SocketAddr> = candidates
         .iter()
         .filter(|e| e.ready)
         .map(|e| e.addr)
@@ -254,10 +264,10 @@ pub struct Footprint {
 pub struct Options {
     /// The cluster's pod CIDR: ClusterIP traffic from outside it is
     /// masqueraded so replies return through this node.
-    pub cluster_cidr: Option<(Ipv4Addr, u8)>,
+    pub cluster_cidr: Option<(IpAddr, u8)>,
     /// The ClusterIP range: new connections to an address in it that no
     /// Service has are refused rather than left to time out.
-    pub service_cidr: Option<(Ipv4Addr, u8)>,
+    pub service_cidr: Option<(IpAddr, u8)>,
 }
 
 /// Slots of the `endpoints` map, one per endpoint group, reused when freed.
@@ -289,8 +299,9 @@ impl Slots {
 }
 
 /// The sync engine: the programmed state and the diff from it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Proxier {
+    family: Family,
     options: Options,
     programmed: HashMap<ServiceKey, Footprint>,
     slots: Slots,
@@ -310,13 +321,22 @@ pub struct Plan {
 }
 
 impl Proxier {
-    /// A proxier that has programmed nothing yet; its first sync is full.
-    pub fn new(options: Options) -> Self {
+    /// A proxier for the table of `family` that has programmed nothing
+    /// yet; its first sync is full.
+    pub fn new(options: Options, family: Family) -> Self {
         Proxier {
+            family,
             options,
+            programmed: HashMap::new(),
+            slots: Slots::default(),
+            hairpin_refs: HashMap::new(),
             needs_full: true,
-            ..Default::default()
         }
+    }
+
+    /// The family of the table this proxier programs.
+    pub fn family(&self) -> Family {
+        self.family
     }
 
     /// Whether the next sync will replace the whole table.
@@ -346,7 +366,7 @@ impl Proxier {
     ) -> Plan {
         if self.needs_full {
             let mut ops = vec![Op::AddTable, Op::DeleteTable, Op::AddTable];
-            ops.extend(skeleton(&self.options));
+            ops.extend(skeleton(&self.options, self.family));
             self.programmed.clear();
             self.slots = Slots::default();
             self.hairpin_refs.clear();
@@ -420,7 +440,7 @@ impl Proxier {
 
             let mut rules = Vec::new();
             if let Some((net, bits)) = self.options.cluster_cidr {
-                rules.push(masquerade_unless_from(net, bits));
+                rules.push(masquerade_unless_from(self.family, net, bits));
             }
             self.group(&mut fp, &svc_chain, &cluster, sp.affinity, &mut rules);
             fp.chains.insert(svc_chain.clone(), rules);
@@ -488,7 +508,7 @@ impl Proxier {
         &mut self,
         fp: &mut Footprint,
         chain: &str,
-        endpoints: &[SocketAddrV4],
+        endpoints: &[SocketAddr],
         affinity: Option<u32>,
         rules: &mut Vec<Vec<Expr>>,
     ) {
@@ -504,18 +524,20 @@ impl Proxier {
                         KeyBuf::default().mark(slot).mark(i as u32).done(),
                     ),
                     Some(ElemData::Value(
-                        KeyBuf::default().ip(*ep.ip()).port(ep.port()).done(),
+                        KeyBuf::default().ip(ep.ip()).port(ep.port()).done(),
                     )),
                 );
             }
             fp.elems.insert(
-                (HAIRPIN, KeyBuf::default().ip(*ep.ip()).ip(*ep.ip()).done()),
+                (HAIRPIN, KeyBuf::default().ip(ep.ip()).ip(ep.ip()).done()),
                 None,
             );
         }
         let n = endpoints.len() as u32;
+        let f = self.family;
+        let a = f.addr_regs();
         let Some(seconds) = affinity else {
-            rules.push(pick(slot, n));
+            rules.push(pick(f, slot, n));
             return;
         };
         // Session affinity, after kube-proxy: a chain and a client set per
@@ -530,7 +552,7 @@ impl Proxier {
                 set.clone(),
                 Set {
                     name: set.clone(),
-                    key: Key(vec![Field::Ipv4]),
+                    key: Key(vec![f.addr()]),
                     data: None,
                     timeout_ms: Some(u64::from(seconds) * 1000),
                 },
@@ -539,7 +561,7 @@ impl Proxier {
                 ep_chain.clone(),
                 vec![
                     vec![
-                        saddr(R0),
+                        saddr(f, R0),
                         Expr::Dynset {
                             set: set.clone(),
                             op: DynsetOp::Update,
@@ -550,21 +572,22 @@ impl Proxier {
                     vec![
                         Expr::Immediate {
                             dreg: R0,
-                            data: ep.ip().octets().to_vec(),
+                            data: KeyBuf::default().ip(ep.ip()).done(),
                         },
                         Expr::Immediate {
-                            dreg: R0 + 1,
+                            dreg: R0 + a,
                             data: ep.port().to_be_bytes().to_vec(),
                         },
                         Expr::Dnat {
+                            family: f,
                             addr: R0,
-                            port: R0 + 1,
+                            port: R0 + a,
                         },
                     ],
                 ],
             );
             rules.push(vec![
-                saddr(R0),
+                saddr(f, R0),
                 Expr::Lookup {
                     set,
                     sreg: R0,
@@ -581,7 +604,7 @@ impl Proxier {
                 Some(ElemData::Verdict(Verdict::Goto(ep_chain))),
             );
         }
-        let mut random = pick(slot, n);
+        let mut random = pick(f, slot, n);
         random.truncate(2);
         random.push(Expr::Lookup {
             set: ENDPOINT_CHAINS.into(),
@@ -699,21 +722,21 @@ impl Proxier {
     }
 }
 
-fn saddr(dreg: u32) -> Expr {
+fn saddr(family: Family, dreg: u32) -> Expr {
     Expr::Payload {
         dreg,
         base: Base::Network,
-        offset: 12,
-        len: 4,
+        offset: family.saddr_offset(),
+        len: family.addr_regs() * 4,
     }
 }
 
-fn daddr(dreg: u32) -> Expr {
+fn daddr(family: Family, dreg: u32) -> Expr {
     Expr::Payload {
         dreg,
         base: Base::Network,
-        offset: 16,
-        len: 4,
+        offset: family.daddr_offset(),
+        len: family.addr_regs() * 4,
     }
 }
 
@@ -734,7 +757,7 @@ fn dport(dreg: u32) -> Expr {
 }
 
 /// `dnat to slot . numgen random mod n map @endpoints`.
-fn pick(slot: u32, n: u32) -> Vec<Expr> {
+fn pick(family: Family, slot: u32, n: u32) -> Vec<Expr> {
     vec![
         Expr::Immediate {
             dreg: R0,
@@ -751,34 +774,40 @@ fn pick(slot: u32, n: u32) -> Vec<Expr> {
             invert: false,
         },
         Expr::Dnat {
+            family,
             addr: R0 + 2,
-            port: R0 + 3,
+            port: R0 + 2 + family.addr_regs(),
         },
     ]
 }
 
 /// `<address> & mask ==/!= net`.
-fn in_cidr(load: Expr, net: Ipv4Addr, bits: u8, op: CmpOp) -> [Expr; 3] {
-    let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+fn in_cidr(load: Expr, net: IpAddr, bits: u8, op: CmpOp) -> [Expr; 3] {
+    let net = KeyBuf::default().ip(net).done();
+    let mut mask = vec![0u8; net.len()];
+    for i in 0..usize::from(bits).min(net.len() * 8) {
+        mask[i / 8] |= 0x80 >> (i % 8);
+    }
+    let masked: Vec<u8> = net.iter().zip(&mask).map(|(n, m)| n & m).collect();
     [
         load,
         Expr::Bitwise {
             sreg: R0,
             dreg: R0,
-            mask: mask.to_be_bytes().to_vec(),
-            xor: vec![0; 4],
+            xor: vec![0; mask.len()],
+            mask,
         },
         Expr::Cmp {
             sreg: R0,
             op,
-            data: (u32::from(net) & mask).to_be_bytes().to_vec(),
+            data: masked,
         },
     ]
 }
 
 /// `ip saddr != net/bits jump mark-for-masquerade`.
-fn masquerade_unless_from(net: Ipv4Addr, bits: u8) -> Vec<Expr> {
-    let mut r = in_cidr(saddr(R0), net, bits, CmpOp::Neq).to_vec();
+fn masquerade_unless_from(family: Family, net: IpAddr, bits: u8) -> Vec<Expr> {
+    let mut r = in_cidr(saddr(family, R0), net, bits, CmpOp::Neq).to_vec();
     r.push(Expr::Verdict(Verdict::Jump(MARK_MASQ.into())));
     r
 }
@@ -834,8 +863,9 @@ fn vmap(load: Vec<Expr>, set: &str) -> Vec<Expr> {
     v
 }
 
-fn service_tuple() -> Vec<Expr> {
-    vec![daddr(R0), l4proto(R0 + 1), dport(R0 + 2)]
+fn service_tuple(family: Family) -> Vec<Expr> {
+    let a = family.addr_regs();
+    vec![daddr(family, R0), l4proto(R0 + a), dport(R0 + a + 1)]
 }
 
 fn nodeport_tuple() -> Vec<Expr> {
@@ -861,7 +891,8 @@ fn rule(chain: &str, exprs: Vec<Expr>) -> Op {
 }
 
 /// The node-wide part of the table: hooks, the maps, the shared chains.
-pub fn skeleton(options: &Options) -> Vec<Op> {
+pub fn skeleton(options: &Options, family: Family) -> Vec<Op> {
+    let addr = family.addr();
     let verdict_map = |name: &str, key: Vec<Field>| {
         Op::AddSet(Set {
             name: name.into(),
@@ -871,29 +902,26 @@ pub fn skeleton(options: &Options) -> Vec<Op> {
         })
     };
     let mut ops = vec![
-        verdict_map(SERVICE_IPS, vec![Field::Ipv4, Field::Proto, Field::Port]),
-        verdict_map(
-            NO_ENDPOINT_SERVICES,
-            vec![Field::Ipv4, Field::Proto, Field::Port],
-        ),
+        verdict_map(SERVICE_IPS, vec![addr, Field::Proto, Field::Port]),
+        verdict_map(NO_ENDPOINT_SERVICES, vec![addr, Field::Proto, Field::Port]),
         verdict_map(SERVICE_NODEPORTS, vec![Field::Proto, Field::Port]),
         verdict_map(NO_ENDPOINT_NODEPORTS, vec![Field::Proto, Field::Port]),
         Op::AddSet(Set {
             name: ENDPOINTS.into(),
             key: Key(vec![Field::Mark, Field::Mark]),
-            data: Some(SetData::Value(Key(vec![Field::Ipv4, Field::Port]))),
+            data: Some(SetData::Value(Key(vec![addr, Field::Port]))),
             timeout_ms: None,
         }),
         verdict_map(ENDPOINT_CHAINS, vec![Field::Mark, Field::Mark]),
         Op::AddSet(Set {
             name: CLUSTER_IPS.into(),
-            key: Key(vec![Field::Ipv4]),
+            key: Key(vec![addr]),
             data: None,
             timeout_ms: None,
         }),
         Op::AddSet(Set {
             name: HAIRPIN.into(),
-            key: Key(vec![Field::Ipv4, Field::Ipv4]),
+            key: Key(vec![addr, addr]),
             data: None,
             timeout_ms: None,
         }),
@@ -959,7 +987,7 @@ pub fn skeleton(options: &Options) -> Vec<Op> {
                 Expr::Masquerade,
             ],
         ),
-        rule(SERVICES, vmap(service_tuple(), SERVICE_IPS)),
+        rule(SERVICES, vmap(service_tuple(family), SERVICE_IPS)),
         rule(SERVICES, {
             let mut r = fib_local().to_vec();
             r.extend(vmap(nodeport_tuple(), SERVICE_NODEPORTS));
@@ -977,7 +1005,7 @@ pub fn skeleton(options: &Options) -> Vec<Op> {
                 Expr::RejectTcpReset,
             ],
         ),
-        rule(REJECT, vec![Expr::RejectIcmp]),
+        rule(REJECT, vec![Expr::RejectIcmp(family)]),
         rule(
             "nat-prerouting",
             vec![Expr::Verdict(Verdict::Jump(SERVICES.into()))],
@@ -1001,8 +1029,8 @@ pub fn skeleton(options: &Options) -> Vec<Op> {
             )
             .to_vec();
             r.extend([
-                saddr(R0),
-                daddr(R0 + 1),
+                saddr(family, R0),
+                daddr(family, R0 + family.addr_regs()),
                 Expr::Lookup {
                     set: HAIRPIN.into(),
                     sreg: R0,
@@ -1016,7 +1044,7 @@ pub fn skeleton(options: &Options) -> Vec<Op> {
     ]);
     let no_endpoints = || {
         let mut r = ct_new().to_vec();
-        r.extend(vmap(service_tuple(), NO_ENDPOINT_SERVICES));
+        r.extend(vmap(service_tuple(family), NO_ENDPOINT_SERVICES));
         r
     };
     let no_endpoint_nodeports = || {
@@ -1028,7 +1056,7 @@ pub fn skeleton(options: &Options) -> Vec<Op> {
     let bad_port = || {
         let mut r = ct_new().to_vec();
         r.extend([
-            daddr(R0),
+            daddr(family, R0),
             Expr::Lookup {
                 set: CLUSTER_IPS.into(),
                 sreg: R0,
@@ -1051,7 +1079,7 @@ pub fn skeleton(options: &Options) -> Vec<Op> {
     if let Some((net, bits)) = options.service_cidr {
         for chain in ["filter-forward", "filter-output-post-dnat"] {
             let mut r = ct_new().to_vec();
-            r.extend(in_cidr(daddr(R0), net, bits, CmpOp::Eq));
+            r.extend(in_cidr(daddr(family, R0), net, bits, CmpOp::Eq));
             r.push(Expr::Verdict(Verdict::Goto(REJECT.into())));
             ops.push(rule(chain, r));
         }
@@ -1061,12 +1089,14 @@ pub fn skeleton(options: &Options) -> Vec<Op> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::super::ruleset::Model;
     use super::*;
 
     fn ep(ip: &str, port: u16) -> Endpoint {
         Endpoint {
-            addr: SocketAddrV4::new(ip.parse().unwrap(), port),
+            addr: SocketAddr::new(ip.parse().unwrap(), port),
             ready: true,
             serving: true,
             terminating: false,
@@ -1107,7 +1137,7 @@ mod tests {
 
     #[derive(Debug, PartialEq, Eq)]
     enum Target {
-        Endpoints(Vec<SocketAddrV4>),
+        Endpoints(Vec<SocketAddr>),
         Reject,
         Absent,
     }
@@ -1131,7 +1161,7 @@ mod tests {
     }
 
     /// Where the chain sends new connections, read from the model alone.
-    fn chain_endpoints(m: &Model, chain: &str) -> Vec<SocketAddrV4> {
+    fn chain_endpoints(m: &Model, chain: &str) -> Vec<SocketAddr> {
         let rules = m.rules(chain).expect("chain exists");
         let uses = |rule: &[Expr], set: &str| {
             rule.iter()
@@ -1145,8 +1175,8 @@ mod tests {
                     let Some(ElemData::Value(v)) = e.data else {
                         panic!("endpoint without value")
                     };
-                    out.push(SocketAddrV4::new(
-                        Ipv4Addr::new(v[0], v[1], v[2], v[3]),
+                    out.push(SocketAddr::new(
+                        Ipv4Addr::new(v[0], v[1], v[2], v[3]).into(),
                         u16::from_be_bytes([v[4], v[5]]),
                     ));
                 }
@@ -1167,8 +1197,8 @@ mod tests {
                             _ => None,
                         })
                         .collect();
-                    out.push(SocketAddrV4::new(
-                        Ipv4Addr::new(imm[0][0], imm[0][1], imm[0][2], imm[0][3]),
+                    out.push(SocketAddr::new(
+                        Ipv4Addr::new(imm[0][0], imm[0][1], imm[0][2], imm[0][3]).into(),
                         u16::from_be_bytes([imm[1][0], imm[1][1]]),
                     ));
                 }
@@ -1199,14 +1229,17 @@ mod tests {
     }
 
     fn addrs(list: &[&str]) -> Target {
-        let mut v: Vec<SocketAddrV4> = list.iter().map(|s| s.parse().unwrap()).collect();
+        let mut v: Vec<SocketAddr> = list.iter().map(|s| s.parse().unwrap()).collect();
         v.sort();
         Target::Endpoints(v)
     }
 
     #[test]
     fn a_cluster_ip_spreads_over_its_ready_endpoints() {
-        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let (mut p, mut m) = (
+            Proxier::new(Options::default(), Family::V4),
+            Model::default(),
+        );
         let mut unready = ep("10.244.1.3", 8080);
         unready.ready = false;
         let desired = Desired::from([(
@@ -1242,7 +1275,10 @@ mod tests {
 
     #[test]
     fn no_ready_endpoint_rejects_unless_one_is_terminating_but_serving() {
-        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let (mut p, mut m) = (
+            Proxier::new(Options::default(), Family::V4),
+            Model::default(),
+        );
         let mut gone = ep("10.244.1.2", 80);
         gone.ready = false;
         gone.serving = false;
@@ -1261,7 +1297,10 @@ mod tests {
 
     #[test]
     fn one_endpoint_change_among_10k_services_is_one_small_transaction() {
-        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let (mut p, mut m) = (
+            Proxier::new(Options::default(), Family::V4),
+            Model::default(),
+        );
         let mut desired = Desired::new();
         for i in 0..10_000u32 {
             let ip = Ipv4Addr::from(0x0a60_0000 + i).to_string();
@@ -1304,10 +1343,15 @@ mod tests {
 
     #[test]
     fn a_deleted_service_leaves_nothing_behind() {
-        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let (mut p, mut m) = (
+            Proxier::new(Options::default(), Family::V4),
+            Model::default(),
+        );
         let mut empty = Model::default();
         empty.apply(&[Op::AddTable]).unwrap();
-        empty.apply(&skeleton(&Options::default())).unwrap();
+        empty
+            .apply(&skeleton(&Options::default(), Family::V4))
+            .unwrap();
         let mut aff = port(
             "10.96.0.2",
             80,
@@ -1331,7 +1375,10 @@ mod tests {
 
     #[test]
     fn a_failed_commit_makes_the_next_sync_full() {
-        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let (mut p, mut m) = (
+            Proxier::new(Options::default(), Family::V4),
+            Model::default(),
+        );
         let desired = Desired::from([(
             key("a"),
             vec![port("10.96.0.1", 80, vec![ep("10.244.1.2", 80)])],
@@ -1346,7 +1393,10 @@ mod tests {
 
     #[test]
     fn session_affinity_has_a_chain_and_client_set_per_endpoint() {
-        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let (mut p, mut m) = (
+            Proxier::new(Options::default(), Family::V4),
+            Model::default(),
+        );
         let mut sp = port(
             "10.96.0.5",
             80,
@@ -1387,7 +1437,10 @@ mod tests {
 
     #[test]
     fn node_ports_follow_the_external_traffic_policy() {
-        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let (mut p, mut m) = (
+            Proxier::new(Options::default(), Family::V4),
+            Model::default(),
+        );
         let mut local = ep("10.244.1.2", 80);
         local.local = true;
         let mut sp = port("10.96.0.7", 80, vec![local.clone(), ep("10.244.2.2", 80)]);
@@ -1431,7 +1484,10 @@ mod tests {
 
     #[test]
     fn internal_traffic_policy_local_keeps_cluster_ip_traffic_on_the_node() {
-        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let (mut p, mut m) = (
+            Proxier::new(Options::default(), Family::V4),
+            Model::default(),
+        );
         let mut local = ep("10.244.1.2", 80);
         local.local = true;
         let mut sp = port("10.96.0.8", 80, vec![local, ep("10.244.2.2", 80)]);
@@ -1443,10 +1499,13 @@ mod tests {
 
     #[test]
     fn off_cluster_clients_are_masqueraded_when_the_pod_cidr_is_known() {
-        let mut p = Proxier::new(Options {
-            cluster_cidr: Some(("10.244.0.0".parse().unwrap(), 16)),
-            service_cidr: None,
-        });
+        let mut p = Proxier::new(
+            Options {
+                cluster_cidr: Some(("10.244.0.0".parse().unwrap(), 16)),
+                service_cidr: None,
+            },
+            Family::V4,
+        );
         let mut m = Model::default();
         let desired = Desired::from([(
             key("a"),
@@ -1464,7 +1523,10 @@ mod tests {
 
     #[test]
     fn hairpin_elements_are_shared_between_services() {
-        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let (mut p, mut m) = (
+            Proxier::new(Options::default(), Family::V4),
+            Model::default(),
+        );
         let mut desired = Desired::from([
             (
                 key("a"),
@@ -1489,7 +1551,10 @@ mod tests {
     /// desired state, and like a full sync of it.
     #[test]
     fn incremental_syncs_match_the_desired_state() {
-        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let (mut p, mut m) = (
+            Proxier::new(Options::default(), Family::V4),
+            Model::default(),
+        );
         let mut desired = Desired::new();
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = |n: u64| {
@@ -1542,7 +1607,10 @@ mod tests {
                 assert_eq!(resolve(&m, &ip, 80), want, "round {round}, service s{j}");
             }
         }
-        let (mut fresh, mut full) = (Proxier::new(Options::default()), Model::default());
+        let (mut fresh, mut full) = (
+            Proxier::new(Options::default(), Family::V4),
+            Model::default(),
+        );
         sync(&mut fresh, &mut full, &desired, &[]);
         assert_eq!(m.counts(), full.counts());
     }
@@ -1574,7 +1642,7 @@ mod tests {
         };
         let a = slice("a", 8080, "10.244.1.2", "n1");
         let b = slice("b", 9090, "10.244.2.2", "n2");
-        let ports = service_ports(&svc, &[&a, &b], "n1");
+        let ports = service_ports(&svc, &[&a, &b], "n1", Family::V4);
         assert_eq!(ports.len(), 2);
         let http = &ports[0];
         assert_eq!(
@@ -1599,6 +1667,57 @@ mod tests {
         let headless: k8s_openapi::api::core::v1::Service = object(serde_json::json!({
             "spec": {"clusterIP": "None", "ports": [{"port": 80}]}
         }));
-        assert!(service_ports(&headless, &[&a], "n1").is_empty());
+        assert!(service_ports(&headless, &[&a], "n1", Family::V4).is_empty());
+        assert!(
+            service_ports(&svc, &[&a], "n1", Family::V6).is_empty(),
+            "no IPv6 ClusterIP"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_service_gets_its_own_table_with_16_byte_addresses() {
+        let svc: k8s_openapi::api::core::v1::Service = object(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.9", "clusterIPs": ["10.96.0.9", "fd00:96::9"],
+                     "ipFamilies": ["IPv4", "IPv6"], "ports": [{"port": 80}]}
+        }));
+        let v6: k8s_openapi::api::discovery::v1::EndpointSlice = object(serde_json::json!({
+            "metadata": {"name": "web-v6", "namespace": "default"},
+            "addressType": "IPv6",
+            "ports": [{"port": 8080}],
+            "endpoints": [{"addresses": ["fd00:244:1::2"]}]
+        }));
+        let ports = service_ports(&svc, &[&v6], "n1", Family::V6);
+        assert_eq!(ports[0].cluster_ip, "fd00:96::9".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            ports[0].endpoints[0].addr,
+            "[fd00:244:1::2]:8080".parse().unwrap()
+        );
+        assert!(
+            service_ports(&svc, &[&v6], "n1", Family::V4)[0]
+                .endpoints
+                .is_empty()
+        );
+
+        let mut p = Proxier::new(
+            Options {
+                cluster_cidr: Some(("fd00:244::".parse().unwrap(), 56)),
+                service_cidr: Some(("fd00:96::".parse().unwrap(), 108)),
+            },
+            Family::V6,
+        );
+        let mut m = Model::default();
+        let desired = Desired::from([(key("web"), ports)]);
+        sync(&mut p, &mut m, &desired, &[]);
+        let text = m.render();
+        for want in [
+            "set service-ips { fd00:96::9 . tcp . 80 : goto svc-default/web/tcp/80 }",
+            "set endpoints { 1 . 0 : fd00:244:1::2 . 8080 }",
+            "ip6 daddr . meta l4proto . th dport vmap @service-ips",
+            "dnat to 1 . numgen random mod 1 map @endpoints",
+            "(ip6 saddr & ffff:ffff:ffff:ff00::) ^ :: != fd00:244:: jump mark-for-masquerade",
+        ] {
+            assert!(text.contains(want), "{want}\n{text}");
+        }
     }
 }

@@ -5,9 +5,76 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// A netfilter hook of the `ip` family.
+/// The address family of a table: Orca keeps one table per family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    /// `ip`.
+    V4,
+    /// `ip6`.
+    V6,
+}
+
+impl Family {
+    /// The family an address belongs to.
+    pub fn of(ip: IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// The netfilter protocol family number.
+    pub fn nfproto(self) -> u8 {
+        match self {
+            Family::V4 => 2,
+            Family::V6 => 10,
+        }
+    }
+
+    /// nft's name of the family.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+
+    /// The address field type.
+    pub fn addr(self) -> Field {
+        match self {
+            Family::V4 => Field::Ipv4,
+            Family::V6 => Field::Ipv6,
+        }
+    }
+
+    /// 32-bit registers an address takes.
+    pub fn addr_regs(self) -> u32 {
+        match self {
+            Family::V4 => 1,
+            Family::V6 => 4,
+        }
+    }
+
+    /// Offset of the source address in the IP header.
+    pub fn saddr_offset(self) -> u32 {
+        match self {
+            Family::V4 => 12,
+            Family::V6 => 8,
+        }
+    }
+
+    /// Offset of the destination address in the IP header.
+    pub fn daddr_offset(self) -> u32 {
+        match self {
+            Family::V4 => 16,
+            Family::V6 => 24,
+        }
+    }
+}
+
+/// A netfilter hook of the `ip` and `ip6` families.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     /// Before routing.
@@ -82,6 +149,8 @@ pub enum Verdict {
 pub enum Field {
     /// An IPv4 address.
     Ipv4 = 7,
+    /// An IPv6 address (four registers).
+    Ipv6 = 8,
     /// An IP protocol number (one byte).
     Proto = 12,
     /// A port, network byte order (two bytes).
@@ -90,8 +159,18 @@ pub enum Field {
     Mark = 19,
 }
 
-/// A (possibly concatenated) key or value type: each field takes a whole
-/// 32-bit register.
+impl Field {
+    /// Bytes the field takes in a key: whole 32-bit registers.
+    pub fn width(self) -> usize {
+        match self {
+            Field::Ipv6 => 16,
+            _ => 4,
+        }
+    }
+}
+
+/// A (possibly concatenated) key or value type: each field takes whole
+/// 32-bit registers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key(pub Vec<Field>);
 
@@ -103,7 +182,7 @@ impl Key {
 
     /// The length in bytes, every field padded to four.
     pub fn len(&self) -> u32 {
-        4 * self.0.len() as u32
+        self.0.iter().map(|f| f.width() as u32).sum()
     }
 
     /// Whether the key has no field (never true for a real set).
@@ -157,9 +236,12 @@ pub struct Elem {
 pub struct KeyBuf(Vec<u8>);
 
 impl KeyBuf {
-    /// An IPv4 address.
-    pub fn ip(mut self, ip: Ipv4Addr) -> Self {
-        self.0.extend_from_slice(&ip.octets());
+    /// An address.
+    pub fn ip(mut self, ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => self.0.extend_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => self.0.extend_from_slice(&v6.octets()),
+        }
         self
     }
 
@@ -315,6 +397,8 @@ pub enum Expr {
     },
     /// Destination NAT to the address in `addr` and the port in `port`.
     Dnat {
+        /// The addresses' family.
+        family: Family,
         /// Address register.
         addr: u32,
         /// Port register.
@@ -324,8 +408,8 @@ pub enum Expr {
     Masquerade,
     /// Answer with a TCP reset.
     RejectTcpReset,
-    /// Answer with ICMP port unreachable.
-    RejectIcmp,
+    /// Answer with ICMP (or ICMPv6) port unreachable.
+    RejectIcmp(Family),
     /// The route type of the destination address (host order u32).
     FibDaddrType {
         /// Destination.
@@ -366,7 +450,7 @@ impl Expr {
             Expr::Numgen { .. } => "numgen",
             Expr::Dnat { .. } => "nat",
             Expr::Masquerade => "masq",
-            Expr::RejectTcpReset | Expr::RejectIcmp => "reject",
+            Expr::RejectTcpReset | Expr::RejectIcmp(_) => "reject",
             Expr::FibDaddrType { .. } => "fib",
             Expr::Dynset { .. } => "dynset",
             Expr::Ct { .. } => "ct",
@@ -663,10 +747,15 @@ fn verdict(v: &Verdict) -> String {
 
 /// Renders key or value bytes by their field types.
 fn fields(bytes: &[u8], key: &Key) -> String {
+    let mut at = 0;
     key.0
         .iter()
-        .zip(bytes.chunks(4))
-        .map(|(f, b)| field(*f, b))
+        .map(|f| {
+            let end = (at + f.width()).min(bytes.len());
+            let text = field(*f, &bytes[at.min(end)..end]);
+            at = end;
+            text
+        })
         .collect::<Vec<_>>()
         .join(" . ")
 }
@@ -674,6 +763,9 @@ fn fields(bytes: &[u8], key: &Key) -> String {
 fn field(f: Field, b: &[u8]) -> String {
     match (f, b) {
         (Field::Ipv4, [a, b, c, d, ..]) => Ipv4Addr::new(*a, *b, *c, *d).to_string(),
+        (Field::Ipv6, b) if b.len() == 16 => {
+            Ipv6Addr::from(<[u8; 16]>::try_from(b).expect("16 bytes")).to_string()
+        }
         (Field::Proto, [6, ..]) => "tcp".into(),
         (Field::Proto, [17, ..]) => "udp".into(),
         (Field::Proto, [132, ..]) => "sctp".into(),
@@ -693,26 +785,41 @@ fn render_rule(rule: &[Expr], sets: &BTreeMap<String, ModelSet>) -> String {
             .cloned()
             .unwrap_or_else(|| (format!("r{r}"), None))
     };
-    let concat = |regs: &BTreeMap<u32, (String, Option<Field>)>, r: u32, n: usize| {
-        (0..n as u32)
-            .map(|i| reg(regs, r + i).0)
+    let concat = |regs: &BTreeMap<u32, (String, Option<Field>)>, r: u32, fields: &[Field]| {
+        let mut at = r;
+        fields
+            .iter()
+            .map(|f| {
+                let text = reg(regs, at).0;
+                at += f.width() as u32 / 4;
+                text
+            })
             .collect::<Vec<_>>()
             .join(" . ")
     };
     for e in rule {
         match e {
             Expr::Immediate { dreg, data } => {
-                regs.insert(*dreg, (field(Field::Mark, data), Some(Field::Mark)));
+                let f = match data.len() {
+                    2 => Field::Port,
+                    16 => Field::Ipv6,
+                    _ => Field::Mark,
+                };
+                regs.insert(*dreg, (field(f, data), Some(f)));
             }
             Expr::Verdict(v) => words.push(verdict(v)),
             Expr::Payload {
                 dreg, base, offset, ..
             } => {
-                let (name, f) = match (base, offset) {
-                    (Base::Network, 12) => ("ip saddr", Field::Ipv4),
-                    (Base::Network, 16) => ("ip daddr", Field::Ipv4),
-                    (Base::Transport, 2) => ("th dport", Field::Port),
-                    (Base::Transport, 0) => ("th sport", Field::Port),
+                let (name, f) = match (base, offset, e) {
+                    (Base::Network, 12, Expr::Payload { len: 4, .. }) => ("ip saddr", Field::Ipv4),
+                    (Base::Network, 16, Expr::Payload { len: 4, .. }) => ("ip daddr", Field::Ipv4),
+                    (Base::Network, 8, Expr::Payload { len: 16, .. }) => ("ip6 saddr", Field::Ipv6),
+                    (Base::Network, 24, Expr::Payload { len: 16, .. }) => {
+                        ("ip6 daddr", Field::Ipv6)
+                    }
+                    (Base::Transport, 2, _) => ("th dport", Field::Port),
+                    (Base::Transport, 0, _) => ("th sport", Field::Port),
                     _ => ("payload", Field::Mark),
                 };
                 regs.insert(*dreg, (name.into(), Some(f)));
@@ -758,14 +865,16 @@ fn render_rule(rule: &[Expr], sets: &BTreeMap<String, ModelSet>) -> String {
                 invert,
             } => {
                 let def = sets.get(set).map(|s| s.def.clone());
-                let n = def.as_ref().map_or(1, |d| d.key.0.len());
-                let key = concat(&regs, *sreg, n);
+                let fields = def.as_ref().map_or(vec![Field::Mark], |d| d.key.0.clone());
+                let key = concat(&regs, *sreg, &fields);
                 match (dreg, def.and_then(|d| d.data)) {
                     (Some(0), _) => words.push(format!("{key} vmap @{set}")),
                     (Some(d), Some(SetData::Value(t))) => {
-                        for (i, f) in t.0.iter().enumerate() {
+                        let mut at = *d;
+                        for f in &t.0 {
                             let text = format!("{key} map @{set}");
-                            regs.insert(d + i as u32, (text, Some(*f)));
+                            regs.insert(at, (text, Some(*f)));
+                            at += f.width() as u32 / 4;
                         }
                     }
                     _ => words.push(format!("{key} {}@{set}", if *invert { "!= " } else { "" })),
@@ -780,7 +889,7 @@ fn render_rule(rule: &[Expr], sets: &BTreeMap<String, ModelSet>) -> String {
             Expr::Dnat { addr, .. } => words.push(format!("dnat to {}", reg(&regs, *addr).0)),
             Expr::Masquerade => words.push("masquerade fully-random".into()),
             Expr::RejectTcpReset => words.push("reject with tcp reset".into()),
-            Expr::RejectIcmp => words.push("reject".into()),
+            Expr::RejectIcmp(_) => words.push("reject".into()),
             Expr::FibDaddrType { dreg } => {
                 regs.insert(*dreg, ("fib daddr type".into(), None));
             }

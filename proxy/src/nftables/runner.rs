@@ -20,7 +20,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Unit;
 
 use super::proxier::{Options, Plan, Proxier, ServiceKey, service_ports};
-use super::ruleset::{Model, Op};
+use super::ruleset::{Family as TableFamily, Model, Op};
 
 /// Label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -174,13 +174,19 @@ impl Tracker {
         !self.dirty.is_empty()
     }
 
-    /// Plans the next transaction and forgets the recorded changes.
-    pub fn plan(&mut self, proxier: &mut Proxier, node: &str) -> Plan {
-        let dirty: Vec<ServiceKey> = self.dirty.drain().collect();
+    /// Takes the Services changed since the last call.
+    pub fn take_changes(&mut self) -> Vec<ServiceKey> {
+        self.dirty.drain().collect()
+    }
+
+    /// Plans the transaction that brings `changed` (or everything, when the
+    /// proxier must sync in full) to their current state in `proxier`'s table.
+    pub fn plan(&self, proxier: &mut Proxier, node: &str, changed: &[ServiceKey]) -> Plan {
+        let family = proxier.family();
         let services = &self.services;
         let slices = &self.slices;
         proxier.plan(
-            &dirty,
+            changed,
             |key| {
                 let svc = services.get(key)?;
                 let owned: Vec<&EndpointSlice> = slices
@@ -188,7 +194,7 @@ impl Tracker {
                     .into_iter()
                     .flat_map(|m| m.values().map(|s| s.as_ref()))
                     .collect();
-                Some(service_ports(svc, &owned, node))
+                Some(service_ports(svc, &owned, node, family))
             },
             || services.keys().cloned().collect(),
         )
@@ -197,6 +203,7 @@ impl Tracker {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModeLabels {
+    family: &'static str,
     mode: &'static str,
 }
 
@@ -208,7 +215,12 @@ pub struct SyncMetrics {
     rules: Counter,
     elements: Counter,
     failures: Counter,
-    services: Gauge,
+    services: Family<FamilyLabels, Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FamilyLabels {
+    family: &'static str,
 }
 
 fn duration_histogram() -> Histogram {
@@ -224,7 +236,7 @@ impl SyncMetrics {
             rules: Counter::default(),
             elements: Counter::default(),
             failures: Counter::default(),
-            services: Gauge::default(),
+            services: Family::default(),
         };
         metrics.register_with_unit(
             "sync_duration",
@@ -272,19 +284,28 @@ pub fn plan_size(ops: &[Op]) -> (usize, usize) {
 pub struct Settings {
     /// This node's name (for `Local` traffic policies).
     pub node: String,
-    /// Options of the rules.
-    pub options: Options,
     /// At most one sync per this period; changes in between are batched.
     pub min_sync_period: Duration,
 }
 
-/// Follows Services and EndpointSlices in `store` and keeps `backend` in
+/// One table the loop keeps in step: its family, its options and where
+/// its transactions go.
+pub struct Table<'a> {
+    /// The address family.
+    pub family: TableFamily,
+    /// Options of its rules.
+    pub options: Options,
+    /// The kernel (or the model, in tests).
+    pub backend: &'a mut dyn Backend,
+}
+
+/// Follows Services and EndpointSlices in `store` and keeps every table in
 /// step until `shutdown` completes. `on_sync` is told after every
 /// successful commit (the CLI uses it for readiness).
 pub async fn run(
     store: Store,
     settings: Settings,
-    backend: &mut dyn Backend,
+    tables: Vec<Table<'_>>,
     metrics: SyncMetrics,
     mut on_sync: impl FnMut(&Plan),
     shutdown: impl Future<Output = ()>,
@@ -294,11 +315,15 @@ pub async fn run(
         watch::watcher(store.api::<EndpointSlice>(None)).map(|e| Change::Slice(Box::new(e)));
     let mut events = std::pin::pin!(futures::stream::select(services, slices));
     let mut tracker = Tracker::default();
-    let mut proxier = Proxier::new(settings.options.clone());
+    let mut tables: Vec<(Proxier, &mut dyn Backend)> = tables
+        .into_iter()
+        .map(|t| (Proxier::new(t.options, t.family), t.backend))
+        .collect();
     let mut next_allowed = tokio::time::Instant::now();
     tokio::pin!(shutdown);
     loop {
-        let due = tracker.ready() && (tracker.has_changes() || proxier.needs_full());
+        let due = tracker.ready()
+            && (tracker.has_changes() || tables.iter().any(|(p, _)| p.needs_full()));
         tokio::select! {
             () = &mut shutdown => return,
             event = events.next() => match event {
@@ -313,33 +338,37 @@ pub async fn run(
                 None => return,
             },
             () = tokio::time::sleep_until(next_allowed), if due => {
-                let started = Instant::now();
                 let oldest = tracker.oldest_change.take();
-                let plan = tracker.plan(&mut proxier, &settings.node);
+                let changed = tracker.take_changes();
                 next_allowed = tokio::time::Instant::now() + settings.min_sync_period;
-                if plan.ops.is_empty() {
-                    continue;
-                }
-                let (rules, elements) = plan_size(&plan.ops);
-                match backend.commit(&plan.ops) {
-                    Ok(()) => {
-                        let took = started.elapsed();
-                        let mode = if plan.full { "full" } else { "partial" };
-                        metrics.duration.get_or_create(&ModeLabels { mode }).observe(took.as_secs_f64());
-                        if let Some(t) = oldest {
-                            metrics.latency.observe(t.elapsed().as_secs_f64());
-                        }
-                        metrics.rules.inc_by(rules as u64);
-                        metrics.elements.inc_by(elements as u64);
-                        metrics.services.set(proxier.services() as i64);
-                        tracing::debug!(mode, ops = plan.ops.len(), rules, elements, ?took, "synced");
-                        on_sync(&plan);
+                for (proxier, backend) in &mut tables {
+                    let started = Instant::now();
+                    let plan = tracker.plan(proxier, &settings.node, &changed);
+                    if plan.ops.is_empty() {
+                        continue;
                     }
-                    Err(e) => {
-                        metrics.failures.inc();
-                        tracing::warn!(error = %e, full = plan.full, "sync failed; the next sync replaces the whole table");
-                        proxier.invalidate();
-                        next_allowed = tokio::time::Instant::now() + RETRY_AFTER;
+                    let family = proxier.family().name();
+                    let (rules, elements) = plan_size(&plan.ops);
+                    match backend.commit(&plan.ops) {
+                        Ok(()) => {
+                            let took = started.elapsed();
+                            let mode = if plan.full { "full" } else { "partial" };
+                            metrics.duration.get_or_create(&ModeLabels { family, mode }).observe(took.as_secs_f64());
+                            if let Some(t) = oldest {
+                                metrics.latency.observe(t.elapsed().as_secs_f64());
+                            }
+                            metrics.rules.inc_by(rules as u64);
+                            metrics.elements.inc_by(elements as u64);
+                            metrics.services.get_or_create(&FamilyLabels { family }).set(proxier.services() as i64);
+                            tracing::debug!(family, mode, ops = plan.ops.len(), rules, elements, ?took, "synced");
+                            on_sync(&plan);
+                        }
+                        Err(e) => {
+                            metrics.failures.inc();
+                            tracing::warn!(family, error = %e, full = plan.full, "sync failed; the next sync replaces the whole table");
+                            proxier.invalidate();
+                            next_allowed = tokio::time::Instant::now() + RETRY_AFTER;
+                        }
                     }
                 }
             }
@@ -375,6 +404,11 @@ mod tests {
         .unwrap()
     }
 
+    fn next_plan(t: &mut Tracker, p: &mut Proxier) -> Plan {
+        let changed = t.take_changes();
+        t.plan(p, "n1", &changed)
+    }
+
     fn list<K>(items: Vec<K>) -> Vec<Event<K>> {
         let mut events = vec![Event::Init];
         events.extend(items.into_iter().map(Event::InitApply));
@@ -385,7 +419,10 @@ mod tests {
     #[test]
     fn nothing_is_programmed_before_both_lists_complete_then_changes_are_partial() {
         let mut t = Tracker::default();
-        let (mut p, mut m) = (Proxier::new(Options::default()), Model::default());
+        let (mut p, mut m) = (
+            Proxier::new(Options::default(), TableFamily::V4),
+            Model::default(),
+        );
         for e in list(vec![svc("a", "10.96.0.1"), svc("b", "10.96.0.2")]) {
             t.service_event(e);
         }
@@ -394,14 +431,14 @@ mod tests {
             t.slice_event(e);
         }
         assert!(t.ready());
-        let plan = t.plan(&mut p, "n1");
+        let plan = next_plan(&mut t, &mut p);
         assert!(plan.full);
         m.commit(&plan.ops).unwrap();
         assert!(!t.has_changes());
 
         // A slice moving from a to b makes both dirty.
         t.slice_event(Event::Apply(slice("a-1", "b", "10.244.1.2")));
-        let plan = t.plan(&mut p, "n1");
+        let plan = next_plan(&mut t, &mut p);
         assert!(!plan.full);
         m.commit(&plan.ops).unwrap();
         let text = m.render();
@@ -418,7 +455,7 @@ mod tests {
         for e in list(vec![svc("a", "10.96.0.1")]) {
             t.service_event(e);
         }
-        m.commit(&t.plan(&mut p, "n1").ops).unwrap();
+        m.commit(&next_plan(&mut t, &mut p).ops).unwrap();
         assert!(!m.render().contains("10.96.0.2"));
     }
 }
