@@ -64,6 +64,19 @@ fn key_of<K: Object>(obj: &K) -> ServiceKey {
     )
 }
 
+/// The annotation in which the endpoints controller records when the change
+/// that produced a slice happened (kube-proxy measures from it too).
+const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// A slice's trigger time on the monotonic clock, if it has one.
+fn trigger_time(slice: &EndpointSlice) -> Option<Instant> {
+    let text = slice.metadata.annotations.as_ref()?.get(TRIGGER_TIME)?;
+    let at: jiff::Timestamp = text.parse().ok()?;
+    let ago = jiff::Timestamp::now().duration_since(at);
+    let ago = Duration::try_from(ago).ok()?;
+    Instant::now().checked_sub(ago)
+}
+
 fn owner_of(slice: &EndpointSlice) -> Option<ServiceKey> {
     let ns = slice.metadata.namespace.clone()?;
     let svc = slice
@@ -156,6 +169,11 @@ impl Tracker {
         let Some(owner) = owner_of(&s) else {
             return;
         };
+        if let Some(at) = trigger_time(&s) {
+            // The change started before the slice reached us: when the
+            // endpoints controller saw the pod change.
+            self.oldest_change = Some(self.oldest_change.map_or(at, |o| o.min(at)));
+        }
         self.slice_owner.insert(id.clone(), owner.clone());
         self.slices
             .entry(owner.clone())
@@ -246,7 +264,7 @@ impl SyncMetrics {
         );
         metrics.register_with_unit(
             "network_programming_latency",
-            "Time from a watch event reaching the node proxy to its rules being in the kernel",
+            "Time from a change (an EndpointSlice's last-change-trigger-time, else the watch event's arrival) to its rules being in the kernel",
             Unit::Seconds,
             m.latency.clone(),
         );
@@ -457,5 +475,25 @@ mod tests {
         }
         m.commit(&next_plan(&mut t, &mut p).ops).unwrap();
         assert!(!m.render().contains("10.96.0.2"));
+    }
+
+    #[test]
+    fn latency_starts_at_the_slice_trigger_time() {
+        let mut t = Tracker::default();
+        let mut s = slice("a-1", "a", "10.244.1.2");
+        let at = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(3);
+        s.metadata.annotations = Some([(TRIGGER_TIME.to_string(), at.to_string())].into());
+        t.slice_event(Event::Apply(s));
+        let oldest = t.oldest_change.expect("a change is recorded");
+        assert!(
+            oldest.elapsed() >= Duration::from_secs(2),
+            "{:?}",
+            oldest.elapsed()
+        );
+
+        // Without the annotation, the arrival counts.
+        let mut t = Tracker::default();
+        t.slice_event(Event::Apply(slice("b-1", "b", "10.244.1.3")));
+        assert!(t.oldest_change.expect("recorded").elapsed() < Duration::from_secs(2));
     }
 }
