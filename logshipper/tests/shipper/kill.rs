@@ -12,9 +12,9 @@ const LINES: u64 = 1_000_000;
 const KILLS: u64 = 5;
 /// The output's batch size.
 const MAX_EVENTS: u64 = 2000;
-/// Batches that can be re-sent after a kill: two acknowledged but not yet
+/// Batches that can be re-sent after a kill: those acknowledged but not yet
 /// in a written checkpoint (the pipeline's bound) and one in flight.
-const RESENT_BATCHES: u64 = 3;
+const RESENT_BATCHES: u64 = orca_logshipper::pipeline::UNSAVED_BATCHES + 1;
 
 #[test]
 fn every_line_survives_sigkill_and_restart() {

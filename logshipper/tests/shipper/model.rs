@@ -304,7 +304,7 @@ fn run(seed: u64) {
         model.next_seq, model.rotations, model.kills
     );
     assert!(
-        duplicates <= model.kills * 3 * MAX_EVENTS,
+        duplicates <= model.kills * (orca_logshipper::pipeline::UNSAVED_BATCHES + 1) * MAX_EVENTS,
         "seed {seed}: {duplicates} duplicates after {} kills: {}",
         model.kills,
         Ops(&ops)
