@@ -11,7 +11,8 @@ packages=(
     iproute2          # network namespaces in tests
     nftables          # node proxy tests read the kernel ruleset back with `nft -j`
     rsyslog           # log shipper: the syslog output is tested against a real rsyslogd
-    openssl           # TLS certificates for the ingress tests
+    openssl           # TLS certificates for the ingress and log shipper tests
+    socat             # TLS terminator in the log shipper HTTPS test; the raw copy in its load bench
 )
 
 missing=()

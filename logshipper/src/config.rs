@@ -189,6 +189,10 @@ pub struct OutputConfig {
     pub headers: BTreeMap<String, String>,
     /// `http`: compress request bodies with gzip (`Content-Encoding: gzip`).
     pub gzip: bool,
+    /// `http` with an `https://` URL: the PEM file of the certificate
+    /// authorities the server's certificate must chain to; the system's
+    /// (`/etc/ssl/certs/ca-certificates.crt`) by default.
+    pub ca_file: Option<PathBuf>,
     /// `http` with `elasticsearch_bulk`: the index (or data stream) written to.
     pub index: Option<String>,
     /// `forward`: wait for the server's ack of each chunk before counting it delivered.
@@ -219,6 +223,7 @@ impl Default for OutputConfig {
             format: None,
             headers: BTreeMap::new(),
             gzip: false,
+            ca_file: None,
             index: None,
             require_ack: None,
             tag: None,
@@ -406,6 +411,13 @@ impl OutputConfig {
                     OutputType::Tcp | OutputType::Forward | OutputType::Syslog
                 ),
                 "url" | "format" | "headers" | "gzip" => kind == OutputType::Http,
+                "ca_file" => {
+                    kind == OutputType::Http
+                        && self
+                            .url
+                            .as_deref()
+                            .is_some_and(|u| u.starts_with("https://"))
+                }
                 "index" => {
                     kind == OutputType::Http && self.format == Some(HttpFormat::ElasticsearchBulk)
                 }
@@ -421,6 +433,7 @@ impl OutputConfig {
             ("format", self.format.is_some()),
             ("headers", !self.headers.is_empty()),
             ("gzip", self.gzip),
+            ("ca_file", self.ca_file.is_some()),
             ("index", self.index.is_some()),
             ("require_ack", self.require_ack.is_some()),
             ("tag", self.tag.is_some()),
@@ -622,8 +635,12 @@ outputs:
                 "outputs[0].url",
             ),
             (
-                "inputs: [{name: a, paths: [/x]}]\noutputs: [{name: s, type: http, url: 'https://x/', format: loki}]\n",
+                "inputs: [{name: a, paths: [/x]}]\noutputs: [{name: s, type: http, url: 'ftp://x/', format: loki}]\n",
                 "outputs[0].url",
+            ),
+            (
+                "inputs: [{name: a, paths: [/x]}]\noutputs: [{name: s, type: http, url: 'http://x/', format: loki, ca_file: /ca.pem}]\n",
+                "outputs[0].ca_file",
             ),
             (
                 "inputs: [{name: a, paths: [/x], multiline: {start: '('}}]\noutputs: [{name: s, type: stdout}]\n",

@@ -1,6 +1,8 @@
 //! The HTTP sink: POSTs Elasticsearch bulk, Loki push or JSON-lines bodies
 //! over a kept-alive HTTP/1.1 connection; a 2xx answer is the ack.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full};
@@ -9,7 +11,10 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::config::{HttpFormat, OutputConfig};
 use crate::sinks::SinkError;
@@ -23,8 +28,8 @@ pub enum EndpointError {
     /// Not a URL at all.
     #[error("{0:?} is not a URL")]
     Invalid(String),
-    /// Only plain `http://` is spoken.
-    #[error("{0:?}: only http:// URLs are supported")]
+    /// Only `http://` and `https://` are spoken.
+    #[error("{0:?}: only http:// and https:// URLs are supported")]
     Scheme(String),
 }
 
@@ -37,35 +42,76 @@ pub struct Endpoint {
     pub host: String,
     /// Path and query of the request.
     pub path: String,
+    /// For `https://`, the name the server's certificate must carry.
+    pub tls_name: Option<String>,
 }
 
 impl Endpoint {
-    /// Parses an `http://host[:port]/path` URL.
+    /// Parses an `http[s]://host[:port]/path` URL.
     pub fn parse(url: &str) -> Result<Self, EndpointError> {
         let uri: hyper::Uri = url
             .parse()
             .map_err(|_| EndpointError::Invalid(url.to_string()))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(EndpointError::Scheme(url.to_string()));
-        }
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(EndpointError::Scheme(url.to_string())),
+        };
         let authority = uri
             .authority()
             .ok_or_else(|| EndpointError::Invalid(url.to_string()))?;
-        let port = authority.port_u16().unwrap_or(80);
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let host = authority.host();
         Ok(Self {
-            address: format!("{}:{port}", authority.host()),
+            address: format!("{host}:{port}"),
             host: authority.as_str().to_string(),
             path: uri
                 .path_and_query()
                 .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+            // `[::1]` names the address `::1`.
+            tls_name: tls.then(|| {
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string()
+            }),
         })
     }
 }
 
+/// Where the system keeps the certificate authorities (Debian's
+/// ca-certificates).
+const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// A TLS client trusting the authorities in the PEM file at `path`.
+fn tls_connector(path: &Path) -> Result<TlsConnector, SinkError> {
+    let err = |what: String| SinkError::Config(format!("{}: {what}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| err(format!("not a PEM certificate file: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| err(format!("unusable certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(err("holds no certificate".to_string()));
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| err(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
 /// POSTs batches to one URL.
-#[derive(Debug)]
 pub struct HttpSink {
     endpoint: Endpoint,
+    /// For `https://` URLs.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
     format: HttpFormat,
     gzip: bool,
     headers: Vec<(HeaderName, HeaderValue)>,
@@ -73,11 +119,30 @@ pub struct HttpSink {
     sender: Option<SendRequest<Full<Bytes>>>,
 }
 
+impl std::fmt::Debug for HttpSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSink")
+            .field("endpoint", &self.endpoint)
+            .field("tls", &self.tls.is_some())
+            .field("format", &self.format)
+            .finish_non_exhaustive()
+    }
+}
+
 impl HttpSink {
     /// The sink `config` describes.
     pub fn new(config: &OutputConfig) -> Result<Self, SinkError> {
         let url = config.url.as_deref().unwrap_or_default();
         let endpoint = Endpoint::parse(url).map_err(|err| SinkError::Config(err.to_string()))?;
+        let tls = match &endpoint.tls_name {
+            Some(name) => {
+                let cas = config.ca_file.as_deref().unwrap_or(Path::new(SYSTEM_CAS));
+                let name = ServerName::try_from(name.clone())
+                    .map_err(|e| SinkError::Config(format!("{url}: {e}")))?;
+                Some((tls_connector(cas)?, name))
+            }
+            None => None,
+        };
         let headers = config
             .headers
             .iter()
@@ -92,6 +157,7 @@ impl HttpSink {
             .collect::<Result<_, SinkError>>()?;
         Ok(Self {
             endpoint,
+            tls,
             format: config.format.unwrap_or(HttpFormat::JsonLines),
             gzip: config.gzip,
             headers,
@@ -159,17 +225,31 @@ impl HttpSink {
             None => {
                 let stream = TcpStream::connect(&self.endpoint.address).await?;
                 stream.set_nodelay(true)?;
-                let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(async move {
-                    if let Err(err) = connection.await {
-                        tracing::debug!(%err, "HTTP output connection closed");
+                match &self.tls {
+                    Some((connector, name)) => {
+                        let stream = connector.connect(name.clone(), stream).await?;
+                        handshake(stream).await?
                     }
-                });
-                sender
+                    None => handshake(stream).await?,
+                }
             }
         };
         Ok(self.sender.insert(sender))
     }
+}
+
+/// Starts HTTP/1.1 on `stream`; the connection runs on its own task.
+async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, SinkError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(%err, "HTTP output connection closed");
+        }
+    });
+    Ok(sender)
 }
 
 /// A 200 from `_bulk` can still carry failed items (`"errors": true`);
@@ -208,8 +288,19 @@ mod tests {
             Endpoint {
                 address: "127.0.0.1:9200".into(),
                 host: "127.0.0.1:9200".into(),
-                path: "/_bulk?refresh=true".into()
+                path: "/_bulk?refresh=true".into(),
+                tls_name: None,
             }
+        );
+        let secure = Endpoint::parse("https://logs.example:8443/x").expect("parses");
+        assert_eq!(secure.address, "logs.example:8443");
+        assert_eq!(secure.tls_name.as_deref(), Some("logs.example"));
+        assert_eq!(
+            Endpoint::parse("https://[::1]/")
+                .expect("parses")
+                .tls_name
+                .as_deref(),
+            Some("::1")
         );
         assert_eq!(
             Endpoint::parse("http://logs.local")
@@ -218,7 +309,7 @@ mod tests {
             "logs.local:80"
         );
         assert!(matches!(
-            Endpoint::parse("https://x/"),
+            Endpoint::parse("ftp://x/"),
             Err(EndpointError::Scheme(_))
         ));
         assert!(matches!(

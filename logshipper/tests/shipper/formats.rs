@@ -345,3 +345,156 @@ fn syslog_received_by_rsyslog() {
     assert!(shipper.terminate().success());
     assert!(delivered.garbled.is_empty(), "{:?}", delivered.garbled);
 }
+
+fn openssl(args: &[&str], dir: &Path) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the HTTPS test needs openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A certificate authority `ca.pem` (key `ca.key`) in `dir`.
+fn make_ca(dir: &Path, name: &str) {
+    let subject = format!("/CN={name}");
+    openssl(
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", &subject,
+            "-keyout", "ca.key", "-out", "ca.pem",
+        ],
+        dir,
+    );
+}
+
+/// A TLS terminator in front of a test server: socat with a certificate
+/// for `localhost` signed by a test authority (`ca.pem` in `dir`); killed
+/// on drop.
+struct TlsFront {
+    port: u16,
+    child: Child,
+}
+
+impl TlsFront {
+    fn start(dir: &Path, backend: u16) -> Self {
+        make_ca(dir, "orca test authority");
+        std::fs::write(
+            dir.join("leaf.ext"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "leaf.csr",
+            ],
+            dir,
+        );
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "leaf.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                "leaf.ext",
+                "-out",
+                "cert.pem",
+            ],
+            dir,
+        );
+        let port = free_port();
+        let child = Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}",
+                dir.join("cert.pem").display(),
+                dir.join("key.pem").display()
+            ))
+            .arg(format!("TCP:127.0.0.1:{backend}"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the HTTPS test needs socat");
+        wait_until("socat listening", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Self { port, child }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// JSON lines over HTTPS, the server's certificate checked against the
+/// configured authority; a certificate it does not vouch for delivers
+/// nothing and says why.
+#[test]
+fn json_lines_over_https() {
+    let dirs = Dirs::new();
+    let server = TestServer::start();
+    let front = TlsFront::start(dirs.root.path(), server.port);
+    let output = |ca: &Path| {
+        format!(
+            "  - name: https\n    type: http\n    url: https://localhost:{}/x\n    format: json_lines\n    ca_file: {}\n    batch: {{max_events: 100, max_bytes: 1MiB, max_wait: 50ms}}\n    retry: {{initial_backoff: 50ms, max_backoff: 200ms}}\n",
+            front.port,
+            ca.display()
+        )
+    };
+
+    // An authority that did not sign the server's certificate.
+    let other = dirs.root.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    make_ca(&other, "another authority");
+    let config = dirs.config(free_port(), "8MiB", &output(&other.join("ca.pem")));
+    let log = dirs.root.path().join("untrusted.log");
+    let shipper = Shipper::start(&config, &log);
+    write_lines(&dirs);
+    wait_until(
+        "the certificate is refused",
+        Duration::from_secs(30),
+        || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("certificate")),
+    );
+    assert!(server.bodies().is_empty(), "nothing reached the server");
+    assert!(shipper.terminate().success());
+
+    // The right authority: every line arrives.
+    let config = dirs.config(
+        free_port(),
+        "8MiB",
+        &output(&dirs.root.path().join("ca.pem")),
+    );
+    let log = dirs.root.path().join("shipper.log");
+    let shipper = Shipper::start(&config, &log);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !server.delivered(|d| d.missing(LINES).is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every line delivered over HTTPS; the shipper said:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(shipper.terminate().success());
+}
