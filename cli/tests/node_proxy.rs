@@ -782,3 +782,83 @@ fn a_dual_stack_service_answers_on_both_families() {
     });
     assert!(c.ask_tcp("10.96.0.60:80", 1)[0].is_ok(), "IPv4 unaffected");
 }
+
+#[test]
+fn a_udp_client_follows_when_its_endpoint_leaves() {
+    let c = Cluster::new("udp", 2);
+    let (p1, p2) = (c.pods[0].ip.clone(), c.pods[1].ip.clone());
+    c.apply(&format!(
+        "{}---\n{}",
+        service("dns", "10.96.0.70", ""),
+        slice("dns", &[(&p1, true), (&p2, true)])
+    ));
+    c.wait_for("the service chain", |c| {
+        c.chains().iter().any(|n| n == "svc-default/dns/udp/53")
+    });
+
+    // One client socket, one source port: one conntrack entry, so every
+    // datagram goes where the first went.
+    let path = c.client.path();
+    let (ask, answers) = (
+        std::sync::mpsc::channel::<()>(),
+        std::sync::mpsc::channel::<String>(),
+    );
+    let (ask_tx, ask_rx) = ask;
+    let (answer_tx, answer_rx) = answers;
+    let client = thread::spawn(move || {
+        enter(&path);
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        while ask_rx.recv().is_ok() {
+            let _ = s.send_to(b"q", "10.96.0.70:53");
+            let mut buf = [0u8; 64];
+            let got = match s.recv(&mut buf) {
+                Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+                Err(_) => String::new(),
+            };
+            if answer_tx.send(got).is_err() {
+                break;
+            }
+        }
+    });
+    let ask = || {
+        ask_tx.send(()).unwrap();
+        answer_rx.recv().unwrap()
+    };
+    let first = ask();
+    assert!(first == "pod1" || first == "pod2", "{first:?}");
+    for _ in 0..5 {
+        assert_eq!(ask(), first, "one flow, one endpoint");
+    }
+    // The endpoint that answered leaves the Service (it still runs, so a
+    // stale entry would keep reaching it).
+    let (leaving, staying) = if first == "pod1" {
+        (&p1, "pod2")
+    } else {
+        (&p2, "pod1")
+    };
+    let other = if first == "pod1" { &p2 } else { &p1 };
+    c.apply(&slice("dns", &[(leaving, false), (other, true)]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if ask() == staying {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flow stayed on the departed endpoint"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..5 {
+        assert_eq!(ask(), staying);
+    }
+    drop(ask_tx);
+    client.join().unwrap();
+    let metrics = c.admin_get("/metrics");
+    assert!(
+        !metrics.contains("orca_node_proxy_conntrack_entries_deleted_total 0"),
+        "{metrics}"
+    );
+}

@@ -6,8 +6,10 @@
 //! - [`proxier`]: what each Service needs and the smallest transaction to
 //!   get there;
 //! - [`netlink`]: the transaction encoded for the kernel;
+//! - [`conntrack`]: UDP flows to departed endpoints forgotten;
 //! - [`runner`]: watch events → bounded-frequency syncs, with metrics.
 
+pub mod conntrack;
 pub mod netlink;
 pub mod proxier;
 pub mod ruleset;
@@ -21,6 +23,7 @@ pub const TABLE: &str = "orca";
 /// One of Orca's tables in the kernel, through netlink.
 pub struct Kernel {
     netlink: netlink::Netlink,
+    conntrack: conntrack::Conntrack,
     family: Family,
 }
 
@@ -30,6 +33,7 @@ impl Kernel {
     pub fn open(netns: Option<&std::path::Path>, family: Family) -> std::io::Result<Self> {
         Ok(Kernel {
             netlink: netlink::Netlink::open(netns)?,
+            conntrack: conntrack::Conntrack::open(netns)?,
             family,
         })
     }
@@ -52,5 +56,11 @@ impl Kernel {
 impl runner::Backend for Kernel {
     fn commit(&mut self, ops: &[Op]) -> Result<(), String> {
         self.apply(ops).map_err(|e| e.to_string())
+    }
+
+    fn forget_udp(&mut self, flows: &[proxier::UdpFlow]) -> Result<usize, String> {
+        self.conntrack
+            .forget_udp(self.family, flows)
+            .map_err(|e| format!("conntrack: {e}"))
     }
 }

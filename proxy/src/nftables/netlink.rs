@@ -581,42 +581,12 @@ impl Netlink {
     /// `/run/netns/NAME`), or in the calling thread's. The socket stays in
     /// that namespace for its whole life.
     pub fn open(netns: Option<&Path>) -> io::Result<Self> {
-        let socket = match netns {
-            None => Self::socket()?,
-            Some(path) => {
-                let path = path.to_path_buf();
-                // Only this short-lived thread enters the namespace.
-                std::thread::spawn(move || {
-                    let ns = std::fs::File::open(&path)?;
-                    rustix::thread::move_into_link_name_space(
-                        ns.as_fd(),
-                        Some(rustix::thread::LinkNameSpaceType::Network),
-                    )?;
-                    Self::socket()
-                })
-                .join()
-                .map_err(|_| io::Error::other("the namespace thread panicked"))??
-            }
-        };
+        let socket = socket_in(netns)?;
         Ok(Netlink {
             socket,
             seq: std::process::id().wrapping_shl(16),
             recv: vec![0; 1 << 20],
         })
-    }
-
-    fn socket() -> io::Result<Socket> {
-        let socket = Socket::new(
-            Domain::from(libc::AF_NETLINK),
-            Type::RAW,
-            Some(Protocol::from(NETLINK_NETFILTER)),
-        )?;
-        // Errors carry only the header of the refused message, not the
-        // message itself, and extended acks carry the kernel's reason.
-        set_int_option(&socket, libc::SOL_NETLINK, NETLINK_CAP_ACK, 1)?;
-        set_int_option(&socket, libc::SOL_NETLINK, NETLINK_EXT_ACK, 1)?;
-        set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20)?;
-        Ok(socket)
     }
 
     /// A new transaction on tables of `family`, with fresh sequence numbers.
@@ -685,6 +655,42 @@ impl Netlink {
             }
         }
     }
+}
+
+/// A netfilter netlink socket in the network namespace at `netns`, or in
+/// the calling thread's; it stays in that namespace for its whole life.
+pub(super) fn socket_in(netns: Option<&Path>) -> io::Result<Socket> {
+    match netns {
+        None => new_socket(),
+        Some(path) => {
+            let path = path.to_path_buf();
+            // Only this short-lived thread enters the namespace.
+            std::thread::spawn(move || {
+                let ns = std::fs::File::open(&path)?;
+                rustix::thread::move_into_link_name_space(
+                    ns.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )?;
+                new_socket()
+            })
+            .join()
+            .map_err(|_| io::Error::other("the namespace thread panicked"))?
+        }
+    }
+}
+
+fn new_socket() -> io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::from(libc::AF_NETLINK),
+        Type::RAW,
+        Some(Protocol::from(NETLINK_NETFILTER)),
+    )?;
+    // Errors carry only the header of the refused message, not the
+    // message itself, and extended acks carry the kernel's reason.
+    set_int_option(&socket, libc::SOL_NETLINK, NETLINK_CAP_ACK, 1)?;
+    set_int_option(&socket, libc::SOL_NETLINK, NETLINK_EXT_ACK, 1)?;
+    set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20)?;
+    Ok(socket)
 }
 
 /// Sets an integer socket option that socket2 does not expose.

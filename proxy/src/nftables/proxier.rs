@@ -10,7 +10,7 @@
 //! endpoint change costs a few element updates and one rule, whatever the
 //! number of services.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use super::ruleset::{
@@ -257,6 +257,22 @@ pub struct Footprint {
     sets: BTreeMap<String, Set>,
     /// Its elements in the node-wide sets and maps.
     elems: BTreeMap<(&'static str, Vec<u8>), Option<ElemData>>,
+    /// The UDP flows its rules create, to forget when an endpoint leaves.
+    udp_flows: BTreeSet<UdpFlow>,
+}
+
+/// UDP traffic translated to an endpoint: conntrack keeps sending a
+/// client's datagrams to the endpoint its first one went to, so when the
+/// endpoint leaves the Service its entries must be deleted.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UdpFlow {
+    /// The ClusterIP the client sent to; `None` for a NodePort (any
+    /// address of the node).
+    pub dst: Option<IpAddr>,
+    /// The port the client sent to.
+    pub dport: u16,
+    /// The endpoint the flow was translated to.
+    pub endpoint: SocketAddr,
 }
 
 /// Options of the rules that are not in the Services.
@@ -318,6 +334,9 @@ pub struct Plan {
     pub ops: Vec<Op>,
     /// Whether it replaces the whole table.
     pub full: bool,
+    /// UDP flows to endpoints that left: delete their conntrack entries
+    /// once the transaction is in.
+    pub stale_udp: Vec<UdpFlow>,
 }
 
 impl Proxier {
@@ -367,6 +386,11 @@ impl Proxier {
         if self.needs_full {
             let mut ops = vec![Op::AddTable, Op::DeleteTable, Op::AddTable];
             ops.extend(skeleton(&self.options, self.family));
+            let before: BTreeSet<UdpFlow> = self
+                .programmed
+                .values()
+                .flat_map(|fp| fp.udp_flows.iter().cloned())
+                .collect();
             self.programmed.clear();
             self.slots = Slots::default();
             self.hairpin_refs.clear();
@@ -382,11 +406,26 @@ impl Proxier {
             }
             ops.extend(adds);
             self.needs_full = false;
-            return Plan { ops, full: true };
+            let after: BTreeSet<&UdpFlow> = self
+                .programmed
+                .values()
+                .flat_map(|fp| fp.udp_flows.iter())
+                .collect();
+            let stale_udp = before
+                .iter()
+                .filter(|f| !after.contains(f))
+                .cloned()
+                .collect();
+            return Plan {
+                ops,
+                full: true,
+                stale_udp,
+            };
         }
         let mut ops = Vec::new();
         let mut adds = Vec::new();
         let mut removed_chains = Vec::new();
+        let mut stale_udp = Vec::new();
         let mut seen = HashSet::new();
         for key in changed {
             if !seen.insert(key.clone()) {
@@ -404,6 +443,7 @@ impl Proxier {
                 continue;
             }
             self.diff(&old, &new, &mut ops, &mut adds);
+            stale_udp.extend(old.udp_flows.difference(&new.udp_flows).cloned());
             removed_chains.extend(
                 old.chains
                     .keys()
@@ -418,7 +458,11 @@ impl Proxier {
         for chain in removed_chains {
             self.slots.release(&chain);
         }
-        Plan { ops, full: false }
+        Plan {
+            ops,
+            full: false,
+            stale_udp,
+        }
     }
 
     /// The footprint of one Service.
@@ -428,6 +472,14 @@ impl Proxier {
             let id = format!("{}/{}/{}/{}", key.0, key.1, sp.proto.name(), sp.port);
             let svc_chain = format!("svc-{id}");
             let cluster = usable(&sp.endpoints, sp.internal_local);
+            let udp = sp.proto == Proto::Udp;
+            if udp {
+                fp.udp_flows.extend(cluster.iter().map(|e| UdpFlow {
+                    dst: Some(sp.cluster_ip),
+                    dport: sp.port,
+                    endpoint: *e,
+                }));
+            }
             let svc_key = KeyBuf::default()
                 .ip(sp.cluster_ip)
                 .proto(sp.proto as u8)
@@ -462,11 +514,23 @@ impl Proxier {
                     .port(node_port)
                     .done();
                 let ext_chain = format!("ext-{id}");
+                let reached = if sp.external_local {
+                    usable(&sp.endpoints, true)
+                } else {
+                    cluster.clone()
+                };
+                if udp {
+                    fp.udp_flows.extend(reached.iter().map(|e| UdpFlow {
+                        dst: None,
+                        dport: node_port,
+                        endpoint: *e,
+                    }));
+                }
                 let (usable_here, verdict_if_none) = if sp.external_local {
                     // Local only, without masquerade: the client's address
                     // is kept, and a node without endpoints drops so load
                     // balancers' health checks steer away from it.
-                    let local = usable(&sp.endpoints, true);
+                    let local = reached;
                     let mut rules = Vec::new();
                     self.group(&mut fp, &ext_chain, &local, sp.affinity, &mut rules);
                     fp.chains.insert(ext_chain.clone(), rules);
@@ -1719,5 +1783,49 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want}\n{text}");
         }
+    }
+
+    #[test]
+    fn a_udp_endpoint_that_leaves_is_reported_for_conntrack() {
+        let (mut p, mut m) = (
+            Proxier::new(Options::default(), Family::V4),
+            Model::default(),
+        );
+        let mut sp = port(
+            "10.96.0.3",
+            53,
+            vec![ep("10.244.1.2", 5353), ep("10.244.1.3", 5353)],
+        );
+        sp.proto = Proto::Udp;
+        sp.node_port = Some(30053);
+        let mut desired = Desired::from([(key("dns"), vec![sp.clone()])]);
+        assert!(sync(&mut p, &mut m, &desired, &[]).stale_udp.is_empty());
+        sp.endpoints[0].ready = false;
+        desired.insert(key("dns"), vec![sp]);
+        let plan = sync(&mut p, &mut m, &desired, &[key("dns")]);
+        let gone: SocketAddr = "10.244.1.2:5353".parse().unwrap();
+        assert_eq!(
+            plan.stale_udp,
+            vec![
+                UdpFlow {
+                    dst: None,
+                    dport: 30053,
+                    endpoint: gone
+                },
+                UdpFlow {
+                    dst: Some("10.96.0.3".parse().unwrap()),
+                    dport: 53,
+                    endpoint: gone
+                },
+            ]
+        );
+        // TCP keeps its connections: nothing to forget.
+        let tcp = Desired::from([(
+            key("web"),
+            vec![port("10.96.0.4", 80, vec![ep("10.244.1.2", 80)])],
+        )]);
+        sync(&mut p, &mut m, &tcp, &[key("web")]);
+        let plan = sync(&mut p, &mut m, &Desired::new(), &[key("web")]);
+        assert!(plan.stale_udp.is_empty());
     }
 }

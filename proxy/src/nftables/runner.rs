@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Unit;
 
-use super::proxier::{Options, Plan, Proxier, ServiceKey, service_ports};
+use super::proxier::{Options, Plan, Proxier, ServiceKey, UdpFlow, service_ports};
 use super::ruleset::{Family as TableFamily, Model, Op};
 
 /// Label that ties an EndpointSlice to its Service.
@@ -32,11 +32,19 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 pub trait Backend {
     /// Applies `ops` as one atomic transaction.
     fn commit(&mut self, ops: &[Op]) -> Result<(), String>;
+
+    /// Deletes the connection-tracking entries of `flows`; how many.
+    fn forget_udp(&mut self, flows: &[UdpFlow]) -> Result<usize, String>;
 }
 
 impl Backend for Model {
     fn commit(&mut self, ops: &[Op]) -> Result<(), String> {
         self.apply(ops).map_err(|e| e.to_string())
+    }
+
+    /// The model tracks no connections.
+    fn forget_udp(&mut self, _flows: &[UdpFlow]) -> Result<usize, String> {
+        Ok(0)
     }
 }
 
@@ -233,6 +241,7 @@ pub struct SyncMetrics {
     rules: Counter,
     elements: Counter,
     failures: Counter,
+    forgotten: Counter,
     services: Family<FamilyLabels, Gauge>,
 }
 
@@ -254,6 +263,7 @@ impl SyncMetrics {
             rules: Counter::default(),
             elements: Counter::default(),
             failures: Counter::default(),
+            forgotten: Counter::default(),
             services: Family::default(),
         };
         metrics.register_with_unit(
@@ -379,6 +389,16 @@ pub async fn run(
                             metrics.elements.inc_by(elements as u64);
                             metrics.services.get_or_create(&FamilyLabels { family }).set(proxier.services() as i64);
                             tracing::debug!(family, mode, ops = plan.ops.len(), rules, elements, ?took, "synced");
+                            // Only once the endpoint is out of the rules, or
+                            // the next datagram could pick it again.
+                            if !plan.stale_udp.is_empty() {
+                                match backend.forget_udp(&plan.stale_udp) {
+                                    Ok(n) => {
+                                        metrics.forgotten.inc_by(n as u64);
+                                    }
+                                    Err(e) => tracing::warn!(family, error = %e, "cannot delete stale UDP flows"),
+                                }
+                            }
                             on_sync(&plan);
                         }
                         Err(e) => {
