@@ -92,6 +92,9 @@ const NFT_JUMP: i32 = -3;
 const NFT_GOTO: i32 = -4;
 const NFT_RETURN: i32 = -5;
 
+/// Longest wait for the kernel's answer to a request.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Elements per NEWSETELEM message: the element list is one attribute,
 /// whose length field has 16 bits.
 const ELEMS_PER_MESSAGE: usize = 256;
@@ -188,7 +191,14 @@ impl Batch {
             first_seq: seq,
             what: Vec::new(),
         };
-        batch.message(NFNL_MSG_BATCH_BEGIN, 0, 0, "batch begin".into(), |_| {});
+        // The commit's own failure is reported against the batch begin.
+        batch.message(
+            NFNL_MSG_BATCH_BEGIN,
+            0,
+            0,
+            "the transaction's commit".into(),
+            |_| {},
+        );
         batch
     }
 
@@ -639,14 +649,12 @@ impl Netlink {
                     if seq == probe {
                         return first_error.map_or(Ok(()), Err);
                     }
-                    if code != 0 && first_error.is_none() {
-                        let index = seq.wrapping_sub(first) as usize;
-                        let what = what
-                            .get(index)
-                            .cloned()
-                            .unwrap_or_else(|| "the transaction".into());
+                    // Answers outside this batch are leftovers of an
+                    // exchange that failed half-way; they are not ours.
+                    let index = seq.wrapping_sub(first) as usize;
+                    if code != 0 && first_error.is_none() && index < what.len() {
                         first_error = Some(Error::Refused {
-                            what,
+                            what: what[index].clone(),
                             error: io::Error::from_raw_os_error(-code),
                         });
                     }
@@ -690,6 +698,9 @@ fn new_socket() -> io::Result<Socket> {
     set_int_option(&socket, libc::SOL_NETLINK, NETLINK_CAP_ACK, 1)?;
     set_int_option(&socket, libc::SOL_NETLINK, NETLINK_EXT_ACK, 1)?;
     set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20)?;
+    // The kernel answers within the send; a lost answer (a receive buffer
+    // overrun) must fail the exchange, not hang the proxy.
+    socket.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     Ok(socket)
 }
 
