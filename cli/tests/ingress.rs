@@ -1,6 +1,8 @@
 //! The ingress proxy as users run it (`orca ingress --config FILE`), against
 //! real backends on loopback: routing, forwarding headers, limits and
-//! smuggling defences, upstream failures, reload, TLS by SNI, WebSocket.
+//! smuggling defences, upstream failures and retries, reload, TLS by SNI,
+//! WebSocket, HTTP/2 and h2c clients and upstreams in every pairing, the
+//! access log; in cluster mode, routes and certificates from a real etcd.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -185,11 +187,98 @@ impl Drop for Backend {
     }
 }
 
+/// An HTTP/2 backend speaking h2c with prior knowledge, as gRPC servers
+/// do: answers `NAME METHOD PATH authority=.. xff=.. body=..`; `/stream`
+/// answers "hello world" in two pieces without a length, then trailers;
+/// `/status/N` answers N. It runs until the test process ends.
+struct H2cBackend {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+}
+
+type TestBody = http_body_util::combinators::BoxBody<hyper::body::Bytes, std::convert::Infallible>;
+
+impl H2cBackend {
+    fn start(name: &'static str) -> Self {
+        let listener = StdListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                while let Ok((stream, _)) = listener.accept().await {
+                    let counter = counter.clone();
+                    let service = hyper::service::service_fn(move |req| {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        Self::answer(name, req)
+                    });
+                    tokio::spawn(
+                        hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                    );
+                }
+            });
+        });
+        Self { addr, requests }
+    }
+
+    async fn answer(
+        name: &str,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> Result<hyper::Response<TestBody>, std::convert::Infallible> {
+        use http_body_util::{BodyExt, Full, StreamBody};
+        use hyper::body::{Bytes, Frame};
+        let path = req.uri().path().to_string();
+        if path == "/stream" {
+            let mut trailers = hyper::HeaderMap::new();
+            trailers.insert("x-checksum", "1".parse().unwrap());
+            let frames = vec![
+                Ok(Frame::data(Bytes::from("hello"))),
+                Ok(Frame::data(Bytes::from(" world"))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            let body = StreamBody::new(futures::stream::iter(frames));
+            return Ok(hyper::Response::new(body.boxed()));
+        }
+        let status = path
+            .strip_prefix("/status/")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(200);
+        let header = |n: &str| {
+            req.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let head = format!(
+            "{name} {} {path} authority={} xff={} fwd={} body=",
+            req.method(),
+            req.uri().authority().map_or("", |a| a.as_str()),
+            header("x-forwarded-for"),
+            header("forwarded"),
+        );
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let text = head + &String::from_utf8_lossy(&body);
+        let mut response = hyper::Response::new(Full::new(Bytes::from(text)).boxed());
+        *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+        Ok(response)
+    }
+}
+
 /// A running `orca ingress`, killed on drop.
 struct Proxy {
     child: Child,
     config: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     http: SocketAddr,
     admin: SocketAddr,
 }
@@ -237,7 +326,7 @@ impl Proxy {
         let proxy = Self {
             child,
             config: path,
-            _dir: dir,
+            dir,
             http: SocketAddr::from(([127, 0, 0, 1], http)),
             admin: SocketAddr::from(([127, 0, 0, 1], admin)),
         };
@@ -466,9 +555,18 @@ fn routes_by_host_path_and_header_with_forwarding_headers() {
         "{metrics}"
     );
     assert!(metrics.contains(r#"status="404""#), "{metrics}");
-    let routes = raw(proxy.admin, "GET /routes HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
-    assert_eq!(routes.status, 200);
-    assert!(routes.body.contains("\"count\":4"), "{}", routes.body);
+    let routes = served_routes(&proxy);
+    assert_eq!(routes["count"], 4, "{routes}");
+    assert_eq!(
+        routes["routes"][3]["headers"],
+        serde_json::json!([{"name": "x-canary", "value": "1"}]),
+        "{routes}"
+    );
+    assert_eq!(
+        routes["upstreams"][0],
+        serde_json::json!({"name": "api", "endpoints": [api.addr.to_string()], "lb": "round_robin", "protocol": "http1"}),
+        "{routes}"
+    );
 }
 
 #[test]
@@ -1137,7 +1235,9 @@ spec:
     let path = dir.path().join("ingress.yaml");
     std::fs::write(
         &path,
-        format!("listeners:\n  - name: web\n    address: 127.0.0.1:{http}\n"),
+        format!(
+            "listeners:\n  - name: web\n    address: 127.0.0.1:{http}\nadmin:\n  address: 127.0.0.1:{admin}\n"
+        ),
     )
     .unwrap();
     let proxy = Proxy::spawn(path, dir, http, admin, &["--etcd", &etcd.endpoint()]);
@@ -1148,6 +1248,20 @@ spec:
         "/x",
         "routes from the Ingress",
         |r| r.body.starts_with("one /x"),
+    );
+    // The admin view shows the routes served, from the cluster.
+    let routes = served_routes(&proxy);
+    assert_eq!(routes["count"], 1, "{routes}");
+    assert_eq!(routes["routes"][0]["host"], "web.example.com", "{routes}");
+    assert_eq!(
+        routes["routes"][0]["name"], "default/web/rules[0].paths[0]",
+        "{routes}"
+    );
+    assert_eq!(routes["upstreams"][0]["name"], "default/web:80", "{routes}");
+    assert_eq!(
+        routes["upstreams"][0]["endpoints"],
+        serde_json::json!([one.addr.to_string()]),
+        "{routes}"
     );
     assert_eq!(
         get(proxy.http, "other.example.com", "/").status,
@@ -1189,6 +1303,12 @@ spec:
     eventually(&proxy, "web.example.com", "/", "no ready endpoint", |r| {
         r.status == 503
     });
+    let routes = served_routes(&proxy);
+    assert_eq!(
+        routes["upstreams"][0]["endpoints"],
+        serde_json::json!([]),
+        "{routes}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_orca"))
         .args(["delete", "ingress", "web"])
         .env("ORCA_ETCD", etcd.endpoint())
@@ -1198,6 +1318,14 @@ spec:
     eventually(&proxy, "web.example.com", "/", "the Ingress removed", |r| {
         r.status == 404
     });
+    assert_eq!(served_routes(&proxy)["count"], 0);
+}
+
+/// The admin `/routes` view.
+fn served_routes(proxy: &Proxy) -> serde_json::Value {
+    let r = raw(proxy.admin, "GET /routes HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    assert_eq!(r.status, 200);
+    serde_json::from_str(&r.body).unwrap()
 }
 
 #[test]
@@ -1417,4 +1545,432 @@ shutdown_grace: 8s
         "a drained shutdown exits cleanly: {status}"
     );
     assert!(TcpStream::connect(addr).is_err(), "no longer accepting");
+}
+
+#[test]
+fn http1_clients_reach_h2c_upstreams() {
+    let h2 = H2cBackend::start("h2");
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /retry
+    upstream: with-dead
+  - path: /
+    upstream: h2
+upstreams:
+  - name: h2
+    endpoints: ["{h2}"]
+    protocol: h2c
+  - name: with-dead
+    endpoints: ["{dead}", "{h2}"]
+    protocol: h2c
+    outlier: {{consecutive_failures: 0}}
+"#,
+        h2 = h2.addr,
+    );
+    let proxy = Proxy::start(&config);
+    let mut s = connect(proxy.http);
+    let mut buf = Vec::new();
+    // A plain GET: the Host becomes the HTTP/2 authority, forwarding
+    // headers are added.
+    s.write_all(
+        b"GET /hello?x=1 HTTP/1.1\r\nHost: app.example.com\r\nConnection: keep-alive\r\n\r\n",
+    )
+    .unwrap();
+    let r = read_response(&mut s, &mut buf).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body,
+        "h2 GET /hello authority=app.example.com xff=127.0.0.1 fwd=for=127.0.0.1;proto=http;host=app.example.com body="
+    );
+    assert_eq!(
+        r.headers.get("content-length").map(String::as_str),
+        Some(r.body.len().to_string().as_str())
+    );
+    // Bodies, sized and chunked, arrive without their HTTP/1.1 framing; the
+    // connection is kept throughout.
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+        .unwrap();
+    let r = read_response(&mut s, &mut buf).unwrap();
+    assert!(r.body.ends_with("body=hello"), "{}", r.body);
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\nX-Trailer: t\r\n\r\n",
+    )
+    .unwrap();
+    let r = read_response(&mut s, &mut buf).unwrap();
+    assert!(r.body.ends_with("body=abcdefg"), "{}", r.body);
+    // Expect: 100-continue is answered before the body is sent.
+    s.write_all(
+        b"PUT /echo HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+    )
+    .unwrap();
+    let interim = read_head(&mut s, &mut buf).unwrap();
+    assert!(interim.0.starts_with("HTTP/1.1 100"), "{interim:?}");
+    s.write_all(b"xyz").unwrap();
+    let r = read_response(&mut s, &mut buf).unwrap();
+    assert!(r.body.starts_with("h2 PUT /echo"), "{}", r.body);
+    assert!(r.body.ends_with("body=xyz"), "{}", r.body);
+    // A response without a length is chunked, its trailers dropped: nothing
+    // follows the final empty chunk, and the next response parses.
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut s, &mut buf).unwrap();
+    assert_eq!(r.body, "hello world");
+    assert!(buf.is_empty(), "{:?}", String::from_utf8_lossy(&buf));
+    assert_eq!(
+        r.headers.get("transfer-encoding").map(String::as_str),
+        Some("chunked")
+    );
+    assert!(!r.headers.contains_key("x-checksum"));
+    s.write_all(b"GET /status/404 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut s, &mut buf).unwrap().status, 404);
+    assert_eq!(
+        h2.requests.load(Ordering::Relaxed),
+        6,
+        "one connection, six requests"
+    );
+
+    // HTTP/1.0 cannot take chunks: the end of the body is the close.
+    let old = raw(proxy.http, "GET /stream HTTP/1.0\r\nHost: a\r\n\r\n").unwrap();
+    assert_eq!(old.body, "hello world");
+    assert_eq!(
+        old.headers.get("connection").map(String::as_str),
+        Some("close")
+    );
+
+    // Connect failures are retried on the other endpoint, as for HTTP/1.1
+    // upstreams.
+    for i in 0..6 {
+        let r = get(proxy.http, "a", &format!("/retry/{i}"));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+}
+
+/// Sends GET requests over one h2c connection; the statuses and bodies.
+fn h2_get(addr: SocketAddr, host: &str, paths: &[&str]) -> Vec<(u16, String)> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let mut out = Vec::new();
+        for path in paths {
+            let req = hyper::Request::get(format!("http://{host}{path}"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            out.push((status, String::from_utf8_lossy(&body).into_owned()));
+        }
+        out
+    })
+}
+
+fn metric(proxy: &Proxy, prefix: &str) -> f64 {
+    raw(proxy.admin, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap()
+        .body
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn both_http_versions_retry_alike() {
+    let (live, a, b) = (
+        Backend::start("live"),
+        Backend::start("a"),
+        Backend::start("b"),
+    );
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /status
+    upstream: pair
+  - path: /
+    upstream: with-dead
+upstreams:
+  - name: with-dead
+    endpoints: ["{dead}", "{live}"]
+    outlier: {{consecutive_failures: 0}}
+  - name: pair
+    endpoints: ["{a}", "{b}"]
+    retries: {{attempts: 1, on_status: [503]}}
+admin:
+  address: 127.0.0.1:{{admin}}
+"#,
+        live = live.addr,
+        a = a.addr,
+        b = b.addr,
+    );
+    let proxy = Proxy::start(&config);
+
+    // HTTP/2 clients: a dead endpoint beside a live one costs no request.
+    let paths: Vec<String> = (0..10).map(|i| format!("/h2/{i}")).collect();
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    for (status, body) in h2_get(proxy.http, "x", &paths) {
+        assert_eq!(status, 200, "{body}");
+        assert!(body.starts_with("live "), "{body}");
+    }
+    assert!(metric(&proxy, "orca_ingress_retries_total") >= 1.0);
+
+    // A configured status is retried once on the other endpoint, then
+    // passed on: HTTP/2 first, then HTTP/1.1 on a kept connection.
+    let sent = |n| a.requests.load(Ordering::Relaxed) + b.requests.load(Ordering::Relaxed) - n;
+    let (status, _) = h2_get(proxy.http, "x", &["/status/503"]).remove(0);
+    assert_eq!(status, 503);
+    assert_eq!(sent(0), 2, "tried on both endpoints");
+    let mut s = connect(proxy.http);
+    let mut buf = Vec::new();
+    s.write_all(b"GET /status/503 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut s, &mut buf).unwrap().status, 503);
+    assert_eq!(sent(2), 2, "tried on both endpoints");
+    s.write_all(b"GET /status/200 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut s, &mut buf).unwrap().status, 200);
+    assert_eq!(sent(4), 1, "a status not listed is not retried");
+}
+
+/// The access log's entries, once at least `n` are written (lines are
+/// flushed about once a second).
+fn access_log(path: &Path, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let entries: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is one JSON object"))
+            .collect();
+        if entries.len() >= n {
+            return entries;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} access log lines, got {text:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn access_log_has_a_json_line_per_request_of_either_version() {
+    let (api, web) = (Backend::start("api"), Backend::start("web"));
+    let config =
+        base_config(&api, &web).replace("admin:", "access_log: {path: {dir}/access.log}\nadmin:");
+    let proxy = Proxy::start(&config);
+    assert_eq!(get(proxy.http, "example.com", "/api/one?q=1").status, 200);
+    assert_eq!(get(proxy.http, "nowhere.test", "/missing").status, 404);
+    let h2 = h2_get(proxy.http, "example.com", &["/api/two"]);
+    assert_eq!(h2[0].0, 200);
+
+    let entries = access_log(&proxy.dir.path().join("access.log"), 3);
+    let find = |target: &str| {
+        entries
+            .iter()
+            .find(|e| e["target"] == target)
+            .unwrap_or_else(|| panic!("no line for {target}: {entries:?}"))
+    };
+    for (target, body) in [("/api/one?q=1", None), ("/api/two", Some(&h2[0].1))] {
+        let e = find(target);
+        assert_eq!(e["method"], "GET", "{e}");
+        assert_eq!(e["host"], "example.com", "{e}");
+        assert_eq!(e["status"], 200, "{e}");
+        assert_eq!(e["route"], "example.com/api", "{e}");
+        assert_eq!(e["upstream"], "api", "{e}");
+        assert_eq!(e["endpoint"], api.addr.to_string(), "{e}");
+        assert_eq!(e["client"], "127.0.0.1", "{e}");
+        assert!(e["duration"].as_f64().is_some_and(|d| d > 0.0), "{e}");
+        if let Some(body) = body {
+            assert_eq!(e["bytes"], body.len(), "{e}");
+        }
+    }
+    let missing = find("/missing");
+    assert_eq!(missing["status"], 404, "{missing}");
+    assert_eq!(missing["route"], "-", "{missing}");
+    assert!(missing["upstream"].is_null(), "{missing}");
+}
+
+#[test]
+fn max_connections_refuses_the_excess_and_recovers() {
+    let (api, web) = (Backend::start("api"), Backend::start("web"));
+    let config = base_config(&api, &web).replace("admin:", "limits:\n  max_connections: 2\nadmin:");
+    let proxy = Proxy::start(&config);
+    let request = b"GET /api HTTP/1.1\r\nHost: example.com\r\n\r\n";
+    let ask = |s: &mut TcpStream, buf: &mut Vec<u8>| {
+        s.write_all(request).ok()?;
+        read_response(s, buf).map(|r| r.status)
+    };
+    // Open client connections, as the proxy counts them.
+    let open_until = |n: f64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metric(&proxy, "orca_ingress_connections ") != n {
+            assert!(Instant::now() < deadline, "{n} connections open");
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // The probe that saw the proxy start must be gone first.
+    open_until(0.0);
+    let (mut one, mut two) = (connect(proxy.http), connect(proxy.http));
+    let (mut buf1, mut buf2) = (Vec::new(), Vec::new());
+    assert_eq!(ask(&mut one, &mut buf1), Some(200));
+    assert_eq!(ask(&mut two, &mut buf2), Some(200));
+
+    // A third connection is accepted by the kernel and closed at once.
+    let mut three = connect(proxy.http);
+    assert_eq!(ask(&mut three, &mut Vec::new()), None, "beyond the limit");
+    // The open ones keep working.
+    assert_eq!(ask(&mut one, &mut buf1), Some(200));
+    assert_eq!(ask(&mut two, &mut buf2), Some(200));
+
+    // Once one closes, a new connection is served again.
+    drop(one);
+    open_until(1.0);
+    let mut four = connect(proxy.http);
+    assert_eq!(ask(&mut four, &mut Vec::new()), Some(200));
+    assert_eq!(ask(&mut two, &mut buf2), Some(200));
+}
+
+/// A `kubernetes.io/tls` Secret holding a certificate and key.
+fn tls_secret(name: &str, cert: &Path, key: &Path) -> String {
+    let base64 = |path: &Path| {
+        let out = Command::new("openssl")
+            .args(["base64", "-A", "-in"])
+            .arg(path)
+            .output()
+            .expect("openssl base64");
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+        base64(cert),
+        base64(key)
+    )
+}
+
+#[test]
+fn cluster_mode_serves_certificates_from_tls_secrets_by_sni() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let etcd = orca_testkit::Etcd::start();
+    let backend = Backend::start("one");
+    let dir = tempfile::tempdir().unwrap();
+    let (a_cert, a_key) = openssl_cert(dir.path(), "a.example.com");
+    let (b_cert, b_key) = openssl_cert(dir.path(), "b.example.com");
+    let rule = |host: &str| {
+        format!(
+            "    - host: {host}\n      http:\n        paths:\n          - path: /\n            pathType: Prefix\n            backend:\n              service:\n                name: web\n                port:\n                  number: 80\n"
+        )
+    };
+    apply(
+        &etcd,
+        &format!(
+            "{}---\n{}---\n{}",
+            tls_secret("a-tls", &a_cert, &a_key),
+            tls_secret("b-tls", &b_cert, &b_key),
+            r#"apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports:
+    - name: http
+      port: 80
+      targetPort: 8080
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: web
+spec:
+  ingressClassName: orca
+  tls:
+    - hosts: [a.example.com]
+      secretName: a-tls
+    - hosts: [b.example.com]
+      secretName: b-tls
+  rules:
+"#
+            .to_string()
+                + &rule("a.example.com")
+                + &rule("b.example.com")
+        ),
+    );
+    rt.block_on(put_raw(
+        &etcd,
+        "/registry/endpointslices/default/web-abc",
+        slice("web", &[(&backend, true)]),
+    ));
+
+    let config_dir = tempfile::tempdir().unwrap();
+    let (http, https, admin) = (free_port(), free_port(), free_port());
+    let path = config_dir.path().join("ingress.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listeners:\n  - name: web\n    address: 127.0.0.1:{http}\n  - name: websecure\n    address: 127.0.0.1:{https}\n    tls:\n      certificates: []\n"
+        ),
+    )
+    .unwrap();
+    let proxy = Proxy::spawn(path, config_dir, http, admin, &["--etcd", &etcd.endpoint()]);
+    let tls = proxy.https();
+
+    // Each name gets its own Secret's certificate, and its request is routed.
+    for name in ["a.example.com", "b.example.com"] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let seen = presented_subject(tls, name);
+            let cn = seen.contains(&format!("CN = {name}")) || seen.contains(&format!("CN={name}"));
+            if cn && seen.contains("one /tls xff=127.0.0.1 xfp=https") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}'s certificate is served: {seen}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert_eq!(served_pem(tls, "a.example.com"), pem(&a_cert));
+    assert_eq!(served_pem(tls, "b.example.com"), pem(&b_cert));
+
+    // A renewed Secret is served without a restart.
+    let renewed = dir.path().join("renewed");
+    std::fs::create_dir(&renewed).unwrap();
+    let (c_cert, c_key) = openssl_cert(&renewed, "a.example.com");
+    apply(&etcd, &tls_secret("a-tls", &c_cert, &c_key));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while served_pem(tls, "a.example.com") != pem(&c_cert) {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate is served"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(served_pem(tls, "b.example.com"), pem(&b_cert));
 }

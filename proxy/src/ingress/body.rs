@@ -74,6 +74,12 @@ impl ChunkedScanner {
     /// Scans `input`; returns how many of its bytes belong to the body
     /// (all of them, unless the body ends inside `input`).
     pub fn feed(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
+        self.scan(input, |_| {})
+    }
+
+    /// Like `feed`, and hands each piece of chunk data (framing, extensions
+    /// and trailers left out) to `data`, for a body re-framed for HTTP/2.
+    pub fn scan(&mut self, input: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, ChunkError> {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
@@ -112,6 +118,7 @@ impl ChunkedScanner {
                         .unwrap_or(usize::MAX)
                         .min(input.len() - i);
                     self.remaining -= take as u64;
+                    data(&input[i..i + take]);
                     i += take;
                     if self.remaining == 0 {
                         self.state = State::DataCr;
@@ -194,14 +201,24 @@ impl BodyProgress {
 
     /// How many bytes of `input` belong to the body.
     pub fn feed(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
+        self.scan(input, |_| {})
+    }
+
+    /// Like `feed`, and hands the body's data, without chunk framing, to
+    /// `data`.
+    pub fn scan(&mut self, input: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, ChunkError> {
         match self {
             Self::Length(n) => {
                 let take = usize::try_from(*n).unwrap_or(usize::MAX).min(input.len());
                 *n -= take as u64;
+                data(&input[..take]);
                 Ok(take)
             }
-            Self::Chunked(s) => s.feed(input),
-            Self::UntilClose => Ok(input.len()),
+            Self::Chunked(s) => s.scan(input, data),
+            Self::UntilClose => {
+                data(input);
+                Ok(input.len())
+            }
         }
     }
 }
@@ -222,6 +239,19 @@ mod tests {
         let (n, done) = scan_all(body).unwrap();
         assert!(done);
         assert_eq!(&body[n..], b"GET / HTTP/1.1\r\n");
+    }
+
+    #[test]
+    fn scanning_yields_the_data_without_framing() {
+        let body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nX-Trailer: 1\r\n\r\nrest";
+        let mut data = Vec::new();
+        let mut s = ChunkedScanner::default();
+        // Split mid-chunk: data arrives piece by piece.
+        let n = s.scan(&body[..6], |d| data.extend_from_slice(d)).unwrap()
+            + s.scan(&body[6..], |d| data.extend_from_slice(d)).unwrap();
+        assert!(s.done());
+        assert_eq!(&body[n..], b"rest");
+        assert_eq!(data, b"Wikipedia");
     }
 
     #[test]

@@ -151,8 +151,9 @@ pub enum UpstreamProtocol {
     /// HTTP/1.1 with keep-alive.
     #[default]
     Http1,
-    /// HTTP/2 without TLS (prior knowledge), as gRPC servers speak; only
-    /// HTTP/2 clients are forwarded to it.
+    /// HTTP/2 without TLS (prior knowledge), as gRPC servers speak.
+    /// HTTP/1.1 clients' requests are carried over it too, their responses
+    /// without trailers.
     H2c,
 }
 

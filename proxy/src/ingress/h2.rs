@@ -2,30 +2,35 @@
 //! knowledge, and upstreams that speak h2c (gRPC needs HTTP/2 end to end).
 //!
 //! HTTP/2 framing is hyper's; routing, balancing, forwarding headers,
-//! failure statuses and metrics are the same as for HTTP/1.1. Bodies and
-//! trailers stream through untouched.
+//! retries, failure statuses, metrics and the access log are the same as
+//! for HTTP/1.1. Bodies and trailers stream through untouched. HTTP/1.1
+//! clients reach h2c upstreams through `send_with_retries` too (see
+//! `bridge`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use http_body_util::{Either, Full};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Body as _, Bytes, Frame, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+use super::access_log::{AccessLog, Entry};
 use super::config::UpstreamProtocol;
-use super::proxy::{Worker, no_route, record};
+use super::proxy::{Shared, Worker, fail, no_route, record};
+use super::retry::Attempts;
 use super::upstream::Upstream;
 
 /// The connection preface an h2c client with prior knowledge starts with.
@@ -44,13 +49,72 @@ where
     }
 }
 
+/// A response body: the upstream's, or the proxy's own.
 type Body = Either<Incoming, Full<Bytes>>;
+
+/// A request body sent upstream: an HTTP/2 client's as it arrives, or one
+/// read from an HTTP/1.1 client (empty for a retry's copy).
+pub(super) type UpstreamBody = Either<Incoming, Piped>;
+
+/// A request body read from an HTTP/1.1 client and handed over piece by
+/// piece; `None` marks its end. A sender dropped before the end aborts the
+/// stream, so a body cut short never looks complete upstream.
+pub(super) struct Piped(Option<mpsc::Receiver<Option<Bytes>>>);
+
+/// The client's request body ended before its framing said it would.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body was cut short")]
+pub(super) struct BodyCut;
+
+impl Piped {
+    /// An empty body.
+    pub(super) fn empty() -> Self {
+        Self(None)
+    }
+
+    /// A body fed through the returned sender; a few pieces are buffered,
+    /// so a slow upstream slows the client down rather than filling memory.
+    pub(super) fn channel() -> (mpsc::Sender<Option<Bytes>>, Self) {
+        let (tx, rx) = mpsc::channel(4);
+        (tx, Self(Some(rx)))
+    }
+}
+
+impl hyper::body::Body for Piped {
+    type Data = Bytes;
+    type Error = BodyCut;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyCut>>> {
+        let Some(rx) = self.0.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let piece = ready!(rx.poll_recv(cx));
+        match piece {
+            Some(Some(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Some(None) => {
+                self.0 = None;
+                Poll::Ready(None)
+            }
+            None => {
+                self.0 = None;
+                Poll::Ready(Some(Err(BodyCut)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+}
 
 /// Upstream connections of one worker, by endpoint.
 #[derive(Default)]
 pub struct Clients {
-    h2: RefCell<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<Incoming>>>,
-    h1: RefCell<HashMap<SocketAddr, Vec<hyper::client::conn::http1::SendRequest<Incoming>>>>,
+    h2: RefCell<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<UpstreamBody>>>,
+    h1: RefCell<HashMap<SocketAddr, Vec<hyper::client::conn::http1::SendRequest<UpstreamBody>>>>,
 }
 
 /// A stream that yields `prefix` before the bytes of `inner`: the bytes
@@ -144,7 +208,7 @@ fn local(status: StatusCode, body: &'static str) -> Response<Body> {
 
 /// Headers that describe one connection; `te: trailers` is the exception
 /// HTTP/2 allows, and gRPC needs it.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -170,12 +234,125 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Adds this hop's `X-Forwarded-For`, `X-Forwarded-Proto`, `Forwarded` and,
+/// when the client sent none, `x-request-id`; earlier hops' elements are
+/// kept, as for HTTP/1.1.
+pub(super) fn add_forwarding(
+    headers: &mut HeaderMap,
+    client: &str,
+    tls: bool,
+    authority: &[u8],
+    request_id: impl FnOnce() -> String,
+) {
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {client}"),
+        None => client.to_string(),
+    };
+    let proto = if tls { "https" } else { "http" };
+    let mut forwarded = Vec::new();
+    if let Some(previous) = headers.get(header::FORWARDED) {
+        forwarded.extend_from_slice(previous.as_bytes());
+        forwarded.extend_from_slice(b", ");
+    }
+    super::h1::write_forwarded_element(&mut forwarded, client, proto, Some(authority));
+    for (name, value) in [
+        ("x-forwarded-for", xff.into_bytes()),
+        ("x-forwarded-proto", proto.as_bytes().to_vec()),
+        ("forwarded", forwarded),
+    ] {
+        if let Ok(v) = HeaderValue::from_bytes(&value) {
+            headers.insert(name, v);
+        }
+    }
+    if !headers.contains_key("x-request-id")
+        && let Ok(v) = HeaderValue::from_str(&request_id())
+    {
+        headers.insert("x-request-id", v);
+    }
+}
+
+/// What the access log says of a request besides its outcome.
+struct LogFields {
+    client: IpAddr,
+    method: Method,
+    host: String,
+    target: String,
+}
+
+/// A request's outcome, counted in the metrics and written to the access
+/// log when dropped: with its response body, or with the request if the
+/// client gave up first (then as 499, as HTTP/1.1 counts it).
+struct Finish {
+    shared: Arc<Shared>,
+    started: Instant,
+    route: Arc<str>,
+    status: u16,
+    bytes: u64,
+    upstream: Option<Arc<str>>,
+    endpoint: Option<SocketAddr>,
+    log: Option<(Arc<AccessLog>, LogFields)>,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        record(&self.shared, &self.route, self.status, self.started);
+        if let Some((log, fields)) = &self.log {
+            log.write(&Entry {
+                client: fields.client,
+                method: fields.method.as_str(),
+                host: &fields.host,
+                target: &fields.target,
+                status: self.status,
+                bytes: self.bytes,
+                duration: self.started.elapsed(),
+                route: &self.route,
+                upstream: self.upstream.as_deref(),
+                endpoint: self.endpoint,
+            });
+        }
+    }
+}
+
+/// A response body on its way to an HTTP/2 client, counting its bytes; the
+/// request is recorded when it ends, as HTTP/1.1 records it once its
+/// response is written.
+struct Logged {
+    inner: Body,
+    finish: Finish,
+}
+
+impl hyper::body::Body for Logged {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.finish.bytes += data.len() as u64;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 async fn handle(
     worker: &Worker,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     peer: SocketAddr,
     tls: bool,
-) -> Response<Body> {
+) -> Response<Logged> {
     let started = Instant::now();
     let authority = req
         .uri()
@@ -192,22 +369,60 @@ async fn handle(
         .rsplit_once(':')
         .map_or(authority.as_str(), |(h, _)| h)
         .to_ascii_lowercase();
+    let log = worker.shared.access_log.load_full().map(|log| {
+        let fields = LogFields {
+            client: peer.ip(),
+            method: req.method().clone(),
+            host: host.clone(),
+            target: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+        };
+        (log, fields)
+    });
+    let mut finish = Finish {
+        shared: worker.shared.clone(),
+        started,
+        route: no_route(),
+        status: 499,
+        bytes: 0,
+        upstream: None,
+        endpoint: None,
+        log,
+    };
+    let response = respond(worker, req, peer, tls, &authority, &host, &mut finish).await;
+    finish.status = response.status().as_u16();
+    response.map(|inner| Logged { inner, finish })
+}
+
+/// Routes and forwards one request, noting its route, upstream and
+/// endpoint in `finish`.
+async fn respond(
+    worker: &Worker,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+    authority: &str,
+    host: &str,
+    finish: &mut Finish,
+) -> Response<Body> {
     let route = {
         let headers = req.headers();
         worker
             .shared
             .routes
             .load()
-            .find(&host, req.uri().path(), &|name| {
+            .find(host, req.uri().path(), &|name| {
                 headers.get(name).map(HeaderValue::as_bytes)
             })
             .cloned()
     };
     let Some(route) = route else {
-        record(&worker.shared, &no_route(), 404, started);
         return local(StatusCode::NOT_FOUND, "no route\n");
     };
-    let route_name = route.name.clone();
+    finish.route = route.name.clone();
     if route.redirect_https && !tls {
         let location = format!(
             "https://{authority}{}",
@@ -217,116 +432,179 @@ async fn handle(
         if let Ok(v) = HeaderValue::from_str(&location) {
             r.headers_mut().insert(header::LOCATION, v);
         }
-        record(&worker.shared, &route_name, 308, started);
         return r;
     }
     let Some(upstream) = route.pick(worker.roll()).cloned() else {
-        record(&worker.shared, &route_name, 503, started);
         return local(StatusCode::SERVICE_UNAVAILABLE, "no upstream\n");
     };
     upstream.count_request();
-    let Some(flight) = upstream.choose(worker.roll(), &[]) else {
-        record(&worker.shared, &route_name, 503, started);
-        return local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy upstream endpoint\n",
-        );
-    };
-    let addr = flight.endpoint().addr;
+    finish.upstream = Some(upstream.name.clone());
 
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    let client = peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {client}"),
-        None => client.clone(),
-    };
-    let proto = if tls { "https" } else { "http" };
-    // Earlier hops' elements are kept, as for HTTP/1.1.
-    let mut forwarded = Vec::new();
-    if let Some(previous) = headers.get(header::FORWARDED) {
-        forwarded.extend_from_slice(previous.as_bytes());
-        forwarded.extend_from_slice(b", ");
-    }
-    super::h1::write_forwarded_element(&mut forwarded, &client, proto, Some(authority.as_bytes()));
-    for (name, value) in [
-        ("x-forwarded-for", xff.into_bytes()),
-        ("x-forwarded-proto", proto.as_bytes().to_vec()),
-        ("forwarded", forwarded),
-    ] {
-        if let Ok(v) = HeaderValue::from_bytes(&value) {
-            headers.insert(name, v);
-        }
-    }
-    if !headers.contains_key("x-request-id")
-        && let Ok(v) = HeaderValue::from_str(&worker.request_id())
-    {
-        headers.insert("x-request-id", v);
-    }
+    add_forwarding(
+        headers,
+        &peer.ip().to_string(),
+        tls,
+        authority.as_bytes(),
+        || worker.request_id(),
+    );
     let path = req
         .uri()
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-
-    let protocol = upstream.settings.protocol;
-    let sent = tokio::time::timeout(upstream.settings.request_timeout, async {
-        match protocol {
-            UpstreamProtocol::H2c => {
-                *req.uri_mut() = Uri::try_from(format!("http://{authority}{path}"))
-                    .map_err(|_| Failure::Protocol)?;
-                *req.version_mut() = hyper::Version::HTTP_2;
-                send_h2(worker, &upstream, addr, req).await
+    let target = match upstream.settings.protocol {
+        UpstreamProtocol::H2c => {
+            *req.version_mut() = hyper::Version::HTTP_2;
+            Uri::try_from(format!("http://{authority}{path}"))
+        }
+        UpstreamProtocol::Http1 => {
+            *req.version_mut() = hyper::Version::HTTP_11;
+            if let Ok(v) = HeaderValue::from_str(authority) {
+                req.headers_mut().insert(header::HOST, v);
             }
-            UpstreamProtocol::Http1 => {
-                *req.uri_mut() = Uri::try_from(path.as_str()).map_err(|_| Failure::Protocol)?;
-                *req.version_mut() = hyper::Version::HTTP_11;
-                if let Ok(v) = HeaderValue::from_str(&authority) {
-                    req.headers_mut().insert(header::HOST, v);
-                }
-                send_h1(worker, &upstream, addr, req).await
-            }
-        }
-    })
-    .await;
-    let (status, response) = match sent {
-        Ok(Ok(mut response)) => {
-            strip_hop_by_hop(response.headers_mut());
-            let status = response.status();
-            upstream.record(flight.endpoint(), !matches!(status.as_u16(), 502..=504));
-            (status, response.map(Either::Left))
-        }
-        Ok(Err(Failure::Connect)) => {
-            upstream.record(flight.endpoint(), false);
-            (
-                StatusCode::BAD_GATEWAY,
-                local(StatusCode::BAD_GATEWAY, "upstream unreachable\n"),
-            )
-        }
-        Ok(Err(Failure::Protocol)) => {
-            upstream.record(flight.endpoint(), false);
-            (
-                StatusCode::BAD_GATEWAY,
-                local(StatusCode::BAD_GATEWAY, "upstream failed\n"),
-            )
-        }
-        Err(_) => {
-            upstream.record(flight.endpoint(), false);
-            (
-                StatusCode::GATEWAY_TIMEOUT,
-                local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
-            )
+            Uri::try_from(path)
         }
     };
-    record(&worker.shared, &route_name, status.as_u16(), started);
-    drop(flight);
-    response
+    let Ok(target) = target else {
+        let (status, body) = Failure::Protocol.answer();
+        return local(status, body);
+    };
+    *req.uri_mut() = target;
+    let replayable = req.method().is_idempotent() && req.body().is_end_stream();
+    match send_with_retries(worker, &upstream, req.map(Either::Left), replayable).await {
+        Ok((mut response, addr)) => {
+            finish.endpoint = Some(addr);
+            strip_hop_by_hop(response.headers_mut());
+            response.map(Either::Left)
+        }
+        Err((failure, addr)) => {
+            finish.endpoint = addr;
+            let (status, body) = failure.answer();
+            local(status, body)
+        }
+    }
 }
 
 /// Why a request could not be forwarded.
-enum Failure {
-    Connect,
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// No connection to the endpoint.
+    Connect { timed_out: bool },
+    /// No response head within the request timeout.
+    Timeout,
+    /// The upstream broke the protocol or the connection.
     Protocol,
+    /// No endpoint was available to try.
+    NoEndpoint,
+}
+
+impl Failure {
+    /// The status and text that answer the client, as for HTTP/1.1.
+    pub(super) fn answer(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Connect { timed_out: true } | Self::Timeout => {
+                (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
+            }
+            Self::Connect { timed_out: false } => {
+                (StatusCode::BAD_GATEWAY, "upstream unreachable\n")
+            }
+            Self::Protocol => (StatusCode::BAD_GATEWAY, "upstream failed\n"),
+            Self::NoEndpoint => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream endpoint\n",
+            ),
+        }
+    }
+}
+
+/// Sends `req` to an endpoint of `upstream`, retried on other endpoints as
+/// HTTP/1.1 retries (failures before an answer and the configured
+/// statuses, within the budget) when it is `replayable`: idempotent with an
+/// empty body, so every attempt can send a copy. Returns the response and
+/// the endpoint that gave it. A failure names an endpoint only when one is
+/// to blame for the answer (it timed out), as HTTP/1.1 logs it; when the
+/// retries ran out there is none.
+pub(super) async fn send_with_retries(
+    worker: &Worker,
+    upstream: &Upstream,
+    req: Request<UpstreamBody>,
+    replayable: bool,
+) -> Result<(Response<Incoming>, SocketAddr), (Failure, Option<SocketAddr>)> {
+    let mut attempts = Attempts::new(worker, upstream, replayable);
+    let Some(mut flight) = attempts.first() else {
+        return Err((Failure::NoEndpoint, None));
+    };
+    let (mut parts, body) = req.into_parts();
+    let mut body = Some(body);
+    loop {
+        let addr = flight.endpoint().addr;
+        let mut attempt =
+            Request::new(body.take().unwrap_or_else(|| Either::Right(Piped::empty())));
+        *attempt.method_mut() = parts.method.clone();
+        *attempt.uri_mut() = parts.uri.clone();
+        *attempt.version_mut() = parts.version;
+        // The headers are copied only while another attempt may need them.
+        *attempt.headers_mut() = if attempts.may_retry() {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
+        let sent = tokio::time::timeout(
+            upstream.settings.request_timeout,
+            send(worker, upstream, addr, attempt),
+        )
+        .await;
+        let next = match sent {
+            Ok(Ok(response)) => {
+                let status = response.status().as_u16();
+                match attempts.retry_status(addr, status) {
+                    Some(next) => next,
+                    None => {
+                        upstream.record(flight.endpoint(), !matches!(status, 502..=504));
+                        return Ok((response, addr));
+                    }
+                }
+            }
+            // Nothing reached the client: tried elsewhere if the request
+            // allows, as HTTP/1.1 retries a connection refused or closed
+            // before an answer.
+            Ok(Err(failure)) => {
+                let kind = match failure {
+                    Failure::Connect { .. } => "connect",
+                    _ => "protocol",
+                };
+                fail(worker, upstream, kind);
+                match attempts.retry(addr) {
+                    Some(next) => next,
+                    None => {
+                        upstream.record(flight.endpoint(), false);
+                        return Err((failure, None));
+                    }
+                }
+            }
+            Err(_) => {
+                upstream.record(flight.endpoint(), false);
+                fail(worker, upstream, "timeout");
+                return Err((Failure::Timeout, Some(addr)));
+            }
+        };
+        upstream.record(flight.endpoint(), false);
+        flight = next;
+    }
+}
+
+async fn send(
+    worker: &Worker,
+    upstream: &Upstream,
+    addr: SocketAddr,
+    req: Request<UpstreamBody>,
+) -> Result<Response<Incoming>, Failure> {
+    match upstream.settings.protocol {
+        UpstreamProtocol::H2c => send_h2(worker, upstream, addr, req).await,
+        UpstreamProtocol::Http1 => send_h1(worker, upstream, addr, req).await,
+    }
 }
 
 async fn connect(upstream: &Upstream, addr: SocketAddr) -> Result<TcpStream, Failure> {
@@ -335,7 +613,8 @@ async fn connect(upstream: &Upstream, addr: SocketAddr) -> Result<TcpStream, Fai
             let _ = s.set_nodelay(true);
             Ok(s)
         }
-        _ => Err(Failure::Connect),
+        Ok(Err(_)) => Err(Failure::Connect { timed_out: false }),
+        Err(_) => Err(Failure::Connect { timed_out: true }),
     }
 }
 
@@ -343,7 +622,7 @@ async fn send_h2(
     worker: &Worker,
     upstream: &Upstream,
     addr: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<UpstreamBody>,
 ) -> Result<Response<Incoming>, Failure> {
     let cached = worker
         .h2
@@ -379,7 +658,7 @@ async fn send_h1(
     worker: &Worker,
     upstream: &Upstream,
     addr: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<UpstreamBody>,
 ) -> Result<Response<Incoming>, Failure> {
     let idle = {
         let mut pool = worker.h2.h1.borrow_mut();

@@ -20,12 +20,13 @@ use tokio::time::timeout;
 
 use super::access_log::{AccessLog, Entry};
 use super::body::{BodyProgress, Framing};
-use super::config::Limits;
+use super::config::{Limits, UpstreamProtocol};
 use super::h1::{self, Forwarding, Head, HeadError, RequestInfo};
 use super::metrics::{FailureLabels, ProxyMetrics, RequestLabels, RouteLabels};
 use super::pool::Pool;
+use super::retry::Attempts;
 use super::routes::{Route, RouteTable};
-use super::upstream::Upstream;
+use super::upstream::{InFlight, Upstream};
 
 /// What every worker shares: the current routes and limits, metrics, logs.
 pub struct Shared {
@@ -171,15 +172,18 @@ impl Buf {
         (self.is_empty() && !self.data.is_empty()).then(|| std::mem::take(&mut self.data))
     }
 
-    fn filled(&self) -> &[u8] {
+    /// The bytes read and not yet consumed.
+    pub(super) fn filled(&self) -> &[u8] {
         &self.data[self.start..self.end]
     }
 
-    fn is_empty(&self) -> bool {
+    /// Whether no bytes are held.
+    pub(super) fn is_empty(&self) -> bool {
         self.start == self.end
     }
 
-    fn consume(&mut self, n: usize) {
+    /// Drops the first `n` bytes held.
+    pub(super) fn consume(&mut self, n: usize) {
         self.start += n;
         if self.start == self.end {
             self.start = 0;
@@ -188,7 +192,7 @@ impl Buf {
     }
 
     /// Reads more bytes, growing the buffer up to `max` when it is full.
-    async fn read_from<R: AsyncRead + Unpin>(
+    pub(super) async fn read_from<R: AsyncRead + Unpin>(
         &mut self,
         src: &mut R,
         max: usize,
@@ -227,12 +231,17 @@ enum Failure {
 }
 
 /// How a request ended.
-struct Done {
-    status: u16,
-    keep_alive: bool,
-    upstream: Option<Arc<str>>,
-    endpoint: Option<SocketAddr>,
-    bytes: u64,
+pub(super) struct Done {
+    /// The status the client got.
+    pub(super) status: u16,
+    /// Whether the connection may carry another request.
+    pub(super) keep_alive: bool,
+    /// The upstream that served the request.
+    pub(super) upstream: Option<Arc<str>>,
+    /// The endpoint that served the request.
+    pub(super) endpoint: Option<SocketAddr>,
+    /// Response body bytes sent.
+    pub(super) bytes: u64,
 }
 
 /// A client connection.
@@ -389,38 +398,27 @@ pub async fn serve<S>(
                 .await
             }
             Some(route) => {
-                if route
-                    .pick(0)
-                    .is_some_and(|u| u.settings.protocol == super::config::UpstreamProtocol::H2c)
-                {
-                    // Bridging HTTP/1.1 clients to h2c upstreams would
-                    // drop trailers, which gRPC depends on.
-                    let keep = drain_body_or_close(&info);
-                    let body = "this upstream speaks HTTP/2 only; use an HTTP/2 client\n";
-                    local(&mut client, &mut cbuf, &head, &mut out, 502, "", body, keep).await
-                } else {
-                    let id = worker.request_id();
-                    let fwd = Forwarding {
-                        client: &client_ip,
-                        tls,
-                        request_id: &id,
-                    };
-                    // Boxed: a connection's task is as large as its largest
-                    // state, and an idle keep-alive connection should not
-                    // carry the forwarding state of its last request.
-                    Box::pin(forward(
-                        &worker,
-                        &route,
-                        &mut client,
-                        &mut cbuf,
-                        &head,
-                        &info,
-                        &fwd,
-                        &mut out,
-                        &limits,
-                    ))
-                    .await
-                }
+                let id = worker.request_id();
+                let fwd = Forwarding {
+                    client: &client_ip,
+                    tls,
+                    request_id: &id,
+                };
+                // Boxed: a connection's task is as large as its largest
+                // state, and an idle keep-alive connection should not carry
+                // the forwarding state of its last request.
+                Box::pin(forward(
+                    &worker,
+                    &route,
+                    &mut client,
+                    &mut cbuf,
+                    &head,
+                    &info,
+                    &fwd,
+                    &mut out,
+                    &limits,
+                ))
+                .await
             }
         };
         record(shared, &route_name, done.status, started);
@@ -473,12 +471,13 @@ pub(super) fn record(shared: &Shared, route: &Arc<str>, status: u16, started: In
 
 /// A request the proxy answers itself may keep the connection only if its
 /// body (if any) is not left unread in the stream.
-fn drain_body_or_close(info: &RequestInfo) -> bool {
+pub(super) fn drain_body_or_close(info: &RequestInfo) -> bool {
     info.keep_alive && info.framing == Framing::Empty
 }
 
+/// Answers the request in `head` with a response of the proxy's own.
 #[allow(clippy::too_many_arguments)]
-async fn local<S: AsyncWrite + Unpin>(
+pub(super) async fn local<S: AsyncWrite + Unpin>(
     client: &mut S,
     cbuf: &mut Buf,
     head: &Head,
@@ -616,12 +615,18 @@ struct Attempt {
     addr: SocketAddr,
 }
 
+/// A connection to `addr`: a pooled one when `pooled` and one is idle,
+/// else a new one.
 async fn connect(
     worker: &Worker,
     upstream: &Upstream,
     addr: SocketAddr,
+    pooled: bool,
 ) -> Result<Attempt, Failure> {
-    if let Some(stream) = worker.pool.take(addr, upstream.settings.idle_timeout) {
+    if let Some(stream) = pooled
+        .then(|| worker.pool.take(addr, upstream.settings.idle_timeout))
+        .flatten()
+    {
         return Ok(Attempt {
             stream,
             reused: true,
@@ -642,7 +647,7 @@ async fn connect(
     }
 }
 
-fn fail(worker: &Worker, upstream: &Upstream, kind: &'static str) {
+pub(super) fn fail(worker: &Worker, upstream: &Upstream, kind: &'static str) {
     worker
         .shared
         .metrics
@@ -672,41 +677,49 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
         return local(client, cbuf, head, out, 503, "", "no upstream\n", keep).await;
     };
     upstream.count_request();
+    if upstream.settings.protocol == UpstreamProtocol::H2c {
+        // Boxed, so HTTP/1.1 upstreams' requests do not carry its state.
+        return Box::pin(super::bridge::forward(
+            worker, &upstream, client, cbuf, head, info, fwd, out, limits,
+        ))
+        .await;
+    }
     // Only requests without a body can be replayed: the body is streamed,
     // not kept.
     let replayable = info.idempotent && info.framing == Framing::Empty;
-    let max_attempts = 1 + if replayable {
-        upstream.settings.retries.attempts
-    } else {
-        0
+    let mut attempts = Attempts::new(worker, &upstream, replayable);
+    let Some(mut flight) = attempts.first() else {
+        return failure_response(
+            client,
+            cbuf,
+            head,
+            out,
+            Failure::Upstream("no healthy endpoint"),
+            Some(upstream.name.clone()),
+            None,
+        )
+        .await;
     };
-    let mut tried: Vec<SocketAddr> = Vec::new();
-    let mut last_failure = None;
     let expects_continue = head
         .header(cbuf.filled(), "expect")
         .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
-    let mut attempt_no = 0;
-    let mut fresh_retry_used = false;
-    while attempt_no < max_attempts {
-        if attempt_no > 0 {
-            if !upstream.take_retry() {
-                break;
-            }
-            worker.shared.metrics.retries.inc();
-        }
-        attempt_no += 1;
-        let Some(flight) = upstream.choose(worker.roll(), &tried) else {
-            break;
-        };
+    // Whether this attempt may take a pooled connection, and whether the one
+    // retry on a new connection is spent.
+    let (mut pooled, mut fresh_retry_used) = (true, false);
+    let failure = loop {
         let addr = flight.endpoint().addr;
-        let attempt = match connect(worker, &upstream, addr).await {
+        let attempt = match connect(worker, &upstream, addr, pooled).await {
             Ok(a) => a,
             Err(failure) => {
                 upstream.record(flight.endpoint(), false);
                 fail(worker, &upstream, "connect");
-                tried.push(addr);
-                last_failure = Some(failure);
-                continue;
+                match attempts.retry(addr) {
+                    Some(next) => {
+                        (flight, pooled) = (next, true);
+                        continue;
+                    }
+                    None => break failure,
+                }
             }
         };
         let exchanged = exchange(
@@ -721,7 +734,7 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
             out,
             limits,
             expects_continue,
-            attempt_no < max_attempts,
+            &mut attempts,
         )
         .await;
         match exchanged {
@@ -735,17 +748,21 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
                     ..done
                 };
             }
-            Err(ExchangeError::Retry { reused }) => {
-                // A pooled connection the upstream had already closed is no
-                // fault of the endpoint: try once more on a fresh one.
-                if reused && !fresh_retry_used {
-                    fresh_retry_used = true;
-                    attempt_no -= 1;
-                    continue;
-                }
+            // A pooled connection the upstream had already closed is no
+            // fault of the endpoint: try it once more on a new connection.
+            Err(ExchangeError::Retry { reused: true }) if !fresh_retry_used => {
+                (pooled, fresh_retry_used) = (false, true);
+            }
+            Err(ExchangeError::Retry { .. }) => {
                 upstream.record(flight.endpoint(), false);
-                tried.push(addr);
-                last_failure = Some(Failure::Upstream("upstream failed before answering"));
+                match attempts.retry(addr) {
+                    Some(next) => (flight, pooled) = (next, true),
+                    None => break Failure::Upstream("upstream failed before answering"),
+                }
+            }
+            Err(ExchangeError::Status(next)) => {
+                upstream.record(flight.endpoint(), false);
+                (flight, pooled) = (next, true);
             }
             Err(ExchangeError::Fatal(failure)) => {
                 if !matches!(failure, Failure::Client | Failure::BadBody) {
@@ -771,10 +788,8 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
                 .await;
             }
         }
-    }
-    let failure = last_failure.unwrap_or(Failure::Upstream("no healthy endpoint"));
-    let status_override = if tried.is_empty() { Some(503) } else { None };
-    let mut done = failure_response(
+    };
+    failure_response(
         client,
         cbuf,
         head,
@@ -783,11 +798,7 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
         Some(upstream.name.clone()),
         None,
     )
-    .await;
-    if let Some(s) = status_override {
-        done.status = s;
-    }
-    done
+    .await
 }
 
 async fn failure_response<S: AsyncRead + AsyncWrite + Unpin>(
@@ -826,6 +837,8 @@ async fn failure_response<S: AsyncRead + AsyncWrite + Unpin>(
 enum ExchangeError {
     /// Nothing reached the client and the request may be sent again.
     Retry { reused: bool },
+    /// The answer's status is retried: send the request to this endpoint.
+    Status(InFlight),
     /// Give up with this failure.
     Fatal(Failure),
 }
@@ -844,7 +857,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     out: &mut Vec<u8>,
     limits: &Limits,
     expects_continue: bool,
-    may_retry: bool,
+    attempts: &mut Attempts<'_>,
 ) -> Result<Done, ExchangeError> {
     let retry = ExchangeError::Retry {
         reused: attempt.reused,
@@ -868,7 +881,11 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             ExchangeError::Fatal(Failure::Upstream("write failed"))
         });
     }
-    cbuf.consume(head.len + take);
+    // A replayable request keeps its head in the buffer until no retry can
+    // need it any more.
+    if !replayable {
+        cbuf.consume(head.len + take);
+    }
     if expects_continue && !body.done() {
         // Answer the client's Expect ourselves, as nginx does: the body then
         // streams straight through.
@@ -937,8 +954,11 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(Ok(_)) => {}
         }
     };
-    if may_retry && replayable && upstream.settings.retries.on_status.contains(&rhead.status) {
-        return Err(ExchangeError::Retry { reused: false });
+    if let Some(next) = attempts.retry_status(attempt.addr, rhead.status) {
+        return Err(ExchangeError::Status(next));
+    }
+    if replayable {
+        cbuf.consume(head.len);
     }
 
     // Upgrades become a tunnel.

@@ -138,6 +138,19 @@ impl PathRoutes {
     }
 }
 
+/// A route with what it matches, as inserted.
+#[derive(Debug)]
+pub struct Listed {
+    /// Host matched (`None`: any).
+    pub host: Option<String>,
+    /// Path matched.
+    pub path: String,
+    /// How the path matches.
+    pub path_type: PathType,
+    /// The route.
+    pub route: Arc<Route>,
+}
+
 /// All routes of a configuration.
 #[derive(Debug, Default)]
 pub struct RouteTable {
@@ -145,7 +158,8 @@ pub struct RouteTable {
     /// Keyed by the part after `*.`; a wildcard matches one DNS label.
     wildcard_hosts: HashMap<String, PathRoutes>,
     any_host: PathRoutes,
-    count: usize,
+    /// Every route in insertion order, for the admin view of what is served.
+    listed: Vec<Listed>,
 }
 
 impl RouteTable {
@@ -164,18 +178,28 @@ impl RouteTable {
                 None => self.exact_hosts.entry(h.to_string()).or_default(),
             },
         };
-        routes.insert(path, path_type, route);
-        self.count += 1;
+        routes.insert(path, path_type, route.clone());
+        self.listed.push(Listed {
+            host: host.map(str::to_string),
+            path: path.to_string(),
+            path_type,
+            route,
+        });
     }
 
     /// Number of routes.
     pub fn len(&self) -> usize {
-        self.count
+        self.listed.len()
     }
 
     /// Whether the table has no routes.
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.listed.is_empty()
+    }
+
+    /// Every route, in the order inserted.
+    pub fn routes(&self) -> &[Listed] {
+        &self.listed
     }
 
     /// The route for a request: `host` is the Host header without port

@@ -6,7 +6,7 @@
 //! workers and a request never crosses threads. Routes, certificates and
 //! limits are swapped in whole on reload; open connections keep going.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -127,16 +127,57 @@ pub fn build_routes(config: &IngressConfig, known: &mut EndpointRegistry) -> Rou
     table
 }
 
-/// The `/routes` admin view of a table's configuration.
-fn routes_json(config: &IngressConfig, table: &RouteTable) -> String {
-    let upstreams: Vec<_> = config
-        .upstreams
+/// The `/routes` admin view: the routes being served, whether they came
+/// from the file or from the cluster, and the upstreams they send to.
+fn routes_json(table: &RouteTable) -> String {
+    let mut upstreams: Vec<&Arc<Upstream>> = Vec::new();
+    let mut seen = HashSet::new();
+    let routes: Vec<_> = table
+        .routes()
         .iter()
-        .map(|u| serde_json::json!({"name": u.name, "endpoints": u.endpoints, "lb": u.lb}))
+        .map(|l| {
+            let targets: Vec<_> = l
+                .route
+                .upstreams()
+                .map(|(u, weight)| {
+                    if seen.insert(Arc::as_ptr(u)) {
+                        upstreams.push(u);
+                    }
+                    serde_json::json!({"name": &*u.name, "weight": weight})
+                })
+                .collect();
+            let headers: Vec<_> = l
+                .route
+                .headers
+                .iter()
+                .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
+                .collect();
+            serde_json::json!({
+                "name": &*l.route.name,
+                "host": l.host,
+                "path": l.path,
+                "path_type": l.path_type,
+                "headers": headers,
+                "upstreams": targets,
+                "redirect_https": l.route.redirect_https,
+            })
+        })
+        .collect();
+    let upstreams: Vec<_> = upstreams
+        .into_iter()
+        .map(|u| {
+            let endpoints: Vec<_> = u.endpoints.iter().map(|e| e.addr).collect();
+            serde_json::json!({
+                "name": &*u.name,
+                "endpoints": endpoints,
+                "lb": u.lb,
+                "protocol": u.settings.protocol,
+            })
+        })
         .collect();
     serde_json::json!({
         "count": table.len(),
-        "routes": config.routes,
+        "routes": routes,
         "upstreams": upstreams,
     })
     .to_string()
@@ -148,7 +189,6 @@ pub struct Ingress {
     config: IngressConfig,
     endpoints: EndpointRegistry,
     resolvers: HashMap<String, Arc<Resolver>>,
-    routes_view: Arc<ArcSwap<String>>,
     health_checks: Vec<JoinHandle<()>>,
 }
 
@@ -156,7 +196,6 @@ impl Ingress {
     fn new(config: IngressConfig, metrics: &Metrics) -> Result<Self, ServeError> {
         let mut endpoints = EndpointRegistry::new();
         let table = build_routes(&config, &mut endpoints);
-        let view = routes_json(&config, &table);
         let shared = Arc::new(Shared {
             routes: ArcSwap::from_pointee(table),
             limits: ArcSwap::from_pointee(config.limits.clone()),
@@ -170,7 +209,6 @@ impl Ingress {
             config: config.clone(),
             endpoints,
             resolvers: HashMap::new(),
-            routes_view: Arc::new(ArcSwap::from_pointee(view)),
             health_checks: Vec::new(),
         };
         for l in &config.listeners {
@@ -228,8 +266,6 @@ impl Ingress {
         }
         if !config.cluster {
             let table = build_routes(&config, &mut self.endpoints);
-            self.routes_view
-                .store(Arc::new(routes_json(&config, &table)));
             self.shared.routes.store(Arc::new(table));
         }
         self.shared.limits.store(Arc::new(config.limits.clone()));
@@ -491,9 +527,11 @@ pub async fn run(
     let admin = match &config.admin {
         Some(a) => {
             let listener = telemetry::bind_admin(a.address).await?;
-            let view = ingress.routes_view.clone();
+            // Rendered from the table in force, so it shows what is served
+            // now, in cluster mode too.
+            let shared = ingress.shared.clone();
             let admin = Admin::new(metrics.clone()).route("/routes", move || {
-                AdminResponse::json(view.load().as_str().to_string())
+                AdminResponse::json(routes_json(&shared.routes.load()))
             });
             let stop = drain_rx.clone();
             Some(tokio::spawn(telemetry::serve_admin(

@@ -1,0 +1,152 @@
+//! Retries, the same for both HTTP versions: which requests may be sent
+//! again, to which endpoint, and within the upstream's retry budget.
+
+use std::net::SocketAddr;
+
+use super::proxy::Worker;
+use super::upstream::{InFlight, Upstream};
+
+/// The attempts of one request at one upstream.
+pub struct Attempts<'a> {
+    worker: &'a Worker,
+    upstream: &'a Upstream,
+    /// Retries the policy still allows this request.
+    left: u32,
+    /// Endpoints that failed this request; retries go elsewhere.
+    tried: Vec<SocketAddr>,
+}
+
+impl<'a> Attempts<'a> {
+    /// Attempts at `upstream`; only a `replayable` request (idempotent,
+    /// its whole body still at hand) is ever retried.
+    pub fn new(worker: &'a Worker, upstream: &'a Upstream, replayable: bool) -> Self {
+        Self {
+            worker,
+            upstream,
+            left: if replayable {
+                upstream.settings.retries.attempts
+            } else {
+                0
+            },
+            tried: Vec::new(),
+        }
+    }
+
+    /// The endpoint of the first attempt; `None` when none is available.
+    pub fn first(&mut self) -> Option<InFlight> {
+        self.upstream.choose(self.worker.roll(), &self.tried)
+    }
+
+    /// Whether a later attempt may follow, as far as the policy goes.
+    pub fn may_retry(&self) -> bool {
+        self.left > 0
+    }
+
+    /// After an attempt at `addr` failed before the client saw anything:
+    /// the endpoint of the next attempt, when the policy, the budget and an
+    /// untried endpoint all allow one.
+    pub fn retry(&mut self, addr: SocketAddr) -> Option<InFlight> {
+        self.tried.push(addr);
+        if self.left == 0 {
+            return None;
+        }
+        // The endpoint first: budget is not spent on a retry that cannot
+        // happen.
+        let next = self.upstream.choose(self.worker.roll(), &self.tried)?;
+        if !self.upstream.take_retry() {
+            return None;
+        }
+        self.left -= 1;
+        self.worker.shared.metrics.retries.inc();
+        Some(next)
+    }
+
+    /// After `addr` answered `status`: the endpoint to retry on when the
+    /// policy retries that status and a retry can happen. Otherwise the
+    /// answer stands and goes to the client.
+    pub fn retry_status(&mut self, addr: SocketAddr, status: u16) -> Option<InFlight> {
+        if self.left == 0 || !self.upstream.settings.retries.on_status.contains(&status) {
+            return None;
+        }
+        self.retry(addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ingress::config::{LbPolicy, Limits, Retries};
+    use crate::ingress::metrics::ProxyMetrics;
+    use crate::ingress::proxy::Shared;
+    use crate::ingress::routes::RouteTable;
+    use crate::ingress::upstream::{Endpoint, Settings};
+
+    fn worker() -> Worker {
+        let shared = Shared {
+            routes: arc_swap::ArcSwap::from_pointee(RouteTable::default()),
+            limits: arc_swap::ArcSwap::from_pointee(Limits::default()),
+            metrics: ProxyMetrics::register(&orca_core::telemetry::Metrics::new()),
+            access_log: arc_swap::ArcSwapOption::empty(),
+            open: Default::default(),
+            draining: Default::default(),
+        };
+        Worker::new(Arc::new(shared), 0)
+    }
+
+    fn upstream(endpoints: u16, retries: Retries) -> Upstream {
+        let endpoints = (1..=endpoints)
+            .map(|p| Arc::new(Endpoint::new(([127, 0, 0, 1], p).into())))
+            .collect();
+        let settings = Settings {
+            retries,
+            ..Settings::default()
+        };
+        Upstream::with_endpoints("u", endpoints, LbPolicy::RoundRobin, settings)
+    }
+
+    fn port(flight: Option<InFlight>) -> Option<u16> {
+        flight.map(|f| f.endpoint().addr.port())
+    }
+
+    #[test]
+    fn retries_go_to_untried_endpoints_while_the_policy_allows() {
+        let worker = worker();
+        let u = upstream(3, Retries::default());
+        let mut attempts = Attempts::new(&worker, &u, true);
+        let first = attempts.first().unwrap().endpoint().addr;
+        let second = attempts.retry(first).unwrap().endpoint().addr;
+        assert_ne!(first, second);
+        assert!(attempts.retry(second).is_none(), "one retry by default");
+        assert_eq!(worker.shared.metrics.retries.get(), 1);
+
+        let mut once = Attempts::new(&worker, &u, false);
+        let addr = once.first().unwrap().endpoint().addr;
+        assert!(once.retry(addr).is_none(), "not replayable");
+    }
+
+    #[test]
+    fn only_configured_statuses_are_retried_and_only_when_a_retry_can_happen() {
+        let worker = worker();
+        let retries = Retries {
+            on_status: vec![503],
+            ..Retries::default()
+        };
+        let pair = upstream(2, retries.clone());
+        let mut attempts = Attempts::new(&worker, &pair, true);
+        let addr = attempts.first().unwrap().endpoint().addr;
+        assert!(attempts.retry_status(addr, 500).is_none());
+        assert_eq!(
+            port(attempts.retry_status(addr, 503)),
+            Some(3 - addr.port())
+        );
+
+        // Alone, the endpoint's answer stands, and no budget is spent.
+        let single = upstream(1, retries);
+        let mut attempts = Attempts::new(&worker, &single, true);
+        let addr = attempts.first().unwrap().endpoint().addr;
+        assert!(attempts.retry_status(addr, 503).is_none());
+        assert_eq!(worker.shared.metrics.retries.get(), 1);
+    }
+}
