@@ -4,14 +4,21 @@
 //! The table follows kube-proxy's nftables mode (KEP-3866) with one change
 //! that removes its scaling limit: there are no per-endpoint chains and no
 //! anonymous sets. A service port's chain picks an endpoint with one rule,
-//! `dnat to slot . numgen random mod N map @endpoints`, where `endpoints` is
-//! one map for the whole node keyed by (the service port's slot, index).
-//! Adding a service costs one chain, one rule and N + 1 map elements; an
-//! endpoint change costs a few element updates and one rule, whatever the
-//! number of services.
+//! `dnat to numgen random mod N map @endpoints-SLOT`, over a small named map
+//! of its own (index → address . port). Adding a service costs one chain,
+//! one rule, one map and N map elements; an endpoint change costs a few
+//! element updates (and one rule when N changes), whatever the number of
+//! services.
+//!
+//! Why a map per service and not one for the node: the kernel checks every
+//! element added to a map against every rule that looks the map up, and
+//! walks every element when a rule starts looking it up. With one shared
+//! map, 10k services made a full sync quadratic (20 s) and a change of N
+//! walk 100k elements.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use super::ruleset::{
     Base, BaseChain, Chain, ChainKind, CmpOp, CtKey, DynsetOp, Elem, ElemData, Expr, Family, Field,
@@ -26,10 +33,10 @@ pub const SERVICE_NODEPORTS: &str = "service-nodeports";
 pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 /// Verdict map: protocol . node port without endpoints → reject or drop.
 pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
-/// Map: slot . index → endpoint address . port.
-pub const ENDPOINTS: &str = "endpoints";
-/// Verdict map: slot . index → endpoint chain (session affinity groups).
-pub const ENDPOINT_CHAINS: &str = "endpoint-chains";
+/// Prefix of a group's map: index → endpoint address . port.
+pub const ENDPOINTS: &str = "endpoints-";
+/// Prefix of an affinity group's verdict map: index → endpoint chain.
+pub const ENDPOINT_CHAINS: &str = "endpoint-chains-";
 /// Set of ClusterIPs, to reject traffic to ports a Service does not have.
 pub const CLUSTER_IPS: &str = "cluster-ips";
 /// Set of endpoint . endpoint pairs: a pod reaching itself through its
@@ -255,8 +262,8 @@ pub struct Footprint {
     chains: BTreeMap<String, Vec<Vec<Expr>>>,
     /// Its own sets (session affinity).
     sets: BTreeMap<String, Set>,
-    /// Its elements in the node-wide sets and maps.
-    elems: BTreeMap<(&'static str, Vec<u8>), Option<ElemData>>,
+    /// Its elements, in the node-wide sets and maps and in its own maps.
+    elems: BTreeMap<(Arc<str>, Vec<u8>), Option<ElemData>>,
     /// The UDP flows its rules create, to forget when an endpoint leaves.
     udp_flows: BTreeSet<UdpFlow>,
 }
@@ -486,7 +493,10 @@ impl Proxier {
                 .port(sp.port)
                 .done();
             fp.elems.insert(
-                (CLUSTER_IPS, KeyBuf::default().ip(sp.cluster_ip).done()),
+                (
+                    CLUSTER_IPS.into(),
+                    KeyBuf::default().ip(sp.cluster_ip).done(),
+                ),
                 None,
             );
 
@@ -498,12 +508,12 @@ impl Proxier {
             fp.chains.insert(svc_chain.clone(), rules);
             if cluster.is_empty() {
                 fp.elems.insert(
-                    (NO_ENDPOINT_SERVICES, svc_key),
+                    (NO_ENDPOINT_SERVICES.into(), svc_key),
                     Some(ElemData::Verdict(Verdict::Goto(REJECT.into()))),
                 );
             } else {
                 fp.elems.insert(
-                    (SERVICE_IPS, svc_key),
+                    (SERVICE_IPS.into(), svc_key),
                     Some(ElemData::Verdict(Verdict::Goto(svc_chain.clone()))),
                 );
             }
@@ -552,12 +562,12 @@ impl Proxier {
                 };
                 if usable_here {
                     fp.elems.insert(
-                        (SERVICE_NODEPORTS, np_key),
+                        (SERVICE_NODEPORTS.into(), np_key),
                         Some(ElemData::Verdict(Verdict::Goto(ext_chain))),
                     );
                 } else {
                     fp.elems.insert(
-                        (NO_ENDPOINT_NODEPORTS, np_key),
+                        (NO_ENDPOINT_NODEPORTS.into(), np_key),
                         Some(ElemData::Verdict(verdict_if_none)),
                     );
                 }
@@ -580,28 +590,47 @@ impl Proxier {
             return;
         }
         let slot = self.slots.get(chain);
-        for (i, ep) in endpoints.iter().enumerate() {
-            if affinity.is_none() {
+        let f = self.family;
+        let hairpin: Arc<str> = HAIRPIN.into();
+        for ep in endpoints {
+            fp.elems.insert(
+                (
+                    hairpin.clone(),
+                    KeyBuf::default().ip(ep.ip()).ip(ep.ip()).done(),
+                ),
+                None,
+            );
+        }
+        let map: Arc<str> = match affinity {
+            None => format!("{ENDPOINTS}{slot}").into(),
+            Some(_) => format!("{ENDPOINT_CHAINS}{slot}").into(),
+        };
+        fp.sets.insert(
+            map.to_string(),
+            Set {
+                name: map.to_string(),
+                key: Key(vec![Field::Mark]),
+                data: Some(match affinity {
+                    None => SetData::Value(Key(vec![f.addr(), Field::Port])),
+                    Some(_) => SetData::Verdict,
+                }),
+                timeout_ms: None,
+            },
+        );
+        if affinity.is_none() {
+            for (i, ep) in endpoints.iter().enumerate() {
                 fp.elems.insert(
-                    (
-                        ENDPOINTS,
-                        KeyBuf::default().mark(slot).mark(i as u32).done(),
-                    ),
+                    (map.clone(), KeyBuf::default().mark(i as u32).done()),
                     Some(ElemData::Value(
                         KeyBuf::default().ip(ep.ip()).port(ep.port()).done(),
                     )),
                 );
             }
-            fp.elems.insert(
-                (HAIRPIN, KeyBuf::default().ip(ep.ip()).ip(ep.ip()).done()),
-                None,
-            );
         }
         let n = endpoints.len() as u32;
-        let f = self.family;
         let a = f.addr_regs();
         let Some(seconds) = affinity else {
-            rules.push(pick(f, slot, n));
+            rules.push(pick(f, &map, n));
             return;
         };
         // Session affinity, after kube-proxy: a chain and a client set per
@@ -661,22 +690,22 @@ impl Proxier {
                 Expr::Verdict(Verdict::Goto(ep_chain.clone())),
             ]);
             fp.elems.insert(
-                (
-                    ENDPOINT_CHAINS,
-                    KeyBuf::default().mark(slot).mark(i as u32).done(),
-                ),
+                (map.clone(), KeyBuf::default().mark(i as u32).done()),
                 Some(ElemData::Verdict(Verdict::Goto(ep_chain))),
             );
         }
-        let mut random = pick(f, slot, n);
-        random.truncate(2);
-        random.push(Expr::Lookup {
-            set: ENDPOINT_CHAINS.into(),
-            sreg: R0,
-            dreg: Some(0),
-            invert: false,
-        });
-        rules.push(random);
+        rules.push(vec![
+            Expr::Numgen {
+                dreg: R0,
+                modulus: n,
+            },
+            Expr::Lookup {
+                set: map.to_string(),
+                sreg: R0,
+                dreg: Some(0),
+                invert: false,
+            },
+        ]);
     }
 
     /// Appends to `ops` (removals, rule changes) and `adds` (element
@@ -698,12 +727,16 @@ impl Proxier {
         }
         // Element removals first: verdict-map elements may point at chains
         // removed below, and a changed value is a delete plus an add.
-        let mut deletes: BTreeMap<&'static str, Vec<Elem>> = BTreeMap::new();
+        let mut deletes: BTreeMap<&Arc<str>, Vec<Elem>> = BTreeMap::new();
         for ((set, key), data) in &old.elems {
-            if new.elems.get(&(*set, key.clone())) == Some(data) {
+            if new.elems.get(&(set.clone(), key.clone())) == Some(data) {
                 continue;
             }
-            if *set == HAIRPIN && !self.unref_hairpin(key) {
+            // A map going away takes its elements with it.
+            if old.sets.contains_key(&**set) && !new.sets.contains_key(&**set) {
+                continue;
+            }
+            if &**set == HAIRPIN && !self.unref_hairpin(key) {
                 continue;
             }
             deletes.entry(set).or_default().push(Elem {
@@ -713,7 +746,7 @@ impl Proxier {
         }
         for (set, elems) in deletes {
             ops.push(Op::DeleteElems {
-                set: set.into(),
+                set: set.to_string(),
                 elems,
             });
         }
@@ -742,12 +775,12 @@ impl Proxier {
                 ops.push(Op::DeleteSet(name.clone()));
             }
         }
-        let mut additions: BTreeMap<&'static str, Vec<Elem>> = BTreeMap::new();
+        let mut additions: BTreeMap<&Arc<str>, Vec<Elem>> = BTreeMap::new();
         for ((set, key), data) in &new.elems {
-            if old.elems.get(&(*set, key.clone())) == Some(data) {
+            if old.elems.get(&(set.clone(), key.clone())) == Some(data) {
                 continue;
             }
-            if *set == HAIRPIN && !self.ref_hairpin(key) {
+            if &**set == HAIRPIN && !self.ref_hairpin(key) {
                 continue;
             }
             additions.entry(set).or_default().push(Elem {
@@ -757,7 +790,7 @@ impl Proxier {
         }
         for (set, elems) in additions {
             adds.push(Op::AddElems {
-                set: set.into(),
+                set: set.to_string(),
                 elems,
             });
         }
@@ -820,27 +853,23 @@ fn dport(dreg: u32) -> Expr {
     }
 }
 
-/// `dnat to slot . numgen random mod n map @endpoints`.
-fn pick(family: Family, slot: u32, n: u32) -> Vec<Expr> {
+/// `dnat to numgen random mod n map @<map>`.
+fn pick(family: Family, map: &str, n: u32) -> Vec<Expr> {
     vec![
-        Expr::Immediate {
-            dreg: R0,
-            data: slot.to_ne_bytes().to_vec(),
-        },
         Expr::Numgen {
-            dreg: R0 + 1,
+            dreg: R0,
             modulus: n,
         },
         Expr::Lookup {
-            set: ENDPOINTS.into(),
+            set: map.into(),
             sreg: R0,
-            dreg: Some(R0 + 2),
+            dreg: Some(R0 + 1),
             invert: false,
         },
         Expr::Dnat {
             family,
-            addr: R0 + 2,
-            port: R0 + 2 + family.addr_regs(),
+            addr: R0 + 1,
+            port: R0 + 1 + family.addr_regs(),
         },
     ]
 }
@@ -970,13 +999,6 @@ pub fn skeleton(options: &Options, family: Family) -> Vec<Op> {
         verdict_map(NO_ENDPOINT_SERVICES, vec![addr, Field::Proto, Field::Port]),
         verdict_map(SERVICE_NODEPORTS, vec![Field::Proto, Field::Port]),
         verdict_map(NO_ENDPOINT_NODEPORTS, vec![Field::Proto, Field::Port]),
-        Op::AddSet(Set {
-            name: ENDPOINTS.into(),
-            key: Key(vec![Field::Mark, Field::Mark]),
-            data: Some(SetData::Value(Key(vec![addr, Field::Port]))),
-            timeout_ms: None,
-        }),
-        verdict_map(ENDPOINT_CHAINS, vec![Field::Mark, Field::Mark]),
         Op::AddSet(Set {
             name: CLUSTER_IPS.into(),
             key: Key(vec![addr]),
@@ -1206,15 +1228,6 @@ mod tests {
         Absent,
     }
 
-    fn slot_of(rule: &[Expr]) -> Vec<u8> {
-        rule.iter()
-            .find_map(|e| match e {
-                Expr::Immediate { dreg, data } if *dreg == R0 => Some(data.clone()),
-                _ => None,
-            })
-            .expect("the pick rule loads its slot")
-    }
-
     fn modulus(rule: &[Expr]) -> u32 {
         rule.iter()
             .find_map(|e| match e {
@@ -1231,41 +1244,47 @@ mod tests {
             rule.iter()
                 .any(|e| matches!(e, Expr::Lookup { set: s, .. } if s == set))
         };
+        let map_of = |rule: &[Expr], prefix: &str| {
+            rule.iter().find_map(|e| match e {
+                Expr::Lookup { set, .. } if set.starts_with(prefix) => Some(set.clone()),
+                _ => None,
+            })
+        };
         let mut out = Vec::new();
-        if let Some(pick) = rules.iter().find(|r| uses(r, ENDPOINTS)) {
-            let slot = slot_of(pick);
-            for e in m.elements(ENDPOINTS) {
-                if e.key[..4] == slot[..] {
-                    let Some(ElemData::Value(v)) = e.data else {
-                        panic!("endpoint without value")
-                    };
-                    out.push(SocketAddr::new(
-                        Ipv4Addr::new(v[0], v[1], v[2], v[3]).into(),
-                        u16::from_be_bytes([v[4], v[5]]),
-                    ));
-                }
+        if let Some((pick, map)) = rules
+            .iter()
+            .find_map(|r| map_of(r, ENDPOINTS).map(|m| (r, m)))
+        {
+            for e in m.elements(&map) {
+                let Some(ElemData::Value(v)) = e.data else {
+                    panic!("endpoint without value")
+                };
+                out.push(SocketAddr::new(
+                    Ipv4Addr::new(v[0], v[1], v[2], v[3]).into(),
+                    u16::from_be_bytes([v[4], v[5]]),
+                ));
             }
             assert_eq!(modulus(pick) as usize, out.len(), "{chain}: modulus");
-        } else if let Some(pick) = rules.iter().find(|r| uses(r, ENDPOINT_CHAINS)) {
-            let slot = slot_of(pick);
-            for e in m.elements(ENDPOINT_CHAINS) {
-                if e.key[..4] == slot[..] {
-                    let Some(ElemData::Verdict(Verdict::Goto(ep_chain))) = e.data else {
-                        panic!("endpoint chain element without goto")
-                    };
-                    let ep_rules = m.rules(&ep_chain).expect("endpoint chain exists");
-                    let imm: Vec<Vec<u8>> = ep_rules[1]
-                        .iter()
-                        .filter_map(|e| match e {
-                            Expr::Immediate { data, .. } => Some(data.clone()),
-                            _ => None,
-                        })
-                        .collect();
-                    out.push(SocketAddr::new(
-                        Ipv4Addr::new(imm[0][0], imm[0][1], imm[0][2], imm[0][3]).into(),
-                        u16::from_be_bytes([imm[1][0], imm[1][1]]),
-                    ));
-                }
+        } else if let Some((pick, map)) = rules
+            .iter()
+            .find_map(|r| map_of(r, ENDPOINT_CHAINS).map(|m| (r, m)))
+        {
+            for e in m.elements(&map) {
+                let Some(ElemData::Verdict(Verdict::Goto(ep_chain))) = e.data else {
+                    panic!("endpoint chain element without goto")
+                };
+                let ep_rules = m.rules(&ep_chain).expect("endpoint chain exists");
+                let imm: Vec<Vec<u8>> = ep_rules[1]
+                    .iter()
+                    .filter_map(|e| match e {
+                        Expr::Immediate { data, .. } => Some(data.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                out.push(SocketAddr::new(
+                    Ipv4Addr::new(imm[0][0], imm[0][1], imm[0][2], imm[0][3]).into(),
+                    u16::from_be_bytes([imm[1][0], imm[1][1]]),
+                ));
             }
             assert_eq!(modulus(pick) as usize, out.len(), "{chain}: modulus");
         }
@@ -1328,7 +1347,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("dnat to 1 . numgen random mod 2 map @endpoints"),
+            text.contains("dnat to numgen random mod 2 map @endpoints-1"),
             "{text}"
         );
         assert!(
@@ -1776,9 +1795,9 @@ mod tests {
         let text = m.render();
         for want in [
             "set service-ips { fd00:96::9 . tcp . 80 : goto svc-default/web/tcp/80 }",
-            "set endpoints { 1 . 0 : fd00:244:1::2 . 8080 }",
+            "set endpoints-1 { 0 : fd00:244:1::2 . 8080 }",
             "ip6 daddr . meta l4proto . th dport vmap @service-ips",
-            "dnat to 1 . numgen random mod 1 map @endpoints",
+            "dnat to numgen random mod 1 map @endpoints-1",
             "(ip6 saddr & ffff:ffff:ffff:ff00::) ^ :: != fd00:244:: jump mark-for-masquerade",
         ] {
             assert!(text.contains(want), "{want}\n{text}");
