@@ -1240,10 +1240,6 @@ mod tests {
     /// Where the chain sends new connections, read from the model alone.
     fn chain_endpoints(m: &Model, chain: &str) -> Vec<SocketAddr> {
         let rules = m.rules(chain).expect("chain exists");
-        let uses = |rule: &[Expr], set: &str| {
-            rule.iter()
-                .any(|e| matches!(e, Expr::Lookup { set: s, .. } if s == set))
-        };
         let map_of = |rule: &[Expr], prefix: &str| {
             rule.iter().find_map(|e| match e {
                 Expr::Lookup { set, .. } if set.starts_with(prefix) => Some(set.clone()),
