@@ -1,6 +1,8 @@
 //! RFC 3339 timestamps to and from Unix nanoseconds, by hand: the CRI parser
 //! reads one per line, so this sits on the hottest path.
 
+use std::cell::Cell;
+
 /// Parses `2016-10-06T00:17:09.669794202Z` (any fraction up to nanoseconds,
 /// `Z` or a `±HH:MM` offset) into nanoseconds since the Unix epoch.
 pub fn parse_rfc3339(s: &[u8]) -> Option<i64> {
@@ -13,20 +15,31 @@ pub fn parse_rfc3339(s: &[u8]) -> Option<i64> {
         })
     };
     let sep = |at: usize, ok: &[u8]| ok.contains(&s[at]);
-    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
-        return None;
-    }
-    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
-    let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
-    if !(1..=12).contains(&month)
-        || day < 1
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
+    // Lines come in bursts within one second: the date and time of the
+    // last line parsed are kept, and only the fraction and zone are read.
+    let prefix: [u8; 19] = s[..19].try_into().ok()?;
+    let (last_prefix, last_secs) = PARSED.get();
+    let local_secs = if last_secs != i64::MIN && last_prefix == prefix {
+        last_secs
+    } else {
+        if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
+            return None;
+        }
+        let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+        let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+        if !(1..=12).contains(&month)
+            || day < 1
+            || day > days_in_month(year, month)
+            || hour > 23
+            || minute > 59
+            || second > 60
+        {
+            return None;
+        }
+        let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
+        PARSED.set((prefix, secs));
+        secs
+    };
     let mut at = 19;
     let mut nanos = 0i64;
     if s[at] == b'.' {
@@ -63,9 +76,15 @@ pub fn parse_rfc3339(s: &[u8]) -> Option<i64> {
     if at != s.len() {
         return None;
     }
-    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
-        - offset_secs;
+    let secs = local_secs - offset_secs;
     secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
+thread_local! {
+    /// The last date and time parsed on this thread, and its seconds.
+    static PARSED: Cell<([u8; 19], i64)> = const { Cell::new(([0; 19], i64::MIN)) };
+    /// The last second formatted on this thread, and its text.
+    static FORMATTED: Cell<(i64, [u8; 19])> = const { Cell::new((i64::MIN, [0; 19])) };
 }
 
 /// Appends `nanos` as `YYYY-MM-DDTHH:MM:SS.fffZ` with `fraction_digits`
@@ -73,29 +92,37 @@ pub fn parse_rfc3339(s: &[u8]) -> Option<i64> {
 pub fn format_rfc3339(nanos: i64, fraction_digits: u32, out: &mut Vec<u8>) {
     let secs = nanos.div_euclid(1_000_000_000);
     let sub = nanos.rem_euclid(1_000_000_000);
-    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-    let tod = secs.rem_euclid(86_400);
     let mut buf = [0u8; 30];
-    let mut put = |at: usize, value: i64, width: usize| {
+    let put = |buf: &mut [u8; 30], at: usize, value: i64, width: usize| {
         let mut v = value;
         for i in (0..width).rev() {
             buf[at + i] = b'0' + (v % 10) as u8;
             v /= 10;
         }
     };
-    put(0, year.clamp(0, 9999), 4);
-    put(5, month, 2);
-    put(8, day, 2);
-    put(11, tod / 3600, 2);
-    put(14, tod / 60 % 60, 2);
-    put(17, tod % 60, 2);
+    // Events come in bursts within one second: its text is kept.
+    let (last_secs, last_text) = FORMATTED.get();
+    if last_secs == secs {
+        buf[..19].copy_from_slice(&last_text);
+    } else {
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+        let tod = secs.rem_euclid(86_400);
+        put(&mut buf, 0, year.clamp(0, 9999), 4);
+        put(&mut buf, 5, month, 2);
+        put(&mut buf, 8, day, 2);
+        put(&mut buf, 11, tod / 3600, 2);
+        put(&mut buf, 14, tod / 60 % 60, 2);
+        put(&mut buf, 17, tod % 60, 2);
+        buf[4] = b'-';
+        buf[7] = b'-';
+        buf[10] = b'T';
+        buf[13] = b':';
+        buf[16] = b':';
+        let text: [u8; 19] = buf[..19].try_into().expect("19 bytes");
+        FORMATTED.set((secs, text));
+    }
     let digits = fraction_digits.clamp(1, 9) as usize;
-    put(20, sub / 10i64.pow(9 - digits as u32), digits);
-    buf[4] = b'-';
-    buf[7] = b'-';
-    buf[10] = b'T';
-    buf[13] = b':';
-    buf[16] = b':';
+    put(&mut buf, 20, sub / 10i64.pow(9 - digits as u32), digits);
     buf[19] = b'.';
     buf[20 + digits] = b'Z';
     out.extend_from_slice(&buf[..21 + digits]);
@@ -205,5 +232,28 @@ mod tests {
             );
             n += 7_777_777_777_777_777;
         }
+    }
+
+    #[test]
+    fn the_per_second_caches_never_leak_between_values() {
+        let at = |s: &str| parse_rfc3339(s.as_bytes());
+        let base = at("2026-11-25T10:00:01Z").unwrap();
+        assert_eq!(at("2026-11-25T10:00:01.5Z"), Some(base + 500_000_000));
+        assert_eq!(
+            at("2026-11-25T10:00:01+01:00"),
+            Some(base - 3_600_000_000_000)
+        );
+        assert_eq!(at("2026-11-25T10:00:01.x"), None);
+        assert_eq!(at("2026-11-25T10:00:02Z"), Some(base + 1_000_000_000));
+        assert_eq!(at("2026-13-25T10:00:02Z"), None);
+        let text = |n: i64| {
+            let mut out = Vec::new();
+            format_rfc3339(n, 9, &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(text(base + 7), "2026-11-25T10:00:01.000000007Z");
+        assert_eq!(text(base + 8), "2026-11-25T10:00:01.000000008Z");
+        assert_eq!(text(base + 1_000_000_000), "2026-11-25T10:00:02.000000000Z");
+        assert_eq!(text(base + 9), "2026-11-25T10:00:01.000000009Z");
     }
 }
