@@ -862,3 +862,36 @@ fn a_udp_client_follows_when_its_endpoint_leaves() {
         "{metrics}"
     );
 }
+
+#[test]
+fn bad_ranges_are_refused_with_the_flag_named() {
+    for (flag, value, want) in [
+        (
+            "--service-cidr",
+            "10.96.0.0/33",
+            "the prefix length must be 0 to 32",
+        ),
+        ("--service-cidr", "10.96.0.0", "expected a CIDR"),
+        (
+            "--service-cidr",
+            "10.96.0.0/12,10.0.0.0/8",
+            "at most one range per address family",
+        ),
+        ("--cluster-cidr", "fd00::zz/64", "is not an IP address"),
+    ] {
+        let out = Command::new(ORCA)
+            .args([
+                "--etcd",
+                &format!("http://127.0.0.1:{}", orca_testkit::closed_port()),
+            ])
+            .args(["node-proxy", "--node", "n", flag, value])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag} {value} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(flag) && err.contains(want),
+            "{flag} {value}: {err}"
+        );
+    }
+}

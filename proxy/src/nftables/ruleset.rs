@@ -675,11 +675,6 @@ impl Model {
         chains.get(chain).map(|c| c.rules.clone())
     }
 
-    /// Whether the table exists.
-    pub fn exists(&self) -> bool {
-        self.table.is_some()
-    }
-
     /// Number of rules and elements in the table.
     pub fn counts(&self) -> (usize, usize) {
         self.table.as_ref().map_or((0, 0), |(chains, sets)| {
