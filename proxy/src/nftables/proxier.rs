@@ -326,7 +326,10 @@ impl Slots {
 pub struct Proxier {
     family: Family,
     options: Options,
-    programmed: HashMap<ServiceKey, Footprint>,
+    /// What each programmed Service was programmed from: its footprint is
+    /// computed again when it changes (slots are kept, so it comes out the
+    /// same), which costs far less memory than keeping 10k footprints.
+    programmed: HashMap<ServiceKey, Vec<ServicePort>>,
     slots: Slots,
     /// How many programmed Services hold each hairpin element.
     hairpin_refs: HashMap<Vec<u8>, usize>,
@@ -393,36 +396,31 @@ impl Proxier {
         if self.needs_full {
             let mut ops = vec![Op::AddTable, Op::DeleteTable, Op::AddTable];
             ops.extend(skeleton(&self.options, self.family));
-            let before: BTreeSet<UdpFlow> = self
-                .programmed
-                .values()
-                .flat_map(|fp| fp.udp_flows.iter().cloned())
-                .collect();
-            self.programmed.clear();
+            let previous: Vec<(ServiceKey, Vec<ServicePort>)> = self.programmed.drain().collect();
+            let mut before = BTreeSet::new();
+            for (key, ports) in &previous {
+                before.extend(self.footprint(key, ports).udp_flows);
+            }
+            drop(previous);
             self.slots = Slots::default();
             self.hairpin_refs.clear();
             let mut keys = all();
             keys.sort();
             let mut adds = Vec::new();
+            let mut after = BTreeSet::new();
             for key in keys {
                 if let Some(ports) = desired(&key) {
                     let new = self.footprint(&key, &ports);
                     self.diff(&Footprint::default(), &new, &mut ops, &mut adds);
-                    self.programmed.insert(key, new);
+                    after.extend(new.udp_flows);
+                    if !new.chains.is_empty() {
+                        self.programmed.insert(key, ports);
+                    }
                 }
             }
             ops.extend(adds);
             self.needs_full = false;
-            let after: BTreeSet<&UdpFlow> = self
-                .programmed
-                .values()
-                .flat_map(|fp| fp.udp_flows.iter())
-                .collect();
-            let stale_udp = before
-                .iter()
-                .filter(|f| !after.contains(f))
-                .cloned()
-                .collect();
+            let stale_udp = before.difference(&after).cloned().collect();
             return Plan {
                 ops,
                 full: true,
@@ -438,17 +436,16 @@ impl Proxier {
             if !seen.insert(key.clone()) {
                 continue;
             }
-            let old = self.programmed.remove(key).unwrap_or_default();
-            let new = match desired(key) {
-                Some(ports) => self.footprint(key, &ports),
-                None => Footprint::default(),
-            };
-            if old == new {
-                if !new.chains.is_empty() {
-                    self.programmed.insert(key.clone(), new);
+            let old_ports = self.programmed.remove(key).unwrap_or_default();
+            let new_ports = desired(key).unwrap_or_default();
+            if old_ports == new_ports {
+                if !new_ports.is_empty() {
+                    self.programmed.insert(key.clone(), new_ports);
                 }
                 continue;
             }
+            let old = self.footprint(key, &old_ports);
+            let new = self.footprint(key, &new_ports);
             self.diff(&old, &new, &mut ops, &mut adds);
             stale_udp.extend(old.udp_flows.difference(&new.udp_flows).cloned());
             removed_chains.extend(
@@ -458,7 +455,7 @@ impl Proxier {
                     .cloned(),
             );
             if !new.chains.is_empty() {
-                self.programmed.insert(key.clone(), new);
+                self.programmed.insert(key.clone(), new_ports);
             }
         }
         ops.extend(adds);
