@@ -46,19 +46,23 @@
 //!   a CPU does not inflate.
 //!
 //! Latest result, 2026-11-29, one run on this 2-core machine (nothing
-//! else running), kernel 6.18, with a map per service port:
+//! else running), kernel 6.18, with a map per service port and the
+//! proxier keeping each Service's inputs rather than its footprint:
 //!
 //! | what                                   | measured                          | target   |
 //! |----------------------------------------|-----------------------------------|----------|
-//! | full sync 1k x 10                      | 0.22 s (plan 39 ms, encode 11 ms, commit 0.17 s) | - |
-//! | full sync 10k x 10                     | 12.4 s (plan 0.46 s, encode 0.10 s, commit 11.8 s; 14.3 MiB batch) | < 2 s |
-//! | full resync over the 10k table         | 10.9 s                            | -        |
-//! | peak RSS after the 10k sync            | 160 MiB (139 MiB after; ~13 MiB of it the input) | < 64 MiB |
-//! | endpoint change at 10k: pod replaced   | median 0.65 ms, p99 8.4 ms        | < 5 ms   |
-//! | endpoint change at 10k: unready/ready  | median 29.9 ms, p99 36.4 ms       | < 5 ms   |
-//! | 9990 Services added / removed at once  | 9.5 s / 2.1 s                     | -        |
-//! | ClusterIP keep-alive, 10k/10 req/s     | 0.996 (medians 58.9k / 58.7k; per round 0.93 to 1.55); CPU/req 1.03 | >= 0.95 |
-//! | ClusterIP Connection: close, 10k/10    | 1.14 (7.7k / 8.7k; per round 1.00 to 1.45); CPU/req 0.88 | - |
+//! | full sync 1k x 10                      | 0.24 s (plan 35 ms, encode 13 ms, commit 0.19 s) | - |
+//! | full sync 10k x 10                     | 10.1 s (plan 0.40 s, encode 0.12 s, commit 9.6 s; 14.3 MiB batch) | < 2 s |
+//! | full resync over the 10k table         | 9.3 s                             | -        |
+//! | RSS after the 10k sync                 | peak 92.6 MiB, then 71.7 MiB (~9 MiB of it the input) | < 64 MiB |
+//! | endpoint change at 10k: pod replaced   | median 0.59 ms, p99 10.5 ms       | < 5 ms   |
+//! | endpoint change at 10k: unready/ready  | median 30.7 ms, p99 36.7 ms       | < 5 ms   |
+//! | 9990 Services added / removed at once  | 7.7 s / 2.1 s                     | -        |
+//! | ClusterIP keep-alive, 10k/10 req/s     | 1.03 (medians 57.3k / 59.1k; per round 0.90 to 1.18); CPU/req 1.01 | >= 0.95 |
+//! | ClusterIP Connection: close, 10k/10    | 0.97 (9.6k / 9.3k; per round 0.87 to 1.11); CPU/req 0.92 | - |
+//!
+//! The previous run (footprints kept per Service): 12.4 s full sync, RSS
+//! peak 160 MiB and 139 MiB after, the rest alike.
 //!
 //! The per-packet cost does not grow with the Services: ClusterIP
 //! throughput at 10k is the same as at 10, with keep-alive and with a new
@@ -80,9 +84,9 @@
 //!   with a NAT or verdict expression makes the commit validate the whole
 //!   table (`nft_table_validate`, every chain reachable from the hooks):
 //!   ~30 ms at 10k Services.
-//! - RSS: the proxier keeps each Service's rules and elements as data to
-//!   diff against, and the full sync's operation list and 14 MiB batch sit
-//!   beside it at the peak.
+//! - RSS: at the peak the full sync's operation list and its 14 MiB batch
+//!   sit beside the proxier's state; streaming the full sync into the batch
+//!   would remove the list.
 
 use std::collections::HashMap;
 use std::error::Error;
