@@ -575,16 +575,20 @@ fn restart_under_traffic_loses_no_connection_attempt_and_cleanup_removes_all() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
     let path = c.client.path();
     let load = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let (stop, ok, failed, errors) = (stop.clone(), ok.clone(), failed.clone(), errors.clone());
         thread::spawn(move || {
             enter(&path);
             let addr: SocketAddr = "10.96.0.40:80".parse().unwrap();
             while !stop.load(Ordering::Relaxed) {
                 match tcp(addr) {
                     Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        errors.lock().unwrap().push(e);
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
                 };
             }
         })
@@ -604,8 +608,9 @@ fn restart_under_traffic_loses_no_connection_attempt_and_cleanup_removes_all() {
     assert_eq!(
         failed,
         0,
-        "{failed} of {} connection attempts failed across restarts",
-        ok + failed
+        "{failed} of {} connection attempts failed across restarts: {:?}",
+        ok + failed,
+        errors.lock().unwrap()
     );
 
     // --cleanup removes the table.

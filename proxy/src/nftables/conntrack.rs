@@ -11,6 +11,7 @@ use std::path::Path;
 
 use socket2::Socket;
 
+use super::netlink::messages;
 use super::proxier::UdpFlow;
 use super::ruleset::Family;
 
@@ -18,7 +19,6 @@ const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
-const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
@@ -178,25 +178,16 @@ impl Conntrack {
         let mut doomed: Vec<Vec<u8>> = Vec::new();
         'dump: loop {
             let n = (&self.socket).read(&mut self.recv)?;
-            let mut at = 0;
-            while at + 16 <= n {
-                let buf = &self.recv[at..n];
-                let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                let ty = u16::from_ne_bytes([buf[4], buf[5]]);
-                if len < 16 || len > buf.len() {
-                    break;
-                }
-                match ty {
-                    NLMSG_DONE => break 'dump,
-                    NLMSG_ERROR if len >= 20 => {
-                        let code = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
-                        if code != 0 {
-                            return Err(io::Error::from_raw_os_error(-code));
-                        }
+            for msg in messages(&self.recv[..n]) {
+                match (msg.ty, msg.error()) {
+                    (NLMSG_DONE, _) => break 'dump,
+                    (_, Some(code)) if code != 0 => {
+                        return Err(io::Error::from_raw_os_error(-code));
                     }
-                    t if t == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW && len >= 20 => {
+                    (ty, None) if ty == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW => {
+                        // The body starts with the 4-byte nfgenmsg.
                         let (mut orig, mut reply, mut kept) = (None, None, Vec::new());
-                        for (ty, value, whole) in attrs(&buf[20..len]) {
+                        for (ty, value, whole) in attrs(msg.body.get(4..).unwrap_or_default()) {
                             match ty {
                                 CTA_TUPLE_ORIG => {
                                     orig = Some(tuple(value));
@@ -215,7 +206,6 @@ impl Conntrack {
                     }
                     _ => {}
                 }
-                at += (len + 3) & !3;
             }
         }
         if doomed.is_empty() {
@@ -233,25 +223,14 @@ impl Conntrack {
         let (mut answered, mut deleted) = (0, 0);
         while answered < doomed.len() {
             let n = (&self.socket).read(&mut self.recv)?;
-            let mut at = 0;
-            while at + 16 <= n {
-                let buf = &self.recv[at..n];
-                let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                let ty = u16::from_ne_bytes([buf[4], buf[5]]);
-                if len < 16 || len > buf.len() {
-                    break;
+            for code in messages(&self.recv[..n]).filter_map(|m| m.error()) {
+                answered += 1;
+                match -code {
+                    0 => deleted += 1,
+                    // Expired meanwhile: nothing to forget.
+                    ENOENT => {}
+                    errno => return Err(io::Error::from_raw_os_error(errno)),
                 }
-                if ty == NLMSG_ERROR && len >= 20 {
-                    answered += 1;
-                    let code = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
-                    match -code {
-                        0 => deleted += 1,
-                        // Expired meanwhile: nothing to forget.
-                        ENOENT => {}
-                        errno => return Err(io::Error::from_raw_os_error(errno)),
-                    }
-                }
-                at += (len + 3) & !3;
             }
         }
         Ok(deleted)

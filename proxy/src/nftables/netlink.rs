@@ -632,37 +632,61 @@ impl Netlink {
         let mut first_error: Option<Error> = None;
         loop {
             let n = (&self.socket).read(&mut self.recv)?;
-            let mut at = 0;
-            while at + 16 <= n {
-                let len =
-                    u32::from_ne_bytes(self.recv[at..at + 4].try_into().expect("4 bytes")) as usize;
-                let ty = u16::from_ne_bytes(self.recv[at + 4..at + 6].try_into().expect("2 bytes"));
-                let seq =
-                    u32::from_ne_bytes(self.recv[at + 8..at + 12].try_into().expect("4 bytes"));
-                if len < 16 || at + len > n {
-                    break;
+            for msg in messages(&self.recv[..n]) {
+                let Some(code) = msg.error() else {
+                    continue;
+                };
+                if msg.seq == probe {
+                    return first_error.map_or(Ok(()), Err);
                 }
-                if ty == NLMSG_ERROR && len >= 20 {
-                    let code = i32::from_ne_bytes(
-                        self.recv[at + 16..at + 20].try_into().expect("4 bytes"),
-                    );
-                    if seq == probe {
-                        return first_error.map_or(Ok(()), Err);
-                    }
-                    // Answers outside this batch are leftovers of an
-                    // exchange that failed half-way; they are not ours.
-                    let index = seq.wrapping_sub(first) as usize;
-                    if code != 0 && first_error.is_none() && index < what.len() {
-                        first_error = Some(Error::Refused {
-                            what: what[index].clone(),
-                            error: io::Error::from_raw_os_error(-code),
-                        });
-                    }
+                // Answers outside this batch are leftovers of an exchange
+                // that failed half-way; they are not ours.
+                let index = msg.seq.wrapping_sub(first) as usize;
+                if code != 0 && first_error.is_none() && index < what.len() {
+                    first_error = Some(Error::Refused {
+                        what: what[index].clone(),
+                        error: io::Error::from_raw_os_error(-code),
+                    });
                 }
-                at += (len + 3) & !3;
             }
         }
     }
+}
+
+/// One netlink message as received.
+pub(super) struct Message<'a> {
+    /// Its type.
+    pub ty: u16,
+    /// Its sequence number.
+    pub seq: u32,
+    /// What follows the 16-byte header.
+    pub body: &'a [u8],
+}
+
+impl Message<'_> {
+    /// For an error (or ack) message, its code: 0 or a negative errno.
+    pub fn error(&self) -> Option<i32> {
+        let code = self.body.get(..4)?;
+        (self.ty == NLMSG_ERROR).then(|| i32::from_ne_bytes(code.try_into().expect("4 bytes")))
+    }
+}
+
+/// The messages in what one read returned; a truncated tail is dropped.
+pub(super) fn messages(mut buf: &[u8]) -> impl Iterator<Item = Message<'_>> {
+    std::iter::from_fn(move || {
+        let header = buf.get(..16)?;
+        let len = u32::from_ne_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        if len < 16 || len > buf.len() {
+            return None;
+        }
+        let msg = Message {
+            ty: u16::from_ne_bytes(header[4..6].try_into().expect("2 bytes")),
+            seq: u32::from_ne_bytes(header[8..12].try_into().expect("4 bytes")),
+            body: &buf[16..len],
+        };
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+        Some(msg)
+    })
 }
 
 /// A netfilter netlink socket in the network namespace at `netns`, or in
@@ -721,5 +745,35 @@ fn set_int_option(socket: &Socket, level: i32, name: i32, value: i32) -> io::Res
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(ty: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+        let mut m = ((16 + body.len()) as u32).to_ne_bytes().to_vec();
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&0u16.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(body);
+        while m.len() % 4 != 0 {
+            m.push(0);
+        }
+        m
+    }
+
+    #[test]
+    fn messages_split_acks_errors_and_drop_a_truncated_tail() {
+        let mut buf = message(NLMSG_ERROR, 7, &0i32.to_ne_bytes());
+        buf.extend(message(NLMSG_ERROR, 8, &(-2i32).to_ne_bytes()));
+        buf.extend(message(0x0a10, 9, b"abc"));
+        let whole = buf.len();
+        buf.extend(message(NLMSG_ERROR, 10, &0i32.to_ne_bytes()));
+        buf.truncate(whole + 10);
+        let got: Vec<(u32, Option<i32>)> = messages(&buf).map(|m| (m.seq, m.error())).collect();
+        assert_eq!(got, [(7, Some(0)), (8, Some(-2)), (9, None)]);
     }
 }
