@@ -25,8 +25,8 @@
 //! - Endpoint change with 10k Services present, timed from plan to the
 //!   kernel's ack, 100 times each: a pod replaced (one endpoint's address
 //!   changes: element updates only) and a pod turning unready and ready
-//!   again (the endpoint count changes, so the service chain's rule is
-//!   rewritten).
+//!   again (the endpoint count changes within its size class: element
+//!   updates only).
 //! - RSS: VmHWM and VmRSS from /proc/self/status before and after the 10k
 //!   sync. They include the bench's own input (10k `ServicePort`s, ~12 MiB).
 //! - ClusterIP: two node namespaces, one with 10 Services and one with 10k
@@ -45,48 +45,49 @@
 //!   the netfilter work of their packets is accounted), which waiting for
 //!   a CPU does not inflate.
 //!
-//! Latest result, 2026-11-29, one run on this 2-core machine (nothing
-//! else running), kernel 6.18, with a map per service port and the
-//! proxier keeping each Service's inputs rather than its footprint:
+//! Latest result, 2026-11-30, one run on this 2-core machine (nothing
+//! else running), kernel 6.18, with shared pick chains per size class over
+//! one node-wide endpoints map:
 //!
 //! | what                                   | measured                          | target   |
 //! |----------------------------------------|-----------------------------------|----------|
-//! | full sync 1k x 10                      | 0.24 s (plan 35 ms, encode 13 ms, commit 0.19 s) | - |
-//! | full sync 10k x 10                     | 10.1 s (plan 0.40 s, encode 0.12 s, commit 9.6 s; 14.3 MiB batch) | < 2 s |
-//! | full resync over the 10k table         | 9.3 s                             | -        |
-//! | RSS after the 10k sync                 | peak 92.6 MiB, then 71.7 MiB (~9 MiB of it the input) | < 64 MiB |
-//! | endpoint change at 10k: pod replaced   | median 0.59 ms, p99 10.5 ms       | < 5 ms   |
-//! | endpoint change at 10k: unready/ready  | median 30.7 ms, p99 36.7 ms       | < 5 ms   |
-//! | 9990 Services added / removed at once  | 7.7 s / 2.1 s                     | -        |
-//! | ClusterIP keep-alive, 10k/10 req/s     | 1.03 (medians 57.3k / 59.1k; per round 0.90 to 1.18); CPU/req 1.01 | >= 0.95 |
-//! | ClusterIP Connection: close, 10k/10    | 0.97 (9.6k / 9.3k; per round 0.87 to 1.11); CPU/req 0.92 | - |
+//! | full sync 1k x 10                      | 0.14 s (plan 26 ms, encode 9 ms, commit 0.10 s) | - |
+//! | full sync 10k x 10                     | 1.39 s (plan 0.26 s, encode 0.06 s, commit 1.07 s; 13.6 MiB batch) | < 2 s |
+//! | full resync over the 10k table         | 1.74 s                            | -        |
+//! | RSS after the 10k sync                 | peak 88.8 MiB, then 69.4 MiB (~9 MiB of it the input) | < 64 MiB |
+//! | endpoint change at 10k: pod replaced   | median 0.27 ms, p99 6.4 ms        | < 5 ms   |
+//! | endpoint change at 10k: unready/ready  | median 0.28 ms, p99 0.45 ms       | < 5 ms   |
+//! | 9990 Services added / removed at once  | 1.7 s / 0.9 s                     | -        |
+//! | ClusterIP keep-alive, 10k/10 req/s     | 0.93 (medians 53.6k / 57.9k; per round 0.92 to 1.03); CPU/req 1.03 | >= 0.95 |
+//! | ClusterIP Connection: close, 10k/10    | 1.06 (8.3k / 7.9k; per round 0.93 to 1.13); CPU/req 1.02 | - |
 //!
-//! The previous run (footprints kept per Service): 12.4 s full sync, RSS
-//! peak 160 MiB and 139 MiB after, the rest alike.
+//! Earlier designs, same bench: a map per service port, 10.1 s full sync
+//! and 30.7 ms per count change; one endpoints map looked up by every
+//! service chain, 20.7 s and 64 ms.
 //!
-//! The per-packet cost does not grow with the Services: ClusterIP
-//! throughput at 10k is the same as at 10, with keep-alive and with a new
-//! connection (a NAT lookup) per request. An earlier `perf record -a` over
-//! one wrk run each put nf_tables' evaluation at ~1% of CPU samples with
-//! keep-alive and ~1.5% with Connection: close, for 10 and 10k alike.
+//! The per-packet cost does not grow with the Services: an established
+//! connection never reaches the NAT chains, and a new one costs a verdict
+//! map lookup and on average at most four draws. An earlier `perf record
+//! -a` over one wrk run each put nf_tables' evaluation at ~1% of CPU
+//! samples with keep-alive and ~1.5% with Connection: close, for 10 and
+//! 10k alike; the keep-alive ratio moves between runs (1.03 in the run
+//! before this one) while the CPU per request stays level.
 //!
-//! Programming is what misses its targets, in the kernel's commit:
-//! - With one node-wide `endpoints` map (the first design) the 10k full
-//!   sync took 20.7 s and a count change 64 ms: nf_tables checks each
-//!   element added to a map against every rule bound to it
-//!   (`nft_add_set_elem`) and walks every element when a rule binds
-//!   (`nf_tables_bind_set`), and every service chain was bound to it.
-//! - With a map per service port (now) there are no large bindings, but
-//!   nf_tables finds sets by name in a linked list (`nft_set_lookup`), once
-//!   per new set, per element message and per rule bound, so 10k maps still
-//!   cost ~12 s. Address-only changes stay under a millisecond.
-//! - A count change rewrites the service chain's rule, and any new rule
-//!   with a NAT or verdict expression makes the commit validate the whole
-//!   table (`nft_table_validate`, every chain reachable from the hooks):
-//!   ~30 ms at 10k Services.
+//! Why the shape, from where the kernel spends a commit:
+//! - nf_tables checks each element added to a map against every rule bound
+//!   to it (`nft_add_set_elem`) and walks every element when a rule binds
+//!   (`nf_tables_bind_set`): the endpoints map is bound only by the pick
+//!   chains (9 rules per class in use), never by the 10k service chains.
+//! - nf_tables finds sets by name in a linked list (`nft_set_lookup`), once
+//!   per new set, per element message and per rule bound: no set per
+//!   service (but for session affinity), so 10k Services cost no
+//!   quadratic name lookups.
+//! - Any new rule with a NAT or verdict expression, and any verdict-map
+//!   element with a goto, makes the commit validate the whole table
+//!   (`nft_table_validate`): ~30 ms at 10k Services. An endpoint change
+//!   touches neither; adding a Service or moving one to another class does.
 //! - RSS: at the peak the full sync's operation list and its 14 MiB batch
-//!   sit beside the proxier's state; streaming the full sync into the batch
-//!   would remove the list.
+//!   sit beside the proxier's state.
 
 use std::collections::HashMap;
 use std::error::Error;

@@ -2,19 +2,24 @@
 //! transaction that gets it there.
 //!
 //! The table follows kube-proxy's nftables mode (KEP-3866) with one change
-//! that removes its scaling limit: there are no per-endpoint chains and no
-//! anonymous sets. A service port's chain picks an endpoint with one rule,
-//! `dnat to numgen random mod N map @endpoints-SLOT`, over a small named map
-//! of its own (index → address . port). Adding a service costs one chain,
-//! one rule, one map and N map elements; an endpoint change costs a few
-//! element updates (and one rule when N changes), whatever the number of
-//! services.
+//! that removes its scaling limits: there are no per-endpoint chains and no
+//! per-service sets. A service port's chain sends new connections to a
+//! shared pick chain for its size class C (a power of two at least its
+//! number of endpoints N), whose rules draw `numgen random mod C` and look
+//! `ip daddr . meta l4proto . th dport . <draw>` up in one node-wide map of
+//! endpoints (indexes 0..N of every service port → address . port). A draw
+//! of an index the service does not have misses the map and the next rule
+//! draws again; after [`DRAWS`] misses the last rule draws below C/4, which
+//! every service of the class has (N > C/4). The draws are uniform, so is
+//! the choice, but for the rare fall-through.
 //!
-//! Why a map per service and not one for the node: the kernel checks every
-//! element added to a map against every rule that looks the map up, and
-//! walks every element when a rule starts looking it up. With one shared
-//! map, 10k services made a full sync quadratic (20 s) and a change of N
-//! walk 100k elements.
+//! Why: the kernel validates the whole table when a transaction adds a
+//! rule that jumps or NATs, and checks every element added to a map
+//! against every rule that looks it up. Here an endpoint change is element
+//! updates in a map only the few pick chains look up, whatever the number
+//! of services, and N crossing its class (up above C, down to C/4) is the
+//! only change that rewrites a rule. A full sync adds per service a chain,
+//! its rules and elements, and no set, so its cost grows linearly.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -33,8 +38,14 @@ pub const SERVICE_NODEPORTS: &str = "service-nodeports";
 pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 /// Verdict map: protocol . node port without endpoints → reject or drop.
 pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
-/// Prefix of a group's map: index → endpoint address . port.
-pub const ENDPOINTS: &str = "endpoints-";
+/// Map: ClusterIP . protocol . port . index → endpoint address . port.
+pub const ENDPOINTS: &str = "endpoints";
+/// Map: protocol . node port . index → endpoint address . port.
+pub const NODEPORT_ENDPOINTS: &str = "nodeport-endpoints";
+/// Prefix of the chains that pick a service port's endpoint (`pick-16`).
+pub const PICK: &str = "pick-";
+/// Prefix of the chains that pick a node port's endpoint.
+pub const NODEPORT_PICK: &str = "nodeport-pick-";
 /// Prefix of an affinity group's verdict map: index → endpoint chain.
 pub const ENDPOINT_CHAINS: &str = "endpoint-chains-";
 /// Set of ClusterIPs, to reject traffic to ports a Service does not have.
@@ -57,6 +68,11 @@ const CT_STATUS_DNAT: u32 = 0x20;
 const RTN_LOCAL: u32 = 2;
 /// Kubernetes' default session affinity timeout.
 const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
+/// Draws among C before a pick chain falls back to the first C/4
+/// endpoints: a miss is at most 3/4 likely, so the fall-through takes at
+/// most 10% of new connections (right after N shrank to C/4 + 1) and
+/// under 0.4% while N > C/2, the usual case.
+pub const DRAWS: u32 = 8;
 
 /// A transport protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -264,6 +280,8 @@ pub struct Footprint {
     sets: BTreeMap<String, Set>,
     /// Its elements, in the node-wide sets and maps and in its own maps.
     elems: BTreeMap<(Arc<str>, Vec<u8>), Option<ElemData>>,
+    /// The shared pick chains its chains go to.
+    picks: BTreeSet<Pick>,
     /// The UDP flows its rules create, to forget when an endpoint leaves.
     udp_flows: BTreeSet<UdpFlow>,
 }
@@ -293,31 +311,127 @@ pub struct Options {
     pub service_cidr: Option<(IpAddr, u8)>,
 }
 
-/// Slots of the `endpoints` map, one per endpoint group, reused when freed.
-#[derive(Debug, Default)]
-struct Slots {
-    by_chain: HashMap<String, u32>,
-    free: Vec<u32>,
-    next: u32,
+/// A shared chain that picks an endpoint among up to `class` of a
+/// service port (or a node port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Pick {
+    nodeport: bool,
+    class: u32,
 }
 
-impl Slots {
-    fn get(&mut self, chain: &str) -> u32 {
-        if let Some(s) = self.by_chain.get(chain) {
+impl Pick {
+    fn chain(self) -> String {
+        let prefix = if self.nodeport { NODEPORT_PICK } else { PICK };
+        format!("{prefix}{}", self.class)
+    }
+
+    /// [`DRAWS`] draws among `class`, then one below `class / 4`: the
+    /// service tuple (or node port) and the draw are the key of the
+    /// endpoints map.
+    fn rules(self, family: Family) -> Vec<Vec<Expr>> {
+        let draw = |modulus: u32| {
+            let (mut r, at, map) = if self.nodeport {
+                (nodeport_tuple(), R0 + 2, NODEPORT_ENDPOINTS)
+            } else {
+                (
+                    service_tuple(family),
+                    R0 + family.addr_regs() + 2,
+                    ENDPOINTS,
+                )
+            };
+            r.extend([
+                Expr::Numgen { dreg: at, modulus },
+                Expr::Lookup {
+                    set: map.into(),
+                    sreg: R0,
+                    dreg: Some(at + 1),
+                    invert: false,
+                },
+                Expr::Dnat {
+                    family,
+                    addr: at + 1,
+                    port: at + 1 + family.addr_regs(),
+                },
+            ]);
+            r
+        };
+        if self.class == 1 {
+            return vec![draw(1)];
+        }
+        let mut rules: Vec<Vec<Expr>> = (0..DRAWS).map(|_| draw(self.class)).collect();
+        rules.push(draw((self.class / 4).max(1)));
+        rules
+    }
+}
+
+/// What the proxier remembers of each endpoint group (a service port's or
+/// a node port's chain): the size class it was given, so N moving within
+/// (C/4, C] keeps it, and for session affinity the slot naming its map.
+#[derive(Debug, Default)]
+struct Groups {
+    classes: HashMap<String, u32>,
+    slots: HashMap<String, u32>,
+    free_slots: Vec<u32>,
+    next_slot: u32,
+}
+
+impl Groups {
+    /// The class of a group of `n` endpoints: its current one while it
+    /// still fits, else the next power of two.
+    fn class(&mut self, chain: &str, n: u32) -> u32 {
+        let fits = |c: u32| n <= c && n > c / 4;
+        match self.classes.get_mut(chain) {
+            Some(c) if fits(*c) => *c,
+            Some(c) => {
+                *c = n.next_power_of_two();
+                *c
+            }
+            None => {
+                let c = n.next_power_of_two();
+                self.classes.insert(chain.to_string(), c);
+                c
+            }
+        }
+    }
+
+    fn slot(&mut self, chain: &str) -> u32 {
+        if let Some(s) = self.slots.get(chain) {
             return *s;
         }
-        let s = self.free.pop().unwrap_or_else(|| {
-            self.next += 1;
-            self.next
+        let s = self.free_slots.pop().unwrap_or_else(|| {
+            self.next_slot += 1;
+            self.next_slot
         });
-        self.by_chain.insert(chain.to_string(), s);
+        self.slots.insert(chain.to_string(), s);
         s
     }
 
     fn release(&mut self, chain: &str) {
-        if let Some(s) = self.by_chain.remove(chain) {
-            self.free.push(s);
+        self.classes.remove(chain);
+        if let Some(s) = self.slots.remove(chain) {
+            self.free_slots.push(s);
         }
+    }
+}
+
+/// Where a group's packets were addressed: the start of its endpoints'
+/// keys.
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    /// A ClusterIP port.
+    Service(IpAddr, Proto, u16),
+    /// A node port, on any local address.
+    NodePort(Proto, u16),
+}
+
+impl Via {
+    fn key(self, index: u32) -> Vec<u8> {
+        match self {
+            Via::Service(ip, proto, port) => KeyBuf::default().ip(ip).proto(proto as u8).port(port),
+            Via::NodePort(proto, port) => KeyBuf::default().proto(proto as u8).port(port),
+        }
+        .mark(index)
+        .done()
     }
 }
 
@@ -330,9 +444,11 @@ pub struct Proxier {
     /// computed again when it changes (slots are kept, so it comes out the
     /// same), which costs far less memory than keeping 10k footprints.
     programmed: HashMap<ServiceKey, Vec<ServicePort>>,
-    slots: Slots,
+    groups: Groups,
     /// How many programmed Services hold each hairpin element.
     hairpin_refs: HashMap<Vec<u8>, usize>,
+    /// How many programmed groups go to each pick chain.
+    pick_refs: HashMap<Pick, usize>,
     /// Set after a failed commit: the next sync replaces the whole table.
     needs_full: bool,
 }
@@ -357,8 +473,9 @@ impl Proxier {
             family,
             options,
             programmed: HashMap::new(),
-            slots: Slots::default(),
+            groups: Groups::default(),
             hairpin_refs: HashMap::new(),
+            pick_refs: HashMap::new(),
             needs_full: true,
         }
     }
@@ -402,8 +519,9 @@ impl Proxier {
                 before.extend(self.footprint(key, ports).udp_flows);
             }
             drop(previous);
-            self.slots = Slots::default();
+            self.groups = Groups::default();
             self.hairpin_refs.clear();
+            self.pick_refs.clear();
             let mut keys = all();
             keys.sort();
             let mut adds = Vec::new();
@@ -460,7 +578,7 @@ impl Proxier {
         }
         ops.extend(adds);
         for chain in removed_chains {
-            self.slots.release(&chain);
+            self.groups.release(&chain);
         }
         Plan {
             ops,
@@ -501,7 +619,8 @@ impl Proxier {
             if let Some((net, bits)) = self.options.cluster_cidr {
                 rules.push(masquerade_unless_from(self.family, net, bits));
             }
-            self.group(&mut fp, &svc_chain, &cluster, sp.affinity, &mut rules);
+            let via = Via::Service(sp.cluster_ip, sp.proto, sp.port);
+            self.group(&mut fp, &svc_chain, via, &cluster, sp.affinity, &mut rules);
             fp.chains.insert(svc_chain.clone(), rules);
             if cluster.is_empty() {
                 fp.elems.insert(
@@ -521,6 +640,7 @@ impl Proxier {
                     .port(node_port)
                     .done();
                 let ext_chain = format!("ext-{id}");
+                let via = Via::NodePort(sp.proto, node_port);
                 let reached = if sp.external_local {
                     usable(&sp.endpoints, true)
                 } else {
@@ -539,7 +659,7 @@ impl Proxier {
                     // balancers' health checks steer away from it.
                     let local = reached;
                     let mut rules = Vec::new();
-                    self.group(&mut fp, &ext_chain, &local, sp.affinity, &mut rules);
+                    self.group(&mut fp, &ext_chain, via, &local, sp.affinity, &mut rules);
                     fp.chains.insert(ext_chain.clone(), rules);
                     let none = if cluster.is_empty() {
                         Verdict::Goto(REJECT.into())
@@ -548,13 +668,14 @@ impl Proxier {
                     };
                     (!local.is_empty(), none)
                 } else {
-                    fp.chains.insert(
-                        ext_chain.clone(),
-                        vec![
-                            vec![Expr::Verdict(Verdict::Jump(MARK_MASQ.into()))],
-                            vec![Expr::Verdict(Verdict::Goto(svc_chain.clone()))],
-                        ],
-                    );
+                    let mut rules = vec![vec![Expr::Verdict(Verdict::Jump(MARK_MASQ.into()))]];
+                    if sp.affinity.is_some() {
+                        // The service chain knows the clients already seen.
+                        rules.push(vec![Expr::Verdict(Verdict::Goto(svc_chain.clone()))]);
+                    } else {
+                        self.group(&mut fp, &ext_chain, via, &cluster, None, &mut rules);
+                    }
+                    fp.chains.insert(ext_chain.clone(), rules);
                     (!cluster.is_empty(), Verdict::Goto(REJECT.into()))
                 };
                 if usable_here {
@@ -574,11 +695,12 @@ impl Proxier {
     }
 
     /// The rules and elements of one endpoint group (a chain that DNATs
-    /// to `endpoints`).
+    /// to `endpoints`, reached through `via`).
     fn group(
         &mut self,
         fp: &mut Footprint,
         chain: &str,
+        via: Via,
         endpoints: &[SocketAddr],
         affinity: Option<u32>,
         rules: &mut Vec<Vec<Expr>>,
@@ -586,7 +708,6 @@ impl Proxier {
         if endpoints.is_empty() {
             return;
         }
-        let slot = self.slots.get(chain);
         let f = self.family;
         let hairpin: Arc<str> = HAIRPIN.into();
         for ep in endpoints {
@@ -598,38 +719,41 @@ impl Proxier {
                 None,
             );
         }
-        let map: Arc<str> = match affinity {
-            None => format!("{ENDPOINTS}{slot}").into(),
-            Some(_) => format!("{ENDPOINT_CHAINS}{slot}").into(),
-        };
-        fp.sets.insert(
-            map.to_string(),
-            Set {
-                name: map.to_string(),
-                key: Key(vec![Field::Mark]),
-                data: Some(match affinity {
-                    None => SetData::Value(Key(vec![f.addr(), Field::Port])),
-                    Some(_) => SetData::Verdict,
-                }),
-                timeout_ms: None,
-            },
-        );
-        if affinity.is_none() {
-            for (i, ep) in endpoints.iter().enumerate() {
+        let n = endpoints.len() as u32;
+        let Some(seconds) = affinity else {
+            let (map, nodeport): (Arc<str>, bool) = match via {
+                Via::Service(..) => (ENDPOINTS.into(), false),
+                Via::NodePort(..) => (NODEPORT_ENDPOINTS.into(), true),
+            };
+            for (i, ep) in (0..).zip(endpoints) {
                 fp.elems.insert(
-                    (map.clone(), KeyBuf::default().mark(i as u32).done()),
+                    (map.clone(), via.key(i)),
                     Some(ElemData::Value(
                         KeyBuf::default().ip(ep.ip()).port(ep.port()).done(),
                     )),
                 );
             }
-        }
-        let n = endpoints.len() as u32;
-        let a = f.addr_regs();
-        let Some(seconds) = affinity else {
-            rules.push(pick(f, &map, n));
+            let pick = Pick {
+                nodeport,
+                class: self.groups.class(chain, n),
+            };
+            rules.push(vec![Expr::Verdict(Verdict::Goto(pick.chain()))]);
+            fp.picks.insert(pick);
             return;
         };
+        let slot = self.groups.slot(chain);
+        let map = format!("{ENDPOINT_CHAINS}{slot}");
+        fp.sets.insert(
+            map.clone(),
+            Set {
+                name: map.clone(),
+                key: Key(vec![Field::Mark]),
+                data: Some(SetData::Verdict),
+                timeout_ms: None,
+            },
+        );
+        let elems: Arc<str> = map.as_str().into();
+        let a = f.addr_regs();
         // Session affinity, after kube-proxy: a chain and a client set per
         // endpoint. A client in an endpoint's set goes back to it; a new
         // one is sent to a random endpoint's chain, which remembers it.
@@ -687,7 +811,7 @@ impl Proxier {
                 Expr::Verdict(Verdict::Goto(ep_chain.clone())),
             ]);
             fp.elems.insert(
-                (map.clone(), KeyBuf::default().mark(i as u32).done()),
+                (elems.clone(), KeyBuf::default().mark(i as u32).done()),
                 Some(ElemData::Verdict(Verdict::Goto(ep_chain))),
             );
         }
@@ -697,7 +821,7 @@ impl Proxier {
                 modulus: n,
             },
             Expr::Lookup {
-                set: map.to_string(),
+                set: map,
                 sreg: R0,
                 dreg: Some(0),
                 invert: false,
@@ -709,6 +833,21 @@ impl Proxier {
     /// additions, which must follow every deletion of the transaction) what
     /// turns `old` into `new`.
     fn diff(&mut self, old: &Footprint, new: &Footprint, ops: &mut Vec<Op>, adds: &mut Vec<Op>) {
+        // A pick chain comes with its first group and goes with its last.
+        for pick in new.picks.difference(&old.picks) {
+            let n = self.pick_refs.entry(*pick).or_default();
+            *n += 1;
+            if *n == 1 {
+                let name = pick.chain();
+                ops.push(Op::AddChain(Chain {
+                    name: name.clone(),
+                    base: None,
+                }));
+                for exprs in pick.rules(self.family) {
+                    ops.push(rule(&name, exprs));
+                }
+            }
+        }
         for (name, set) in &new.sets {
             if !old.sets.contains_key(name) {
                 ops.push(Op::AddSet(set.clone()));
@@ -770,6 +909,16 @@ impl Proxier {
         for name in old.sets.keys() {
             if !new.sets.contains_key(name) {
                 ops.push(Op::DeleteSet(name.clone()));
+            }
+        }
+        for pick in old.picks.difference(&new.picks) {
+            if let Some(n) = self.pick_refs.get_mut(pick) {
+                *n -= 1;
+                if *n == 0 {
+                    self.pick_refs.remove(pick);
+                    ops.push(Op::FlushChain(pick.chain()));
+                    ops.push(Op::DeleteChain(pick.chain()));
+                }
             }
         }
         let mut additions: BTreeMap<&Arc<str>, Vec<Elem>> = BTreeMap::new();
@@ -848,27 +997,6 @@ fn dport(dreg: u32) -> Expr {
         offset: 2,
         len: 2,
     }
-}
-
-/// `dnat to numgen random mod n map @<map>`.
-fn pick(family: Family, map: &str, n: u32) -> Vec<Expr> {
-    vec![
-        Expr::Numgen {
-            dreg: R0,
-            modulus: n,
-        },
-        Expr::Lookup {
-            set: map.into(),
-            sreg: R0,
-            dreg: Some(R0 + 1),
-            invert: false,
-        },
-        Expr::Dnat {
-            family,
-            addr: R0 + 1,
-            port: R0 + 1 + family.addr_regs(),
-        },
-    ]
 }
 
 /// `<address> & mask ==/!= net`.
@@ -996,6 +1124,18 @@ pub fn skeleton(options: &Options, family: Family) -> Vec<Op> {
         verdict_map(NO_ENDPOINT_SERVICES, vec![addr, Field::Proto, Field::Port]),
         verdict_map(SERVICE_NODEPORTS, vec![Field::Proto, Field::Port]),
         verdict_map(NO_ENDPOINT_NODEPORTS, vec![Field::Proto, Field::Port]),
+        Op::AddSet(Set {
+            name: ENDPOINTS.into(),
+            key: Key(vec![addr, Field::Proto, Field::Port, Field::Mark]),
+            data: Some(SetData::Value(Key(vec![addr, Field::Port]))),
+            timeout_ms: None,
+        }),
+        Op::AddSet(Set {
+            name: NODEPORT_ENDPOINTS.into(),
+            key: Key(vec![Field::Proto, Field::Port, Field::Mark]),
+            data: Some(SetData::Value(Key(vec![addr, Field::Port]))),
+            timeout_ms: None,
+        }),
         Op::AddSet(Set {
             name: CLUSTER_IPS.into(),
             key: Key(vec![addr]),
@@ -1234,50 +1374,84 @@ mod tests {
             .expect("the pick rule draws a number")
     }
 
-    /// Where the chain sends new connections, read from the model alone.
-    fn chain_endpoints(m: &Model, chain: &str) -> Vec<SocketAddr> {
+    /// Where the chain sends new connections, read from the model alone:
+    /// through its pick chain and the endpoints map, whose class and
+    /// indexes are checked, or through its affinity map.
+    fn chain_endpoints(m: &Model, chain: &str, via: Via) -> Vec<SocketAddr> {
         let rules = m.rules(chain).expect("chain exists");
-        let map_of = |rule: &[Expr], prefix: &str| {
-            rule.iter().find_map(|e| match e {
-                Expr::Lookup { set, .. } if set.starts_with(prefix) => Some(set.clone()),
+        let addr = |v: &[u8]| {
+            SocketAddr::new(
+                Ipv4Addr::new(v[0], v[1], v[2], v[3]).into(),
+                u16::from_be_bytes([v[4], v[5]]),
+            )
+        };
+        let goto = rules.iter().flatten().find_map(|e| match e {
+            Expr::Verdict(Verdict::Goto(c))
+                if c.starts_with(PICK) || c.starts_with(NODEPORT_PICK) =>
+            {
+                Some(c.clone())
+            }
+            _ => None,
+        });
+        let mut out = Vec::new();
+        if let Some(pick) = goto {
+            let (map, class) = match pick.strip_prefix(NODEPORT_PICK) {
+                Some(c) => (NODEPORT_ENDPOINTS, c),
+                None => (ENDPOINTS, &pick[PICK.len()..]),
+            };
+            let class: u32 = class.parse().unwrap();
+            let prefix = &via.key(0)[..via.key(0).len() - 4];
+            let elems: BTreeMap<Vec<u8>, Option<ElemData>> = m
+                .elements(map)
+                .into_iter()
+                .filter(|e| e.key.starts_with(prefix))
+                .map(|e| (e.key, e.data))
+                .collect();
+            for i in 0..elems.len() as u32 {
+                let Some(Some(ElemData::Value(v))) = elems.get(&via.key(i)) else {
+                    panic!("{chain}: index {i} missing among {} endpoints", elems.len())
+                };
+                out.push(addr(v));
+            }
+            let n = out.len() as u32;
+            assert!(
+                n <= class && n > class / 4,
+                "{chain}: {n} endpoints in class {class}"
+            );
+            let moduli: Vec<u32> = m
+                .rules(&pick)
+                .expect("pick chain exists")
+                .iter()
+                .map(|r| modulus(r))
+                .collect();
+            let (last, draws) = moduli.split_last().unwrap();
+            assert!(draws.iter().all(|d| *d == class), "{pick}: {moduli:?}");
+            assert!(
+                *last <= n && (class == 1 || *last == (class / 4).max(1)),
+                "{pick}: {moduli:?}"
+            );
+        } else if let Some((pick, map)) = rules.iter().find_map(|r| {
+            r.iter().find_map(|e| match e {
+                Expr::Lookup { set, .. } if set.starts_with(ENDPOINT_CHAINS) => {
+                    Some((r, set.clone()))
+                }
                 _ => None,
             })
-        };
-        let mut out = Vec::new();
-        if let Some((pick, map)) = rules
-            .iter()
-            .find_map(|r| map_of(r, ENDPOINTS).map(|m| (r, m)))
-        {
-            for e in m.elements(&map) {
-                let Some(ElemData::Value(v)) = e.data else {
-                    panic!("endpoint without value")
-                };
-                out.push(SocketAddr::new(
-                    Ipv4Addr::new(v[0], v[1], v[2], v[3]).into(),
-                    u16::from_be_bytes([v[4], v[5]]),
-                ));
-            }
-            assert_eq!(modulus(pick) as usize, out.len(), "{chain}: modulus");
-        } else if let Some((pick, map)) = rules
-            .iter()
-            .find_map(|r| map_of(r, ENDPOINT_CHAINS).map(|m| (r, m)))
-        {
+        }) {
             for e in m.elements(&map) {
                 let Some(ElemData::Verdict(Verdict::Goto(ep_chain))) = e.data else {
                     panic!("endpoint chain element without goto")
                 };
                 let ep_rules = m.rules(&ep_chain).expect("endpoint chain exists");
-                let imm: Vec<Vec<u8>> = ep_rules[1]
+                let imm: Vec<u8> = ep_rules[1]
                     .iter()
                     .filter_map(|e| match e {
                         Expr::Immediate { data, .. } => Some(data.clone()),
                         _ => None,
                     })
+                    .flatten()
                     .collect();
-                out.push(SocketAddr::new(
-                    Ipv4Addr::new(imm[0][0], imm[0][1], imm[0][2], imm[0][3]).into(),
-                    u16::from_be_bytes([imm[1][0], imm[1][1]]),
-                ));
+                out.push(addr(&imm));
             }
             assert_eq!(modulus(pick) as usize, out.len(), "{chain}: modulus");
         }
@@ -1296,7 +1470,8 @@ mod tests {
             let Some(ElemData::Verdict(Verdict::Goto(chain))) = e.data else {
                 panic!("service-ips element without goto")
             };
-            return Target::Endpoints(chain_endpoints(m, &chain));
+            let via = Via::Service(ip.parse().unwrap(), Proto::Tcp, port);
+            return Target::Endpoints(chain_endpoints(m, &chain, via));
         }
         if find(NO_ENDPOINT_SERVICES).is_some() {
             return Target::Reject;
@@ -1339,10 +1514,14 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(
-            text.contains("dnat to numgen random mod 2 map @endpoints-1"),
-            "{text}"
-        );
+        for want in [
+            "chain svc-default/web/tcp/80 {\n  goto pick-2\n}",
+            "set endpoints { 10.96.0.10 . tcp . 80 . 0 : 10.244.1.2 . 8080, 10.96.0.10 . tcp . 80 . 1 : 10.244.2.4 . 8080 }",
+            "  dnat to ip daddr . meta l4proto . th dport . numgen random mod 2 map @endpoints\n",
+            "  dnat to ip daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints\n",
+        ] {
+            assert!(text.contains(want), "{want}\n{text}");
+        }
         assert!(
             text.contains("set hairpin { 10.244.1.2 . 10.244.1.2, 10.244.2.4 . 10.244.2.4 }"),
             "{text}"
@@ -1532,8 +1711,13 @@ mod tests {
             m.rules("ext-default/np/tcp/80").unwrap(),
             vec![
                 vec![Expr::Verdict(Verdict::Jump(MARK_MASQ.into()))],
-                vec![Expr::Verdict(Verdict::Goto("svc-default/np/tcp/80".into()))],
+                vec![Expr::Verdict(Verdict::Goto("nodeport-pick-2".into()))],
             ]
+        );
+        let node_port = Via::NodePort(Proto::Tcp, 30007);
+        assert_eq!(
+            chain_endpoints(&m, "ext-default/np/tcp/80", node_port),
+            vec![local.addr, sp.endpoints[1].addr]
         );
 
         // Local: only this node's endpoints, no masquerade.
@@ -1541,7 +1725,7 @@ mod tests {
         desired.insert(key("np"), vec![sp.clone()]);
         sync(&mut p, &mut m, &desired, &[key("np")]);
         assert_eq!(
-            chain_endpoints(&m, "ext-default/np/tcp/80"),
+            chain_endpoints(&m, "ext-default/np/tcp/80", node_port),
             vec![local.addr]
         );
 
@@ -1682,13 +1866,109 @@ mod tests {
                 };
                 assert_eq!(resolve(&m, &ip, 80), want, "round {round}, service s{j}");
             }
+            assert_eq!(pick_chains(&m), used_pick_chains(&m), "round {round}");
         }
         let (mut fresh, mut full) = (
             Proxier::new(Options::default(), Family::V4),
             Model::default(),
         );
         sync(&mut fresh, &mut full, &desired, &[]);
-        assert_eq!(m.counts(), full.counts());
+        // Classes depend on the history (a group keeps its class while it
+        // fits), so the pick chains may differ; nothing else may.
+        let without_picks = |m: &Model| {
+            let (rules, elems) = m.counts();
+            let picks: usize = pick_chains(m)
+                .iter()
+                .map(|c| m.rules(c).unwrap().len())
+                .sum();
+            (rules - picks, elems)
+        };
+        assert_eq!(without_picks(&m), without_picks(&full));
+    }
+
+    /// The pick chains in the table.
+    fn pick_chains(m: &Model) -> BTreeSet<String> {
+        m.render()
+            .lines()
+            .filter_map(|l| l.strip_prefix("chain ")?.strip_suffix(" {"))
+            .filter(|c| c.starts_with(PICK) || c.starts_with(NODEPORT_PICK))
+            .map(String::from)
+            .collect()
+    }
+
+    /// The pick chains some rule goes to: a pick chain no group uses is
+    /// deleted with its last group.
+    fn used_pick_chains(m: &Model) -> BTreeSet<String> {
+        m.render()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| {
+                w[0] == "goto" && (w[1].starts_with(PICK) || w[1].starts_with(NODEPORT_PICK))
+            })
+            .map(|w| w[1].to_string())
+            .collect()
+    }
+
+    #[test]
+    fn an_endpoint_count_change_within_its_class_touches_elements_only() {
+        let (mut p, mut m) = (
+            Proxier::new(Options::default(), Family::V4),
+            Model::default(),
+        );
+        let eps = |n: u32| {
+            (0..n)
+                .map(|j| ep(&format!("10.244.1.{}", j + 1), 80))
+                .collect::<Vec<_>>()
+        };
+        let classes = |p: &Proxier| p.groups.classes.get("svc-default/a/tcp/80").copied();
+        let mut desired = Desired::from([(key("a"), vec![port("10.96.0.1", 80, eps(10))])]);
+        sync(&mut p, &mut m, &desired, &[]);
+        assert_eq!(classes(&p), Some(16));
+        let text = m.render();
+        assert_eq!(
+            text.matches("numgen random mod 16 map @endpoints").count(),
+            DRAWS as usize,
+            "{text}"
+        );
+        assert!(
+            text.contains("numgen random mod 4 map @endpoints"),
+            "{text}"
+        );
+
+        // Down to 5 (> 16/4): still class 16; no rule is written.
+        for n in [9, 12, 16, 5] {
+            desired.insert(key("a"), vec![port("10.96.0.1", 80, eps(n))]);
+            let plan = sync(&mut p, &mut m, &desired, &[key("a")]);
+            assert!(
+                plan.ops
+                    .iter()
+                    .all(|op| matches!(op, Op::AddElems { .. } | Op::DeleteElems { .. })),
+                "{n}: {:#?}",
+                plan.ops
+            );
+            assert_eq!(classes(&p), Some(16));
+            assert_eq!(
+                resolve(&m, "10.96.0.1", 80),
+                Target::Endpoints(usable(&eps(n), false))
+            );
+        }
+
+        // Down to 4 (= 16/4): class 4, pick-16 goes with its last group.
+        desired.insert(key("a"), vec![port("10.96.0.1", 80, eps(4))]);
+        let plan = sync(&mut p, &mut m, &desired, &[key("a")]);
+        assert_eq!(classes(&p), Some(4));
+        assert!(plan.ops.contains(&Op::DeleteChain("pick-16".into())));
+        assert_eq!(pick_chains(&m), BTreeSet::from(["pick-4".to_string()]));
+
+        // Up to 17: class 32.
+        desired.insert(key("a"), vec![port("10.96.0.1", 80, eps(17))]);
+        sync(&mut p, &mut m, &desired, &[key("a")]);
+        assert_eq!(classes(&p), Some(32));
+        assert_eq!(
+            resolve(&m, "10.96.0.1", 80),
+            Target::Endpoints(usable(&eps(17), false))
+        );
     }
 
     fn object<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
@@ -1788,9 +2068,9 @@ mod tests {
         let text = m.render();
         for want in [
             "set service-ips { fd00:96::9 . tcp . 80 : goto svc-default/web/tcp/80 }",
-            "set endpoints-1 { 0 : fd00:244:1::2 . 8080 }",
+            "set endpoints { fd00:96::9 . tcp . 80 . 0 : fd00:244:1::2 . 8080 }",
             "ip6 daddr . meta l4proto . th dport vmap @service-ips",
-            "dnat to numgen random mod 1 map @endpoints-1",
+            "dnat to ip6 daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints",
             "(ip6 saddr & ffff:ffff:ffff:ff00::) ^ :: != fd00:244:: jump mark-for-masquerade",
         ] {
             assert!(text.contains(want), "{want}\n{text}");
