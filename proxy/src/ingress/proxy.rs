@@ -11,6 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -117,6 +118,20 @@ impl Worker {
             buf.clear();
             spare.push(buf);
         }
+    }
+
+    /// A worker with no routes and default limits.
+    #[cfg(test)]
+    pub(super) fn for_tests() -> Self {
+        let shared = Shared {
+            routes: arc_swap::ArcSwap::from_pointee(RouteTable::default()),
+            limits: arc_swap::ArcSwap::from_pointee(Limits::default()),
+            metrics: ProxyMetrics::register(&orca_core::telemetry::Metrics::new()),
+            access_log: arc_swap::ArcSwapOption::empty(),
+            open: Default::default(),
+            draining: Default::default(),
+        };
+        Self::new(Arc::new(shared), 0)
     }
 
     /// A fast, non-cryptographic random number (xorshift) for balancing.
@@ -246,9 +261,10 @@ pub(super) struct Done {
 
 /// A client connection.
 pub trait Connection: AsyncRead + AsyncWrite + Unpin {
-    /// Resolves when bytes may be read, so an idle connection need not hold
-    /// a buffer while it waits.
-    fn wait_readable(&self) -> impl std::future::Future<Output = ()>;
+    /// Ready when bytes may be read; polled rather than awaited, so an idle
+    /// connection's wait keeps no waiter of its own (the socket's single
+    /// reader slot holds the waker).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<()>;
 
     /// Reads what is there without waiting; `None` when the connection
     /// cannot tell (then it is read the usual way, buffer in hand).
@@ -256,9 +272,9 @@ pub trait Connection: AsyncRead + AsyncWrite + Unpin {
 }
 
 impl Connection for TcpStream {
-    async fn wait_readable(&self) {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         // An error surfaces on the read that follows.
-        let _ = self.readable().await;
+        TcpStream::poll_read_ready(self, cx).map(|_| ())
     }
 
     fn try_read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
@@ -267,9 +283,10 @@ impl Connection for TcpStream {
 }
 
 impl Connection for tokio_rustls::server::TlsStream<TcpStream> {
-    async fn wait_readable(&self) {
+    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<()> {
         // rustls may already hold decrypted bytes the socket will never
         // signal again: read at once.
+        Poll::Ready(())
     }
 
     fn try_read_now(&self, _buf: &mut [u8]) -> Option<io::Result<usize>> {
@@ -279,6 +296,12 @@ impl Connection for tokio_rustls::server::TlsStream<TcpStream> {
 
 /// Serves one client connection until it closes, errs, idles out, or the
 /// worker drains.
+///
+/// Between requests a connection is only this future: the wait for its
+/// next bytes, with no buffer. Everything a request needs lives in
+/// `serve_requests`, boxed while the connection is busy, so an idle
+/// keep-alive connection costs a few hundred bytes, not the largest state
+/// a request can reach.
 pub async fn serve<S>(
     worker: Rc<Worker>,
     mut client: S,
@@ -288,45 +311,144 @@ pub async fn serve<S>(
 ) where
     S: Connection + 'static,
 {
-    let shared = &worker.shared;
-    let mut cbuf = Buf::over(Vec::new());
-    let mut head = Head::default();
-    let mut out = Vec::new();
     let mut first = true;
-    let client_ip = peer.ip().to_string();
     loop {
-        let limits = shared.limits.load_full();
-        if let Some(storage) = cbuf.release() {
-            worker.give_read_buffer(storage);
-            worker.give_write_buffer(std::mem::take(&mut out));
+        let (header_timeout, keepalive_timeout) = {
+            let limits = worker.shared.limits.load();
+            (
+                limits.header_read_timeout.get(),
+                limits.keepalive_timeout.get(),
+            )
+        };
+        // Between requests the client may idle for the keep-alive timeout;
+        // once a head has started it must finish within the header timeout,
+        // whatever the keep-alive allows (slowloris). The first head's
+        // timeout runs from the connection's start.
+        let mut deadline = tokio::time::Instant::now()
+            + if first {
+                header_timeout
+            } else {
+                keepalive_timeout
+            };
+        let Some(cbuf) = wait_for_bytes(&worker, &client, deadline, &mut draining).await else {
+            return;
+        };
+        if !first && !cbuf.is_empty() {
+            deadline = tokio::time::Instant::now() + header_timeout;
         }
-        let info = match read_head(
+        let next = Box::pin(serve_requests(
             &worker,
             &mut client,
-            &mut cbuf,
-            &mut head,
-            &limits,
+            cbuf,
+            peer,
+            tls,
             first,
+            deadline,
             &mut draining,
+        ))
+        .await;
+        match next {
+            Next::Idle => first = false,
+            Next::Close => return,
+            Next::H2c(prefix) => {
+                // An HTTP/2 client with prior knowledge: hand the connection,
+                // and the bytes already read, to the HTTP/2 server.
+                let io = super::h2::Prefixed::new(prefix, client);
+                Box::pin(super::h2::serve(worker, io, peer, tls, draining)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// What follows a busy spell of a client connection.
+enum Next {
+    /// Every request read so far is answered: wait for more.
+    Idle,
+    /// The connection is done with.
+    Close,
+    /// The client speaks h2c with prior knowledge; these are the bytes it
+    /// sent so far.
+    H2c(Vec<u8>),
+}
+
+/// Waits until the client sends bytes, and reads them into a buffer taken
+/// only then. `None`: the client closed, erred or idled out, or the worker
+/// is draining.
+async fn wait_for_bytes<S: Connection>(
+    worker: &Worker,
+    client: &S,
+    deadline: tokio::time::Instant,
+    draining: &mut watch::Receiver<bool>,
+) -> Option<Buf> {
+    // Readiness may be stale (it is only cleared by a read that would
+    // block), so a buffer is taken only for a read that finds bytes, and
+    // given back otherwise.
+    let idle = tokio::time::sleep_until(deadline);
+    tokio::pin!(idle);
+    loop {
+        tokio::select! {
+            biased;
+            () = std::future::poll_fn(|cx| client.poll_read_ready(cx)) => {}
+            () = &mut idle => return None,
+            _ = draining.wait_for(|d| *d) => return None,
+        }
+        let mut storage = worker.take_read_buffer();
+        match client.try_read_now(&mut storage) {
+            None => return Some(Buf::over(storage)),
+            Some(Ok(0)) => {
+                worker.give_read_buffer(storage);
+                return None;
+            }
+            Some(Ok(n)) => {
+                let mut cbuf = Buf::over(storage);
+                cbuf.end = n;
+                return Some(cbuf);
+            }
+            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                worker.give_read_buffer(storage);
+            }
+            Some(Err(_)) => {
+                worker.give_read_buffer(storage);
+                return None;
+            }
+        }
+    }
+}
+
+/// Answers requests for as long as the client keeps them coming without a
+/// pause: from the bytes in `cbuf` until the buffer is empty again, whose
+/// storage then goes back to the worker.
+#[allow(clippy::too_many_arguments)]
+async fn serve_requests<S: Connection>(
+    worker: &Worker,
+    client: &mut S,
+    mut cbuf: Buf,
+    peer: SocketAddr,
+    tls: bool,
+    mut first: bool,
+    mut deadline: tokio::time::Instant,
+    draining: &mut watch::Receiver<bool>,
+) -> Next {
+    let shared = &worker.shared;
+    let mut head = Head::default();
+    let mut out = Vec::new();
+    let next = loop {
+        let limits = shared.limits.load_full();
+        let info = match read_head(
+            client, &mut cbuf, &mut head, &limits, first, deadline, draining,
         )
         .await
         {
             Ok(Some(info)) => info,
-            Ok(None) => return,
-            Err(ReadHeadError::H2c) => {
-                // An HTTP/2 client with prior knowledge: hand the connection,
-                // and the bytes already read, to the HTTP/2 server.
-                let prefix = cbuf.filled().to_vec();
-                let io = super::h2::Prefixed::new(prefix, client);
-                Box::pin(super::h2::serve(worker.clone(), io, peer, tls, draining)).await;
-                return;
-            }
+            Ok(None) => break Next::Close,
+            Err(ReadHeadError::H2c) => break Next::H2c(cbuf.filled().to_vec()),
             Err(ReadHeadError::Head(e)) => {
                 out.clear();
                 h1::write_local_response(&mut out, e.status(), "", &format!("{e}\n"), false);
                 let _ = client.write_all(&out).await;
                 record(shared, &no_route(), e.status(), Instant::now());
-                return;
+                break Next::Close;
             }
             Err(ReadHeadError::Timeout) => {
                 out.clear();
@@ -338,9 +460,9 @@ pub async fn serve<S>(
                     false,
                 );
                 let _ = client.write_all(&out).await;
-                return;
+                break Next::Close;
             }
-            Err(ReadHeadError::Io) => return,
+            Err(ReadHeadError::Io) => break Next::Close,
         };
         first = false;
         if out.capacity() == 0 {
@@ -369,7 +491,7 @@ pub async fn serve<S>(
             None => {
                 let keep = drain_body_or_close(&info);
                 local(
-                    &mut client,
+                    client,
                     &mut cbuf,
                     &head,
                     &mut out,
@@ -385,38 +507,21 @@ pub async fn serve<S>(
                     String::from_utf8_lossy(&cbuf.filled()[head.target.clone()]).into_owned();
                 let location = format!("location: https://{host}{target}\r\n");
                 let keep = drain_body_or_close(&info);
-                local(
-                    &mut client,
-                    &mut cbuf,
-                    &head,
-                    &mut out,
-                    308,
-                    &location,
-                    "",
-                    keep,
-                )
-                .await
+                local(client, &mut cbuf, &head, &mut out, 308, &location, "", keep).await
             }
             Some(route) => {
                 let id = worker.request_id();
+                let client_ip = peer.ip().to_string();
                 let fwd = Forwarding {
                     client: &client_ip,
                     tls,
                     request_id: &id,
                 };
-                // Boxed: a connection's task is as large as its largest
-                // state, and an idle keep-alive connection should not carry
-                // the forwarding state of its last request.
+                // Boxed: forwarding has the largest state by far, and
+                // neither a local answer nor a TLS client awaiting its next
+                // head (a read in `read_head`) should carry it.
                 Box::pin(forward(
-                    &worker,
-                    &route,
-                    &mut client,
-                    &mut cbuf,
-                    &head,
-                    &info,
-                    &fwd,
-                    &mut out,
-                    &limits,
+                    worker, &route, client, &mut cbuf, &head, &info, &fwd, &mut out, &limits,
                 ))
                 .await
             }
@@ -438,9 +543,18 @@ pub async fn serve<S>(
         }
         if !done.keep_alive || *draining.borrow() {
             let _ = client.shutdown().await;
-            return;
+            break Next::Close;
         }
+        if cbuf.is_empty() {
+            break Next::Idle;
+        }
+        deadline = tokio::time::Instant::now() + limits.header_read_timeout.get();
+    };
+    if let Some(storage) = cbuf.release() {
+        worker.give_read_buffer(storage);
     }
+    worker.give_write_buffer(out);
+    next
 }
 
 /// The route label of requests no route matched.
@@ -508,60 +622,21 @@ enum ReadHeadError {
     Io,
 }
 
-/// Reads until a whole request head is buffered. `Ok(None)`: the client
-/// closed or idled out between requests, or the worker is draining.
+/// Reads until a whole request head is buffered, by `deadline` (which is
+/// moved to the header timeout once a head has started after an idle
+/// spell). `Ok(None)`: the client closed or idled out between requests, or
+/// the worker is draining.
 async fn read_head<S: Connection>(
-    worker: &Worker,
     client: &mut S,
     cbuf: &mut Buf,
     head: &mut Head,
     limits: &Limits,
     first: bool,
+    mut deadline: tokio::time::Instant,
     draining: &mut watch::Receiver<bool>,
 ) -> Result<Option<RequestInfo>, ReadHeadError> {
     let max_head = usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX);
     let header_timeout = limits.header_read_timeout.get();
-    // Between requests the client may idle for the keep-alive timeout; once
-    // a head has started it must finish within the header timeout, whatever
-    // the keep-alive allows (slowloris).
-    let mut deadline = if cbuf.is_empty() && !first {
-        tokio::time::Instant::now() + limits.keepalive_timeout.get()
-    } else {
-        tokio::time::Instant::now() + header_timeout
-    };
-    // An idle connection waits without a buffer: readiness may be stale
-    // (it is only cleared by a read that would block), so a buffer is taken
-    // only for a read that finds bytes, and given back otherwise.
-    while cbuf.data.is_empty() {
-        tokio::select! {
-            r = tokio::time::timeout_at(deadline, client.wait_readable()) => if r.is_err() {
-                return Ok(None);
-            },
-            _ = draining.wait_for(|d| *d) => return Ok(None),
-        }
-        let mut storage = worker.take_read_buffer();
-        match client.try_read_now(&mut storage) {
-            None => cbuf.data = storage,
-            Some(Ok(0)) => {
-                worker.give_read_buffer(storage);
-                return Ok(None);
-            }
-            Some(Ok(n)) => {
-                cbuf.data = storage;
-                cbuf.end = n;
-                if !first {
-                    deadline = tokio::time::Instant::now() + header_timeout;
-                }
-            }
-            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                worker.give_read_buffer(storage)
-            }
-            Some(Err(_)) => {
-                worker.give_read_buffer(storage);
-                return Err(ReadHeadError::Io);
-            }
-        }
-    }
     loop {
         // The h2c preface, or the part of it read so far, is no HTTP/1 head.
         let preface = first && {
@@ -1113,5 +1188,26 @@ where
             Ok(0) | Err(_) => return Err(Side::Source),
             Ok(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ten thousand idle keep-alive connections are ten thousand of these
+    /// futures (each in its task); a request's state must stay out of them.
+    #[tokio::test]
+    async fn an_idle_connection_is_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (_tx, draining) = watch::channel(false);
+        let conn = serve(Rc::new(Worker::for_tests()), client, addr, false, draining);
+        let size = std::mem::size_of_val(&conn);
+        assert!(
+            size <= 1024,
+            "a plain connection's future takes {size} bytes"
+        );
     }
 }

@@ -77,23 +77,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::ingress::config::{LbPolicy, Limits, Retries};
-    use crate::ingress::metrics::ProxyMetrics;
-    use crate::ingress::proxy::Shared;
-    use crate::ingress::routes::RouteTable;
+    use crate::ingress::config::{LbPolicy, Retries};
     use crate::ingress::upstream::{Endpoint, Settings};
-
-    fn worker() -> Worker {
-        let shared = Shared {
-            routes: arc_swap::ArcSwap::from_pointee(RouteTable::default()),
-            limits: arc_swap::ArcSwap::from_pointee(Limits::default()),
-            metrics: ProxyMetrics::register(&orca_core::telemetry::Metrics::new()),
-            access_log: arc_swap::ArcSwapOption::empty(),
-            open: Default::default(),
-            draining: Default::default(),
-        };
-        Worker::new(Arc::new(shared), 0)
-    }
 
     fn upstream(endpoints: u16, retries: Retries) -> Upstream {
         let endpoints = (1..=endpoints)
@@ -112,7 +97,7 @@ mod tests {
 
     #[test]
     fn retries_go_to_untried_endpoints_while_the_policy_allows() {
-        let worker = worker();
+        let worker = Worker::for_tests();
         let u = upstream(3, Retries::default());
         let mut attempts = Attempts::new(&worker, &u, true);
         let first = attempts.first().unwrap().endpoint().addr;
@@ -128,7 +113,7 @@ mod tests {
 
     #[test]
     fn only_configured_statuses_are_retried_and_only_when_a_retry_can_happen() {
-        let worker = worker();
+        let worker = Worker::for_tests();
         let retries = Retries {
             on_status: vec![503],
             ..Retries::default()

@@ -431,43 +431,66 @@ async fn accept_loop(
         shared.metrics.accepted.inc();
         shared.metrics.connections.inc();
         let _ = stream.set_nodelay(true);
-        let (worker, tls, draining, active) = (
-            worker.clone(),
-            tls.clone(),
-            draining.clone(),
-            active.clone(),
-        );
         active.set(active.get() + 1);
-        tokio::task::spawn_local(async move {
-            match tls {
-                // Each branch boxed: the task would otherwise be as large as
-                // a TLS connection even for plain ones.
-                None => Box::pin(proxy::serve(worker.clone(), stream, peer, false, draining)).await,
-                Some(acceptor) => {
-                    let timeout = worker.shared.limits.load().header_read_timeout.get();
-                    let handshake =
-                        Box::pin(tokio::time::timeout(timeout, acceptor.accept(stream)));
-                    if let Ok(Ok(tls_stream)) = handshake.await {
-                        if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                            Box::pin(h2::serve(worker.clone(), tls_stream, peer, true, draining))
-                                .await;
-                        } else {
-                            Box::pin(proxy::serve(
-                                worker.clone(),
-                                tls_stream,
-                                peer,
-                                true,
-                                draining,
-                            ))
-                            .await;
-                        }
-                    }
-                }
+        let open = Open {
+            worker: worker.clone(),
+            active: active.clone(),
+        };
+        let (worker, draining) = (worker.clone(), draining.clone());
+        // One task per kind of connection: a task is as large as its
+        // largest state, and an idle plain connection should not carry
+        // room for a TLS handshake or a TLS stream.
+        match &tls {
+            None => tokio::task::spawn_local(async move {
+                let _open = open;
+                proxy::serve(worker, stream, peer, false, draining).await;
+            }),
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::task::spawn_local(async move {
+                    let _open = open;
+                    serve_tls(worker, acceptor, stream, peer, draining).await;
+                })
             }
-            active.set(active.get() - 1);
-            worker.shared.open.fetch_sub(1, Ordering::Relaxed);
-            worker.shared.metrics.connections.dec();
-        });
+        };
+    }
+}
+
+/// A client connection counted as open until it is dropped.
+struct Open {
+    worker: Rc<Worker>,
+    active: Rc<std::cell::Cell<usize>>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.active.set(self.active.get() - 1);
+        let shared = &self.worker.shared;
+        shared.open.fetch_sub(1, Ordering::Relaxed);
+        shared.metrics.connections.dec();
+    }
+}
+
+/// Serves a connection to a TLS listener: the handshake, then HTTP/2 or
+/// HTTP/1.x as ALPN chose.
+async fn serve_tls(
+    worker: Rc<Worker>,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    draining: watch::Receiver<bool>,
+) {
+    let timeout = worker.shared.limits.load().header_read_timeout.get();
+    // Each stage boxed, so the task holds one of them at a time rather
+    // than room for all.
+    let handshake = Box::pin(tokio::time::timeout(timeout, acceptor.accept(stream)));
+    let Ok(Ok(tls_stream)) = handshake.await else {
+        return;
+    };
+    if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        Box::pin(h2::serve(worker, tls_stream, peer, true, draining)).await;
+    } else {
+        Box::pin(proxy::serve(worker, tls_stream, peer, true, draining)).await;
     }
 }
 
