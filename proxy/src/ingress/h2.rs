@@ -25,7 +25,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::access_log::{AccessLog, Entry};
 use super::config::UpstreamProtocol;
@@ -166,15 +166,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 }
 
 /// Serves an HTTP/2 client connection until it ends or the worker drains.
-pub async fn serve<S>(
-    worker: Rc<Worker>,
-    io: S,
-    peer: SocketAddr,
-    tls: bool,
-    mut draining: watch::Receiver<bool>,
-) where
+pub async fn serve<S>(worker: Rc<Worker>, io: S, peer: SocketAddr, tls: bool)
+where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
+    let drain = worker.clone();
     let service = hyper::service::service_fn(move |req| {
         let worker = worker.clone();
         async move { Ok::<_, Infallible>(handle(&worker, req, peer, tls).await) }
@@ -187,7 +183,7 @@ pub async fn serve<S>(
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
-        _ = draining.wait_for(|d| *d) => {
+        () = drain.drained() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }

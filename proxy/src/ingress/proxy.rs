@@ -16,7 +16,6 @@ use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::timeout;
 
 use super::access_log::{AccessLog, Entry};
@@ -62,6 +61,8 @@ pub struct Worker {
     spare_writes: RefCell<Vec<Vec<u8>>>,
     /// Upstream connections of HTTP/2 clients.
     pub h2: super::h2::Clients,
+    /// Wakes this worker's connections when draining begins.
+    drain: tokio::sync::Notify,
 }
 
 /// Size of a read buffer; larger heads grow it up to the header limit.
@@ -87,6 +88,33 @@ impl Worker {
             spare_reads: RefCell::new(Vec::new()),
             spare_writes: RefCell::new(Vec::new()),
             h2: super::h2::Clients::default(),
+            drain: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Wakes every connection of this worker waiting in `drained`; called
+    /// once `Shared::draining` is set.
+    pub fn start_draining(&self) {
+        self.drain.notify_waiters();
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.shared
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Resolves once the worker drains. Every idle connection waits on
+    /// this, and it is about half the size of waiting on the drain channel.
+    pub async fn drained(&self) {
+        let notified = self.drain.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read, so a drain that begins in
+        // between still wakes it.
+        notified.as_mut().enable();
+        if !self.is_draining() {
+            notified.await;
         }
     }
 
@@ -302,40 +330,15 @@ impl Connection for tokio_rustls::server::TlsStream<TcpStream> {
 /// `serve_requests`, boxed while the connection is busy, so an idle
 /// keep-alive connection costs a few hundred bytes, not the largest state
 /// a request can reach.
-pub async fn serve<S>(
-    worker: Rc<Worker>,
-    mut client: S,
-    peer: SocketAddr,
-    tls: bool,
-    mut draining: watch::Receiver<bool>,
-) where
+pub async fn serve<S>(worker: Rc<Worker>, mut client: S, peer: SocketAddr, tls: bool)
+where
     S: Connection + 'static,
 {
     let mut first = true;
     loop {
-        let (header_timeout, keepalive_timeout) = {
-            let limits = worker.shared.limits.load();
-            (
-                limits.header_read_timeout.get(),
-                limits.keepalive_timeout.get(),
-            )
-        };
-        // Between requests the client may idle for the keep-alive timeout;
-        // once a head has started it must finish within the header timeout,
-        // whatever the keep-alive allows (slowloris). The first head's
-        // timeout runs from the connection's start.
-        let mut deadline = tokio::time::Instant::now()
-            + if first {
-                header_timeout
-            } else {
-                keepalive_timeout
-            };
-        let Some(cbuf) = wait_for_bytes(&worker, &client, deadline, &mut draining).await else {
+        let Some((cbuf, deadline)) = wait_for_bytes(&worker, &client, first).await else {
             return;
         };
-        if !first && !cbuf.is_empty() {
-            deadline = tokio::time::Instant::now() + header_timeout;
-        }
         let next = Box::pin(serve_requests(
             &worker,
             &mut client,
@@ -344,7 +347,6 @@ pub async fn serve<S>(
             tls,
             first,
             deadline,
-            &mut draining,
         ))
         .await;
         match next {
@@ -354,7 +356,7 @@ pub async fn serve<S>(
                 // An HTTP/2 client with prior knowledge: hand the connection,
                 // and the bytes already read, to the HTTP/2 server.
                 let io = super::h2::Prefixed::new(prefix, client);
-                Box::pin(super::h2::serve(worker, io, peer, tls, draining)).await;
+                Box::pin(super::h2::serve(worker, io, peer, tls)).await;
                 return;
             }
         }
@@ -373,29 +375,59 @@ enum Next {
 }
 
 /// Waits until the client sends bytes, and reads them into a buffer taken
-/// only then. `None`: the client closed, erred or idled out, or the worker
-/// is draining.
+/// only then; with the buffer comes the deadline for the head they start.
+/// `None`: the client closed, erred or idled out, or the worker is
+/// draining.
 async fn wait_for_bytes<S: Connection>(
     worker: &Worker,
     client: &S,
-    deadline: tokio::time::Instant,
-    draining: &mut watch::Receiver<bool>,
-) -> Option<Buf> {
-    // Readiness may be stale (it is only cleared by a read that would
-    // block), so a buffer is taken only for a read that finds bytes, and
-    // given back otherwise.
+    first: bool,
+) -> Option<(Buf, tokio::time::Instant)> {
+    let (header_timeout, keepalive_timeout) = {
+        let limits = worker.shared.limits.load();
+        (
+            limits.header_read_timeout.get(),
+            limits.keepalive_timeout.get(),
+        )
+    };
+    // Between requests the client may idle for the keep-alive timeout;
+    // once a head has started it must finish within the header timeout,
+    // whatever the keep-alive allows (slowloris). The first head's timeout
+    // runs from the connection's start.
+    let deadline = tokio::time::Instant::now()
+        + if first {
+            header_timeout
+        } else {
+            keepalive_timeout
+        };
     let idle = tokio::time::sleep_until(deadline);
-    tokio::pin!(idle);
+    let drained = worker.drained();
+    tokio::pin!(idle, drained);
     loop {
-        tokio::select! {
-            biased;
-            () = std::future::poll_fn(|cx| client.poll_read_ready(cx)) => {}
-            () = &mut idle => return None,
-            _ = draining.wait_for(|d| *d) => return None,
+        // Polled by hand rather than with `select!`: this is the state of
+        // every idle connection, and each byte of it counts ten thousand
+        // times.
+        let readable = std::future::poll_fn(|cx| {
+            if client.poll_read_ready(cx).is_ready() {
+                Poll::Ready(true)
+            } else if idle.as_mut().poll(cx).is_ready() || drained.as_mut().poll(cx).is_ready() {
+                Poll::Ready(false)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        if !readable {
+            return None;
         }
+        // Readiness may be stale (it is only cleared by a read that would
+        // block), so a buffer is taken only for a read that finds bytes,
+        // and given back otherwise.
         let mut storage = worker.take_read_buffer();
         match client.try_read_now(&mut storage) {
-            None => return Some(Buf::over(storage)),
+            // Read with the buffer in hand; a head that starts then moves
+            // the deadline on (see `read_head`).
+            None => return Some((Buf::over(storage), deadline)),
             Some(Ok(0)) => {
                 worker.give_read_buffer(storage);
                 return None;
@@ -403,7 +435,12 @@ async fn wait_for_bytes<S: Connection>(
             Some(Ok(n)) => {
                 let mut cbuf = Buf::over(storage);
                 cbuf.end = n;
-                return Some(cbuf);
+                let deadline = if first {
+                    deadline
+                } else {
+                    tokio::time::Instant::now() + header_timeout
+                };
+                return Some((cbuf, deadline));
             }
             Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                 worker.give_read_buffer(storage);
@@ -428,7 +465,6 @@ async fn serve_requests<S: Connection>(
     tls: bool,
     mut first: bool,
     mut deadline: tokio::time::Instant,
-    draining: &mut watch::Receiver<bool>,
 ) -> Next {
     let shared = &worker.shared;
     let mut head = Head::default();
@@ -436,7 +472,7 @@ async fn serve_requests<S: Connection>(
     let next = loop {
         let limits = shared.limits.load_full();
         let info = match read_head(
-            client, &mut cbuf, &mut head, &limits, first, deadline, draining,
+            worker, client, &mut cbuf, &mut head, &limits, first, deadline,
         )
         .await
         {
@@ -541,7 +577,7 @@ async fn serve_requests<S: Connection>(
                 endpoint: done.endpoint,
             });
         }
-        if !done.keep_alive || *draining.borrow() {
+        if !done.keep_alive || worker.is_draining() {
             let _ = client.shutdown().await;
             break Next::Close;
         }
@@ -627,13 +663,13 @@ enum ReadHeadError {
 /// spell). `Ok(None)`: the client closed or idled out between requests, or
 /// the worker is draining.
 async fn read_head<S: Connection>(
+    worker: &Worker,
     client: &mut S,
     cbuf: &mut Buf,
     head: &mut Head,
     limits: &Limits,
     first: bool,
     mut deadline: tokio::time::Instant,
-    draining: &mut watch::Receiver<bool>,
 ) -> Result<Option<RequestInfo>, ReadHeadError> {
     let max_head = usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX);
     let header_timeout = limits.header_read_timeout.get();
@@ -663,7 +699,7 @@ async fn read_head<S: Connection>(
         let was_empty = cbuf.is_empty();
         let read = tokio::select! {
             r = tokio::time::timeout_at(deadline, cbuf.read_from(client, max_head)) => r,
-            _ = draining.wait_for(|d| *d), if was_empty => return Ok(None),
+            () = worker.drained(), if was_empty => return Ok(None),
         };
         match read {
             Err(_) if was_empty => return Ok(None),
@@ -1202,8 +1238,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let client = TcpStream::connect(addr).await.unwrap();
-        let (_tx, draining) = watch::channel(false);
-        let conn = serve(Rc::new(Worker::for_tests()), client, addr, false, draining);
+        let conn = serve(Rc::new(Worker::for_tests()), client, addr, false);
         let size = std::mem::size_of_val(&conn);
         assert!(
             size <= 1024,

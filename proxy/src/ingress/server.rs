@@ -390,9 +390,12 @@ fn worker_main(
                 }
             })
         };
+        // The accept loops end when draining begins: then idle connections
+        // close and busy ones finish their request.
         for a in accepts {
             let _ = a.await;
         }
+        worker.start_draining();
         expiry.abort();
         let deadline = tokio::time::Instant::now() + grace;
         while active.get() > 0 && tokio::time::Instant::now() < deadline {
@@ -436,20 +439,20 @@ async fn accept_loop(
             worker: worker.clone(),
             active: active.clone(),
         };
-        let (worker, draining) = (worker.clone(), draining.clone());
+        let worker = worker.clone();
         // One task per kind of connection: a task is as large as its
         // largest state, and an idle plain connection should not carry
         // room for a TLS handshake or a TLS stream.
         match &tls {
             None => tokio::task::spawn_local(async move {
                 let _open = open;
-                proxy::serve(worker, stream, peer, false, draining).await;
+                proxy::serve(worker, stream, peer, false).await;
             }),
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tokio::task::spawn_local(async move {
                     let _open = open;
-                    serve_tls(worker, acceptor, stream, peer, draining).await;
+                    serve_tls(worker, acceptor, stream, peer).await;
                 })
             }
         };
@@ -473,13 +476,7 @@ impl Drop for Open {
 
 /// Serves a connection to a TLS listener: the handshake, then HTTP/2 or
 /// HTTP/1.x as ALPN chose.
-async fn serve_tls(
-    worker: Rc<Worker>,
-    acceptor: TlsAcceptor,
-    stream: TcpStream,
-    peer: SocketAddr,
-    draining: watch::Receiver<bool>,
-) {
+async fn serve_tls(worker: Rc<Worker>, acceptor: TlsAcceptor, stream: TcpStream, peer: SocketAddr) {
     let timeout = worker.shared.limits.load().header_read_timeout.get();
     // Each stage boxed, so the task holds one of them at a time rather
     // than room for all.
@@ -488,9 +485,9 @@ async fn serve_tls(
         return;
     };
     if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        Box::pin(h2::serve(worker, tls_stream, peer, true, draining)).await;
+        Box::pin(h2::serve(worker, tls_stream, peer, true)).await;
     } else {
-        Box::pin(proxy::serve(worker, tls_stream, peer, true, draining)).await;
+        Box::pin(proxy::serve(worker, tls_stream, peer, true)).await;
     }
 }
 
