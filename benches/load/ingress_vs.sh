@@ -18,6 +18,16 @@
 # 27.9k req/s, nginx 33.1k, HAProxy 33.9k; 10k idle keep-alive connections:
 # Orca 140 MiB, nginx 24.7, HAProxy 35.0 (Orca measured ~55 MiB by hand after
 # idle connections stopped holding buffers). Quote ratios from one run only.
+#
+# 2026-11-30, after an idle connection's task stopped carrying room for a TLS
+# stream and for a request's state (a ~500-byte wait plus its socket, was a
+# 3.7 KB task plus a 1.2 KB boxed future): 10k idle keep-alive connections in
+# a fresh `orca ingress --workers 1`, each after one request, VmRSS 25.5 MiB
+# (was 55.3). This script measures them after its load runs, and there Orca
+# read 61.1 MiB (nginx 24.6, HAProxy 34.9; same run: Orca/nginx req/s
+# 0.77-1.21, noisy, a build beside it): that is what h2load leaves behind,
+# not the idle connections. After h2load alone Orca holds 48.6 MiB, with ~540
+# upstream HTTP/1 connections of the h2 bridge still pooled.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
