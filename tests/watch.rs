@@ -261,3 +261,43 @@ async fn controller_reconciles_each_change_once_it_has_synced() {
         .expect("controller stops on shutdown")
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_list_longer_than_a_page_arrives_whole_then_the_watch_follows() {
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let api = store.api::<ConfigMap>(Some("default"));
+    // More than two pages of 500.
+    for i in 0..1100 {
+        api.create(&cm(&format!("cm-{i:04}"), "1")).await.unwrap();
+    }
+    let mut events = Box::pin(watcher(api.clone()));
+    let mut next = async || {
+        timeout(WAIT, events.next())
+            .await
+            .expect("event in time")
+            .expect("the watcher never ends")
+            .expect("no error")
+    };
+    assert_eq!(next().await, Event::Init);
+    let mut names = Vec::new();
+    let mut revisions = std::collections::BTreeSet::new();
+    loop {
+        match next().await {
+            Event::InitApply(c) => {
+                names.push(c.metadata.name.clone().unwrap());
+                revisions.insert(c.metadata.resource_version.clone().unwrap());
+            }
+            Event::InitDone => break,
+            other => panic!("unexpected {other:?} during the list"),
+        }
+    }
+    let want: Vec<String> = (0..1100).map(|i| format!("cm-{i:04}")).collect();
+    assert_eq!(names, want, "every object once, in key order");
+    assert_eq!(revisions.len(), 1100, "each object keeps its own revision");
+    put(&api, "cm-0500", "2").await;
+    match next().await {
+        Event::Apply(c) => assert_eq!(value(&c), "2"),
+        other => panic!("expected the change, got {other:?}"),
+    }
+}

@@ -34,9 +34,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 enum State<K> {
     Listing,
+    /// Handing out a list page by page, so a large kind is never held
+    /// whole: a reader that keeps less than the objects needs less.
     Initialising {
         items: VecDeque<K>,
         revision: i64,
+        next: Option<Vec<u8>>,
     },
     Connecting {
         revision: i64,
@@ -71,12 +74,13 @@ impl<K: Object> Machine<K> {
     async fn step(&mut self) -> Result<Event<K>, Error> {
         loop {
             match std::mem::replace(&mut self.state, State::Listing) {
-                State::Listing => match self.api.list().await {
-                    Ok(list) => {
+                State::Listing => match self.api.list_page(None, 0).await {
+                    Ok(page) => {
                         self.backoff = FIRST_BACKOFF;
                         self.state = State::Initialising {
-                            items: list.items.into(),
-                            revision: list.revision,
+                            items: page.items.into(),
+                            revision: page.revision,
+                            next: page.next,
                         };
                         return Ok(Event::Init);
                     }
@@ -88,12 +92,32 @@ impl<K: Object> Machine<K> {
                 State::Initialising {
                     mut items,
                     revision,
-                } => match items.pop_front() {
-                    Some(obj) => {
-                        self.state = State::Initialising { items, revision };
+                    next,
+                } => match (items.pop_front(), next) {
+                    (Some(obj), next) => {
+                        self.state = State::Initialising {
+                            items,
+                            revision,
+                            next,
+                        };
                         return Ok(Event::InitApply(obj));
                     }
-                    None => {
+                    (None, Some(from)) => match self.api.list_page(Some(from), revision).await {
+                        Ok(page) => {
+                            self.state = State::Initialising {
+                                items: page.items.into(),
+                                revision,
+                                next: page.next,
+                            };
+                        }
+                        // Compacted past the list's revision, or etcd
+                        // gone: list again from the start.
+                        Err(e) => {
+                            self.pause().await;
+                            return Err(e);
+                        }
+                    },
+                    (None, None) => {
                         self.state = State::Connecting { revision };
                         return Ok(Event::InitDone);
                     }
