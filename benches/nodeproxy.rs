@@ -218,7 +218,7 @@ fn kernel_bench(pid: u32) -> Result<()> {
 
     println!("\n== one endpoint change with 10k Services present (plan to kernel ack) ==");
     let key = key(5_000);
-    let original = desired[&key][0].endpoints[3].clone();
+    let original = desired[&key][0].endpoints[3];
     let replaced = SocketAddr::from((Ipv4Addr::new(10, 130, 0, 1), original.addr.port()));
     let mut change = |what: &str, edit: &dyn Fn(usize, &mut Endpoint)| -> Result<()> {
         let mut times = Vec::with_capacity(CHANGES);

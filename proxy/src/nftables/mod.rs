@@ -2,6 +2,7 @@
 //! nftables table (`ip orca`) so packets to a ClusterIP or a NodePort reach
 //! a pod with no process in the path.
 //!
+//! - [`source`]: what the rules need of Services and EndpointSlices;
 //! - [`ruleset`]: the objects as data, and the in-memory model tests use;
 //! - [`proxier`]: what each Service needs and the smallest transaction to
 //!   get there;
@@ -14,6 +15,7 @@ pub mod netlink;
 pub mod proxier;
 pub mod ruleset;
 pub mod runner;
+pub mod source;
 
 use ruleset::{Family, Op};
 

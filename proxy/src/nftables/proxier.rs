@@ -66,8 +66,6 @@ const CT_STATE_NEW: u32 = 8;
 const CT_STATUS_DNAT: u32 = 0x20;
 /// The route type of local addresses (RTN_LOCAL).
 const RTN_LOCAL: u32 = 2;
-/// Kubernetes' default session affinity timeout.
-const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
 /// Draws among C before a pick chain falls back to the first C/4
 /// endpoints: a miss is at most 3/4 likely, so the fall-through takes at
 /// most 10% of new connections (right after N shrank to C/4 + 1) and
@@ -86,7 +84,8 @@ pub enum Proto {
 }
 
 impl Proto {
-    fn parse(s: Option<&str>) -> Option<Proto> {
+    /// A Kubernetes protocol name; unset is TCP.
+    pub(super) fn parse(s: Option<&str>) -> Option<Proto> {
         match s.unwrap_or("TCP") {
             "TCP" => Some(Proto::Tcp),
             "UDP" => Some(Proto::Udp),
@@ -105,7 +104,7 @@ impl Proto {
 }
 
 /// One endpoint of a service port, as the EndpointSlices say.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Endpoint {
     /// Address and target port.
     pub addr: SocketAddr,
@@ -143,112 +142,6 @@ pub struct ServicePort {
 /// A Service's identity: namespace and name.
 pub type ServiceKey = (String, String);
 
-/// Reads the service ports of `family` out of a Service and its
-/// EndpointSlices. Headless and ExternalName Services have none, and so
-/// has a Service without a ClusterIP of that family.
-pub fn service_ports(
-    svc: &k8s_openapi::api::core::v1::Service,
-    slices: &[&k8s_openapi::api::discovery::v1::EndpointSlice],
-    node: &str,
-    family: Family,
-) -> Vec<ServicePort> {
-    let Some(spec) = &svc.spec else {
-        return Vec::new();
-    };
-    if spec.type_.as_deref() == Some("ExternalName") {
-        return Vec::new();
-    }
-    // Dual-stack Services list one ClusterIP per family in clusterIPs.
-    let Some(cluster_ip) = spec
-        .cluster_ips
-        .iter()
-        .flatten()
-        .chain(spec.cluster_ip.iter())
-        .filter_map(|ip| ip.parse::<IpAddr>().ok())
-        .find(|ip| Family::of(*ip) == family)
-    else {
-        return Vec::new();
-    };
-    let address_type = match family {
-        Family::V4 => "IPv4",
-        Family::V6 => "IPv6",
-    };
-    let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-        spec.session_affinity_config
-            .as_ref()
-            .and_then(|c| c.client_ip.as_ref())
-            .and_then(|c| c.timeout_seconds)
-            .and_then(|t| u32::try_from(t).ok())
-            .unwrap_or(DEFAULT_AFFINITY_SECONDS)
-    });
-    let node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
-    let mut out = Vec::new();
-    for p in spec.ports.iter().flatten() {
-        let (Some(proto), Ok(port)) = (Proto::parse(p.protocol.as_deref()), u16::try_from(p.port))
-        else {
-            continue;
-        };
-        let name = p.name.clone().unwrap_or_default();
-        let mut endpoints = Vec::new();
-        for slice in slices {
-            if slice.address_type != address_type {
-                continue;
-            }
-            // Target ports come from the slice, matched by port name, as
-            // kube-proxy does: named target ports resolve per pod.
-            let Some(target) = slice
-                .ports
-                .iter()
-                .flatten()
-                .find(|sp| {
-                    sp.name.clone().unwrap_or_default() == name
-                        && Proto::parse(sp.protocol.as_deref()) == Some(proto)
-                })
-                .and_then(|sp| sp.port)
-                .and_then(|p| u16::try_from(p).ok())
-            else {
-                continue;
-            };
-            for ep in &slice.endpoints {
-                let c = ep.conditions.as_ref();
-                // Unset ready means ready; unset serving follows ready.
-                let ready = c.and_then(|c| c.ready).unwrap_or(true);
-                let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-                let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-                let local = ep.node_name.as_deref() == Some(node);
-                for a in &ep.addresses {
-                    if let Ok(ip) = a.parse::<IpAddr>() {
-                        endpoints.push(Endpoint {
-                            addr: SocketAddr::new(ip, target),
-                            ready,
-                            serving,
-                            terminating,
-                            local,
-                        });
-                    }
-                }
-            }
-        }
-        endpoints.sort();
-        endpoints.dedup_by(|a, b| a.addr == b.addr);
-        out.push(ServicePort {
-            cluster_ip,
-            port,
-            proto,
-            node_port: if node_ports {
-                p.node_port.and_then(|n| u16::try_from(n).ok())
-            } else {
-                None
-            },
-            affinity,
-            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
-            external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
-            endpoints,
-        });
-    }
-    out
-}
-
 /// The endpoints traffic may go to: the ready ones, or when none is ready
 /// the serving terminating ones (so a rollout's last pod still answers).
 fn usable(endpoints: &[Endpoint], local_only: bool) -> Vec<SocketAddr> {
@@ -282,6 +175,8 @@ pub struct Footprint {
     elems: BTreeMap<(Arc<str>, Vec<u8>), Option<ElemData>>,
     /// The shared pick chains its chains go to.
     picks: BTreeSet<Pick>,
+    /// The classes of its groups, in the order they were made.
+    classes: Vec<u32>,
     /// The UDP flows its rules create, to forget when an endpoint leaves.
     udp_flows: BTreeSet<UdpFlow>,
 }
@@ -364,11 +259,14 @@ impl Pick {
     }
 }
 
-/// What the proxier remembers of each endpoint group (a service port's or
-/// a node port's chain): the size class it was given, so N moving within
-/// (C/4, C] keeps it, and for session affinity the slot naming its map.
+/// What the proxier remembers of endpoint groups (a service port's or a
+/// node port's chain): the size class of those whose N moved within
+/// (C/4, C] and so kept a class other than N's power of two, and for
+/// session affinity the slot naming its map.
 #[derive(Debug, Default)]
 struct Groups {
+    /// Only the classes a footprint cannot work out from N: a full sync
+    /// stores none, so it allocates nothing that outlives it here.
     classes: HashMap<String, u32>,
     slots: HashMap<String, u32>,
     free_slots: Vec<u32>,
@@ -376,22 +274,22 @@ struct Groups {
 }
 
 impl Groups {
-    /// The class of a group of `n` endpoints: its current one while it
-    /// still fits, else the next power of two.
-    fn class(&mut self, chain: &str, n: u32) -> u32 {
+    /// The class of a group of `n` endpoints: `previous` (the class of
+    /// the footprint being replaced; else the stored one) while it still
+    /// fits, else the next power of two.
+    fn class(&mut self, chain: &str, n: u32, previous: Option<u32>) -> u32 {
         let fits = |c: u32| n <= c && n > c / 4;
-        match self.classes.get_mut(chain) {
-            Some(c) if fits(*c) => *c,
-            Some(c) => {
-                *c = n.next_power_of_two();
-                *c
-            }
-            None => {
-                let c = n.next_power_of_two();
-                self.classes.insert(chain.to_string(), c);
-                c
-            }
+        let default = n.next_power_of_two();
+        let class = match previous.or_else(|| self.classes.get(chain).copied()) {
+            Some(c) if fits(c) => c,
+            _ => default,
+        };
+        if class == default {
+            self.classes.remove(chain);
+        } else if self.classes.get(chain) != Some(&class) {
+            self.classes.insert(chain.to_string(), class);
         }
+        class
     }
 
     fn slot(&mut self, chain: &str) -> u32 {
@@ -446,7 +344,8 @@ pub struct Proxier {
     programmed: HashMap<ServiceKey, Vec<ServicePort>>,
     groups: Groups,
     /// How many programmed Services hold each hairpin element.
-    hairpin_refs: HashMap<Vec<u8>, usize>,
+    /// Keyed by the endpoint's address (the element is `ip . ip`).
+    hairpin_refs: HashMap<IpAddr, u32>,
     /// How many programmed groups go to each pick chain.
     pick_refs: HashMap<Pick, usize>,
     /// Set after a failed commit: the next sync replaces the whole table.
@@ -516,26 +415,32 @@ impl Proxier {
             let previous: Vec<(ServiceKey, Vec<ServicePort>)> = self.programmed.drain().collect();
             let mut before = BTreeSet::new();
             for (key, ports) in &previous {
-                before.extend(self.footprint(key, ports).udp_flows);
+                before.extend(self.footprint(key, ports, &[]).udp_flows);
             }
             drop(previous);
             self.groups = Groups::default();
             self.hairpin_refs.clear();
             self.pick_refs.clear();
-            let mut keys = all();
+            // The inputs are kept until the next change; read them all
+            // before planning, so they sit together on the heap rather than
+            // among the plan's garbage, and the heap can shrink once the
+            // transaction is in.
+            let mut programmed = std::mem::take(&mut self.programmed);
+            for key in all() {
+                if let Some(ports) = desired(&key).filter(|p| !p.is_empty()) {
+                    programmed.insert(key, ports);
+                }
+            }
+            let mut keys: Vec<&ServiceKey> = programmed.keys().collect();
             keys.sort();
             let mut adds = Vec::new();
             let mut after = BTreeSet::new();
             for key in keys {
-                if let Some(ports) = desired(&key) {
-                    let new = self.footprint(&key, &ports);
-                    self.diff(&Footprint::default(), &new, &mut ops, &mut adds);
-                    after.extend(new.udp_flows);
-                    if !new.chains.is_empty() {
-                        self.programmed.insert(key, ports);
-                    }
-                }
+                let new = self.footprint(key, &programmed[key], &[]);
+                self.diff(&Footprint::default(), &new, &mut ops, &mut adds);
+                after.extend(new.udp_flows);
             }
+            self.programmed = programmed;
             ops.extend(adds);
             self.needs_full = false;
             let stale_udp = before.difference(&after).cloned().collect();
@@ -562,8 +467,8 @@ impl Proxier {
                 }
                 continue;
             }
-            let old = self.footprint(key, &old_ports);
-            let new = self.footprint(key, &new_ports);
+            let old = self.footprint(key, &old_ports, &[]);
+            let new = self.footprint(key, &new_ports, &old.classes);
             self.diff(&old, &new, &mut ops, &mut adds);
             stale_udp.extend(old.udp_flows.difference(&new.udp_flows).cloned());
             removed_chains.extend(
@@ -588,7 +493,14 @@ impl Proxier {
     }
 
     /// The footprint of one Service.
-    fn footprint(&mut self, key: &ServiceKey, ports: &[ServicePort]) -> Footprint {
+    /// `previous` holds the group classes of the footprint this one
+    /// replaces (empty when recomputing what is programmed).
+    fn footprint(
+        &mut self,
+        key: &ServiceKey,
+        ports: &[ServicePort],
+        previous: &[u32],
+    ) -> Footprint {
         let mut fp = Footprint::default();
         for sp in ports {
             let id = format!("{}/{}/{}/{}", key.0, key.1, sp.proto.name(), sp.port);
@@ -620,7 +532,15 @@ impl Proxier {
                 rules.push(masquerade_unless_from(self.family, net, bits));
             }
             let via = Via::Service(sp.cluster_ip, sp.proto, sp.port);
-            self.group(&mut fp, &svc_chain, via, &cluster, sp.affinity, &mut rules);
+            self.group(
+                &mut fp,
+                previous,
+                &svc_chain,
+                via,
+                &cluster,
+                sp.affinity,
+                &mut rules,
+            );
             fp.chains.insert(svc_chain.clone(), rules);
             if cluster.is_empty() {
                 fp.elems.insert(
@@ -659,7 +579,15 @@ impl Proxier {
                     // balancers' health checks steer away from it.
                     let local = reached;
                     let mut rules = Vec::new();
-                    self.group(&mut fp, &ext_chain, via, &local, sp.affinity, &mut rules);
+                    self.group(
+                        &mut fp,
+                        previous,
+                        &ext_chain,
+                        via,
+                        &local,
+                        sp.affinity,
+                        &mut rules,
+                    );
                     fp.chains.insert(ext_chain.clone(), rules);
                     let none = if cluster.is_empty() {
                         Verdict::Goto(REJECT.into())
@@ -673,7 +601,9 @@ impl Proxier {
                         // The service chain knows the clients already seen.
                         rules.push(vec![Expr::Verdict(Verdict::Goto(svc_chain.clone()))]);
                     } else {
-                        self.group(&mut fp, &ext_chain, via, &cluster, None, &mut rules);
+                        self.group(
+                            &mut fp, previous, &ext_chain, via, &cluster, None, &mut rules,
+                        );
                     }
                     fp.chains.insert(ext_chain.clone(), rules);
                     (!cluster.is_empty(), Verdict::Goto(REJECT.into()))
@@ -696,9 +626,13 @@ impl Proxier {
 
     /// The rules and elements of one endpoint group (a chain that DNATs
     /// to `endpoints`, reached through `via`).
+    // Each argument is one of the group's own inputs; a struct for them
+    // would be built only to be taken apart here.
+    #[allow(clippy::too_many_arguments)]
     fn group(
         &mut self,
         fp: &mut Footprint,
+        previous: &[u32],
         chain: &str,
         via: Via,
         endpoints: &[SocketAddr],
@@ -733,10 +667,10 @@ impl Proxier {
                     )),
                 );
             }
-            let pick = Pick {
-                nodeport,
-                class: self.groups.class(chain, n),
-            };
+            let previous = previous.get(fp.classes.len()).copied();
+            let class = self.groups.class(chain, n, previous);
+            fp.classes.push(class);
+            let pick = Pick { nodeport, class };
             rules.push(vec![Expr::Verdict(Verdict::Goto(pick.chain()))]);
             fp.picks.insert(pick);
             return;
@@ -942,22 +876,31 @@ impl Proxier {
         }
     }
 
+    /// The endpoint address a hairpin element is made of.
+    fn hairpin_ip(&self, key: &[u8]) -> IpAddr {
+        match self.family {
+            Family::V4 => IpAddr::from(<[u8; 4]>::try_from(&key[..4]).expect("an IPv4 key")),
+            Family::V6 => IpAddr::from(<[u8; 16]>::try_from(&key[..16]).expect("an IPv6 key")),
+        }
+    }
+
     /// Counts a reference; true if the element must be added.
     fn ref_hairpin(&mut self, key: &[u8]) -> bool {
-        let n = self.hairpin_refs.entry(key.to_vec()).or_default();
+        let n = self.hairpin_refs.entry(self.hairpin_ip(key)).or_default();
         *n += 1;
         *n == 1
     }
 
     /// Drops a reference; true if the element must be deleted.
     fn unref_hairpin(&mut self, key: &[u8]) -> bool {
-        match self.hairpin_refs.get_mut(key) {
+        let ip = self.hairpin_ip(key);
+        match self.hairpin_refs.get_mut(&ip) {
             Some(n) if *n > 1 => {
                 *n -= 1;
                 false
             }
             Some(_) => {
-                self.hairpin_refs.remove(key);
+                self.hairpin_refs.remove(&ip);
                 true
             }
             None => false,
@@ -1537,8 +1480,7 @@ mod tests {
         let mut gone = ep("10.244.1.2", 80);
         gone.ready = false;
         gone.serving = false;
-        let mut desired =
-            Desired::from([(key("a"), vec![port("10.96.0.1", 80, vec![gone.clone()])])]);
+        let mut desired = Desired::from([(key("a"), vec![port("10.96.0.1", 80, vec![gone])])]);
         sync(&mut p, &mut m, &desired, &[]);
         assert_eq!(resolve(&m, "10.96.0.1", 80), Target::Reject);
 
@@ -1698,7 +1640,7 @@ mod tests {
         );
         let mut local = ep("10.244.1.2", 80);
         local.local = true;
-        let mut sp = port("10.96.0.7", 80, vec![local.clone(), ep("10.244.2.2", 80)]);
+        let mut sp = port("10.96.0.7", 80, vec![local, ep("10.244.2.2", 80)]);
         sp.node_port = Some(30007);
         let mut desired = Desired::from([(key("np"), vec![sp.clone()])]);
         sync(&mut p, &mut m, &desired, &[]);
@@ -1921,10 +1863,19 @@ mod tests {
                 .map(|j| ep(&format!("10.244.1.{}", j + 1), 80))
                 .collect::<Vec<_>>()
         };
-        let classes = |p: &Proxier| p.groups.classes.get("svc-default/a/tcp/80").copied();
+        let class = |m: &Model| {
+            m.rules("svc-default/a/tcp/80")
+                .unwrap()
+                .iter()
+                .flatten()
+                .find_map(|e| match e {
+                    Expr::Verdict(Verdict::Goto(c)) => c.strip_prefix(PICK)?.parse::<u32>().ok(),
+                    _ => None,
+                })
+        };
         let mut desired = Desired::from([(key("a"), vec![port("10.96.0.1", 80, eps(10))])]);
         sync(&mut p, &mut m, &desired, &[]);
-        assert_eq!(classes(&p), Some(16));
+        assert_eq!(class(&m), Some(16));
         let text = m.render();
         assert_eq!(
             text.matches("numgen random mod 16 map @endpoints").count(),
@@ -1947,7 +1898,7 @@ mod tests {
                 "{n}: {:#?}",
                 plan.ops
             );
-            assert_eq!(classes(&p), Some(16));
+            assert_eq!(class(&m), Some(16));
             assert_eq!(
                 resolve(&m, "10.96.0.1", 80),
                 Target::Endpoints(usable(&eps(n), false))
@@ -1957,104 +1908,23 @@ mod tests {
         // Down to 4 (= 16/4): class 4, pick-16 goes with its last group.
         desired.insert(key("a"), vec![port("10.96.0.1", 80, eps(4))]);
         let plan = sync(&mut p, &mut m, &desired, &[key("a")]);
-        assert_eq!(classes(&p), Some(4));
+        assert_eq!(class(&m), Some(4));
         assert!(plan.ops.contains(&Op::DeleteChain("pick-16".into())));
         assert_eq!(pick_chains(&m), BTreeSet::from(["pick-4".to_string()]));
 
         // Up to 17: class 32.
         desired.insert(key("a"), vec![port("10.96.0.1", 80, eps(17))]);
         sync(&mut p, &mut m, &desired, &[key("a")]);
-        assert_eq!(classes(&p), Some(32));
+        assert_eq!(class(&m), Some(32));
         assert_eq!(
             resolve(&m, "10.96.0.1", 80),
             Target::Endpoints(usable(&eps(17), false))
         );
     }
 
-    fn object<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-        serde_json::from_value(v).unwrap()
-    }
-
-    #[test]
-    fn named_target_ports_resolve_per_slice_and_protocol() {
-        let svc: k8s_openapi::api::core::v1::Service = object(serde_json::json!({
-            "metadata": {"name": "web", "namespace": "default"},
-            "spec": {"clusterIP": "10.96.0.9", "type": "NodePort", "ports": [
-                {"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080},
-                {"name": "dns", "port": 53, "protocol": "UDP"}
-            ]}
-        }));
-        let slice = |name: &str,
-                     port: i32,
-                     ip: &str,
-                     node: &str|
-         -> k8s_openapi::api::discovery::v1::EndpointSlice {
-            object(serde_json::json!({
-                "metadata": {"name": name, "namespace": "default"},
-                "addressType": "IPv4",
-                "ports": [{"name": "http", "port": port}, {"name": "dns", "port": 5353, "protocol": "UDP"}],
-                "endpoints": [{"addresses": [ip], "nodeName": node}]
-            }))
-        };
-        let a = slice("a", 8080, "10.244.1.2", "n1");
-        let b = slice("b", 9090, "10.244.2.2", "n2");
-        let ports = service_ports(&svc, &[&a, &b], "n1", Family::V4);
-        assert_eq!(ports.len(), 2);
-        let http = &ports[0];
-        assert_eq!(
-            (http.port, http.proto, http.node_port),
-            (80, Proto::Tcp, Some(30080))
-        );
-        let got: Vec<(String, bool)> = http
-            .endpoints
-            .iter()
-            .map(|e| (e.addr.to_string(), e.local))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("10.244.1.2:8080".to_string(), true),
-                ("10.244.2.2:9090".to_string(), false)
-            ]
-        );
-        assert_eq!(ports[1].proto, Proto::Udp);
-        assert_eq!(ports[1].endpoints[0].addr.port(), 5353);
-
-        let headless: k8s_openapi::api::core::v1::Service = object(serde_json::json!({
-            "spec": {"clusterIP": "None", "ports": [{"port": 80}]}
-        }));
-        assert!(service_ports(&headless, &[&a], "n1", Family::V4).is_empty());
-        assert!(
-            service_ports(&svc, &[&a], "n1", Family::V6).is_empty(),
-            "no IPv6 ClusterIP"
-        );
-    }
-
     #[test]
     fn an_ipv6_service_gets_its_own_table_with_16_byte_addresses() {
-        let svc: k8s_openapi::api::core::v1::Service = object(serde_json::json!({
-            "metadata": {"name": "web", "namespace": "default"},
-            "spec": {"clusterIP": "10.96.0.9", "clusterIPs": ["10.96.0.9", "fd00:96::9"],
-                     "ipFamilies": ["IPv4", "IPv6"], "ports": [{"port": 80}]}
-        }));
-        let v6: k8s_openapi::api::discovery::v1::EndpointSlice = object(serde_json::json!({
-            "metadata": {"name": "web-v6", "namespace": "default"},
-            "addressType": "IPv6",
-            "ports": [{"port": 8080}],
-            "endpoints": [{"addresses": ["fd00:244:1::2"]}]
-        }));
-        let ports = service_ports(&svc, &[&v6], "n1", Family::V6);
-        assert_eq!(ports[0].cluster_ip, "fd00:96::9".parse::<IpAddr>().unwrap());
-        assert_eq!(
-            ports[0].endpoints[0].addr,
-            "[fd00:244:1::2]:8080".parse().unwrap()
-        );
-        assert!(
-            service_ports(&svc, &[&v6], "n1", Family::V4)[0]
-                .endpoints
-                .is_empty()
-        );
-
+        let ports = vec![port("fd00:96::9", 80, vec![ep("fd00:244:1::2", 8080)])];
         let mut p = Proxier::new(
             Options {
                 cluster_cidr: Some(("fd00:244::".parse().unwrap(), 56)),

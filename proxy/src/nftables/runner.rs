@@ -2,9 +2,8 @@
 //! Services changed; a bounded-frequency runner turns the changes into one
 //! transaction; a failed transaction makes the next sync full.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -19,8 +18,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Unit;
 
-use super::proxier::{Options, Plan, Proxier, ServiceKey, UdpFlow, service_ports};
+use super::proxier::{Options, Plan, Proxier, ServiceKey, UdpFlow};
 use super::ruleset::{Family as TableFamily, Model, Op};
+use super::source::{ServiceInfo, SliceInfo, service_ports};
 
 /// Label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -49,19 +49,30 @@ impl Backend for Model {
 }
 
 /// What the proxier reads: Services and their EndpointSlices, as the watch
-/// events left them, and which Services changed since the last sync.
-#[derive(Default)]
+/// events left them (reduced to what the rules need), and which Services
+/// changed since the last sync.
 pub struct Tracker {
-    services: HashMap<ServiceKey, Arc<Service>>,
-    slices: HashMap<ServiceKey, BTreeMap<String, Arc<EndpointSlice>>>,
+    node: String,
+    services: HashMap<ServiceKey, ServiceInfo>,
+    /// A Service's slices by name: a short list (a BTreeMap's node costs
+    /// a kilobyte even for one slice).
+    slices: HashMap<ServiceKey, Vec<(String, SliceInfo)>>,
     slice_owner: HashMap<(String, String), ServiceKey>,
     dirty: HashSet<ServiceKey>,
-    relist_services: Option<Vec<Service>>,
-    relist_slices: Option<Vec<EndpointSlice>>,
+    relist_services: Option<Vec<(ServiceKey, ServiceInfo)>>,
+    relist_slices: Option<Vec<Slice>>,
     services_synced: bool,
     slices_synced: bool,
     /// When the oldest change not yet in the kernel arrived.
     oldest_change: Option<Instant>,
+}
+
+/// An EndpointSlice as the tracker keeps it.
+struct Slice {
+    id: (String, String),
+    owner: Option<ServiceKey>,
+    trigger: Option<Instant>,
+    info: SliceInfo,
 }
 
 fn key_of<K: Object>(obj: &K) -> ServiceKey {
@@ -97,6 +108,22 @@ fn owner_of(slice: &EndpointSlice) -> Option<ServiceKey> {
 }
 
 impl Tracker {
+    /// A tracker for the rules of `node` (for `Local` traffic policies).
+    pub fn new(node: &str) -> Self {
+        Tracker {
+            node: node.to_string(),
+            services: HashMap::new(),
+            slices: HashMap::new(),
+            slice_owner: HashMap::new(),
+            dirty: HashSet::new(),
+            relist_services: None,
+            relist_slices: None,
+            services_synced: false,
+            slices_synced: false,
+            oldest_change: None,
+        }
+    }
+
     /// Whether both lists completed once: nothing is programmed before.
     pub fn ready(&self) -> bool {
         self.services_synced && self.slices_synced
@@ -106,18 +133,21 @@ impl Tracker {
     pub fn service_event(&mut self, event: Event<Service>) {
         match event {
             Event::Init => self.relist_services = Some(Vec::new()),
-            Event::InitApply(s) => self.relist_services.get_or_insert_with(Vec::new).push(s),
+            Event::InitApply(s) => self
+                .relist_services
+                .get_or_insert_with(Vec::new)
+                .push((key_of(&s), ServiceInfo::new(&s))),
             Event::InitDone => {
                 let list = self.relist_services.take().unwrap_or_default();
                 let old: Vec<ServiceKey> = self.services.keys().cloned().collect();
                 self.mark(old);
                 self.services.clear();
-                for s in list {
-                    self.apply_service(s);
+                for (key, info) in list {
+                    self.apply_service(key, info);
                 }
                 self.services_synced = true;
             }
-            Event::Apply(s) => self.apply_service(s),
+            Event::Apply(s) => self.apply_service(key_of(&s), ServiceInfo::new(&s)),
             Event::Delete(s) => {
                 let key = key_of(&s);
                 self.services.remove(&key);
@@ -126,9 +156,8 @@ impl Tracker {
         }
     }
 
-    fn apply_service(&mut self, s: Service) {
-        let key = key_of(&s);
-        self.services.insert(key.clone(), Arc::new(s));
+    fn apply_service(&mut self, key: ServiceKey, info: ServiceInfo) {
+        self.services.insert(key.clone(), info);
         self.mark([key]);
     }
 
@@ -136,7 +165,10 @@ impl Tracker {
     pub fn slice_event(&mut self, event: Event<EndpointSlice>) {
         match event {
             Event::Init => self.relist_slices = Some(Vec::new()),
-            Event::InitApply(s) => self.relist_slices.get_or_insert_with(Vec::new).push(s),
+            Event::InitApply(s) => {
+                let slice = self.reduce(&s);
+                self.relist_slices.get_or_insert_with(Vec::new).push(slice);
+            }
             Event::InitDone => {
                 let list = self.relist_slices.take().unwrap_or_default();
                 let old: Vec<ServiceKey> = self.slices.keys().cloned().collect();
@@ -148,7 +180,10 @@ impl Tracker {
                 }
                 self.slices_synced = true;
             }
-            Event::Apply(s) => self.apply_slice(s),
+            Event::Apply(s) => {
+                let slice = self.reduce(&s);
+                self.apply_slice(slice);
+            }
             Event::Delete(s) => {
                 let id = key_of(&s);
                 self.remove_slice(&id);
@@ -158,9 +193,9 @@ impl Tracker {
 
     fn remove_slice(&mut self, id: &(String, String)) {
         if let Some(owner) = self.slice_owner.remove(id) {
-            if let Some(map) = self.slices.get_mut(&owner) {
-                map.remove(&id.1);
-                if map.is_empty() {
+            if let Some(list) = self.slices.get_mut(&owner) {
+                list.retain(|(name, _)| *name != id.1);
+                if list.is_empty() {
                     self.slices.remove(&owner);
                 }
             }
@@ -168,25 +203,40 @@ impl Tracker {
         }
     }
 
-    fn apply_slice(&mut self, s: EndpointSlice) {
-        let id = key_of(&s);
+    fn reduce(&self, s: &EndpointSlice) -> Slice {
+        Slice {
+            id: key_of(s),
+            owner: owner_of(s),
+            trigger: trigger_time(s),
+            info: SliceInfo::new(s, &self.node),
+        }
+    }
+
+    fn apply_slice(&mut self, s: Slice) {
+        let Slice {
+            id,
+            owner,
+            trigger,
+            info,
+        } = s;
         // A slice whose service label changed leaves its old Service.
-        if self.slice_owner.get(&id) != owner_of(&s).as_ref() {
+        if self.slice_owner.get(&id) != owner.as_ref() {
             self.remove_slice(&id);
         }
-        let Some(owner) = owner_of(&s) else {
+        let Some(owner) = owner else {
             return;
         };
-        if let Some(at) = trigger_time(&s) {
+        if let Some(at) = trigger {
             // The change started before the slice reached us: when the
             // endpoints controller saw the pod change.
             self.oldest_change = Some(self.oldest_change.map_or(at, |o| o.min(at)));
         }
         self.slice_owner.insert(id.clone(), owner.clone());
-        self.slices
-            .entry(owner.clone())
-            .or_default()
-            .insert(id.1, Arc::new(s));
+        let list = self.slices.entry(owner.clone()).or_default();
+        match list.iter_mut().find(|(name, _)| *name == id.1) {
+            Some((_, existing)) => *existing = info,
+            None => list.push((id.1, info)),
+        }
         self.mark([owner]);
     }
 
@@ -207,7 +257,7 @@ impl Tracker {
 
     /// Plans the transaction that brings `changed` (or everything, when the
     /// proxier must sync in full) to their current state in `proxier`'s table.
-    pub fn plan(&self, proxier: &mut Proxier, node: &str, changed: &[ServiceKey]) -> Plan {
+    pub fn plan(&self, proxier: &mut Proxier, changed: &[ServiceKey]) -> Plan {
         let family = proxier.family();
         let services = &self.services;
         let slices = &self.slices;
@@ -215,12 +265,12 @@ impl Tracker {
             changed,
             |key| {
                 let svc = services.get(key)?;
-                let owned: Vec<&EndpointSlice> = slices
+                let owned: Vec<&SliceInfo> = slices
                     .get(key)
                     .into_iter()
-                    .flat_map(|m| m.values().map(|s| s.as_ref()))
+                    .flat_map(|list| list.iter().map(|(_, info)| info))
                     .collect();
-                Some(service_ports(svc, &owned, node, family))
+                Some(service_ports(svc, &owned, family))
             },
             || services.keys().cloned().collect(),
         )
@@ -342,7 +392,7 @@ pub async fn run(
     let slices =
         watch::watcher(store.api::<EndpointSlice>(None)).map(|e| Change::Slice(Box::new(e)));
     let mut events = std::pin::pin!(futures::stream::select(services, slices));
-    let mut tracker = Tracker::default();
+    let mut tracker = Tracker::new(&settings.node);
     let mut tables: Vec<(Proxier, &mut dyn Backend)> = tables
         .into_iter()
         .map(|t| (Proxier::new(t.options, t.family), t.backend))
@@ -371,7 +421,7 @@ pub async fn run(
                 next_allowed = tokio::time::Instant::now() + settings.min_sync_period;
                 for (proxier, backend) in &mut tables {
                     let started = Instant::now();
-                    let plan = tracker.plan(proxier, &settings.node, &changed);
+                    let plan = tracker.plan(proxier, &changed);
                     if plan.ops.is_empty() {
                         continue;
                     }
@@ -400,6 +450,10 @@ pub async fn run(
                                 }
                             }
                             on_sync(&plan);
+                            if plan.full {
+                                drop(plan);
+                                release_free_memory();
+                            }
                         }
                         Err(e) => {
                             metrics.failures.inc();
@@ -411,6 +465,20 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// Gives the allocator's free pages back to the system. A full sync builds
+/// its whole transaction (tens of MiB at 10k Services) and frees it; glibc
+/// keeps freed memory inside its heaps mapped, so without this the peak
+/// would stay in the RSS for good.
+#[allow(unsafe_code)]
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer; it only returns pages of free
+    // chunks to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -444,7 +512,7 @@ mod tests {
 
     fn next_plan(t: &mut Tracker, p: &mut Proxier) -> Plan {
         let changed = t.take_changes();
-        t.plan(p, "n1", &changed)
+        t.plan(p, &changed)
     }
 
     fn list<K>(items: Vec<K>) -> Vec<Event<K>> {
@@ -456,7 +524,7 @@ mod tests {
 
     #[test]
     fn nothing_is_programmed_before_both_lists_complete_then_changes_are_partial() {
-        let mut t = Tracker::default();
+        let mut t = Tracker::new("n1");
         let (mut p, mut m) = (
             Proxier::new(Options::default(), TableFamily::V4),
             Model::default(),
@@ -499,7 +567,7 @@ mod tests {
 
     #[test]
     fn latency_starts_at_the_slice_trigger_time() {
-        let mut t = Tracker::default();
+        let mut t = Tracker::new("n1");
         let mut s = slice("a-1", "a", "10.244.1.2");
         let at = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(3);
         s.metadata.annotations = Some([(TRIGGER_TIME.to_string(), at.to_string())].into());
@@ -512,7 +580,7 @@ mod tests {
         );
 
         // Without the annotation, the arrival counts.
-        let mut t = Tracker::default();
+        let mut t = Tracker::new("n1");
         t.slice_event(Event::Apply(slice("b-1", "b", "10.244.1.3")));
         assert!(t.oldest_change.expect("recorded").elapsed() < Duration::from_secs(2));
     }
