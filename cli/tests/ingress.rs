@@ -17,12 +17,15 @@ use std::time::{Duration, Instant};
 /// A backend: answers every request with its name, the path and the
 /// forwarding headers it saw; `/status/N` answers N, `/slow` waits 3 s,
 /// `/ws` upgrades and echoes, `/chunked` answers in chunks, `/echo` returns
-/// the request body.
+/// the request body. It counts the connections it accepted and those open
+/// now.
 struct Backend {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     requests: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<String>>>,
+    accepted: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
 }
 
 fn read_head(
@@ -72,13 +75,21 @@ impl Backend {
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let (accepted, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let (s, r, log) = (stop.clone(), requests.clone(), seen.clone());
+        let (a, o) = (accepted.clone(), open.clone());
         thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let (s, r, log) = (s.clone(), r.clone(), log.clone());
-                        thread::spawn(move || Self::connection(name, stream, &s, &r, &log));
+                        a.fetch_add(1, Ordering::SeqCst);
+                        o.fetch_add(1, Ordering::SeqCst);
+                        let o = o.clone();
+                        thread::spawn(move || {
+                            Self::connection(name, stream, &s, &r, &log);
+                            o.fetch_sub(1, Ordering::SeqCst);
+                        });
                     }
                     Err(_) => thread::sleep(Duration::from_millis(2)),
                 }
@@ -89,6 +100,8 @@ impl Backend {
             stop,
             requests,
             seen,
+            accepted,
+            open,
         }
     }
 
@@ -1424,6 +1437,81 @@ fn h2_clients_reach_http1_upstreams() {
     });
 }
 
+/// Waits (generously) until `what` holds, as the pool's expiry ticks.
+fn wait_until(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn idle_upstream_connections_are_reused_then_closed_after_the_idle_timeout() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    let backend = Backend::start("b");
+    let proxy = Proxy::start(&format!(
+        r#"
+upstreams:
+  - name: b
+    endpoints: ["{}"]
+    idle_timeout: 3s
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /
+    upstream: b
+"#,
+        backend.addr
+    ));
+    let open = || backend.open.load(Ordering::SeqCst);
+    let accepted = || backend.accepted.load(Ordering::SeqCst);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let send = h2c(proxy.http).await;
+        let round = |path: &'static str| {
+            let requests = (0..20).map(|_| {
+                let mut send = send.clone();
+                async move {
+                    let req = hyper::Request::get(format!("http://a.test{path}"))
+                        .body(Empty::<Bytes>::new())
+                        .unwrap();
+                    let resp = send.send_request(req).await.unwrap();
+                    assert_eq!(resp.status(), 200);
+                    resp.into_body().collect().await.unwrap();
+                }
+            });
+            futures::future::join_all(requests)
+        };
+        // Twenty concurrent streams need twenty HTTP/1.1 connections, and
+        // the pool keeps them all for the next twenty: none is reopened.
+        round("/slow").await;
+        assert_eq!(accepted(), 20);
+        round("/fast").await;
+        assert_eq!(accepted(), 20, "the idle connections were reused");
+        // The client stays connected; the idle upstream connections close.
+        wait_until(
+            "idle upstream connections closed after idle_timeout",
+            || open() == 0,
+        );
+        round("/again").await;
+        assert!(accepted() > 20, "expired connections are not reused");
+    });
+    wait_until("idle upstream connections closed again", || open() == 0);
+    // HTTP/1.1 clients' upstream connections idle out alike.
+    let before = accepted();
+    assert_eq!(get(proxy.http, "a.test", "/h1").status, 200);
+    assert_eq!(accepted(), before + 1);
+    wait_until("an HTTP/1.1 client's upstream connection closed", || {
+        open() == 0
+    });
+}
+
 #[test]
 fn tls_negotiates_h2_by_alpn() {
     let (api, web) = (Backend::start("api"), Backend::start("web"));
@@ -1652,6 +1740,21 @@ upstreams:
 }
 
 /// Sends GET requests over one h2c connection; the statuses and bodies.
+/// An h2c connection with prior knowledge, driven in the background.
+async fn h2c(
+    addr: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<hyper::body::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
 fn h2_get(addr: SocketAddr, host: &str, paths: &[&str]) -> Vec<(u16, String)> {
     use http_body_util::{BodyExt, Empty};
     use hyper::body::Bytes;
@@ -1660,14 +1763,7 @@ fn h2_get(addr: SocketAddr, host: &str, paths: &[&str]) -> Vec<(u16, String)> {
         .build()
         .unwrap();
     rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let mut send = h2c(addr).await;
         let mut out = Vec::new();
         for path in paths {
             let req = hyper::Request::get(format!("http://{host}{path}"))

@@ -11,7 +11,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 
 use http_body_util::{BodyExt, Either};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, Uri};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::body::{BodyProgress, Framing};
 use super::config::Limits;
 use super::h1::{self, Forwarding, Head, RequestInfo};
-use super::h2::{self, Failure, Piped};
+use super::h2::{self, Failure, FromUpstream, Piped};
 use super::proxy::{Buf, Done, Worker, drain_body_or_close, local};
 use super::upstream::Upstream;
 
@@ -35,10 +35,13 @@ enum Cut {
 }
 
 /// Where a request stands once the upstream answered or the request broke.
+// Lives briefly on the stack, once per request: boxing the answer would
+// cost an allocation to save nothing.
+#[allow(clippy::large_enum_variant)]
 enum Relay {
     /// The upstream's answer (or failure), and how the body relay ended.
     Sent(
-        Result<(Response<Incoming>, SocketAddr), (Failure, Option<SocketAddr>)>,
+        Result<(Response<FromUpstream>, SocketAddr), (Failure, Option<SocketAddr>)>,
         Result<(), Cut>,
     ),
     /// The client's side broke before an answer came.
@@ -257,7 +260,7 @@ async fn answer<S: AsyncWrite + Unpin>(
 async fn respond<S: AsyncWrite + Unpin>(
     client: &mut S,
     out: &mut Vec<u8>,
-    response: Response<Incoming>,
+    response: Response<FromUpstream>,
     version: u8,
     is_head: bool,
     keep_alive: bool,

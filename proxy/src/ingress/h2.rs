@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http_body_util::{Either, Full};
 use hyper::body::{Body as _, Bytes, Frame, Incoming};
@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 
 use super::access_log::{AccessLog, Entry};
 use super::config::UpstreamProtocol;
+use super::pool::Pool;
 use super::proxy::{Shared, Worker, fail, no_route, record};
 use super::retry::Attempts;
 use super::upstream::Upstream;
@@ -50,7 +51,7 @@ where
 }
 
 /// A response body: the upstream's, or the proxy's own.
-type Body = Either<Incoming, Full<Bytes>>;
+type Body = Either<FromUpstream, Full<Bytes>>;
 
 /// A request body sent upstream: an HTTP/2 client's as it arrives, or one
 /// read from an HTTP/1.1 client (empty for a retry's copy).
@@ -110,11 +111,92 @@ impl hyper::body::Body for Piped {
     }
 }
 
-/// Upstream connections of one worker, by endpoint.
+/// An HTTP/1.1 upstream connection, as hyper drives it.
+type H1Sender = hyper::client::conn::http1::SendRequest<UpstreamBody>;
+
+/// Upstream connections of one worker, by endpoint: one shared h2c
+/// connection each, and idle HTTP/1.1 connections in a pool like the one
+/// HTTP/1.1 clients use (same cap, same idle timeout).
 #[derive(Default)]
 pub struct Clients {
     h2: RefCell<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<UpstreamBody>>>,
-    h1: RefCell<HashMap<SocketAddr, Vec<hyper::client::conn::http1::SendRequest<UpstreamBody>>>>,
+    h1: Rc<Pool<H1Sender>>,
+}
+
+impl Clients {
+    /// Closes HTTP/1.1 connections idle past their timeout and forgets
+    /// h2c connections that have closed.
+    pub fn expire(&self) {
+        self.h1.expire();
+        self.h2.borrow_mut().retain(|_, s| !s.is_closed());
+    }
+}
+
+/// A response body from an upstream. An HTTP/1.1 connection goes back to
+/// the pool once its response has been read to the end, so the pool holds
+/// only idle connections; a body dropped before its end leaves the rest of
+/// the response on the connection, and it closes.
+pub(super) struct FromUpstream {
+    inner: Incoming,
+    ended: bool,
+    checkin: Option<Checkin>,
+}
+
+/// Where an HTTP/1.1 connection goes once its response is read.
+struct Checkin {
+    pool: Rc<Pool<H1Sender>>,
+    addr: SocketAddr,
+    sender: H1Sender,
+    idle_timeout: Duration,
+}
+
+impl hyper::body::Body for FromUpstream {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for FromUpstream {
+    fn drop(&mut self) {
+        if !(self.ended || self.inner.is_end_stream()) {
+            return;
+        }
+        let Some(Checkin {
+            pool,
+            addr,
+            mut sender,
+            idle_timeout,
+        }) = self.checkin.take()
+        else {
+            return;
+        };
+        // hyper's connection task has made the connection ready by the
+        // time its body's end is seen here, unless the request body is
+        // still on its way (the upstream answered early): such a
+        // connection is not idle, and is let go.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if let Poll::Ready(Ok(())) = sender.poll_ready(&mut cx) {
+            pool.put(addr, sender, idle_timeout);
+        }
+    }
 }
 
 /// A stream that yields `prefix` before the bytes of `inner`: the bytes
@@ -527,7 +609,7 @@ pub(super) async fn send_with_retries(
     upstream: &Upstream,
     req: Request<UpstreamBody>,
     replayable: bool,
-) -> Result<(Response<Incoming>, SocketAddr), (Failure, Option<SocketAddr>)> {
+) -> Result<(Response<FromUpstream>, SocketAddr), (Failure, Option<SocketAddr>)> {
     let mut attempts = Attempts::new(worker, upstream, replayable);
     let Some(mut flight) = attempts.first() else {
         return Err((Failure::NoEndpoint, None));
@@ -596,7 +678,7 @@ async fn send(
     upstream: &Upstream,
     addr: SocketAddr,
     req: Request<UpstreamBody>,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<Response<FromUpstream>, Failure> {
     match upstream.settings.protocol {
         UpstreamProtocol::H2c => send_h2(worker, upstream, addr, req).await,
         UpstreamProtocol::Http1 => send_h1(worker, upstream, addr, req).await,
@@ -619,7 +701,7 @@ async fn send_h2(
     upstream: &Upstream,
     addr: SocketAddr,
     req: Request<UpstreamBody>,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<Response<FromUpstream>, Failure> {
     let cached = worker
         .h2
         .h2
@@ -644,10 +726,15 @@ async fn send_h2(
         }
     };
     sender.ready().await.map_err(|_| Failure::Protocol)?;
-    sender
+    let response = sender
         .send_request(req)
         .await
-        .map_err(|_| Failure::Protocol)
+        .map_err(|_| Failure::Protocol)?;
+    Ok(response.map(|inner| FromUpstream {
+        inner,
+        ended: false,
+        checkin: None,
+    }))
 }
 
 async fn send_h1(
@@ -655,17 +742,8 @@ async fn send_h1(
     upstream: &Upstream,
     addr: SocketAddr,
     req: Request<UpstreamBody>,
-) -> Result<Response<Incoming>, Failure> {
-    let idle = {
-        let mut pool = worker.h2.h1.borrow_mut();
-        let list = pool.entry(addr).or_default();
-        list.retain(|s| !s.is_closed());
-        let ready = list
-            .iter()
-            .position(hyper::client::conn::http1::SendRequest::is_ready);
-        ready.map(|i| list.swap_remove(i))
-    };
-    let mut sender = match idle {
+) -> Result<Response<FromUpstream>, Failure> {
+    let mut sender = match worker.h2.h1.take(addr) {
         Some(s) => s,
         None => {
             let stream = connect(upstream, addr).await?;
@@ -682,14 +760,17 @@ async fn send_h1(
         .send_request(req)
         .await
         .map_err(|_| Failure::Protocol)?;
-    // The connection is free again once this response's body is read; it
-    // waits in the pool until then and is skipped while busy.
-    worker
-        .h2
-        .h1
-        .borrow_mut()
-        .entry(addr)
-        .or_default()
-        .push(sender);
-    Ok(response)
+    // The connection is busy until this response's body is read; then the
+    // body puts it back in the pool.
+    let checkin = Checkin {
+        pool: worker.h2.h1.clone(),
+        addr,
+        sender,
+        idle_timeout: upstream.settings.idle_timeout,
+    };
+    Ok(response.map(|inner| FromUpstream {
+        inner,
+        ended: false,
+        checkin: Some(checkin),
+    }))
 }

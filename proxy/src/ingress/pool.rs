@@ -1,7 +1,13 @@
 //! Idle upstream connections, kept per worker thread so taking and
-//! returning one never takes a lock. The pool holds as many connections as
-//! there were concurrent requests (up to a cap per endpoint): a pool smaller
-//! than the concurrency makes the proxy reconnect on every request.
+//! returning one never takes a lock: raw streams of HTTP/1.1 clients, and
+//! hyper's HTTP/1.1 connections of HTTP/2 clients, under the same cap and
+//! the same idle timeout.
+//!
+//! Only idle connections are pooled; a busy one belongs to its request. The
+//! cap per endpoint must stay above the concurrency a worker sees: when a
+//! burst of responses ends, that many connections come back at once, and a
+//! pool smaller than the burst closes them only to reconnect for the next
+//! requests.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -11,60 +17,105 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 /// Idle connections kept per endpoint, at most.
-const MAX_IDLE_PER_ENDPOINT: usize = 4096;
+pub const MAX_IDLE_PER_ENDPOINT: usize = 4096;
 
-struct Idle {
-    stream: TcpStream,
-    since: Instant,
+/// A pooled connection that can tell whether it is still worth reusing.
+pub trait Reusable {
+    /// Whether the connection is open and quiet, as an idle one should be.
+    fn usable(&self) -> bool;
 }
 
-/// One worker's idle upstream connections.
-#[derive(Default)]
-pub struct Pool {
-    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+impl Reusable for TcpStream {
+    fn usable(&self) -> bool {
+        // A closed or chattering connection reads something (0 bytes or
+        // unsolicited data) without blocking; a healthy idle one blocks.
+        let mut probe = [0u8; 1];
+        matches!(self.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
 }
 
-impl Pool {
-    /// An idle connection to `addr` that is still open and younger than
-    /// `max_idle`, most recently used first (its peer is least likely to
-    /// have timed it out).
-    pub fn take(&self, addr: SocketAddr, max_idle: Duration) -> Option<TcpStream> {
+impl<B> Reusable for hyper::client::conn::http1::SendRequest<B> {
+    fn usable(&self) -> bool {
+        // Not ready: closed, or still busy with the last request.
+        self.is_ready()
+    }
+}
+
+struct Idle<C> {
+    conn: C,
+    expires: Instant,
+}
+
+/// One worker's idle upstream connections of one kind, by endpoint.
+pub struct Pool<C> {
+    idle: RefCell<HashMap<SocketAddr, Vec<Idle<C>>>>,
+    max_per_endpoint: usize,
+}
+
+impl<C> Default for Pool<C> {
+    fn default() -> Self {
+        Self::with_cap(MAX_IDLE_PER_ENDPOINT)
+    }
+}
+
+impl<C> Pool<C> {
+    /// A pool keeping at most `max_per_endpoint` idle connections per
+    /// endpoint.
+    pub fn with_cap(max_per_endpoint: usize) -> Self {
+        Self {
+            idle: RefCell::new(HashMap::new()),
+            max_per_endpoint,
+        }
+    }
+}
+
+impl<C: Reusable> Pool<C> {
+    /// An idle connection to `addr` that is still usable and has not
+    /// outlived its idle timeout, most recently used first (its peer is
+    /// least likely to have timed it out).
+    pub fn take(&self, addr: SocketAddr) -> Option<C> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
-        while let Some(conn) = list.pop() {
-            if conn.since.elapsed() > max_idle {
-                continue;
-            }
-            // A closed or chattering connection reads something (0 bytes or
-            // unsolicited data) without blocking; a healthy idle one blocks.
-            let mut probe = [0u8; 1];
-            match conn.stream.try_read(&mut probe) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(conn.stream),
-                _ => continue,
+        let now = Instant::now();
+        while let Some(entry) = list.pop() {
+            if entry.expires > now && entry.conn.usable() {
+                return Some(entry.conn);
             }
         }
         None
     }
 
-    /// Keeps a connection whose last response was complete.
-    pub fn put(&self, addr: SocketAddr, stream: TcpStream) {
+    /// Keeps a connection that is free for another request for up to
+    /// `idle_timeout`; beyond the cap it is dropped, which closes it.
+    pub fn put(&self, addr: SocketAddr, conn: C, idle_timeout: Duration) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr).or_default();
-        if list.len() < MAX_IDLE_PER_ENDPOINT {
+        if list.len() < self.max_per_endpoint {
             list.push(Idle {
-                stream,
-                since: Instant::now(),
+                conn,
+                expires: Instant::now() + idle_timeout,
             });
         }
     }
 
-    /// Drops connections idle for longer than `max_idle`.
-    pub fn expire(&self, max_idle: Duration) {
+    /// Closes connections idle for longer than their idle timeout.
+    pub fn expire(&self) {
+        let now = Instant::now();
         let mut idle = self.idle.borrow_mut();
         for list in idle.values_mut() {
-            list.retain(|c| c.since.elapsed() <= max_idle);
+            list.retain(|c| c.expires > now);
         }
         idle.retain(|_, list| !list.is_empty());
+    }
+
+    /// Idle connections held now, across endpoints.
+    pub fn len(&self) -> usize {
+        self.idle.borrow().values().map(Vec::len).sum()
+    }
+
+    /// Whether no connection is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -73,6 +124,8 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
+    const MINUTE: Duration = Duration::from_secs(60);
+
     #[tokio::test]
     async fn reuses_open_connections_and_drops_closed_ones() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -80,26 +133,90 @@ mod tests {
         let pool = Pool::default();
         let a = TcpStream::connect(addr).await.unwrap();
         let (server_a, _) = listener.accept().await.unwrap();
-        pool.put(addr, a);
-        assert!(pool.take(addr, Duration::from_secs(60)).is_some());
-        assert!(
-            pool.take(addr, Duration::from_secs(60)).is_none(),
-            "taken once"
-        );
+        pool.put(addr, a, MINUTE);
+        assert!(pool.take(addr).is_some());
+        assert!(pool.take(addr).is_none(), "taken once");
 
         let b = TcpStream::connect(addr).await.unwrap();
         let (server_b, _) = listener.accept().await.unwrap();
-        pool.put(addr, b);
+        pool.put(addr, b, MINUTE);
         drop(server_b);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(
-            pool.take(addr, Duration::from_secs(60)).is_none(),
-            "peer closed it"
-        );
+        assert!(pool.take(addr).is_none(), "peer closed it");
 
         let c = TcpStream::connect(addr).await.unwrap();
-        pool.put(addr, c);
-        assert!(pool.take(addr, Duration::ZERO).is_none(), "too old");
+        pool.put(addr, c, Duration::ZERO);
+        assert!(pool.take(addr).is_none(), "too old");
         drop(server_a);
+    }
+
+    /// Reads from each accepted connection until its peer closes it, and
+    /// counts the connections still open.
+    async fn counting_backend() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::Ordering;
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = open.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                    counter.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (addr, open)
+    }
+
+    /// Waits (generously) until `open` reads `want`.
+    async fn until_open(open: &std::sync::atomic::AtomicUsize, want: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while open.load(std::sync::atomic::Ordering::SeqCst) != want {
+            assert!(
+                Instant::now() < deadline,
+                "{} connections open at the backend, expected {want}",
+                open.load(std::sync::atomic::Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn keeps_at_most_the_cap_and_closes_the_rest() {
+        let (addr, open) = counting_backend().await;
+        let pool = Pool::with_cap(3);
+        let mut conns = Vec::new();
+        for _ in 0..8 {
+            conns.push(TcpStream::connect(addr).await.unwrap());
+        }
+        until_open(&open, 8).await;
+        // Eight requests end at once: three connections stay for the next.
+        for c in conns {
+            pool.put(addr, c, MINUTE);
+        }
+        assert_eq!(pool.len(), 3);
+        until_open(&open, 3).await;
+        pool.expire();
+        assert_eq!(pool.len(), 3, "none has idled out yet");
+    }
+
+    #[tokio::test]
+    async fn expire_closes_connections_idle_past_their_timeout() {
+        let (addr, open) = counting_backend().await;
+        let pool = Pool::default();
+        for timeout in [Duration::ZERO, Duration::ZERO, MINUTE] {
+            pool.put(addr, TcpStream::connect(addr).await.unwrap(), timeout);
+        }
+        until_open(&open, 3).await;
+        pool.expire();
+        assert_eq!(pool.len(), 1);
+        until_open(&open, 1).await;
+        assert!(pool.take(addr).is_some(), "the young one is kept");
     }
 }

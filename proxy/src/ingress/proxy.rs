@@ -50,7 +50,7 @@ pub struct Worker {
     /// Process-wide state.
     pub shared: Arc<Shared>,
     /// This worker's idle upstream connections.
-    pub pool: Pool,
+    pub pool: Pool<TcpStream>,
     rng: Cell<u64>,
     requests: Cell<u64>,
     id: u64,
@@ -67,8 +67,10 @@ pub struct Worker {
 
 /// Size of a read buffer; larger heads grow it up to the header limit.
 const READ_BUFFER: usize = 16 * 1024;
-/// Spare buffers a worker keeps, at most.
-const MAX_SPARE: usize = 1024;
+/// Spare buffers a worker keeps, at most (of each kind). 64 served wrk at
+/// 256 connections as fast as 1024 did, and a burst leaves at most ~5 MiB
+/// behind instead of ~80.
+const MAX_SPARE: usize = 64;
 
 impl Worker {
     /// A worker numbered `id`.
@@ -734,10 +736,7 @@ async fn connect(
     addr: SocketAddr,
     pooled: bool,
 ) -> Result<Attempt, Failure> {
-    if let Some(stream) = pooled
-        .then(|| worker.pool.take(addr, upstream.settings.idle_timeout))
-        .flatten()
-    {
+    if let Some(stream) = pooled.then(|| worker.pool.take(addr)).flatten() {
         return Ok(Attempt {
             stream,
             reused: true,
@@ -1141,7 +1140,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     // Anything beyond the response means the upstream is out of step: do
     // not reuse the connection.
     if rinfo.reusable && !extra && ubuf.is_empty() {
-        worker.pool.put(attempt.addr, attempt.stream);
+        worker
+            .pool
+            .put(attempt.addr, attempt.stream, upstream.settings.idle_timeout);
     }
     Ok(Done {
         status: rhead.status,

@@ -383,10 +383,13 @@ fn worker_main(
         let expiry = {
             let worker = worker.clone();
             tokio::task::spawn_local(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                // Idle upstream connections close within a second of their
+                // upstream's idle timeout.
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     tick.tick().await;
-                    worker.pool.expire(Duration::from_secs(300));
+                    worker.pool.expire();
+                    worker.h2.expire();
                 }
             })
         };
