@@ -51,15 +51,20 @@
 //!
 //! | what                                   | measured                          | target   |
 //! |----------------------------------------|-----------------------------------|----------|
-//! | full sync 1k x 10                      | 0.14 s (plan 26 ms, encode 9 ms, commit 0.10 s) | - |
-//! | full sync 10k x 10                     | 1.39 s (plan 0.26 s, encode 0.06 s, commit 1.07 s; 13.6 MiB batch) | < 2 s |
-//! | full resync over the 10k table         | 1.74 s                            | -        |
-//! | RSS after the 10k sync                 | peak 88.8 MiB, then 69.4 MiB (~9 MiB of it the input) | < 64 MiB |
-//! | endpoint change at 10k: pod replaced   | median 0.27 ms, p99 6.4 ms        | < 5 ms   |
-//! | endpoint change at 10k: unready/ready  | median 0.28 ms, p99 0.45 ms       | < 5 ms   |
-//! | 9990 Services added / removed at once  | 1.7 s / 0.9 s                     | -        |
-//! | ClusterIP keep-alive, 10k/10 req/s     | 0.93 (medians 53.6k / 57.9k; per round 0.92 to 1.03); CPU/req 1.03 | >= 0.95 |
-//! | ClusterIP Connection: close, 10k/10    | 1.06 (8.3k / 7.9k; per round 0.93 to 1.13); CPU/req 1.02 | - |
+//! | full sync 1k x 10                      | 0.14 s (plan 27 ms, encode 9 ms, commit 0.10 s) | - |
+//! | full sync 10k x 10                     | 1.65 s (plan 0.31 s, encode 0.09 s, commit 1.26 s; 13.6 MiB batch) | < 2 s |
+//! | full resync over the 10k table         | 1.84 s                            | -        |
+//! | RSS after the 10k sync (this process)  | peak 83.7 MiB, then 64.5 MiB (~9 MiB of it the input) | see below |
+//! | endpoint change at 10k: pod replaced   | median 0.28 ms, p99 4.4 ms        | < 5 ms   |
+//! | endpoint change at 10k: unready/ready  | median 0.28 ms, p99 0.38 ms       | < 5 ms   |
+//! | 9990 Services added / removed at once  | 1.7 s / 0.65 s                    | -        |
+//! | ClusterIP keep-alive, 10k/10 req/s     | 1.04 (medians 51.8k / 50.1k; per round 0.95 to 1.09); CPU/req 0.96 | >= 0.95 |
+//! | ClusterIP Connection: close, 10k/10    | 1.06 (8.2k / 7.7k; per round 0.84 to 1.14); CPU/req 0.98 | - |
+//!
+//! The RSS target is the node proxy process's: `benches/load/nodeproxy_rss.sh`
+//! runs `orca node-proxy` against etcd with 10k Services and measured 40.2
+//! MiB once synced, 105.3 MiB at the peak of the first sync (the daemon
+//! gives a full sync's freed memory back; this bench does not).
 //!
 //! Earlier designs, same bench: a map per service port, 10.1 s full sync
 //! and 30.7 ms per count change; one endpoints map looked up by every
