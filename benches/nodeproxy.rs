@@ -75,8 +75,8 @@
 //! map lookup and on average at most four draws. An earlier `perf record
 //! -a` over one wrk run each put nf_tables' evaluation at ~1% of CPU
 //! samples with keep-alive and ~1.5% with Connection: close, for 10 and
-//! 10k alike; the keep-alive ratio moves between runs (1.03 in the run
-//! before this one) while the CPU per request stays level.
+//! 10k alike; the keep-alive ratio moves between runs (0.93 in the run
+//! before this one, same table) while the CPU per request stays level.
 //!
 //! Why the shape, from where the kernel spends a commit:
 //! - nf_tables checks each element added to a map against every rule bound
