@@ -339,12 +339,13 @@ pub struct Proxier {
     family: Family,
     options: Options,
     /// What each programmed Service was programmed from: its footprint is
-    /// computed again when it changes (slots are kept, so it comes out the
-    /// same), which costs far less memory than keeping 10k footprints.
+    /// computed again when it changes (slots and kept classes are
+    /// remembered, so it comes out the same), which costs far less memory
+    /// than keeping 10k footprints.
     programmed: HashMap<ServiceKey, Vec<ServicePort>>,
     groups: Groups,
-    /// How many programmed Services hold each hairpin element.
-    /// Keyed by the endpoint's address (the element is `ip . ip`).
+    /// How many programmed Services hold each hairpin element, by the
+    /// endpoint's address (the element is `ip . ip`).
     hairpin_refs: HashMap<IpAddr, u32>,
     /// How many programmed groups go to each pick chain.
     pick_refs: HashMap<Pick, usize>,
