@@ -43,6 +43,9 @@ pub struct Shared {
     /// Set when shutdown begins: responses from then on close their
     /// connection, so clients reconnect elsewhere.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Requests answered, across workers: the proxy going quiet after a
+    /// load gives its freed memory back.
+    pub served: std::sync::atomic::AtomicU64,
 }
 
 /// Per-thread state of a worker.
@@ -160,6 +163,7 @@ impl Worker {
             access_log: arc_swap::ArcSwapOption::empty(),
             open: Default::default(),
             draining: Default::default(),
+            served: Default::default(),
         };
         Self::new(Arc::new(shared), 0)
     }
@@ -604,6 +608,9 @@ pub(super) fn no_route() -> Arc<str> {
 /// Counts a request in the metrics (for both HTTP versions); the route's
 /// name is shared, not copied, so counting allocates nothing.
 pub(super) fn record(shared: &Shared, route: &Arc<str>, status: u16, started: Instant) {
+    shared
+        .served
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     shared
         .metrics
         .requests

@@ -203,6 +203,7 @@ impl Ingress {
             access_log: ArcSwapOption::empty(),
             open: Default::default(),
             draining: Default::default(),
+            served: Default::default(),
         });
         let mut this = Self {
             shared,
@@ -384,12 +385,20 @@ fn worker_main(
             let worker = worker.clone();
             tokio::task::spawn_local(async move {
                 // Idle upstream connections close within a second of their
-                // upstream's idle timeout.
+                // upstream's idle timeout. The first worker also gives the
+                // process's freed memory back a second after a load stops
+                // (buffers, pooled connections and request state of the
+                // burst), never while requests flow.
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
+                let mut quiet = crate::memory::QuietAfterWork::default();
                 loop {
                     tick.tick().await;
                     worker.pool.expire();
                     worker.h2.expire();
+                    let served = worker.shared.served.load(Ordering::Relaxed);
+                    if id == 0 && quiet.tick(served) {
+                        crate::memory::release_free_memory();
+                    }
                 }
             })
         };

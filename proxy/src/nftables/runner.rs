@@ -450,9 +450,11 @@ pub async fn run(
                                 }
                             }
                             on_sync(&plan);
+                            // A full sync builds and frees its whole
+                            // transaction (tens of MiB at 10k Services).
                             if plan.full {
                                 drop(plan);
-                                release_free_memory();
+                                crate::memory::release_free_memory();
                             }
                         }
                         Err(e) => {
@@ -465,20 +467,6 @@ pub async fn run(
                 }
             }
         }
-    }
-}
-
-/// Gives the allocator's free pages back to the system. A full sync builds
-/// its whole transaction (tens of MiB at 10k Services) and frees it; glibc
-/// keeps freed memory inside its heaps mapped, so without this the peak
-/// would stay in the RSS for good.
-#[allow(unsafe_code)]
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointer; it only returns pages of free
-    // chunks to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
