@@ -13,7 +13,12 @@ port=${ORCA_DEMO_PORT:-23790}
 work=$(mktemp -d -t orca-demo-XXXXXX)
 etcd_pid=
 cleanup() {
-    [ -n "$etcd_pid" ] && kill "$etcd_pid" 2>/dev/null && wait "$etcd_pid" 2>/dev/null
+    # Under `set -e`: `wait` reports etcd's signal, which must not stop
+    # the cleanup before the data dir is removed.
+    if [ -n "$etcd_pid" ]; then
+        kill "$etcd_pid" 2>/dev/null || true
+        wait "$etcd_pid" 2>/dev/null || true
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT

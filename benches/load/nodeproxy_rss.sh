@@ -36,9 +36,17 @@ orca=$PWD/target/release/orca
 work=$(mktemp -d -t orca-nodeproxy-rss-XXXXXX)
 netns=orca-rss-$$
 etcd_pid= proxy_pid=
+# Every step may fail (a process already gone, `wait` reporting its
+# signal) without stopping the rest: this runs under `set -e`.
+stop() {
+    if [ -n "$1" ]; then
+        kill "$1" 2>/dev/null || true
+        wait "$1" 2>/dev/null || true
+    fi
+}
 cleanup() {
-    [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null
-    [ -n "$etcd_pid" ] && kill "$etcd_pid" 2>/dev/null && wait "$etcd_pid" 2>/dev/null
+    stop "$proxy_pid"
+    stop "$etcd_pid"
     ip netns del "$netns" 2>/dev/null || true
     rm -rf "$work"
 }
