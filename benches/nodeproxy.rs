@@ -104,11 +104,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use orca_proxy::nftables::TABLE;
-use orca_proxy::nftables::netlink::Netlink;
+use orca_proxy::nftables::Kernel;
 use orca_proxy::nftables::proxier::{Endpoint, Options, Proto, Proxier, ServiceKey, ServicePort};
-use orca_proxy::nftables::ruleset::{Family, Op};
-use orca_proxy::nftables::runner::plan_size;
+use orca_proxy::nftables::ruleset::Family;
+use orca_proxy::nftables::runner::Backend;
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
 type Desired = HashMap<ServiceKey, Vec<ServicePort>>;
@@ -203,9 +202,9 @@ fn run() -> Result<()> {
 
 fn kernel_bench(pid: u32) -> Result<()> {
     let ns = Netns::add(format!("orca-bench-{pid}-sync"))?;
-    let mut nl = Netlink::open(Some(&ns.path()))?;
+    let mut nl = Kernel::open(Some(&ns.path()), Family::V4)?;
 
-    println!("\n== full sync (fresh table; plan / encode / commit) ==");
+    println!("\n== full sync (fresh table; plan and encode / commit) ==");
     {
         let desired = services(0..1_000);
         let (_, s) = fresh_sync(&mut nl, &desired)?;
@@ -252,8 +251,8 @@ fn kernel_bench(pid: u32) -> Result<()> {
 }
 
 /// Programs `desired` with a new proxier into an emptied table.
-fn fresh_sync(nl: &mut Netlink, desired: &Desired) -> Result<(Proxier, Sync)> {
-    commit(nl, &[Op::AddTable, Op::DeleteTable])?;
+fn fresh_sync(nl: &mut Kernel, desired: &Desired) -> Result<(Proxier, Sync)> {
+    nl.cleanup()?;
     let mut proxier = Proxier::new(options(), Family::V4);
     let s = sync(nl, &mut proxier, desired, &[])?;
     assert!(s.full, "a new proxier's first sync is full");
@@ -272,12 +271,11 @@ fn print_changes(what: &str, times: &mut [Duration], last: Option<Sync>) {
     );
     if let Some(s) = last {
         print!(
-            "  (last: {} rules, {} elements, {} B; plan {} encode {} commit {})",
+            "  (last: {} rules, {} elements, {} B; plan and encode {} commit {})",
             s.rules,
             s.elements,
             s.bytes,
             fmt(s.plan),
-            fmt(s.encode),
             fmt(s.commit)
         );
     }
@@ -287,8 +285,8 @@ fn print_changes(what: &str, times: &mut [Duration], last: Option<Sync>) {
 /// One sync's costs.
 struct Sync {
     full: bool,
+    /// Planning, with the operations encoded into the batch as they come.
     plan: Duration,
-    encode: Duration,
     commit: Duration,
     rules: usize,
     elements: usize,
@@ -297,15 +295,14 @@ struct Sync {
 
 impl Sync {
     fn total(&self) -> Duration {
-        self.plan + self.encode + self.commit
+        self.plan + self.commit
     }
 
     fn print(&self, what: &str) {
         println!(
-            "{what:<46} total {:>9}  plan {:>9}  encode {:>9}  commit {:>9}  ({} rules, {} elements, {:.1} MiB batch)",
+            "{what:<46} total {:>9}  plan and encode {:>9}  commit {:>9}  ({} rules, {} elements, {:.1} MiB batch)",
             fmt(self.total()),
             fmt(self.plan),
-            fmt(self.encode),
             fmt(self.commit),
             self.rules,
             self.elements,
@@ -315,52 +312,37 @@ impl Sync {
 }
 
 /// Plans the changes to `changed` (or everything, when the proxier needs a
-/// full sync) and commits them, as the node proxy's loop does.
+/// full sync) into a netlink batch and commits it, as the node proxy's loop
+/// does.
 fn sync(
-    nl: &mut Netlink,
+    nl: &mut Kernel,
     proxier: &mut Proxier,
     desired: &Desired,
     changed: &[ServiceKey],
 ) -> Result<Sync> {
     let t = Instant::now();
+    let mut tx = nl.begin();
     let plan = proxier.plan(
         changed,
         |k| desired.get(k).cloned(),
         || desired.keys().cloned().collect(),
+        &mut tx,
     );
     let planned = t.elapsed();
-    let (rules, elements) = plan_size(&plan.ops);
-    let (encode, commit, bytes) = match commit(nl, &plan.ops) {
-        Ok(t) => t,
-        Err(e) => {
-            proxier.invalidate();
-            return Err(e);
-        }
-    };
+    let bytes = tx.bytes();
+    let t = Instant::now();
+    if let Err(e) = nl.commit(tx) {
+        proxier.invalidate();
+        return Err(e.into());
+    }
     Ok(Sync {
         full: plan.full,
         plan: planned,
-        encode,
-        commit,
-        rules,
-        elements,
+        commit: t.elapsed(),
+        rules: plan.rules,
+        elements: plan.elements,
         bytes,
     })
-}
-
-/// Encodes and commits `ops` as one transaction, as `Kernel::apply` does,
-/// timing the two halves: (encode, commit, batch bytes).
-fn commit(nl: &mut Netlink, ops: &[Op]) -> Result<(Duration, Duration, usize)> {
-    let t = Instant::now();
-    let mut batch = nl.batch(Family::V4);
-    for op in ops {
-        batch.push(TABLE, op);
-    }
-    let bytes = batch.len();
-    let encoded = t.elapsed();
-    let t = Instant::now();
-    nl.commit(batch)?;
-    Ok((encoded, t.elapsed(), bytes))
 }
 
 /// What `orca node-proxy --cluster-cidr 10.244.0.0/16` programs (the
@@ -440,12 +422,12 @@ fn clusterip_bench(pid: u32) -> Result<()> {
         wait_for_server(node)?;
     }
 
-    let mut small_nl = Netlink::open(Some(&small.ns.path()))?;
+    let mut small_nl = Kernel::open(Some(&small.ns.path()), Family::V4)?;
     let mut small_proxier = Proxier::new(options(), Family::V4);
     let small_desired = node_services(&small, 0..10);
     sync(&mut small_nl, &mut small_proxier, &small_desired, &[])?;
 
-    let mut nl = Netlink::open(Some(&large.ns.path()))?;
+    let mut nl = Kernel::open(Some(&large.ns.path()), Family::V4)?;
     let mut proxier = Proxier::new(options(), Family::V4);
     let mut desired = node_services(&large, 0..10);
     sync(&mut nl, &mut proxier, &desired, &[])?;

@@ -201,7 +201,12 @@ pub async fn serve(
         sync_metrics,
         |plan| {
             if plan.full {
-                tracing::info!(ops = plan.ops.len(), "table {TABLE} replaced");
+                tracing::info!(
+                    ops = plan.ops,
+                    rules = plan.rules,
+                    elements = plan.elements,
+                    "table {TABLE} replaced"
+                );
             }
             synced.store(true, Ordering::Relaxed);
         },

@@ -17,7 +17,7 @@ pub mod ruleset;
 pub mod runner;
 pub mod source;
 
-use ruleset::{Family, Op};
+use ruleset::{Family, Op, Sink};
 
 /// Orca's table, in the `ip` family and, where the cluster has IPv6, `ip6`.
 pub const TABLE: &str = "orca";
@@ -55,9 +55,31 @@ impl Kernel {
     }
 }
 
+/// A transaction on Orca's table, encoded as its operations arrive.
+pub struct Transaction(netlink::Batch);
+
+impl Transaction {
+    /// Bytes encoded so far.
+    pub fn bytes(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl Sink for Transaction {
+    fn push(&mut self, op: Op) {
+        self.0.push(TABLE, &op);
+    }
+}
+
 impl runner::Backend for Kernel {
-    fn commit(&mut self, ops: &[Op]) -> Result<(), String> {
-        self.apply(ops).map_err(|e| e.to_string())
+    type Transaction = Transaction;
+
+    fn begin(&mut self) -> Transaction {
+        Transaction(self.netlink.batch(self.family))
+    }
+
+    fn commit(&mut self, tx: Transaction) -> Result<(), String> {
+        self.netlink.commit(tx.0).map_err(|e| e.to_string())
     }
 
     fn forget_udp(&mut self, flows: &[proxier::UdpFlow]) -> Result<usize, String> {

@@ -176,8 +176,8 @@ pub struct Batch {
     buf: Vec<u8>,
     seq: u32,
     first_seq: u32,
-    /// What each message does, by its offset from `first_seq`, for errors.
-    what: Vec<String>,
+    /// Messages so far, the batch begin included.
+    messages: u32,
 }
 
 impl Batch {
@@ -189,27 +189,13 @@ impl Batch {
             buf: Vec::with_capacity(4096),
             seq,
             first_seq: seq,
-            what: Vec::new(),
+            messages: 0,
         };
-        // The commit's own failure is reported against the batch begin.
-        batch.message(
-            NFNL_MSG_BATCH_BEGIN,
-            0,
-            0,
-            "the transaction's commit".into(),
-            |_| {},
-        );
+        batch.message(NFNL_MSG_BATCH_BEGIN, 0, 0, |_| {});
         batch
     }
 
-    fn message(
-        &mut self,
-        ty: u16,
-        flags: u16,
-        family: u8,
-        what: String,
-        body: impl FnOnce(&mut Attrs<'_>),
-    ) {
+    fn message(&mut self, ty: u16, flags: u16, family: u8, body: impl FnOnce(&mut Attrs<'_>)) {
         let start = self.buf.len();
         self.buf.extend_from_slice(&[0; 4]);
         self.buf.extend_from_slice(&ty.to_ne_bytes());
@@ -227,15 +213,14 @@ impl Batch {
         let len = (self.buf.len() - start) as u32;
         self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
         self.seq = self.seq.wrapping_add(1);
-        self.what.push(what);
+        self.messages += 1;
     }
 
-    fn nft(&mut self, msg: u16, flags: u16, what: String, body: impl FnOnce(&mut Attrs<'_>)) {
+    fn nft(&mut self, msg: u16, flags: u16, body: impl FnOnce(&mut Attrs<'_>)) {
         self.message(
             (NFNL_SUBSYS_NFTABLES << 8) | msg,
             flags,
             self.family.nfproto(),
-            what,
             body,
         );
     }
@@ -243,35 +228,21 @@ impl Batch {
     /// Appends one operation on `table`.
     pub fn push(&mut self, table: &str, op: &Op) {
         match op {
-            Op::AddTable => self.nft(
-                NFT_MSG_NEWTABLE,
-                NLM_F_CREATE,
-                format!("add table {table}"),
-                |a| a.str(NFTA_TABLE_NAME, table),
-            ),
-            Op::DeleteTable => {
-                self.nft(NFT_MSG_DELTABLE, 0, format!("delete table {table}"), |a| {
-                    a.str(NFTA_TABLE_NAME, table)
-                })
-            }
+            Op::AddTable => self.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE, |a| {
+                a.str(NFTA_TABLE_NAME, table)
+            }),
+            Op::DeleteTable => self.nft(NFT_MSG_DELTABLE, 0, |a| a.str(NFTA_TABLE_NAME, table)),
             Op::AddChain(chain) => self.add_chain(table, chain),
-            Op::FlushChain(name) => {
-                self.nft(NFT_MSG_DELRULE, 0, format!("flush chain {name}"), |a| {
-                    a.str(NFTA_RULE_TABLE, table);
-                    a.str(NFTA_RULE_CHAIN, name);
-                })
-            }
-            Op::DeleteChain(name) => {
-                self.nft(NFT_MSG_DELCHAIN, 0, format!("delete chain {name}"), |a| {
-                    a.str(NFTA_CHAIN_TABLE, table);
-                    a.str(NFTA_CHAIN_NAME, name);
-                })
-            }
-            Op::AddRule { chain, exprs } => self.nft(
-                NFT_MSG_NEWRULE,
-                NLM_F_CREATE | NLM_F_APPEND,
-                format!("add rule to {chain}"),
-                |a| {
+            Op::FlushChain(name) => self.nft(NFT_MSG_DELRULE, 0, |a| {
+                a.str(NFTA_RULE_TABLE, table);
+                a.str(NFTA_RULE_CHAIN, name);
+            }),
+            Op::DeleteChain(name) => self.nft(NFT_MSG_DELCHAIN, 0, |a| {
+                a.str(NFTA_CHAIN_TABLE, table);
+                a.str(NFTA_CHAIN_NAME, name);
+            }),
+            Op::AddRule { chain, exprs } => {
+                self.nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, |a| {
                     a.str(NFTA_RULE_TABLE, table);
                     a.str(NFTA_RULE_CHAIN, chain);
                     a.nest(NFTA_RULE_EXPRESSIONS, |a| {
@@ -279,10 +250,10 @@ impl Batch {
                             a.nest(NFTA_LIST_ELEM, |a| expr(a, e));
                         }
                     });
-                },
-            ),
+                })
+            }
             Op::AddSet(set) => self.add_set(table, set),
-            Op::DeleteSet(name) => self.nft(NFT_MSG_DELSET, 0, format!("delete set {name}"), |a| {
+            Op::DeleteSet(name) => self.nft(NFT_MSG_DELSET, 0, |a| {
                 a.str(NFTA_SET_TABLE, table);
                 a.str(NFTA_SET_NAME, name);
             }),
@@ -292,101 +263,87 @@ impl Batch {
     }
 
     fn add_chain(&mut self, table: &str, chain: &Chain) {
-        self.nft(
-            NFT_MSG_NEWCHAIN,
-            NLM_F_CREATE,
-            format!("add chain {}", chain.name),
-            |a| {
-                a.str(NFTA_CHAIN_TABLE, table);
-                a.str(NFTA_CHAIN_NAME, &chain.name);
-                if let Some(base) = &chain.base {
-                    a.nest(NFTA_CHAIN_HOOK, |a| {
-                        a.be32(NFTA_HOOK_HOOKNUM, base.hook as u32);
-                        a.be32(NFTA_HOOK_PRIORITY, base.priority as u32);
-                    });
-                    a.be32(NFTA_CHAIN_POLICY, NF_ACCEPT as u32);
-                    a.str(NFTA_CHAIN_TYPE, base.kind.name());
-                }
-            },
-        );
+        self.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE, |a| {
+            a.str(NFTA_CHAIN_TABLE, table);
+            a.str(NFTA_CHAIN_NAME, &chain.name);
+            if let Some(base) = &chain.base {
+                a.nest(NFTA_CHAIN_HOOK, |a| {
+                    a.be32(NFTA_HOOK_HOOKNUM, base.hook as u32);
+                    a.be32(NFTA_HOOK_PRIORITY, base.priority as u32);
+                });
+                a.be32(NFTA_CHAIN_POLICY, NF_ACCEPT as u32);
+                a.str(NFTA_CHAIN_TYPE, base.kind.name());
+            }
+        });
     }
 
     fn add_set(&mut self, table: &str, set: &Set) {
         let id = self.seq;
-        self.nft(
-            NFT_MSG_NEWSET,
-            NLM_F_CREATE,
-            format!("add set {}", set.name),
-            |a| {
-                a.str(NFTA_SET_TABLE, table);
-                a.str(NFTA_SET_NAME, &set.name);
-                let mut flags = 0;
-                if set.data.is_some() {
-                    flags |= NFT_SET_MAP;
+        self.nft(NFT_MSG_NEWSET, NLM_F_CREATE, |a| {
+            a.str(NFTA_SET_TABLE, table);
+            a.str(NFTA_SET_NAME, &set.name);
+            let mut flags = 0;
+            if set.data.is_some() {
+                flags |= NFT_SET_MAP;
+            }
+            if set.timeout_ms.is_some() {
+                flags |= NFT_SET_TIMEOUT | NFT_SET_EVAL;
+            }
+            a.be32(NFTA_SET_FLAGS, flags);
+            a.be32(NFTA_SET_KEY_TYPE, set.key.type_id());
+            a.be32(NFTA_SET_KEY_LEN, set.key.len());
+            match &set.data {
+                Some(super::ruleset::SetData::Verdict) => {
+                    a.be32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT)
                 }
-                if set.timeout_ms.is_some() {
-                    flags |= NFT_SET_TIMEOUT | NFT_SET_EVAL;
+                Some(super::ruleset::SetData::Value(t)) => {
+                    a.be32(NFTA_SET_DATA_TYPE, t.type_id());
+                    a.be32(NFTA_SET_DATA_LEN, t.len());
                 }
-                a.be32(NFTA_SET_FLAGS, flags);
-                a.be32(NFTA_SET_KEY_TYPE, set.key.type_id());
-                a.be32(NFTA_SET_KEY_LEN, set.key.len());
-                match &set.data {
-                    Some(super::ruleset::SetData::Verdict) => {
-                        a.be32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT)
-                    }
-                    Some(super::ruleset::SetData::Value(t)) => {
-                        a.be32(NFTA_SET_DATA_TYPE, t.type_id());
-                        a.be32(NFTA_SET_DATA_LEN, t.len());
-                    }
-                    None => {}
-                }
-                a.be32(NFTA_SET_ID, id);
-                if let Some(ms) = set.timeout_ms {
-                    a.be64(NFTA_SET_TIMEOUT, ms);
-                }
-            },
-        );
+                None => {}
+            }
+            a.be32(NFTA_SET_ID, id);
+            if let Some(ms) = set.timeout_ms {
+                a.be64(NFTA_SET_TIMEOUT, ms);
+            }
+        });
     }
 
     fn elems(&mut self, table: &str, set: &str, elems: &[Elem], add: bool) {
-        let (msg, flags, verb) = if add {
-            (NFT_MSG_NEWSETELEM, NLM_F_CREATE, "add")
+        let (msg, flags) = if add {
+            (NFT_MSG_NEWSETELEM, NLM_F_CREATE)
         } else {
-            (NFT_MSG_DELSETELEM, 0, "delete")
+            (NFT_MSG_DELSETELEM, 0)
         };
         for chunk in elems.chunks(ELEMS_PER_MESSAGE) {
-            self.nft(
-                msg,
-                flags,
-                format!("{verb} {} elements of {set}", chunk.len()),
-                |a| {
-                    a.str(NFTA_SET_ELEM_LIST_TABLE, table);
-                    a.str(NFTA_SET_ELEM_LIST_SET, set);
-                    a.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |a| {
-                        for e in chunk {
-                            a.nest(NFTA_LIST_ELEM, |a| {
-                                a.value(NFTA_SET_ELEM_KEY, &e.key);
-                                match &e.data {
-                                    Some(super::ruleset::ElemData::Value(v)) if add => {
-                                        a.value(NFTA_SET_ELEM_DATA, v)
-                                    }
-                                    Some(super::ruleset::ElemData::Verdict(v)) if add => {
-                                        a.verdict(NFTA_SET_ELEM_DATA, v)
-                                    }
-                                    _ => {}
+            self.nft(msg, flags, |a| {
+                a.str(NFTA_SET_ELEM_LIST_TABLE, table);
+                a.str(NFTA_SET_ELEM_LIST_SET, set);
+                a.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |a| {
+                    for e in chunk {
+                        a.nest(NFTA_LIST_ELEM, |a| {
+                            a.value(NFTA_SET_ELEM_KEY, &e.key);
+                            match &e.data {
+                                Some(super::ruleset::ElemData::Value(v)) if add => {
+                                    a.value(NFTA_SET_ELEM_DATA, v)
                                 }
-                            });
-                        }
-                    });
-                },
-            );
+                                Some(super::ruleset::ElemData::Verdict(v)) if add => {
+                                    a.verdict(NFTA_SET_ELEM_DATA, v)
+                                }
+                                _ => {}
+                            }
+                        });
+                    }
+                });
+            });
         }
     }
 
-    /// Closes the transaction and returns its bytes.
-    fn finish(mut self) -> (Vec<u8>, u32, Vec<String>) {
-        self.message(NFNL_MSG_BATCH_END, 0, 0, "batch end".into(), |_| {});
-        (self.buf, self.first_seq, self.what)
+    /// Closes the transaction and returns its bytes, its first sequence
+    /// number and its number of messages.
+    fn finish(mut self) -> (Vec<u8>, u32, u32) {
+        self.message(NFNL_MSG_BATCH_END, 0, 0, |_| {});
+        (self.buf, self.first_seq, self.messages)
     }
 
     /// Bytes encoded so far.
@@ -396,7 +353,7 @@ impl Batch {
 
     /// Whether the batch holds no operation yet.
     pub fn is_empty(&self) -> bool {
-        self.what.len() <= 1
+        self.messages <= 1
     }
 }
 
@@ -606,8 +563,8 @@ impl Netlink {
 
     /// Sends `batch` as one transaction and waits for the kernel's verdict.
     pub fn commit(&mut self, batch: Batch) -> Result<(), Error> {
-        let (buf, first, what) = batch.finish();
-        self.seq = first.wrapping_add(what.len() as u32 + 1);
+        let (buf, first, count) = batch.finish();
+        self.seq = first.wrapping_add(count + 1);
         // One transaction is one skb: the socket must take it whole.
         set_int_option(
             &self.socket,
@@ -641,10 +598,12 @@ impl Netlink {
                 }
                 // Answers outside this batch are leftovers of an exchange
                 // that failed half-way; they are not ours.
-                let index = msg.seq.wrapping_sub(first) as usize;
-                if code != 0 && first_error.is_none() && index < what.len() {
+                let index = msg.seq.wrapping_sub(first);
+                if code != 0 && first_error.is_none() && index < count {
                     first_error = Some(Error::Refused {
-                        what: what[index].clone(),
+                        what: messages(&buf)
+                            .nth(index as usize)
+                            .map_or_else(|| "?".into(), |m| describe(&m)),
                         error: io::Error::from_raw_os_error(-code),
                     });
                 }
@@ -686,6 +645,65 @@ pub(super) fn messages(mut buf: &[u8]) -> impl Iterator<Item = Message<'_>> {
         };
         buf = &buf[((len + 3) & !3).min(buf.len())..];
         Some(msg)
+    })
+}
+
+/// What one message of a batch does, in nft's words, for an error: read
+/// back from the message so a batch keeps no description per message.
+fn describe(msg: &Message<'_>) -> String {
+    // The attributes follow the 4-byte nfgenmsg.
+    let attrs = || attributes(msg.body.get(4..).unwrap_or_default());
+    let name = |ty: u16| {
+        attrs()
+            .find(|(t, _)| *t == ty)
+            .map(|(_, v)| {
+                String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(v)).into_owned()
+            })
+            .unwrap_or_default()
+    };
+    let elements = || {
+        attrs()
+            .find(|(t, _)| *t == NFTA_SET_ELEM_LIST_ELEMENTS)
+            .map_or(0, |(_, list)| attributes(list).count())
+    };
+    match msg.ty {
+        NFNL_MSG_BATCH_BEGIN => "the transaction's commit".into(),
+        NFNL_MSG_BATCH_END => "batch end".into(),
+        ty => match ty & 0xff {
+            NFT_MSG_NEWTABLE => format!("add table {}", name(NFTA_TABLE_NAME)),
+            NFT_MSG_DELTABLE => format!("delete table {}", name(NFTA_TABLE_NAME)),
+            NFT_MSG_NEWCHAIN => format!("add chain {}", name(NFTA_CHAIN_NAME)),
+            NFT_MSG_DELCHAIN => format!("delete chain {}", name(NFTA_CHAIN_NAME)),
+            NFT_MSG_NEWRULE => format!("add rule to {}", name(NFTA_RULE_CHAIN)),
+            NFT_MSG_DELRULE => format!("flush chain {}", name(NFTA_RULE_CHAIN)),
+            NFT_MSG_NEWSET => format!("add set {}", name(NFTA_SET_NAME)),
+            NFT_MSG_DELSET => format!("delete set {}", name(NFTA_SET_NAME)),
+            NFT_MSG_NEWSETELEM => format!(
+                "add {} elements of {}",
+                elements(),
+                name(NFTA_SET_ELEM_LIST_SET)
+            ),
+            NFT_MSG_DELSETELEM => format!(
+                "delete {} elements of {}",
+                elements(),
+                name(NFTA_SET_ELEM_LIST_SET)
+            ),
+            other => format!("message {other}"),
+        },
+    }
+}
+
+/// The attributes in `buf`, as (type without flags, value).
+fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let len = u16::from_ne_bytes(buf.get(..2)?.try_into().expect("2 bytes")) as usize;
+        let ty = u16::from_ne_bytes(buf.get(2..4)?.try_into().expect("2 bytes"));
+        if len < 4 || len > buf.len() {
+            return None;
+        }
+        let value = &buf[4..len];
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+        Some((ty & 0x3fff, value))
     })
 }
 
@@ -775,5 +793,67 @@ mod tests {
         buf.truncate(whole + 10);
         let got: Vec<(u32, Option<i32>)> = messages(&buf).map(|m| (m.seq, m.error())).collect();
         assert_eq!(got, [(7, Some(0)), (8, Some(-2)), (9, None)]);
+    }
+
+    #[test]
+    fn a_refused_message_is_described_from_its_own_bytes() {
+        use super::super::ruleset::{Field, Key};
+        let elem = |i: u8| Elem {
+            key: vec![i, 0, 0, 0],
+            data: None,
+        };
+        let mut batch = Batch::new(100, Family::V4);
+        for op in [
+            Op::AddTable,
+            Op::DeleteTable,
+            Op::AddChain(Chain {
+                name: "svc-a".into(),
+                base: None,
+            }),
+            Op::AddRule {
+                chain: "svc-a".into(),
+                exprs: vec![Expr::Verdict(Verdict::Accept)],
+            },
+            Op::FlushChain("svc-a".into()),
+            Op::DeleteChain("svc-a".into()),
+            Op::AddSet(Set {
+                name: "clients".into(),
+                key: Key(vec![Field::Ipv4]),
+                data: None,
+                timeout_ms: None,
+            }),
+            Op::DeleteSet("clients".into()),
+            Op::AddElems {
+                set: "clients".into(),
+                elems: (0..3).map(elem).collect(),
+            },
+            Op::DeleteElems {
+                set: "clients".into(),
+                elems: vec![elem(1)],
+            },
+        ] {
+            batch.push("orca", &op);
+        }
+        let (buf, first, count) = batch.finish();
+        assert_eq!(first, 100);
+        let described: Vec<String> = messages(&buf).map(|m| describe(&m)).collect();
+        assert_eq!(described.len(), count as usize);
+        assert_eq!(
+            described,
+            [
+                "the transaction's commit",
+                "add table orca",
+                "delete table orca",
+                "add chain svc-a",
+                "add rule to svc-a",
+                "flush chain svc-a",
+                "delete chain svc-a",
+                "add set clients",
+                "delete set clients",
+                "add 3 elements of clients",
+                "delete 1 elements of clients",
+                "batch end",
+            ]
+        );
     }
 }

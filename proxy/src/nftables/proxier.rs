@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use super::ruleset::{
     Base, BaseChain, Chain, ChainKind, CmpOp, CtKey, DynsetOp, Elem, ElemData, Expr, Family, Field,
-    Hook, Key, KeyBuf, MetaKey, Op, R0, Set, SetData, Verdict,
+    Hook, Key, KeyBuf, MetaKey, Op, R0, Set, SetData, Sink, Verdict,
 };
 
 /// Verdict map: ClusterIP . protocol . port → the service port's chain.
@@ -333,6 +333,26 @@ impl Via {
     }
 }
 
+/// A sink that counts what passes through it into a [`Plan`].
+struct Tally<'a> {
+    sink: &'a mut dyn Sink,
+    plan: Plan,
+}
+
+impl Tally<'_> {
+    fn push(&mut self, op: Op) {
+        self.plan.ops += 1;
+        match &op {
+            Op::AddRule { .. } => self.plan.rules += 1,
+            Op::AddElems { elems, .. } | Op::DeleteElems { elems, .. } => {
+                self.plan.elements += elems.len()
+            }
+            _ => {}
+        }
+        self.sink.push(op);
+    }
+}
+
 /// The sync engine: the programmed state and the diff from it.
 #[derive(Debug)]
 pub struct Proxier {
@@ -356,8 +376,12 @@ pub struct Proxier {
 /// What a sync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// The transaction.
-    pub ops: Vec<Op>,
+    /// Operations in the transaction; none means nothing to commit.
+    pub ops: usize,
+    /// Rules it adds.
+    pub rules: usize,
+    /// Set and map elements it adds or deletes.
+    pub elements: usize,
     /// Whether it replaces the whole table.
     pub full: bool,
     /// UDP flows to endpoints that left: delete their conntrack entries
@@ -404,15 +428,25 @@ impl Proxier {
     /// (or all of `desired`'s, when the sync must be full) to `desired`,
     /// and records it as programmed. On a failed commit call
     /// [`Proxier::invalidate`].
+    /// The operations go to `sink` as they are planned.
     pub fn plan<'a>(
         &mut self,
         changed: impl IntoIterator<Item = &'a ServiceKey>,
         desired: impl Fn(&ServiceKey) -> Option<Vec<ServicePort>>,
         all: impl Fn() -> Vec<ServiceKey>,
+        sink: &mut dyn Sink,
     ) -> Plan {
+        let mut ops = Tally {
+            sink,
+            plan: Plan::default(),
+        };
         if self.needs_full {
-            let mut ops = vec![Op::AddTable, Op::DeleteTable, Op::AddTable];
-            ops.extend(skeleton(&self.options, self.family));
+            for op in [Op::AddTable, Op::DeleteTable, Op::AddTable]
+                .into_iter()
+                .chain(skeleton(&self.options, self.family))
+            {
+                ops.push(op);
+            }
             let previous: Vec<(ServiceKey, Vec<ServicePort>)> = self.programmed.drain().collect();
             let mut before = BTreeSet::new();
             for (key, ports) in &previous {
@@ -438,20 +472,23 @@ impl Proxier {
             let mut after = BTreeSet::new();
             for key in keys {
                 let new = self.footprint(key, &programmed[key], &[]);
+                // Nothing is deleted in a new table, so a Service's
+                // elements can follow its chains at once.
                 self.diff(&Footprint::default(), &new, &mut ops, &mut adds);
+                for op in adds.drain(..) {
+                    ops.push(op);
+                }
                 after.extend(new.udp_flows);
             }
             self.programmed = programmed;
-            ops.extend(adds);
             self.needs_full = false;
             let stale_udp = before.difference(&after).cloned().collect();
             return Plan {
-                ops,
                 full: true,
                 stale_udp,
+                ..ops.plan
             };
         }
-        let mut ops = Vec::new();
         let mut adds = Vec::new();
         let mut removed_chains = Vec::new();
         let mut stale_udp = Vec::new();
@@ -482,14 +519,16 @@ impl Proxier {
                 self.programmed.insert(key.clone(), new_ports);
             }
         }
-        ops.extend(adds);
+        for op in adds {
+            ops.push(op);
+        }
         for chain in removed_chains {
             self.groups.release(&chain);
         }
         Plan {
-            ops,
             full: false,
             stale_udp,
+            ..ops.plan
         }
     }
 
@@ -767,7 +806,7 @@ impl Proxier {
     /// Appends to `ops` (removals, rule changes) and `adds` (element
     /// additions, which must follow every deletion of the transaction) what
     /// turns `old` into `new`.
-    fn diff(&mut self, old: &Footprint, new: &Footprint, ops: &mut Vec<Op>, adds: &mut Vec<Op>) {
+    fn diff(&mut self, old: &Footprint, new: &Footprint, ops: &mut Tally<'_>, adds: &mut Vec<Op>) {
         // A pick chain comes with its first group and goes with its last.
         for pick in new.picks.difference(&old.picks) {
             let n = self.pick_refs.entry(*pick).or_default();
@@ -1291,15 +1330,31 @@ mod tests {
     /// Services by key; what the tracker would hand the proxier.
     type Desired = BTreeMap<ServiceKey, Vec<ServicePort>>;
 
-    fn sync(p: &mut Proxier, m: &mut Model, desired: &Desired, changed: &[ServiceKey]) -> Plan {
+    /// A plan and the operations it sent.
+    struct Synced {
+        plan: Plan,
+        ops: Vec<Op>,
+    }
+
+    impl std::ops::Deref for Synced {
+        type Target = Plan;
+
+        fn deref(&self) -> &Plan {
+            &self.plan
+        }
+    }
+
+    fn sync(p: &mut Proxier, m: &mut Model, desired: &Desired, changed: &[ServiceKey]) -> Synced {
+        let mut ops = Vec::new();
         let plan = p.plan(
             changed,
             |k| desired.get(k).cloned(),
             || desired.keys().cloned().collect(),
+            &mut ops,
         );
-        m.apply(&plan.ops)
-            .expect("the kernel model accepts the plan");
-        plan
+        assert_eq!(plan.ops, ops.len(), "the plan counts what it sent");
+        m.apply(&ops).expect("the kernel model accepts the plan");
+        Synced { plan, ops }
     }
 
     #[derive(Debug, PartialEq, Eq)]

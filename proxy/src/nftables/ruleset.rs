@@ -499,6 +499,20 @@ pub enum Op {
     },
 }
 
+/// Where a transaction's operations go, in order, as they are planned: a
+/// list for the model, the netlink batch for the kernel, so a full sync
+/// never holds its whole operation list.
+pub trait Sink {
+    /// Takes the next operation.
+    fn push(&mut self, op: Op);
+}
+
+impl Sink for Vec<Op> {
+    fn push(&mut self, op: Op) {
+        Vec::push(self, op);
+    }
+}
+
 /// A refusal of [`Model::apply`], worded like the kernel's errno.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
