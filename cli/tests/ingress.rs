@@ -1180,10 +1180,7 @@ fn eventually(
 
 #[test]
 fn cluster_mode_follows_ingresses_services_and_endpoints() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let etcd = orca_testkit::Etcd::start();
     let (one, two) = (Backend::start("one"), Backend::start("two"));
     apply(
@@ -1351,10 +1348,7 @@ fn grpc_over_h2_end_to_end() {
         "listeners:\n  - name: web\n    address: 127.0.0.1:{{http}}\nroutes:\n  - path: /\n    upstream: etcd\nupstreams:\n  - name: etcd\n    endpoints: [\"{upstream}\"]\n    protocol: h2c\n"
     );
     let proxy = Proxy::start(&config);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let mut client = etcd_client::Client::connect([format!("http://{}", proxy.http)], None)
             .await
@@ -1395,10 +1389,7 @@ fn h2_clients_reach_http1_upstreams() {
     use hyper::body::Bytes;
     let (api, web) = (Backend::start("api"), Backend::start("web"));
     let proxy = Proxy::start(&base_config(&api, &web));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let tcp = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
         let (mut send, conn) = hyper::client::conn::http2::handshake(
@@ -1448,8 +1439,6 @@ fn wait_until(what: &str, check: impl Fn() -> bool) {
 
 #[test]
 fn idle_upstream_connections_are_reused_then_closed_after_the_idle_timeout() {
-    use http_body_util::{BodyExt, Empty};
-    use hyper::body::Bytes;
     let backend = Backend::start("b");
     let proxy = Proxy::start(&format!(
         r#"
@@ -1468,24 +1457,11 @@ routes:
     ));
     let open = || backend.open.load(Ordering::SeqCst);
     let accepted = || backend.accepted.load(Ordering::SeqCst);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let send = h2c(proxy.http).await;
         let round = |path: &'static str| {
-            let requests = (0..20).map(|_| {
-                let mut send = send.clone();
-                async move {
-                    let req = hyper::Request::get(format!("http://a.test{path}"))
-                        .body(Empty::<Bytes>::new())
-                        .unwrap();
-                    let resp = send.send_request(req).await.unwrap();
-                    assert_eq!(resp.status(), 200);
-                    resp.into_body().collect().await.unwrap();
-                }
-            });
+            let requests = (0..20).map(|_| h2_ok(send.clone(), format!("http://a.test{path}")));
             futures::future::join_all(requests)
         };
         // Twenty concurrent streams need twenty HTTP/1.1 connections, and
@@ -1755,13 +1731,33 @@ async fn h2c(
     send
 }
 
+/// Sends GET `url` on an h2c connection and reads the answer, which must
+/// be a 200.
+async fn h2_ok(
+    mut send: hyper::client::conn::http2::SendRequest<http_body_util::Empty<hyper::body::Bytes>>,
+    url: String,
+) {
+    use http_body_util::BodyExt;
+    let req = hyper::Request::get(url)
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+}
+
+/// A runtime for a test's async clients.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn h2_get(addr: SocketAddr, host: &str, paths: &[&str]) -> Vec<(u16, String)> {
     use http_body_util::{BodyExt, Empty};
     use hyper::body::Bytes;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let mut send = h2c(addr).await;
         let mut out = Vec::new();
@@ -1968,10 +1964,7 @@ fn tls_secret(name: &str, cert: &Path, key: &Path) -> String {
 
 #[test]
 fn cluster_mode_serves_certificates_from_tls_secrets_by_sni() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let etcd = orca_testkit::Etcd::start();
     let backend = Backend::start("one");
     let dir = tempfile::tempdir().unwrap();
@@ -2069,4 +2062,67 @@ spec:
         thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(served_pem(tls, "b.example.com"), pem(&b_cert));
+}
+
+/// A configuration with a plain listener, the admin server, `extra`
+/// top-level YAML, and for each `(name, backend, settings)` an upstream
+/// NAME with `settings` (YAML flow-map entries, may be empty) that serves
+/// the host `NAME.test`.
+fn upstream_per_host(upstreams: &[(&str, SocketAddr, &str)], extra: &str) -> String {
+    let mut config =
+        String::from("listeners:\n  - name: web\n    address: 127.0.0.1:{http}\nroutes:\n");
+    for (name, _, _) in upstreams {
+        config += &format!("  - {{host: {name}.test, upstream: {name}}}\n");
+    }
+    config += "upstreams:\n";
+    for (name, addr, settings) in upstreams {
+        let sep = if settings.is_empty() { "" } else { ", " };
+        config += &format!("  - {{name: {name}, endpoints: [\"{addr}\"]{sep}{settings}}}\n");
+    }
+    config + "admin:\n  address: 127.0.0.1:{admin}\n" + extra
+}
+
+#[test]
+fn max_idle_per_endpoint_caps_each_upstreams_pool() {
+    let (two, none) = (Backend::start("two"), Backend::start("none"));
+    let proxy = Proxy::start(&upstream_per_host(
+        &[
+            ("two", two.addr, "max_idle_per_endpoint: 2"),
+            ("none", none.addr, "max_idle_per_endpoint: 0"),
+        ],
+        "",
+    ));
+    let rt = runtime();
+    rt.block_on(async {
+        // One client connection is served by one worker, whose pool is
+        // the one the cap bounds.
+        let send = h2c(proxy.http).await;
+        let get = |path: &str| h2_ok(send.clone(), format!("http://two.test{path}"));
+        // Five requests at once take five connections; when they end, two
+        // stay idle and three close.
+        futures::future::join_all((0..5).map(|_| get("/slow"))).await;
+        assert_eq!(two.accepted.load(Ordering::SeqCst), 5);
+        wait_until("all but two idle connections closed", || {
+            two.open.load(Ordering::SeqCst) == 2
+        });
+        get("/again").await;
+        assert_eq!(
+            two.accepted.load(Ordering::SeqCst),
+            5,
+            "a kept connection served the next request"
+        );
+    });
+    // With a cap of 0 every request connects anew, even on one keep-alive
+    // client connection.
+    let mut s = connect(proxy.http);
+    let mut buf = Vec::new();
+    for _ in 0..3 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: none.test\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(&mut s, &mut buf).unwrap().status, 200);
+    }
+    assert_eq!(none.accepted.load(Ordering::SeqCst), 3);
+    wait_until("no idle connection kept", || {
+        none.open.load(Ordering::SeqCst) == 0
+    });
 }

@@ -180,6 +180,10 @@ pub struct Upstream {
     /// How long an unused pooled connection is kept.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Duration,
+    /// Idle connections each worker keeps per endpoint; a connection
+    /// freed beyond it is closed. 0 keeps none: every request connects.
+    #[serde(default = "default_max_idle_per_endpoint")]
+    pub max_idle_per_endpoint: usize,
     /// Retries of idempotent requests.
     #[serde(default)]
     pub retries: Retries,
@@ -202,6 +206,15 @@ const fn default_request_timeout() -> Duration {
 const fn default_idle_timeout() -> Duration {
     Duration::from_secs(30)
 }
+
+const fn default_max_idle_per_endpoint() -> usize {
+    super::pool::DEFAULT_MAX_IDLE_PER_ENDPOINT
+}
+
+/// Most idle connections to one endpoint a worker may keep: one source
+/// address cannot hold more connections to one destination than it has
+/// ports.
+const MAX_IDLE_PER_ENDPOINT_LIMIT: usize = 65_535;
 
 /// When to try a request again on another endpoint.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -416,6 +429,15 @@ impl ComponentConfig for IngressConfig {
                     "connect_timeout and request_timeout must be greater than zero",
                 ));
             }
+            if u.max_idle_per_endpoint > MAX_IDLE_PER_ENDPOINT_LIMIT {
+                return Err(ConfigError::invalid(
+                    format!("upstreams[{i}].max_idle_per_endpoint"),
+                    format!(
+                        "{} is more connections than one address has ports (at most {MAX_IDLE_PER_ENDPOINT_LIMIT})",
+                        u.max_idle_per_endpoint
+                    ),
+                ));
+            }
             if let Some(hc) = &u.health_check
                 && (!hc.path.starts_with('/') || hc.interval.get().is_zero())
             {
@@ -562,5 +584,35 @@ admin:
         );
         let bad_addr = parse(&EXAMPLE.replace("127.0.0.1:8080", "localhost")).unwrap_err();
         assert!(bad_addr.to_string().contains("listeners"), "{bad_addr}");
+    }
+
+    #[test]
+    fn the_idle_cap_is_per_upstream_and_bounded() {
+        let with = |value: &str| {
+            parse(&EXAMPLE.replace(
+                "lb: round_robin",
+                &format!("lb: round_robin\n    max_idle_per_endpoint: {value}"),
+            ))
+        };
+        assert_eq!(
+            parse(EXAMPLE).unwrap().upstreams[0].max_idle_per_endpoint,
+            4096,
+            "the default"
+        );
+        assert_eq!(with("16").unwrap().upstreams[0].max_idle_per_endpoint, 16);
+        assert_eq!(with("0").unwrap().upstreams[0].max_idle_per_endpoint, 0);
+        for bad in ["70000", "-1", "many", "1.5"] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("max_idle_per_endpoint"), "{bad}: {e}");
+        }
+        let e = with("70000").unwrap_err().to_string();
+        assert!(
+            e.contains("upstreams[0].max_idle_per_endpoint: 70000 is more connections"),
+            "{e}"
+        );
+        let typo = parse(&EXAMPLE.replace("lb: round_robin", "lb: round_robin\n    max_idle: 3"))
+            .unwrap_err()
+            .to_string();
+        assert!(typo.contains("max_idle"), "{typo}");
     }
 }

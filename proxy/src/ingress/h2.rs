@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http_body_util::{Either, Full};
 use hyper::body::{Body as _, Bytes, Frame, Incoming};
@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 
 use super::access_log::{AccessLog, Entry};
 use super::config::UpstreamProtocol;
-use super::pool::Pool;
+use super::pool::{Keep, Pool};
 use super::proxy::{Shared, Worker, fail, no_route, record};
 use super::retry::Attempts;
 use super::upstream::Upstream;
@@ -147,7 +147,7 @@ struct Checkin {
     pool: Rc<Pool<H1Sender>>,
     addr: SocketAddr,
     sender: H1Sender,
-    idle_timeout: Duration,
+    keep: Keep,
 }
 
 impl hyper::body::Body for FromUpstream {
@@ -183,7 +183,7 @@ impl Drop for FromUpstream {
             pool,
             addr,
             mut sender,
-            idle_timeout,
+            keep,
         }) = self.checkin.take()
         else {
             return;
@@ -194,7 +194,7 @@ impl Drop for FromUpstream {
         // connection is not idle, and is let go.
         let mut cx = Context::from_waker(std::task::Waker::noop());
         if let Poll::Ready(Ok(())) = sender.poll_ready(&mut cx) {
-            pool.put(addr, sender, idle_timeout);
+            pool.put(addr, sender, keep);
         }
     }
 }
@@ -766,7 +766,7 @@ async fn send_h1(
         pool: worker.h2.h1.clone(),
         addr,
         sender,
-        idle_timeout: upstream.settings.idle_timeout,
+        keep: upstream.settings.keep,
     };
     Ok(response.map(|inner| FromUpstream {
         inner,

@@ -1,7 +1,7 @@
 //! Idle upstream connections, kept per worker thread so taking and
 //! returning one never takes a lock: raw streams of HTTP/1.1 clients, and
-//! hyper's HTTP/1.1 connections of HTTP/2 clients, under the same cap and
-//! the same idle timeout.
+//! hyper's HTTP/1.1 connections of HTTP/2 clients, under their upstream's
+//! cap and idle timeout.
 //!
 //! Only idle connections are pooled; a busy one belongs to its request. The
 //! cap per endpoint must stay above the concurrency a worker sees: when a
@@ -16,8 +16,19 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-/// Idle connections kept per endpoint, at most.
-pub const MAX_IDLE_PER_ENDPOINT: usize = 4096;
+/// Idle connections a worker keeps per endpoint unless the upstream says
+/// otherwise: above any concurrency one worker serves, so a burst's
+/// connections all stay for the next one (see the module documentation).
+pub const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 4096;
+
+/// How long, and how many of, an upstream's idle connections are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    /// How long an idle connection is kept.
+    pub idle_timeout: Duration,
+    /// Idle connections kept per endpoint, at most.
+    pub max_idle: usize,
+}
 
 /// A pooled connection that can tell whether it is still worth reusing.
 pub trait Reusable {
@@ -49,22 +60,12 @@ struct Idle<C> {
 /// One worker's idle upstream connections of one kind, by endpoint.
 pub struct Pool<C> {
     idle: RefCell<HashMap<SocketAddr, Vec<Idle<C>>>>,
-    max_per_endpoint: usize,
 }
 
 impl<C> Default for Pool<C> {
     fn default() -> Self {
-        Self::with_cap(MAX_IDLE_PER_ENDPOINT)
-    }
-}
-
-impl<C> Pool<C> {
-    /// A pool keeping at most `max_per_endpoint` idle connections per
-    /// endpoint.
-    pub fn with_cap(max_per_endpoint: usize) -> Self {
         Self {
             idle: RefCell::new(HashMap::new()),
-            max_per_endpoint,
         }
     }
 }
@@ -86,14 +87,15 @@ impl<C: Reusable> Pool<C> {
     }
 
     /// Keeps a connection that is free for another request for up to
-    /// `idle_timeout`; beyond the cap it is dropped, which closes it.
-    pub fn put(&self, addr: SocketAddr, conn: C, idle_timeout: Duration) {
+    /// `keep.idle_timeout`; beyond `keep.max_idle` connections to `addr` it
+    /// is dropped, which closes it.
+    pub fn put(&self, addr: SocketAddr, conn: C, keep: Keep) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr).or_default();
-        if list.len() < self.max_per_endpoint {
+        if list.len() < keep.max_idle {
             list.push(Idle {
                 conn,
-                expires: Instant::now() + idle_timeout,
+                expires: Instant::now() + keep.idle_timeout,
             });
         }
     }
@@ -124,6 +126,14 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
+    /// Kept for a while, up to the default cap.
+    fn keep(idle_timeout: Duration) -> Keep {
+        Keep {
+            idle_timeout,
+            max_idle: DEFAULT_MAX_IDLE_PER_ENDPOINT,
+        }
+    }
+
     const MINUTE: Duration = Duration::from_secs(60);
 
     #[tokio::test]
@@ -133,19 +143,19 @@ mod tests {
         let pool = Pool::default();
         let a = TcpStream::connect(addr).await.unwrap();
         let (server_a, _) = listener.accept().await.unwrap();
-        pool.put(addr, a, MINUTE);
+        pool.put(addr, a, keep(MINUTE));
         assert!(pool.take(addr).is_some());
         assert!(pool.take(addr).is_none(), "taken once");
 
         let b = TcpStream::connect(addr).await.unwrap();
         let (server_b, _) = listener.accept().await.unwrap();
-        pool.put(addr, b, MINUTE);
+        pool.put(addr, b, keep(MINUTE));
         drop(server_b);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(pool.take(addr).is_none(), "peer closed it");
 
         let c = TcpStream::connect(addr).await.unwrap();
-        pool.put(addr, c, Duration::ZERO);
+        pool.put(addr, c, keep(Duration::ZERO));
         assert!(pool.take(addr).is_none(), "too old");
         drop(server_a);
     }
@@ -190,7 +200,11 @@ mod tests {
     #[tokio::test]
     async fn keeps_at_most_the_cap_and_closes_the_rest() {
         let (addr, open) = counting_backend().await;
-        let pool = Pool::with_cap(3);
+        let pool = Pool::default();
+        let three = Keep {
+            idle_timeout: MINUTE,
+            max_idle: 3,
+        };
         let mut conns = Vec::new();
         for _ in 0..8 {
             conns.push(TcpStream::connect(addr).await.unwrap());
@@ -198,7 +212,7 @@ mod tests {
         until_open(&open, 8).await;
         // Eight requests end at once: three connections stay for the next.
         for c in conns {
-            pool.put(addr, c, MINUTE);
+            pool.put(addr, c, three);
         }
         assert_eq!(pool.len(), 3);
         until_open(&open, 3).await;
@@ -211,7 +225,7 @@ mod tests {
         let (addr, open) = counting_backend().await;
         let pool = Pool::default();
         for timeout in [Duration::ZERO, Duration::ZERO, MINUTE] {
-            pool.put(addr, TcpStream::connect(addr).await.unwrap(), timeout);
+            pool.put(addr, TcpStream::connect(addr).await.unwrap(), keep(timeout));
         }
         until_open(&open, 3).await;
         pool.expire();

@@ -1149,7 +1149,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     if rinfo.reusable && !extra && ubuf.is_empty() {
         worker
             .pool
-            .put(attempt.addr, attempt.stream, upstream.settings.idle_timeout);
+            .put(attempt.addr, attempt.stream, upstream.settings.keep);
     }
     Ok(Done {
         status: rhead.status,

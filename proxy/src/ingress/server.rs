@@ -27,6 +27,7 @@ use orca_core::store::Store;
 use super::access_log::AccessLog;
 use super::config::IngressConfig;
 use super::metrics::ProxyMetrics;
+use super::pool::Keep;
 use super::proxy::{self, Shared, Worker};
 use super::routes::{Route, RouteTable};
 use super::tls::{self, Certificates, Resolver};
@@ -92,7 +93,10 @@ pub fn build_routes(config: &IngressConfig, known: &mut EndpointRegistry) -> Rou
             let settings = Settings {
                 connect_timeout: u.connect_timeout.get(),
                 request_timeout: u.request_timeout.get(),
-                idle_timeout: u.idle_timeout.get(),
+                keep: Keep {
+                    idle_timeout: u.idle_timeout.get(),
+                    max_idle: u.max_idle_per_endpoint,
+                },
                 retries: u.retries.clone(),
                 outlier: u.outlier.clone(),
                 health_check: u.health_check.clone(),

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::time::{Duration, Instant};
 
 use super::config::{self, LbPolicy};
+use super::pool::{DEFAULT_MAX_IDLE_PER_ENDPOINT, Keep};
 
 /// Milliseconds since the process started, for cheap atomic deadlines.
 fn now_ms() -> u64 {
@@ -91,8 +92,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Time allowed from request to response head.
     pub request_timeout: Duration,
-    /// How long idle pooled connections are kept.
-    pub idle_timeout: Duration,
+    /// How long, and how many, idle pooled connections are kept.
+    pub keep: Keep,
     /// Retry policy.
     pub retries: config::Retries,
     /// Outlier ejection policy.
@@ -108,7 +109,10 @@ impl Default for Settings {
         Self {
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(30),
+            keep: Keep {
+                idle_timeout: Duration::from_secs(30),
+                max_idle: DEFAULT_MAX_IDLE_PER_ENDPOINT,
+            },
             retries: config::Retries::default(),
             outlier: config::Outlier::default(),
             health_check: None,
