@@ -1715,11 +1715,12 @@ upstreams:
     }
 }
 
-/// Sends GET requests over one h2c connection; the statuses and bodies.
 /// An h2c connection with prior knowledge, driven in the background.
-async fn h2c(
-    addr: SocketAddr,
-) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<hyper::body::Bytes>> {
+async fn h2c<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body<Data = hyper::body::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (send, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -2125,4 +2126,125 @@ fn max_idle_per_endpoint_caps_each_upstreams_pool() {
     wait_until("no idle connection kept", || {
         none.open.load(Ordering::SeqCst) == 0
     });
+}
+
+/// A chunked body of chunks of `sizes` bytes, then the last chunk.
+fn chunks(sizes: &[usize]) -> String {
+    let mut body: String = sizes
+        .iter()
+        .map(|n| format!("{n:x}\r\n{}\r\n", "x".repeat(*n)))
+        .collect();
+    body += "0\r\n\r\n";
+    body
+}
+
+/// Sends a POST /echo with `body` over h2c, its length declared or not;
+/// the status and the echoed body's length.
+async fn h2_post(addr: SocketAddr, host: &str, body: &[&[u8]], declared: bool) -> (u16, usize) {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::{Bytes, Frame};
+    let mut send = h2c(addr).await;
+    let frames: Vec<Result<_, std::convert::Infallible>> = body
+        .iter()
+        .map(|piece| Ok(Frame::data(Bytes::copy_from_slice(piece))))
+        .collect();
+    let mut req = hyper::Request::post(format!("http://{host}/echo"));
+    if declared {
+        let len: usize = body.iter().map(|p| p.len()).sum();
+        req = req.header("content-length", len);
+    }
+    let req = req
+        .body(StreamBody::new(futures::stream::iter(frames)))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let echoed = resp
+        .into_body()
+        .collect()
+        .await
+        .map_or(0, |b| b.to_bytes().len());
+    (status, echoed)
+}
+
+#[test]
+fn the_body_limit_holds_for_sized_chunked_and_http2_bodies() {
+    let (h1, h2) = (Backend::start("h1"), H2cBackend::start("h2"));
+    let proxy = Proxy::start(&upstream_per_host(
+        &[
+            // Nothing kept idle: an upstream connection left open is one
+            // the proxy did not abort.
+            ("h1", h1.addr, "max_idle_per_endpoint: 0"),
+            ("h2", h2.addr, "protocol: h2c"),
+        ],
+        "limits:\n  max_body_bytes: 1KiB\n",
+    ));
+    let post = |host: &str, framing: &str, body: &str| {
+        let mut s = connect(proxy.http);
+        s.write_all(
+            format!("POST /echo HTTP/1.1\r\nHost: {host}\r\n{framing}\r\n\r\n{body}").as_bytes(),
+        )
+        .unwrap();
+        let r = read_response(&mut s, &mut Vec::new()).expect("an answer");
+        let closed = r.status != 413 || s.read(&mut [0u8; 16]).unwrap_or(0) == 0;
+        assert!(closed, "a refused body closes the connection");
+        r
+    };
+    let chunked = "Transfer-Encoding: chunked";
+
+    // The limit counts data, not chunk framing: 1 KiB in four chunks passes.
+    let exact = post("h1.test", chunked, &chunks(&[256; 4]));
+    assert_eq!((exact.status, exact.body.len()), (200, 1024));
+    let served = h1.requests.load(Ordering::SeqCst);
+    let sized = post("h1.test", "Content-Length: 1025", &"x".repeat(1025));
+    assert_eq!(sized.status, 413);
+    // A chunked body past the limit in what arrived with the head is
+    // refused before anything goes upstream.
+    assert_eq!(post("h1.test", chunked, &chunks(&[600, 600])).status, 413);
+    assert_eq!(h1.requests.load(Ordering::SeqCst), served);
+
+    // Past the limit after part of it went upstream: the client gets 413
+    // and a close, the upstream request is aborted.
+    let mut s = connect(proxy.http);
+    s.write_all(
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: h1.test\r\n{chunked}\r\n\r\n258\r\n{}\r\n",
+            "x".repeat(600)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    wait_until("the first chunk reached the backend", || {
+        h1.requests.load(Ordering::SeqCst) == served + 1
+    });
+    s.write_all(format!("258\r\n{}\r\n", "x".repeat(600)).as_bytes())
+        .unwrap();
+    let r = read_response(&mut s, &mut Vec::new()).expect("an answer");
+    assert_eq!(r.status, 413);
+    assert_eq!(s.read(&mut [0u8; 16]).unwrap_or(0), 0, "closed");
+    wait_until("the upstream connection of the cut request closed", || {
+        h1.open.load(Ordering::SeqCst) == 0
+    });
+
+    // HTTP/1.1 clients of an h2c upstream, alike.
+    let ok = post("h2.test", chunked, &chunks(&[512, 512]));
+    assert_eq!(ok.status, 200);
+    assert!(ok.body.ends_with(&"x".repeat(1024)), "{}", ok.body);
+    assert_eq!(post("h2.test", chunked, &chunks(&[600, 600])).status, 413);
+
+    // HTTP/2 clients: a declared length is checked first, DATA frames
+    // without one as they pass, whatever the upstream speaks.
+    let piece = [b'x'; 600];
+    runtime().block_on(async {
+        for host in ["h1.test", "h2.test"] {
+            let ok = h2_post(proxy.http, host, &[&piece[..400], &piece[..400]], false).await;
+            assert_eq!(ok.0, 200, "{host}");
+            assert!(ok.1 >= 800, "{host}: the body was echoed");
+            let sized = h2_post(proxy.http, host, &[&piece, &piece], true).await;
+            assert_eq!(sized.0, 413, "{host}");
+            let streamed = h2_post(proxy.http, host, &[&piece, &piece], false).await;
+            assert_eq!(streamed.0, 413, "{host}");
+        }
+    });
+    // A client's oversized body is not the endpoint's failure.
+    assert_eq!(metric(&proxy, "orca_ingress_upstream_failures_total"), 0.0);
 }

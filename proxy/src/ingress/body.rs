@@ -1,4 +1,5 @@
-//! Message bodies: how long they are (framing) and where a chunked body ends.
+//! Message bodies: how long they are (framing), where a chunked body ends,
+//! and whether its data stays within the request body limit.
 //!
 //! Bodies are passed through unchanged, chunk framing included; the scanner
 //! only finds the end, and rejects malformed framing instead of guessing,
@@ -18,10 +19,16 @@ pub enum Framing {
     UntilClose,
 }
 
-/// A chunked body that does not follow RFC 9112 §7.1.
+/// Why a body cannot pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("malformed chunked body")]
-pub struct ChunkError;
+pub enum BodyError {
+    /// The chunked framing does not follow RFC 9112 §7.1.
+    #[error("malformed chunked body")]
+    Malformed,
+    /// A chunk would take the body's data past its limit.
+    #[error("body larger than allowed")]
+    TooLarge,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -54,18 +61,27 @@ enum State {
 pub struct ChunkedScanner {
     state: State,
     remaining: u64,
+    /// Data bytes the body may still carry.
+    allowance: u64,
 }
 
 impl Default for ChunkedScanner {
     fn default() -> Self {
-        Self {
-            state: State::Size { digits: 0 },
-            remaining: 0,
-        }
+        Self::limited(u64::MAX)
     }
 }
 
 impl ChunkedScanner {
+    /// A scanner refusing a body whose data exceeds `max` bytes. A chunk is
+    /// refused by its size line, before any of its data passes.
+    pub fn limited(max: u64) -> Self {
+        Self {
+            state: State::Size { digits: 0 },
+            remaining: 0,
+            allowance: max,
+        }
+    }
+
     /// Whether the whole body has been seen.
     pub fn done(&self) -> bool {
         self.state == State::Done
@@ -73,13 +89,13 @@ impl ChunkedScanner {
 
     /// Scans `input`; returns how many of its bytes belong to the body
     /// (all of them, unless the body ends inside `input`).
-    pub fn feed(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
+    pub fn feed(&mut self, input: &[u8]) -> Result<usize, BodyError> {
         self.scan(input, |_| {})
     }
 
     /// Like `feed`, and hands each piece of chunk data (framing, extensions
     /// and trailers left out) to `data`, for a body re-framed for HTTP/2.
-    pub fn scan(&mut self, input: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, ChunkError> {
+    pub fn scan(&mut self, input: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, BodyError> {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
@@ -88,7 +104,7 @@ impl ChunkedScanner {
                     b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
                         // Sixteen hex digits overflow u64: refuse, never wrap.
                         if digits >= 15 {
-                            return Err(ChunkError);
+                            return Err(BodyError::Malformed);
                         }
                         let v = (b as char).to_digit(16).map_or(0, u64::from);
                         self.remaining = self.remaining * 16 + v;
@@ -96,17 +112,21 @@ impl ChunkedScanner {
                     }
                     b';' | b' ' | b'\t' if digits > 0 => self.state = State::Extension,
                     b'\r' if digits > 0 => self.state = State::SizeLf,
-                    _ => return Err(ChunkError),
+                    _ => return Err(BodyError::Malformed),
                 },
                 State::Extension => match b {
                     b'\r' => self.state = State::SizeLf,
-                    b'\n' => return Err(ChunkError),
+                    b'\n' => return Err(BodyError::Malformed),
                     _ => {}
                 },
                 State::SizeLf => {
                     if b != b'\n' {
-                        return Err(ChunkError);
+                        return Err(BodyError::Malformed);
                     }
+                    if self.remaining > self.allowance {
+                        return Err(BodyError::TooLarge);
+                    }
+                    self.allowance -= self.remaining;
                     self.state = if self.remaining == 0 {
                         State::TrailerStart
                     } else {
@@ -127,35 +147,35 @@ impl ChunkedScanner {
                 }
                 State::DataCr => {
                     if b != b'\r' {
-                        return Err(ChunkError);
+                        return Err(BodyError::Malformed);
                     }
                     self.state = State::DataLf;
                 }
                 State::DataLf => {
                     if b != b'\n' {
-                        return Err(ChunkError);
+                        return Err(BodyError::Malformed);
                     }
                     self.state = State::Size { digits: 0 };
                 }
                 State::TrailerStart => match b {
                     b'\r' => self.state = State::FinalLf,
-                    b'\n' => return Err(ChunkError),
+                    b'\n' => return Err(BodyError::Malformed),
                     _ => self.state = State::Trailer,
                 },
                 State::Trailer => match b {
                     b'\r' => self.state = State::TrailerLf,
-                    b'\n' => return Err(ChunkError),
+                    b'\n' => return Err(BodyError::Malformed),
                     _ => {}
                 },
                 State::TrailerLf => {
                     if b != b'\n' {
-                        return Err(ChunkError);
+                        return Err(BodyError::Malformed);
                     }
                     self.state = State::TrailerStart;
                 }
                 State::FinalLf => {
                     if b != b'\n' {
-                        return Err(ChunkError);
+                        return Err(BodyError::Malformed);
                     }
                     self.state = State::Done;
                     return Ok(i + 1);
@@ -182,10 +202,17 @@ pub enum BodyProgress {
 impl BodyProgress {
     /// Starts tracking a body of `framing`.
     pub fn new(framing: Framing) -> Self {
+        Self::limited(framing, u64::MAX)
+    }
+
+    /// Starts tracking a body of `framing` whose data may not exceed `max`
+    /// bytes. A declared length was checked against the limit with the
+    /// head; a chunked body is checked chunk by chunk as it passes.
+    pub fn limited(framing: Framing, max: u64) -> Self {
         match framing {
             Framing::Empty => Self::Length(0),
             Framing::Length(n) => Self::Length(n),
-            Framing::Chunked => Self::Chunked(ChunkedScanner::default()),
+            Framing::Chunked => Self::Chunked(ChunkedScanner::limited(max)),
             Framing::UntilClose => Self::UntilClose,
         }
     }
@@ -200,13 +227,13 @@ impl BodyProgress {
     }
 
     /// How many bytes of `input` belong to the body.
-    pub fn feed(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
+    pub fn feed(&mut self, input: &[u8]) -> Result<usize, BodyError> {
         self.scan(input, |_| {})
     }
 
     /// Like `feed`, and hands the body's data, without chunk framing, to
     /// `data`.
-    pub fn scan(&mut self, input: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, ChunkError> {
+    pub fn scan(&mut self, input: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, BodyError> {
         match self {
             Self::Length(n) => {
                 let take = usize::try_from(*n).unwrap_or(usize::MAX).min(input.len());
@@ -227,7 +254,7 @@ impl BodyProgress {
 mod tests {
     use super::*;
 
-    fn scan_all(input: &[u8]) -> Result<(usize, bool), ChunkError> {
+    fn scan_all(input: &[u8]) -> Result<(usize, bool), BodyError> {
         let mut s = ChunkedScanner::default();
         let n = s.feed(input)?;
         Ok((n, s.done()))
@@ -283,11 +310,29 @@ mod tests {
         ] {
             assert_eq!(
                 scan_all(bad),
-                Err(ChunkError),
+                Err(BodyError::Malformed),
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn the_limit_counts_data_not_framing_and_refuses_at_the_size_line() {
+        // Ten bytes of data in three chunks, with an extension and a
+        // trailer: within a limit of ten.
+        let body = b"4;x=1\r\nWiki\r\n5\r\npedia\r\n1\r\n!\r\n0\r\nT: 1\r\n\r\n";
+        let mut s = ChunkedScanner::limited(10);
+        assert_eq!(s.feed(body).unwrap(), body.len());
+        assert!(s.done());
+        // One more byte, in a chunk of its own or in a larger last chunk.
+        let mut s = ChunkedScanner::limited(9);
+        assert_eq!(s.feed(b"4\r\nWiki\r\n5\r\npedia\r\n").unwrap(), 19);
+        assert_eq!(s.feed(b"1\r\n"), Err(BodyError::TooLarge));
+        let mut s = ChunkedScanner::limited(9);
+        assert_eq!(s.feed(b"4\r\nWiki\r\n6\r\n"), Err(BodyError::TooLarge));
+        let mut p = BodyProgress::limited(Framing::Chunked, 0);
+        assert_eq!(p.feed(b"0\r\n\r\n").unwrap(), 5, "an empty body passes");
     }
 
     #[test]

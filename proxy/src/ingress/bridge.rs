@@ -17,7 +17,7 @@ use hyper::{Method, Request, Response, Uri};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::body::{BodyProgress, Framing};
+use super::body::{BodyError, BodyProgress, Framing};
 use super::config::Limits;
 use super::h1::{self, Forwarding, Head, RequestInfo};
 use super::h2::{self, Failure, FromUpstream, Piped};
@@ -28,8 +28,9 @@ use super::upstream::Upstream;
 enum Cut {
     /// The client closed or broke its connection.
     Client,
-    /// The client's chunked framing is malformed.
-    Framing,
+    /// The client's chunked framing is malformed, or its body grew past
+    /// the limit.
+    Body(BodyError),
     /// The upstream stopped reading: it has answered already, or failed.
     Upstream,
 }
@@ -81,7 +82,8 @@ pub(super) async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
             (Some(tx), body)
         }
     };
-    let max = usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX);
+    let max_read = usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX);
+    let body_limit = BodyProgress::limited(info.framing, limits.max_body_bytes.bytes());
     let relay = {
         let sending = h2::send_with_retries(
             worker,
@@ -91,7 +93,7 @@ pub(super) async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
         );
         let pumping = async {
             match sender {
-                Some(tx) => pump(client, cbuf, info.framing, tx, expects_continue, max).await,
+                Some(tx) => pump(client, cbuf, body_limit, tx, expects_continue, max_read).await,
                 None => Ok(()),
             }
         };
@@ -112,8 +114,9 @@ pub(super) async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 p = &mut pumping, if pumped.is_none() => match p {
                     // The request is broken: abandon it without blaming the
-                    // endpoint.
-                    Err(cut @ (Cut::Client | Cut::Framing)) => break Relay::Broken(cut),
+                    // endpoint. The sender is gone, so the upstream stream
+                    // is reset rather than seen to end.
+                    Err(cut @ (Cut::Client | Cut::Body(_))) => break Relay::Broken(cut),
                     p => pumped = Some(p),
                 },
             }
@@ -121,8 +124,11 @@ pub(super) async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let name = Some(upstream.name.clone());
     match relay {
-        Relay::Broken(Cut::Framing) => {
+        Relay::Broken(Cut::Body(BodyError::Malformed)) => {
             answer(client, out, 400, "malformed request body\n", name, None).await
+        }
+        Relay::Broken(Cut::Body(BodyError::TooLarge)) => {
+            answer(client, out, 413, "request body too large\n", name, None).await
         }
         Relay::Broken(_) => Done {
             status: 499,
@@ -191,23 +197,22 @@ fn request(buf: &[u8], head: &Head, fwd: &Forwarding<'_>) -> Option<Request<()>>
     Some(request)
 }
 
-/// Relays the rest of the request body, without its HTTP/1.1 framing.
+/// Relays the rest of the request `body`, without its HTTP/1.1 framing.
 async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut S,
     cbuf: &mut Buf,
-    framing: Framing,
+    mut body: BodyProgress,
     tx: mpsc::Sender<Option<Bytes>>,
     expects_continue: bool,
-    max: usize,
+    max_read: usize,
 ) -> Result<(), Cut> {
-    let mut body = BodyProgress::new(framing);
     let mut data = Vec::new();
     let mut continued = !expects_continue;
     loop {
         if !cbuf.is_empty() {
             let take = body
                 .scan(cbuf.filled(), |d| data.extend_from_slice(d))
-                .map_err(|_| Cut::Framing)?;
+                .map_err(Cut::Body)?;
             cbuf.consume(take);
             if !data.is_empty() {
                 tx.send(Some(Bytes::from(std::mem::take(&mut data))))
@@ -227,7 +232,7 @@ async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
                 .await
                 .map_err(|_| Cut::Client)?;
         }
-        match cbuf.read_from(client, max).await {
+        match cbuf.read_from(client, max_read).await {
             Ok(0) | Err(_) => return Err(Cut::Client),
             Ok(_) => {}
         }

@@ -7,7 +7,7 @@
 //! clients reach h2c upstreams through `send_with_retries` too (see
 //! `bridge`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -55,7 +55,80 @@ type Body = Either<FromUpstream, Full<Bytes>>;
 
 /// A request body sent upstream: an HTTP/2 client's as it arrives, or one
 /// read from an HTTP/1.1 client (empty for a retry's copy).
-pub(super) type UpstreamBody = Either<Incoming, Piped>;
+pub(super) type UpstreamBody = Either<Capped, Piped>;
+
+/// An HTTP/2 client's request body, cut off with an error (which aborts
+/// the upstream request) once its data passes the body limit: with or
+/// without a `content-length`, DATA frames are counted as they pass.
+pub(super) type Capped = Metered<Incoming, Allowance>;
+
+/// What is left of a request body's limit.
+pub(super) struct Allowance {
+    left: u64,
+    /// Set when the limit cut the body off, so the failure that follows
+    /// upstream is answered 413 and not blamed on the endpoint.
+    exceeded: Rc<Cell<bool>>,
+}
+
+impl Meter for Allowance {
+    fn data(&mut self, len: u64) -> bool {
+        if len > self.left {
+            self.exceeded.set(true);
+            return false;
+        }
+        self.left -= len;
+        true
+    }
+}
+
+/// Sees the size of every DATA frame of a body.
+pub(super) trait Meter {
+    /// Counts `len` bytes of data; `false` cuts the body off there.
+    fn data(&mut self, len: u64) -> bool;
+}
+
+/// A body whose DATA frames pass through a meter on their way.
+pub(super) struct Metered<B, M> {
+    inner: B,
+    meter: M,
+}
+
+/// The client's request body passed the body limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body is larger than allowed")]
+pub(super) struct BodyTooLarge;
+
+impl<B, M> hyper::body::Body for Metered<B, M>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    M: Meter + Unpin,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &polled
+            && let Some(data) = frame.data_ref()
+            && !self.meter.data(data.len() as u64)
+        {
+            return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+        }
+        Poll::Ready(polled.map(|r| r.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// A request body read from an HTTP/1.1 client and handed over piece by
 /// piece; `None` marks its end. A sender dropped before the end aborts the
@@ -394,34 +467,12 @@ impl Drop for Finish {
 /// A response body on its way to an HTTP/2 client, counting its bytes; the
 /// request is recorded when it ends, as HTTP/1.1 records it once its
 /// response is written.
-struct Logged {
-    inner: Body,
-    finish: Finish,
-}
+type Logged = Metered<Body, Finish>;
 
-impl hyper::body::Body for Logged {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.finish.bytes += data.len() as u64;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
+impl Meter for Finish {
+    fn data(&mut self, len: u64) -> bool {
+        self.bytes += len;
+        true
     }
 }
 
@@ -472,7 +523,10 @@ async fn handle(
     };
     let response = respond(worker, req, peer, tls, &authority, &host, &mut finish).await;
     finish.status = response.status().as_u16();
-    response.map(|inner| Logged { inner, finish })
+    response.map(|inner| Metered {
+        inner,
+        meter: finish,
+    })
 }
 
 /// Routes and forwards one request, noting its route, upstream and
@@ -551,7 +605,23 @@ async fn respond(
     };
     *req.uri_mut() = target;
     let replayable = req.method().is_idempotent() && req.body().is_end_stream();
-    match send_with_retries(worker, &upstream, req.map(Either::Left), replayable).await {
+    let max_body = worker.shared.limits.load().max_body_bytes.bytes();
+    // A declared length past the limit is refused before anything goes
+    // upstream; a body without one is cut off where it passes the limit.
+    if req.body().size_hint().lower() > max_body {
+        let (status, body) = Failure::BodyTooLarge.answer();
+        return local(status, body);
+    }
+    let req = req.map(|inner| {
+        Either::Left(Capped {
+            inner,
+            meter: Allowance {
+                left: max_body,
+                exceeded: Rc::default(),
+            },
+        })
+    });
+    match send_with_retries(worker, &upstream, req, replayable).await {
         Ok((mut response, addr)) => {
             finish.endpoint = Some(addr);
             strip_hop_by_hop(response.headers_mut());
@@ -576,6 +646,8 @@ pub(super) enum Failure {
     Protocol,
     /// No endpoint was available to try.
     NoEndpoint,
+    /// The client's request body passed the body limit.
+    BodyTooLarge,
 }
 
 impl Failure {
@@ -593,6 +665,7 @@ impl Failure {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no healthy upstream endpoint\n",
             ),
+            Self::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
         }
     }
 }
@@ -615,6 +688,10 @@ pub(super) async fn send_with_retries(
         return Err((Failure::NoEndpoint, None));
     };
     let (mut parts, body) = req.into_parts();
+    let exceeded = match &body {
+        Either::Left(capped) => capped.meter.exceeded.clone(),
+        Either::Right(_) => Rc::default(),
+    };
     let mut body = Some(body);
     loop {
         let addr = flight.endpoint().addr;
@@ -645,6 +722,9 @@ pub(super) async fn send_with_retries(
                     }
                 }
             }
+            // The client's body broke the request, not the endpoint (a body
+            // that can be cut off is never replayed).
+            Ok(Err(_)) if exceeded.get() => return Err((Failure::BodyTooLarge, None)),
             // Nothing reached the client: tried elsewhere if the request
             // allows, as HTTP/1.1 retries a connection refused or closed
             // before an answer.

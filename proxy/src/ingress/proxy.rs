@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::access_log::{AccessLog, Entry};
-use super::body::{BodyProgress, Framing};
+use super::body::{BodyError, BodyProgress, Framing};
 use super::config::{Limits, UpstreamProtocol};
 use super::h1::{self, Forwarding, Head, HeadError, RequestInfo};
 use super::metrics::{FailureLabels, ProxyMetrics, RequestLabels, RouteLabels};
@@ -277,6 +277,17 @@ enum Failure {
     Client,
     /// The client sent a malformed body: 400.
     BadBody,
+    /// The client's body grew past the limit: 413.
+    BodyTooLarge,
+}
+
+impl From<BodyError> for Failure {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::Malformed => Self::BadBody,
+            BodyError::TooLarge => Self::BodyTooLarge,
+        }
+    }
 }
 
 /// How a request ended.
@@ -882,7 +893,11 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
                 (flight, pooled) = (next, true);
             }
             Err(ExchangeError::Fatal(failure)) => {
-                if !matches!(failure, Failure::Client | Failure::BadBody) {
+                let clients_fault = matches!(
+                    failure,
+                    Failure::Client | Failure::BadBody | Failure::BodyTooLarge
+                );
+                if !clients_fault {
                     upstream.record(flight.endpoint(), false);
                 }
                 let kind = match failure {
@@ -933,6 +948,7 @@ async fn failure_response<S: AsyncRead + AsyncWrite + Unpin>(
         Failure::Upstream("no healthy endpoint") => (503, "no healthy upstream endpoint\n"),
         Failure::Upstream(_) => (502, "upstream failed\n"),
         Failure::BadBody => (400, "malformed request body\n"),
+        Failure::BodyTooLarge => (413, "request body too large\n"),
         Failure::Client => {
             return Done {
                 status: 499,
@@ -984,11 +1000,13 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     // in one write.
     out.clear();
     h1::write_upstream_request(out, cbuf.filled(), head, info, fwd);
-    let mut body = BodyProgress::new(info.framing);
+    // A chunked body past the limit in what is buffered is refused before
+    // anything goes upstream.
+    let mut body = BodyProgress::limited(info.framing, limits.max_body_bytes.bytes());
     let buffered = &cbuf.filled()[head.len..];
     let take = body
         .feed(buffered)
-        .map_err(|_| ExchangeError::Fatal(Failure::BadBody))?;
+        .map_err(|e| ExchangeError::Fatal(e.into()))?;
     out.extend_from_slice(&buffered[..take]);
     let upstream_stream = &mut attempt.stream;
     if let Err(_e) = upstream_stream.write_all(out).await {
@@ -1011,15 +1029,18 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             .await
             .map_err(|_| ExchangeError::Fatal(Failure::Client))?;
     }
-    let max_body = usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX);
+    let max_read = usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX);
     if !body.done() {
-        stream_body(client, cbuf, upstream_stream, &mut body, max_body)
+        // A body cut off here (past the limit, or malformed) leaves the
+        // upstream with part of it: this connection is dropped, never
+        // pooled, which aborts the request upstream.
+        stream_body(client, cbuf, upstream_stream, &mut body, max_read)
             .await
             .map_err(|side| {
                 ExchangeError::Fatal(match side {
                     Side::Source => Failure::Client,
                     Side::Sink => Failure::Upstream("upstream closed during the request body"),
-                    Side::Framing => Failure::BadBody,
+                    Side::Body(e) => e.into(),
                 })
             })?;
     }
@@ -1199,7 +1220,8 @@ impl Drop for LeasedBuf<'_> {
 enum Side {
     Source,
     Sink,
-    Framing,
+    /// The body itself: malformed, or past its limit.
+    Body(BodyError),
 }
 
 /// Copies the rest of a body from `src` (its buffer first) to `dst`.
@@ -1218,7 +1240,7 @@ where
     loop {
         if !sbuf.is_empty() {
             let chunk = sbuf.filled();
-            let take = body.feed(chunk).map_err(|_| Side::Framing)?;
+            let take = body.feed(chunk).map_err(Side::Body)?;
             dst.write_all(&chunk[..take])
                 .await
                 .map_err(|_| Side::Sink)?;
