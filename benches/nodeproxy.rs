@@ -18,10 +18,10 @@
 //!
 //! - Full sync: a fresh `Proxier` (IPv4, `--cluster-cidr 10.244.0.0/16`,
 //!   default service CIDR) plans 1k and 10k Services x 10 endpoints (TCP,
-//!   ClusterIP only) into an empty table; plan (the diff), encode (the
-//!   netlink batch) and commit (send plus the kernel's verdict) are timed
-//!   apart, as is a full resync over the 10k table already there (what
-//!   follows a failed commit).
+//!   ClusterIP only) into an empty table; plan and encode (the diff,
+//!   streamed into the netlink batch as it is planned) and commit (send
+//!   plus the kernel's verdict) are timed apart, as is a full resync over
+//!   the 10k table already there (what follows a failed commit).
 //! - Endpoint change with 10k Services present, timed from plan to the
 //!   kernel's ack, 100 times each: a pod replaced (one endpoint's address
 //!   changes: element updates only) and a pod turning unready and ready
@@ -45,26 +45,32 @@
 //!   the netfilter work of their packets is accounted), which waiting for
 //!   a CPU does not inflate.
 //!
-//! Latest result, 2026-11-30, one run on this 2-core machine (nothing
-//! else running), kernel 6.18, with shared pick chains per size class over
-//! one node-wide endpoints map:
+//! Latest result, 2026-11-30, one run on this 2-core machine, kernel 6.18,
+//! with shared pick chains per size class over one node-wide endpoints map
+//! and the sync streamed into the batch; two builds ran beside it, which
+//! shows in the endpoint-change tails:
 //!
 //! | what                                   | measured                          | target   |
 //! |----------------------------------------|-----------------------------------|----------|
-//! | full sync 1k x 10                      | 0.14 s (plan 27 ms, encode 9 ms, commit 0.10 s) | - |
-//! | full sync 10k x 10                     | 1.65 s (plan 0.31 s, encode 0.09 s, commit 1.26 s; 13.6 MiB batch) | < 2 s |
-//! | full resync over the 10k table         | 1.84 s                            | -        |
-//! | RSS after the 10k sync (this process)  | peak 83.7 MiB, then 64.5 MiB (~9 MiB of it the input) | see below |
-//! | endpoint change at 10k: pod replaced   | median 0.28 ms, p99 4.4 ms        | < 5 ms   |
-//! | endpoint change at 10k: unready/ready  | median 0.28 ms, p99 0.38 ms       | < 5 ms   |
-//! | 9990 Services added / removed at once  | 1.7 s / 0.65 s                    | -        |
-//! | ClusterIP keep-alive, 10k/10 req/s     | 1.04 (medians 51.8k / 50.1k; per round 0.95 to 1.09); CPU/req 0.96 | >= 0.95 |
-//! | ClusterIP Connection: close, 10k/10    | 1.06 (8.2k / 7.7k; per round 0.84 to 1.14); CPU/req 0.98 | - |
+//! | full sync 1k x 10                      | 0.12 s (plan and encode 29 ms, commit 93 ms) | - |
+//! | full sync 10k x 10                     | 1.74 s (plan and encode 0.31 s, commit 1.43 s; 13.6 MiB batch) | < 2 s |
+//! | full resync over the 10k table         | 1.72 s                            | -        |
+//! | RSS after the 10k sync (this process)  | peak 35.0 MiB, then 21.5 MiB (8.5 MiB of it the input) | see below |
+//! | endpoint change at 10k: pod replaced   | median 1.21 ms, p99 8.6 ms (plan and encode 33 µs, commit 0.19 ms) | < 5 ms |
+//! | endpoint change at 10k: unready/ready  | median 0.27 ms, p99 4.8 ms        | < 5 ms   |
+//! | 9990 Services added / removed at once  | 1.7 s / 1.0 s                     | -        |
+//! | ClusterIP keep-alive, 10k/10 req/s     | 1.08 (medians 39.3k / 36.5k; per round 0.86 to 1.30); CPU/req 0.98 | >= 0.95 |
+//! | ClusterIP Connection: close, 10k/10    | 0.94 (7.4k / 7.9k; per round 0.90 to 1.13); CPU/req 1.00 | - |
+//!
+//! The run before, with no build beside it and the operation list built
+//! whole before encoding: pod replaced median 0.28 ms, p99 4.4 ms;
+//! unready/ready median 0.28 ms, p99 0.38 ms; peak RSS 83.7 MiB.
 //!
 //! The RSS target is the node proxy process's: `benches/load/nodeproxy_rss.sh`
-//! runs `orca node-proxy` against etcd with 10k Services and measured 40.2
-//! MiB once synced, 105.3 MiB at the peak of the first sync (the daemon
-//! gives a full sync's freed memory back; this bench does not).
+//! runs `orca node-proxy` against etcd with 10k Services and measured 40.0
+//! MiB once synced, 57.1 MiB at the peak of the first sync (105.3 MiB
+//! before the sync was streamed into the batch; the daemon gives a full
+//! sync's freed memory back, this bench does not).
 //!
 //! Earlier designs, same bench: a map per service port, 10.1 s full sync
 //! and 30.7 ms per count change; one endpoints map looked up by every
@@ -91,8 +97,9 @@
 //!   element with a goto, makes the commit validate the whole table
 //!   (`nft_table_validate`): ~30 ms at 10k Services. An endpoint change
 //!   touches neither; adding a Service or moving one to another class does.
-//! - RSS: at the peak the full sync's operation list and its 14 MiB batch
-//!   sit beside the proxier's state.
+//! - RSS: a full sync holds its 14 MiB batch and one Service's footprint
+//!   at a time beside the proxier's state; the operations are encoded as
+//!   they are planned, never listed whole.
 
 use std::collections::HashMap;
 use std::error::Error;

@@ -12,16 +12,16 @@
 # binary. Only loopback and the namespace it creates are touched.
 #
 # Latest figures (2026-11-30, this 2-core machine, release build, 10000
-# Services):
+# Services, builds running beside it):
 #
 #   first sync after start       3.2 s (list of 20000 objects and the full sync)
-#   RSS once synced              peak 105.3 MiB, then 40.2 MiB
+#   RSS once synced              peak 57.1 MiB, then 40.0 MiB
 #
 # Before the store decoded objects straight into their types, the tracker
 # kept them reduced and the full sync gave its memory back: peak 409.6
-# MiB, then 395.7 MiB. The peak is the full sync's transaction (its
-# operation list, ~40 MiB, and the 14 MiB netlink batch) on top of the
-# state; the 64 MiB target is met once synced, not at the peak.
+# MiB, then 395.7 MiB. Before the sync streamed its operations into the
+# netlink batch (it built the whole operation list, ~40 MiB, first): peak
+# 105.3 MiB. The peak is now the 14 MiB batch on top of the state.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

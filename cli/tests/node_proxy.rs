@@ -276,6 +276,11 @@ impl Cluster {
     }
 
     fn start_proxy(&mut self) {
+        self.spawn_proxy();
+        self.wait_for("the table to exist", |c| c.ruleset().is_some());
+    }
+
+    fn spawn_proxy(&mut self) {
         let child = Command::new(ORCA)
             .args([
                 "--etcd",
@@ -297,7 +302,6 @@ impl Cluster {
             .spawn()
             .expect("start orca node-proxy");
         self.proxy = Some(child);
-        self.wait_for("the table to exist", |c| c.ruleset().is_some());
     }
 
     fn kill_proxy(&mut self) {
@@ -626,6 +630,46 @@ fn restart_under_traffic_loses_no_connection_attempt_and_cleanup_removes_all() {
         ORCA,
         &["node-proxy", "--cleanup", "--netns", &c.node.path()],
     );
+}
+
+#[test]
+fn with_etcd_away_a_restarted_proxy_keeps_the_table_then_catches_up() {
+    let mut c = Cluster::new("etcd-away", 1);
+    let p1 = c.pods[0].ip.clone();
+    c.apply(&format!(
+        "{}---\n{}",
+        service("web", "10.96.0.50", ""),
+        slice("web", &[(&p1, true)])
+    ));
+    let answers = |c: &Cluster| c.ask_tcp("10.96.0.50:80", 5);
+    c.wait_for("the service", |c| count(&answers(c), "pod1") == 5);
+
+    c.kill_proxy();
+    c.etcd.kill();
+    c.spawn_proxy();
+    c.wait_for("the admin endpoint", |c| {
+        TcpStream::connect(&c.admin).is_ok()
+    });
+    // Without a complete list it programs nothing: the table it left
+    // keeps serving, and it says it is not ready.
+    thread::sleep(Duration::from_millis(500));
+    let health = c.admin_get("/healthz");
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+    assert!(
+        health.contains("has not completed its first sync"),
+        "{health}"
+    );
+    assert_eq!(count(&answers(&c), "pod1"), 5, "the old table serves");
+
+    c.etcd.restart();
+    c.wait_for("the first sync", |c| {
+        c.admin_get("/healthz").starts_with("HTTP/1.1 200")
+    });
+    assert_eq!(count(&answers(&c), "pod1"), 5);
+    c.delete("service", "web");
+    c.wait_for("the reject", |c| {
+        c.ask_tcp("10.96.0.50:80", 1)[0] == Err(ErrorKind::ConnectionRefused)
+    });
 }
 
 #[test]
