@@ -15,8 +15,9 @@ use orca_core::store::{Store, StoreConfig};
 #[derive(Parser)]
 #[command(name = "orca", version, about)]
 struct Cli {
-    /// etcd client URL [default: http://127.0.0.1:2379]. Given to
-    /// `orca ingress`, it serves the cluster's Ingress objects.
+    /// etcd client URL [default: http://127.0.0.1:2379]. `orca master`
+    /// follows the cluster there; given to `orca ingress`, it serves the
+    /// cluster's Ingress objects.
     #[arg(long, global = true, env = "ORCA_ETCD")]
     etcd: Option<String>,
     #[command(subcommand)]
@@ -37,6 +38,9 @@ enum Command {
     Ingress(commands::ingress::Args),
     /// Run the log shipper alone, from a configuration file.
     Logshipper(commands::logshipper::Args),
+    /// Run a master: the ingress proxy in cluster mode (the scheduler and
+    /// controllers are yet to come) as tasks of one process.
+    Master(commands::master::Args),
     /// Run a node: the node proxy and the log shipper as tasks of one process.
     Node(commands::node::Args),
     /// Run the node proxy (nftables Service load balancing) alone.
@@ -49,6 +53,15 @@ const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
 async fn connect(endpoint: &Option<String>) -> anyhow::Result<Store> {
     let endpoint = endpoint.as_deref().unwrap_or(DEFAULT_ETCD);
     Ok(Store::connect(StoreConfig::new(endpoint)).await?)
+}
+
+/// Like `connect`, and checks that etcd answers: a long-running process
+/// retries a watch that fails later, but an etcd it cannot reach at start
+/// is a mistake to report, not to retry forever.
+async fn connect_checked(endpoint: &Option<String>) -> anyhow::Result<Store> {
+    let store = connect(endpoint).await?;
+    store.ping().await?;
+    Ok(store)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<bool> {
@@ -69,10 +82,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Describe(args) => commands::describe::run(&connect(&cli.etcd).await?, args).await,
         Command::Ingress(args) => {
-            let cluster = match &cli.etcd {
-                Some(_) => Some(connect(&cli.etcd).await?),
-                None => None,
-            };
+            let cluster = cli.etcd.is_some().then(|| connect_checked(&cli.etcd));
             commands::ingress::run(args, cluster).await
         }
         Command::Logshipper(args) => {
@@ -82,6 +92,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             };
             commands::logshipper::run(args, cluster).await
         }
+        Command::Master(args) => commands::master::run(args, connect_checked(&cli.etcd)).await,
         Command::Node(args) => commands::node::run(args, connect(&cli.etcd)).await,
         Command::NodeProxy(args) => commands::node_proxy::run(args, connect(&cli.etcd)).await,
     }

@@ -287,7 +287,7 @@ impl H2cBackend {
     }
 }
 
-/// A running `orca ingress`, killed on drop.
+/// A running `orca ingress` (or `orca master`), killed on drop.
 struct Proxy {
     child: Child,
     config: PathBuf,
@@ -308,6 +308,11 @@ impl Proxy {
     /// Starts the proxy; `config` may use `{http}`, `{https}`, `{admin}`
     /// and `{dir}` placeholders.
     fn start(config: &str) -> Self {
+        Self::launch(config, "ingress", &[])
+    }
+
+    /// Starts `orca COMMAND` with `extra` arguments on `config`, as `start`.
+    fn launch(config: &str, command: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (http, https, admin) = (free_port(), free_port(), free_port());
         let text = config
@@ -317,14 +322,21 @@ impl Proxy {
             .replace("{dir}", dir.path().to_str().unwrap());
         let path = dir.path().join("ingress.yaml");
         std::fs::write(&path, text).unwrap();
-        Self::spawn(path, dir, http, admin, &[])
+        Self::spawn(path, dir, http, admin, command, extra)
     }
 
-    /// Starts the proxy on an already written configuration.
-    fn spawn(path: PathBuf, dir: tempfile::TempDir, http: u16, admin: u16, extra: &[&str]) -> Self {
+    /// Starts `orca COMMAND` on an already written configuration.
+    fn spawn(
+        path: PathBuf,
+        dir: tempfile::TempDir,
+        http: u16,
+        admin: u16,
+        command: &str,
+        extra: &[&str],
+    ) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_orca"))
             .args([
-                "ingress",
+                command,
                 "--config",
                 path.to_str().unwrap(),
                 "--workers",
@@ -1115,6 +1127,15 @@ async fn put_raw(etcd: &orca_testkit::Etcd, key: &str, value: serde_json::Value)
     client.put(key, value.to_string(), None).await.unwrap();
 }
 
+/// Sets the endpoints of Service `web`: `backends`, each ready or not.
+fn put_web_slice(etcd: &orca_testkit::Etcd, backends: &[(&Backend, bool)]) {
+    runtime().block_on(put_raw(
+        etcd,
+        "/registry/endpointslices/default/web-abc",
+        slice("web", backends),
+    ));
+}
+
 fn slice(service: &str, backends: &[(&Backend, bool)]) -> serde_json::Value {
     let endpoints: Vec<_> = backends
         .iter()
@@ -1178,14 +1199,10 @@ fn eventually(
     }
 }
 
-#[test]
-fn cluster_mode_follows_ingresses_services_and_endpoints() {
-    let rt = runtime();
-    let etcd = orca_testkit::Etcd::start();
-    let (one, two) = (Backend::start("one"), Backend::start("two"));
-    apply(
-        &etcd,
-        r#"
+/// Service `web` (port 80, named `http`) and the Ingress `web` of class
+/// `orca` that sends `web.example.com` to it.
+fn web_ingress() -> String {
+    r#"
 apiVersion: v1
 kind: Service
 metadata:
@@ -1196,61 +1213,49 @@ spec:
     - name: http
       port: 80
       targetPort: 8080
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  name: web
-spec:
-  ingressClassName: orca
-  rules:
-    - host: web.example.com
-      http:
-        paths:
-          - path: /
-            pathType: Prefix
-            backend:
-              service:
-                name: web
-                port:
-                  number: 80
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  name: someone-elses
-spec:
-  ingressClassName: nginx
-  rules:
-    - host: other.example.com
-      http:
-        paths:
-          - path: /
-            pathType: Prefix
-            backend:
-              service:
-                name: web
-                port:
-                  number: 80
-"#,
-    );
-    rt.block_on(put_raw(
-        &etcd,
-        "/registry/endpointslices/default/web-abc",
-        slice("web", &[(&one, true)]),
-    ));
+---"#
+        .to_string()
+        + &ingress_of_class("web", "orca", "web.example.com")
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let (http, admin) = (free_port(), free_port());
-    let path = dir.path().join("ingress.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "listeners:\n  - name: web\n    address: 127.0.0.1:{http}\nadmin:\n  address: 127.0.0.1:{admin}\n"
-        ),
+/// The Ingress NAME of class CLASS, sending HOST to Service `web`.
+fn ingress_of_class(name: &str, class: &str, host: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: {name}
+spec:
+  ingressClassName: {class}
+  rules:
+    - host: {host}
+      http:
+        paths:
+          - path: /
+            pathType: Prefix
+            backend:
+              service:
+                name: web
+                port:
+                  number: 80
+"#
     )
-    .unwrap();
-    let proxy = Proxy::spawn(path, dir, http, admin, &["--etcd", &etcd.endpoint()]);
+}
+
+/// A cluster-mode configuration: a plain listener and the admin server.
+const CLUSTER_CONFIG: &str = "listeners:\n  - name: web\n    address: 127.0.0.1:{http}\nadmin:\n  address: 127.0.0.1:{admin}\n";
+
+#[test]
+fn cluster_mode_follows_ingresses_services_and_endpoints() {
+    let etcd = orca_testkit::Etcd::start();
+    let (one, two) = (Backend::start("one"), Backend::start("two"));
+    apply(
+        &etcd,
+        &(web_ingress() + "---" + &ingress_of_class("someone-elses", "nginx", "other.example.com")),
+    );
+    put_web_slice(&etcd, &[(&one, true)]);
+    let proxy = Proxy::launch(CLUSTER_CONFIG, "ingress", &["--etcd", &etcd.endpoint()]);
 
     eventually(
         &proxy,
@@ -1282,11 +1287,7 @@ spec:
     // A new endpoint set is served without a restart, on the same connection.
     let mut s = connect(proxy.http);
     let mut buf = Vec::new();
-    rt.block_on(put_raw(
-        &etcd,
-        "/registry/endpointslices/default/web-abc",
-        slice("web", &[(&two, true), (&one, false)]),
-    ));
+    put_web_slice(&etcd, &[(&two, true), (&one, false)]);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         s.write_all(b"GET /y HTTP/1.1\r\nHost: web.example.com\r\n\r\n")
@@ -1305,11 +1306,7 @@ spec:
     }
 
     // No ready endpoint: 503. The Ingress gone: 404.
-    rt.block_on(put_raw(
-        &etcd,
-        "/registry/endpointslices/default/web-abc",
-        slice("web", &[(&two, false)]),
-    ));
+    put_web_slice(&etcd, &[(&two, false)]);
     eventually(&proxy, "web.example.com", "/", "no ready endpoint", |r| {
         r.status == 503
     });
@@ -1965,7 +1962,6 @@ fn tls_secret(name: &str, cert: &Path, key: &Path) -> String {
 
 #[test]
 fn cluster_mode_serves_certificates_from_tls_secrets_by_sni() {
-    let rt = runtime();
     let etcd = orca_testkit::Etcd::start();
     let backend = Backend::start("one");
     let dir = tempfile::tempdir().unwrap();
@@ -2011,11 +2007,7 @@ spec:
                 + &rule("b.example.com")
         ),
     );
-    rt.block_on(put_raw(
-        &etcd,
-        "/registry/endpointslices/default/web-abc",
-        slice("web", &[(&backend, true)]),
-    ));
+    put_web_slice(&etcd, &[(&backend, true)]);
 
     let config_dir = tempfile::tempdir().unwrap();
     let (http, https, admin) = (free_port(), free_port(), free_port());
@@ -2027,7 +2019,14 @@ spec:
         ),
     )
     .unwrap();
-    let proxy = Proxy::spawn(path, config_dir, http, admin, &["--etcd", &etcd.endpoint()]);
+    let proxy = Proxy::spawn(
+        path,
+        config_dir,
+        http,
+        admin,
+        "ingress",
+        &["--etcd", &etcd.endpoint()],
+    );
     let tls = proxy.https();
 
     // Each name gets its own Secret's certificate, and its request is routed.
@@ -2247,4 +2246,87 @@ fn the_body_limit_holds_for_sized_chunked_and_http2_bodies() {
     });
     // A client's oversized body is not the endpoint's failure.
     assert_eq!(metric(&proxy, "orca_ingress_upstream_failures_total"), 0.0);
+}
+
+#[test]
+fn orca_master_serves_the_clusters_ingresses() {
+    let etcd = orca_testkit::Etcd::start();
+    let backend = Backend::start("one");
+    apply(&etcd, &web_ingress());
+    put_web_slice(&etcd, &[(&backend, true)]);
+    let master = Proxy::launch(CLUSTER_CONFIG, "master", &["--etcd", &etcd.endpoint()]);
+    eventually(
+        &master,
+        "web.example.com",
+        "/x",
+        "the master serves the Ingress",
+        |r| r.body.starts_with("one /x"),
+    );
+    // Healthy once the routes are listed from the cluster; the metrics are
+    // the proxy's.
+    let health = raw(master.admin, "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    assert!(metric(&master, "orca_ingress_requests_total") >= 1.0);
+    assert_eq!(served_routes(&master)["count"], 1);
+}
+
+/// Runs `orca ARGS` with a configuration file of `config`, which must exit
+/// by itself, unsuccessfully; its standard error.
+fn refused(args: &[&str], config: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orca"))
+        .args(args)
+        .args(["--config", path.to_str().unwrap()])
+        .env_remove("ORCA_ETCD")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("orca {args:?} kept running");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "orca {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn master_and_cluster_ingress_refuse_a_broken_config_or_an_unreachable_etcd() {
+    let closed = format!("http://127.0.0.1:{}", orca_testkit::closed_port());
+    let good = format!(
+        "listeners:\n  - name: web\n    address: 127.0.0.1:{}\n",
+        free_port()
+    );
+    let with_routes = good.clone()
+        + "routes:\n  - {path: /, upstream: a}\nupstreams:\n  - {name: a, endpoints: [\"127.0.0.1:1\"]}\n";
+    for command in ["master", "ingress"] {
+        let args = [command, "--etcd", &closed];
+        // The file is checked first, whatever etcd's state.
+        let err = refused(&args, "listeners: []\n");
+        assert!(
+            err.starts_with("error: ingress proxy: ")
+                && err.contains("listeners: at least one listener is required"),
+            "{command}: {err}"
+        );
+        let err = refused(&args, &with_routes);
+        assert!(
+            err.contains("routes: in cluster mode routes come from Ingress objects"),
+            "{command}: {err}"
+        );
+        // A good file and no etcd: the error every command gives, at once
+        // rather than retried forever.
+        let err = refused(&args, &good);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!("error: cannot reach etcd at {closed}: ")),
+            "{command}: {err}"
+        );
+    }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use orca_core::store::Store;
+use orca_proxy::ingress::server;
 
 /// Arguments of `orca ingress`.
 #[derive(clap::Args)]
@@ -18,12 +19,22 @@ pub struct Args {
 }
 
 /// Runs the proxy until SIGINT or SIGTERM; with `cluster`, routes follow
-/// the cluster's Ingress objects.
-pub async fn run(args: Args, cluster: Option<Store>) -> anyhow::Result<bool> {
+/// the cluster's Ingress objects. The file is checked before `cluster` is
+/// awaited, so a broken file is reported first, whatever etcd's state.
+pub async fn run(
+    args: Args,
+    cluster: Option<impl Future<Output = anyhow::Result<Store>>>,
+) -> anyhow::Result<bool> {
     // rustls warns on every client that sends an IP address as SNI.
     orca_core::telemetry::init_tracing("info,rustls=error");
-    orca_proxy::ingress::server::run(&args.config, args.workers, cluster)
+    let config =
+        server::load(&args.config, args.workers, cluster.is_some()).context("ingress proxy")?;
+    let store = match cluster {
+        Some(store) => Some(store.await?),
+        None => None,
+    };
+    server::run(&args.config, config, store)
         .await
-        .with_context(|| format!("ingress proxy ({})", args.config.display()))?;
+        .context("ingress proxy")?;
     Ok(true)
 }

@@ -6,6 +6,7 @@ pub mod describe;
 pub mod get;
 pub mod ingress;
 pub mod logshipper;
+pub mod master;
 pub mod node;
 pub mod node_proxy;
 

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
@@ -59,8 +60,14 @@ fn follow<K: Object>(
 type Registry = HashMap<(String, SocketAddr), Arc<Endpoint>>;
 
 /// Follows the cluster and keeps `shared.routes` (and the TLS resolvers)
-/// in step with it, until the future is dropped.
-pub async fn run(store: Store, shared: Arc<Shared>, resolvers: Vec<Arc<Resolver>>) {
+/// in step with it, until the future is dropped; sets `listed` once the
+/// first table from complete lists is served.
+pub async fn run(
+    store: Store,
+    shared: Arc<Shared>,
+    resolvers: Vec<Arc<Resolver>>,
+    listed: Arc<AtomicBool>,
+) {
     let changed = Arc::new(Notify::new());
     let (ingresses, a) = follow::<Ingress>(&store, changed.clone());
     let (services, b) = follow::<Service>(&store, changed.clone());
@@ -90,6 +97,7 @@ pub async fn run(store: Store, shared: Arc<Shared>, resolvers: Vec<Arc<Resolver>
             for r in &resolvers {
                 r.replace(certs.clone_set());
             }
+            listed.store(true, Ordering::Relaxed);
             tracing::debug!(routes, took = ?started.elapsed(), "routes rebuilt from the cluster");
             changed.notified().await;
             tokio::time::sleep(DEBOUNCE).await;

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -507,23 +507,38 @@ async fn serve_tls(worker: Rc<Worker>, acceptor: TlsAcceptor, stream: TcpStream,
     }
 }
 
-/// Runs the proxy from `path` until SIGINT/SIGTERM; SIGHUP or a change of
-/// the file reloads it. `workers` overrides the file's worker count. With a
-/// `cluster` store, routes and certificates follow the cluster's Ingress
-/// objects instead of the file.
-pub async fn run(
+/// Reads and validates the configuration at `path`, for cluster mode when
+/// `cluster`; `workers` overrides the file's worker count. Callers load it
+/// before they contact etcd, so a broken file is reported as such.
+pub fn load(
     path: &Path,
     workers: Option<usize>,
-    cluster: Option<Store>,
-) -> Result<(), ServeError> {
-    let cluster_mode = cluster.is_some();
-    let overrides = move |c: &mut IngressConfig| {
+    cluster: bool,
+) -> Result<IngressConfig, ServeError> {
+    Ok(config::load(Some(path), |c: &mut IngressConfig| {
         if let Some(w) = workers {
             c.workers = w;
         }
+        c.cluster = cluster;
+    })?)
+}
+
+/// Runs the proxy with `config`, loaded from `path` by [`load`], until
+/// SIGINT/SIGTERM; SIGHUP or a change of the file reloads it. With a
+/// `cluster` store, routes and certificates follow the cluster's Ingress
+/// objects instead of the file, and `/healthz` fails until they are first
+/// listed.
+pub async fn run(
+    path: &Path,
+    config: IngressConfig,
+    cluster: Option<Store>,
+) -> Result<(), ServeError> {
+    // A reload keeps what the command line decided.
+    let (workers, cluster_mode) = (config.workers, config.cluster);
+    let overrides = move |c: &mut IngressConfig| {
+        c.workers = workers;
         c.cluster = cluster_mode;
     };
-    let config: IngressConfig = config::load(Some(path), overrides)?;
     let metrics = Metrics::new();
     let mut ingress = Ingress::new(config.clone(), &metrics)?;
     let workers = match config.workers {
@@ -560,15 +575,26 @@ pub async fn run(
         threads.push(thread);
     }
 
+    // Routes from a file are whole at once; the cluster's once listed.
+    let listed = Arc::new(AtomicBool::new(cluster.is_none()));
     let admin = match &config.admin {
         Some(a) => {
             let listener = telemetry::bind_admin(a.address).await?;
             // Rendered from the table in force, so it shows what is served
             // now, in cluster mode too.
             let shared = ingress.shared.clone();
-            let admin = Admin::new(metrics.clone()).route("/routes", move || {
-                AdminResponse::json(routes_json(&shared.routes.load()))
-            });
+            let listed = listed.clone();
+            let admin = Admin::new(metrics.clone())
+                .route("/routes", move || {
+                    AdminResponse::json(routes_json(&shared.routes.load()))
+                })
+                .health(move || {
+                    if listed.load(Ordering::Relaxed) {
+                        Ok(())
+                    } else {
+                        Err("routes not yet listed from the cluster".into())
+                    }
+                });
             let stop = drain_rx.clone();
             Some(tokio::spawn(telemetry::serve_admin(
                 listener,
@@ -584,7 +610,12 @@ pub async fn run(
 
     let follower = cluster.map(|store| {
         let resolvers = ingress.resolvers.values().cloned().collect();
-        tokio::spawn(cluster::run(store, ingress.shared.clone(), resolvers))
+        tokio::spawn(cluster::run(
+            store,
+            ingress.shared.clone(),
+            resolvers,
+            listed,
+        ))
     });
 
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
