@@ -301,3 +301,52 @@ async fn a_list_longer_than_a_page_arrives_whole_then_the_watch_follows() {
         other => panic!("expected the change, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_list_broken_between_pages_starts_over_from_the_current_state() {
+    let mut etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let api = store.api::<ConfigMap>(Some("default"));
+    for i in 0..1100 {
+        api.create(&cm(&format!("cm-{i:04}"), "1")).await.unwrap();
+    }
+    let mut events = Box::pin(watcher(api.clone()));
+    let mut next = async || {
+        timeout(WAIT, events.next())
+            .await
+            .expect("event in time")
+            .expect("the watcher never ends")
+    };
+    // The first page only: the next is read when this one is handed out.
+    assert_eq!(next().await.unwrap(), Event::Init);
+    for _ in 0..500 {
+        assert!(matches!(next().await.unwrap(), Event::InitApply(_)));
+    }
+    // Changes in the pages not read yet, then etcd goes away.
+    api.delete("cm-0900", DeleteOptions::default())
+        .await
+        .unwrap();
+    put(&api, "cm-2000", "1").await;
+    etcd.kill();
+    assert!(next().await.is_err(), "the next page cannot be read");
+
+    // Once etcd is back the list starts over, at the current revision.
+    etcd.restart();
+    let mut names = Vec::new();
+    let mut started = false;
+    loop {
+        match next().await {
+            Err(_) if !started => continue,
+            Ok(Event::Init) if !started => started = true,
+            Ok(Event::InitApply(c)) if started => names.push(c.metadata.name.unwrap()),
+            Ok(Event::InitDone) if started => break,
+            other => panic!("unexpected {other:?} (relist started: {started})"),
+        }
+    }
+    let mut want: Vec<String> = (0..1100)
+        .filter(|i| *i != 900)
+        .map(|i| format!("cm-{i:04}"))
+        .collect();
+    want.push("cm-2000".into());
+    assert_eq!(names, want, "every current object once, none deleted");
+}
