@@ -2065,19 +2065,23 @@ spec:
 }
 
 /// A configuration with a plain listener, the admin server, `extra`
-/// top-level YAML, and for each `(name, backend, settings)` an upstream
+/// top-level YAML, and for each `(name, endpoints, settings)` an upstream
 /// NAME with `settings` (YAML flow-map entries, may be empty) that serves
 /// the host `NAME.test`.
-fn upstream_per_host(upstreams: &[(&str, SocketAddr, &str)], extra: &str) -> String {
+fn upstream_per_host(upstreams: &[(&str, &[SocketAddr], &str)], extra: &str) -> String {
     let mut config =
         String::from("listeners:\n  - name: web\n    address: 127.0.0.1:{http}\nroutes:\n");
     for (name, _, _) in upstreams {
         config += &format!("  - {{host: {name}.test, upstream: {name}}}\n");
     }
     config += "upstreams:\n";
-    for (name, addr, settings) in upstreams {
+    for (name, endpoints, settings) in upstreams {
+        let endpoints: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
         let sep = if settings.is_empty() { "" } else { ", " };
-        config += &format!("  - {{name: {name}, endpoints: [\"{addr}\"]{sep}{settings}}}\n");
+        config += &format!(
+            "  - {{name: {name}, endpoints: [{}]{sep}{settings}}}\n",
+            endpoints.join(", ")
+        );
     }
     config + "admin:\n  address: 127.0.0.1:{admin}\n" + extra
 }
@@ -2087,8 +2091,8 @@ fn max_idle_per_endpoint_caps_each_upstreams_pool() {
     let (two, none) = (Backend::start("two"), Backend::start("none"));
     let proxy = Proxy::start(&upstream_per_host(
         &[
-            ("two", two.addr, "max_idle_per_endpoint: 2"),
-            ("none", none.addr, "max_idle_per_endpoint: 0"),
+            ("two", &[two.addr], "max_idle_per_endpoint: 2"),
+            ("none", &[none.addr], "max_idle_per_endpoint: 0"),
         ],
         "",
     ));
@@ -2140,6 +2144,18 @@ fn chunks(sizes: &[usize]) -> String {
 /// Sends a POST /echo with `body` over h2c, its length declared or not;
 /// the status and the echoed body's length.
 async fn h2_post(addr: SocketAddr, host: &str, body: &[&[u8]], declared: bool) -> (u16, usize) {
+    let req = hyper::Request::post(format!("http://{host}/echo"));
+    h2_send(addr, req, body, declared).await
+}
+
+/// Sends `req` with `body` in DATA frames over h2c, its length declared or
+/// not; the status and the length of the answer's body.
+async fn h2_send(
+    addr: SocketAddr,
+    mut req: hyper::http::request::Builder,
+    body: &[&[u8]],
+    declared: bool,
+) -> (u16, usize) {
     use http_body_util::{BodyExt, StreamBody};
     use hyper::body::{Bytes, Frame};
     let mut send = h2c(addr).await;
@@ -2147,7 +2163,6 @@ async fn h2_post(addr: SocketAddr, host: &str, body: &[&[u8]], declared: bool) -
         .iter()
         .map(|piece| Ok(Frame::data(Bytes::copy_from_slice(piece))))
         .collect();
-    let mut req = hyper::Request::post(format!("http://{host}/echo"));
     if declared {
         let len: usize = body.iter().map(|p| p.len()).sum();
         req = req.header("content-length", len);
@@ -2172,8 +2187,8 @@ fn the_body_limit_holds_for_sized_chunked_and_http2_bodies() {
         &[
             // Nothing kept idle: an upstream connection left open is one
             // the proxy did not abort.
-            ("h1", h1.addr, "max_idle_per_endpoint: 0"),
-            ("h2", h2.addr, "protocol: h2c"),
+            ("h1", &[h1.addr], "max_idle_per_endpoint: 0"),
+            ("h2", &[h2.addr], "protocol: h2c"),
         ],
         "limits:\n  max_body_bytes: 1KiB\n",
     ));
@@ -2329,4 +2344,41 @@ fn master_and_cluster_ingress_refuse_a_broken_config_or_an_unreachable_etcd() {
             "{command}: {err}"
         );
     }
+}
+
+#[test]
+fn requests_whose_body_went_upstream_are_never_retried() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let proxy = Proxy::start(&upstream_per_host(
+        &[(
+            "pair",
+            &[a.addr, b.addr],
+            "retries: {attempts: 1, on_status: [503]}",
+        )],
+        "",
+    ));
+    let sent = || a.requests.load(Ordering::SeqCst) + b.requests.load(Ordering::SeqCst);
+    // Without a body the configured status is retried on the other endpoint.
+    assert_eq!(get(proxy.http, "pair.test", "/status/503").status, 503);
+    assert_eq!(sent(), 2, "retried");
+    // PUT is idempotent, but its body streams through and is kept nowhere:
+    // one attempt, whose answer is the client's, however it is framed.
+    for framing in [
+        "Content-Length: 5\r\n\r\nhello",
+        "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let before = sent();
+        let request = format!("PUT /status/503 HTTP/1.1\r\nHost: pair.test\r\n{framing}");
+        assert_eq!(raw(proxy.http, &request).unwrap().status, 503);
+        assert_eq!(sent(), before + 1, "not retried: {framing:?}");
+    }
+    runtime().block_on(async {
+        for declared in [true, false] {
+            let before = sent();
+            let req = hyper::Request::put("http://pair.test/status/503");
+            let (status, _) = h2_send(proxy.http, req, &[b"hello"], declared).await;
+            assert_eq!(status, 503);
+            assert_eq!(sent(), before + 1, "HTTP/2, not retried");
+        }
+    });
 }
