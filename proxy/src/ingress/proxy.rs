@@ -57,6 +57,8 @@ pub struct Worker {
     rng: Cell<u64>,
     requests: Cell<u64>,
     id: u64,
+    /// The process id, read once: glibc asks the kernel on every call.
+    pid: u32,
     /// Read buffers of idle connections, reused so an idle keep-alive
     /// connection holds no buffer at all.
     spare_reads: RefCell<Vec<Vec<u8>>>,
@@ -83,13 +85,15 @@ impl Worker {
         let clock = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let seed = clock ^ (id.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ u64::from(std::process::id());
+        let pid = std::process::id();
+        let seed = clock ^ (id.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ u64::from(pid);
         Self {
             shared,
             pool: Pool::default(),
             rng: Cell::new(seed | 1),
             requests: Cell::new(0),
             id,
+            pid,
             spare_reads: RefCell::new(Vec::new()),
             spare_writes: RefCell::new(Vec::new()),
             h2: super::h2::Clients::default(),
@@ -182,7 +186,7 @@ impl Worker {
     pub(super) fn request_id(&self) -> String {
         let n = self.requests.get() + 1;
         self.requests.set(n);
-        format!("{:08x}{:04x}{:012x}", std::process::id(), self.id, n)
+        format!("{:08x}{:04x}{:012x}", self.pid, self.id, n)
     }
 }
 
@@ -311,9 +315,14 @@ pub trait Connection: AsyncRead + AsyncWrite + Unpin {
     /// reader slot holds the waker).
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<()>;
 
-    /// Reads what is there without waiting; `None` when the connection
-    /// cannot tell (then it is read the usual way, buffer in hand).
-    fn try_read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>>;
+    /// Reads what is there, pending when nothing is; `None` when the
+    /// connection cannot tell (then it is read the usual way, buffer in
+    /// hand).
+    fn poll_read_now(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Option<Poll<io::Result<usize>>>;
 }
 
 impl Connection for TcpStream {
@@ -322,8 +331,20 @@ impl Connection for TcpStream {
         TcpStream::poll_read_ready(self, cx).map(|_| ())
     }
 
-    fn try_read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
-        Some(self.try_read(buf))
+    fn poll_read_now(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Option<Poll<io::Result<usize>>> {
+        // Not `try_read`: a read shorter than the buffer clears tokio's
+        // readiness, so the wait after the response costs no read that
+        // would block (one system call per request).
+        let mut buf = tokio::io::ReadBuf::new(buf);
+        Some(
+            std::pin::Pin::new(self)
+                .poll_read(cx, &mut buf)
+                .map_ok(|()| buf.filled().len()),
+        )
     }
 }
 
@@ -334,7 +355,11 @@ impl Connection for tokio_rustls::server::TlsStream<TcpStream> {
         Poll::Ready(())
     }
 
-    fn try_read_now(&self, _buf: &mut [u8]) -> Option<io::Result<usize>> {
+    fn poll_read_now(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _buf: &mut [u8],
+    ) -> Option<Poll<io::Result<usize>>> {
         None
     }
 }
@@ -353,7 +378,7 @@ where
 {
     let mut first = true;
     loop {
-        let Some((cbuf, deadline)) = wait_for_bytes(&worker, &client, first).await else {
+        let Some((cbuf, deadline)) = wait_for_bytes(&worker, &mut client, first).await else {
             return;
         };
         let next = Box::pin(serve_requests(
@@ -397,7 +422,7 @@ enum Next {
 /// draining.
 async fn wait_for_bytes<S: Connection>(
     worker: &Worker,
-    client: &S,
+    client: &mut S,
     first: bool,
 ) -> Option<(Buf, tokio::time::Instant)> {
     let (header_timeout, keepalive_timeout) = {
@@ -437,19 +462,20 @@ async fn wait_for_bytes<S: Connection>(
         if !readable {
             return None;
         }
-        // Readiness may be stale (it is only cleared by a read that would
-        // block), so a buffer is taken only for a read that finds bytes,
-        // and given back otherwise.
+        // Readiness may be stale, so a buffer is taken only for a read
+        // that finds bytes, and given back otherwise.
         let mut storage = worker.take_read_buffer();
-        match client.try_read_now(&mut storage) {
+        let read =
+            std::future::poll_fn(|cx| Poll::Ready(client.poll_read_now(cx, &mut storage))).await;
+        match read {
             // Read with the buffer in hand; a head that starts then moves
             // the deadline on (see `read_head`).
             None => return Some((Buf::over(storage), deadline)),
-            Some(Ok(0)) => {
+            Some(Poll::Ready(Ok(0))) => {
                 worker.give_read_buffer(storage);
                 return None;
             }
-            Some(Ok(n)) => {
+            Some(Poll::Ready(Ok(n))) => {
                 let mut cbuf = Buf::over(storage);
                 cbuf.end = n;
                 let deadline = if first {
@@ -459,10 +485,8 @@ async fn wait_for_bytes<S: Connection>(
                 };
                 return Some((cbuf, deadline));
             }
-            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                worker.give_read_buffer(storage);
-            }
-            Some(Err(_)) => {
+            Some(Poll::Pending) => worker.give_read_buffer(storage),
+            Some(Poll::Ready(Err(_))) => {
                 worker.give_read_buffer(storage);
                 return None;
             }
