@@ -44,15 +44,19 @@ pub fn parse_rfc3339(s: &[u8]) -> Option<i64> {
     let mut nanos = 0i64;
     if s[at] == b'.' {
         at += 1;
-        let digits = s[at..].iter().take_while(|c| c.is_ascii_digit()).count();
-        if digits == 0 {
-            return None;
+        let first = at;
+        while let Some(&c) = s.get(at).filter(|c| c.is_ascii_digit()) {
+            // Digits past nanoseconds are below what the epoch count can carry.
+            if at - first < 9 {
+                nanos = nanos * 10 + i64::from(c - b'0');
+            }
+            at += 1;
         }
-        // Digits past nanoseconds are below what the epoch count can carry.
-        for (i, &c) in s[at..at + digits.min(9)].iter().enumerate() {
-            nanos += i64::from(c - b'0') * 10i64.pow(8 - i as u32);
+        match at - first {
+            0 => return None,
+            digits @ 1..9 => nanos *= 10i64.pow(9 - digits as u32),
+            _ => {}
         }
-        at += digits;
     }
     let offset_secs = match s.get(at)? {
         b'Z' | b'z' => {
@@ -121,12 +125,39 @@ pub fn format_rfc3339(nanos: i64, fraction_digits: u32, out: &mut Vec<u8>) {
         let text: [u8; 19] = buf[..19].try_into().expect("19 bytes");
         FORMATTED.set((secs, text));
     }
-    let digits = fraction_digits.clamp(1, 9) as usize;
-    put(&mut buf, 20, sub / 10i64.pow(9 - digits as u32), digits);
     buf[19] = b'.';
+    // All nine digits, two at a time, then as many as asked for: the
+    // first digits of the fraction are the fraction truncated.
+    let sub = sub as usize;
+    buf[20] = b'0' + (sub / 100_000_000) as u8;
+    for (i, pair) in [
+        sub / 1_000_000 % 100,
+        sub / 10_000 % 100,
+        sub / 100 % 100,
+        sub % 100,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        buf[21 + 2 * i..23 + 2 * i].copy_from_slice(&PAIRS[2 * pair..2 * pair + 2]);
+    }
+    let digits = fraction_digits.clamp(1, 9) as usize;
     buf[20 + digits] = b'Z';
-    out.extend_from_slice(&buf[..21 + digits]);
+    if digits == 9 {
+        // A copy of known length, the common case, is inlined.
+        out.extend_from_slice(&buf);
+    } else {
+        out.extend_from_slice(&buf[..21 + digits]);
+    }
 }
+
+/// "00" to "99", back to back.
+const PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
 
 /// Nanoseconds since the epoch now, for lines that carry no timestamp.
 pub fn now_nanos() -> i64 {
@@ -209,6 +240,25 @@ mod tests {
             "x016-10-06T00:17:09Z",
         ] {
             assert_eq!(parse_rfc3339(s.as_bytes()), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn fractions_of_any_length() {
+        let base = jiff_nanos("2016-10-06T00:17:09Z");
+        let at = |s: &str| parse_rfc3339(s.as_bytes());
+        assert_eq!(
+            at("2016-10-06T00:17:09.1234567891234Z"),
+            Some(base + 123_456_789)
+        );
+        assert_eq!(at("2016-10-06T00:17:09.000000001Z"), Some(base + 1));
+        assert_eq!(at("2016-10-06T00:17:09.12Z"), Some(base + 120_000_000));
+        let nanos = base + 120_045_006;
+        for digits in 1..=9 {
+            let mut out = Vec::new();
+            format_rfc3339(nanos, digits, &mut out);
+            let want = format!("2016-10-06T00:17:09.{}Z", &"120045006"[..digits as usize]);
+            assert_eq!(String::from_utf8(out).expect("utf-8"), want);
         }
     }
 

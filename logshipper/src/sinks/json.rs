@@ -56,13 +56,12 @@ fn object(
     out.extend_from_slice(ts_key);
     out.extend_from_slice(b"\":\"");
     format_rfc3339(event.timestamp, 9, out);
-    out.push(b'"');
-    if let Some(stream) = event.stream {
-        out.extend_from_slice(b",\"stream\":\"");
-        out.extend_from_slice(stream.as_str().as_bytes());
-        out.push(b'"');
-    }
-    out.extend_from_slice(b",\"");
+    // One copy for what lies between the timestamp and the line.
+    out.extend_from_slice(match event.stream {
+        Some(Stream::Stdout) => b"\",\"stream\":\"stdout\",\"",
+        Some(Stream::Stderr) => b"\",\"stream\":\"stderr\",\"",
+        None => b"\",\"",
+    });
     out.extend_from_slice(line_key);
     out.extend_from_slice(b"\":");
     push_str(out, line);
