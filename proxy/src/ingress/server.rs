@@ -389,10 +389,10 @@ fn worker_main(
             let worker = worker.clone();
             tokio::task::spawn_local(async move {
                 // Idle upstream connections close within a second of their
-                // upstream's idle timeout. The first worker also gives the
-                // process's freed memory back a second after a load stops
-                // (buffers, pooled connections and request state of the
-                // burst), never while requests flow.
+                // upstream's idle timeout. A second after a load stops each
+                // worker drops its spare buffers and gives the process's
+                // freed memory back (buffers, pooled connections and request
+                // state of the burst), never while requests flow.
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 let mut quiet = crate::memory::QuietAfterWork::default();
                 loop {
@@ -400,7 +400,8 @@ fn worker_main(
                     worker.pool.expire();
                     worker.h2.expire();
                     let served = worker.shared.served.load(Ordering::Relaxed);
-                    if id == 0 && quiet.tick(served) {
+                    if quiet.tick(served) {
+                        worker.release_spares();
                         crate::memory::release_free_memory();
                     }
                 }
