@@ -15,9 +15,7 @@ use orca_core::store::{Store, StoreConfig};
 #[derive(Parser)]
 #[command(name = "orca", version, about)]
 struct Cli {
-    /// etcd client URL [default: http://127.0.0.1:2379]. `orca master`
-    /// follows the cluster there; given to `orca ingress`, it serves the
-    /// cluster's Ingress objects.
+    /// etcd client URL [default: http://127.0.0.1:2379].
     #[arg(long, global = true, env = "ORCA_ETCD")]
     etcd: Option<String>,
     #[command(subcommand)]
@@ -34,7 +32,8 @@ enum Command {
     Delete(commands::delete::Args),
     /// Show one object in detail.
     Describe(commands::describe::Args),
-    /// Run the ingress proxy alone, from a configuration file.
+    /// Run the ingress proxy alone, from a configuration file; given
+    /// `--etcd` (or `ORCA_ETCD`), its routes follow the cluster's Ingresses.
     Ingress(commands::ingress::Args),
     /// Run the log shipper alone, from a configuration file.
     Logshipper(commands::logshipper::Args),
