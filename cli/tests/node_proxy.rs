@@ -11,7 +11,6 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,94 +18,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use orca_testkit::Etcd;
+use orca_testkit::netns::{Netns, enter, require_root, run};
 
 const ORCA: &str = env!("CARGO_BIN_EXE_orca");
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd} is required for the node proxy tests: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn require_root() {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
-        });
-    assert_eq!(
-        uid.as_deref(),
-        Some("0"),
-        "the node proxy tests need root (network namespaces and nftables)"
-    );
-}
-
-/// A network namespace, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Self {
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns(name);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.0.as_str()];
-        all.extend_from_slice(args);
-        run("ip", &all);
-    }
-
-    fn exec(&self, cmd: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(cmd)
-            .output()
-            .expect("ip netns exec")
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.0)
-    }
-
-    /// Runs `f` on a thread inside this namespace.
-    fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = self.path();
-        thread::spawn(move || {
-            enter(&path);
-            f()
-        })
-        .join()
-        .expect("thread in namespace")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-fn enter(path: &str) {
-    let ns = std::fs::File::open(path).expect("namespace file");
-    rustix::thread::move_into_link_name_space(
-        ns.as_fd(),
-        Some(rustix::thread::LinkNameSpaceType::Network),
-    )
-    .expect("setns");
-}
 
 /// A pod: a namespace with a TCP server on 8080 and a UDP server on 5353,
 /// both answering with the pod's name.
@@ -180,7 +94,7 @@ const NODE_IP: &str = "192.168.77.1";
 
 impl Cluster {
     fn new(tag: &str, pods: usize) -> Self {
-        require_root();
+        require_root("the node proxy tests (network namespaces, nftables)");
         run("nft", &["--version"]);
         let id = format!("orca-{}-{tag}", std::process::id());
         let node = Netns::new(format!("{id}-node"));
@@ -212,9 +126,7 @@ impl Cluster {
             let name = format!("pod{i}");
             let ns = Netns::new(format!("{id}-{name}"));
             let host_if = format!("veth{i}");
-            node.ip(&[
-                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.0,
-            ]);
+            node.veth(&host_if, &ns, "eth0");
             node.ip(&["addr", "add", &format!("10.244.{i}.1/24"), "dev", &host_if]);
             node.ip(&[
                 "addr",
@@ -250,9 +162,7 @@ impl Cluster {
             list.push(Pod { _ns: ns, ip, stop });
         }
         let client = Netns::new(format!("{id}-client"));
-        node.ip(&[
-            "link", "add", "outside", "type", "veth", "peer", "name", "eth0", "netns", &client.0,
-        ]);
+        node.veth("outside", &client, "eth0");
         node.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "outside"]);
         node.ip(&["addr", "add", "fd00:77::1/64", "dev", "outside", "nodad"]);
         node.ip(&["link", "set", "outside", "up"]);

@@ -2,7 +2,10 @@
 //!
 //! [`Etcd`] runs the real `etcd` server (Debian's `etcd-server`) on free
 //! loopback ports with a temporary data directory. Tests never replace etcd
-//! with an in-memory map.
+//! with an in-memory map. [`netns`] gives tests network namespaces of their
+//! own.
+
+pub mod netns;
 
 use std::fs::File;
 use std::io::{Read, Write};
