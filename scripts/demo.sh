@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# Brings up a local Orca cluster (as much of it as exists: etcd so far) and
-# runs the main job: apply the nginx Deployment, then show it with `orca get`.
-# Everything listens on loopback; the etcd data dir is removed on exit.
+# Brings up a local Orca cluster, as much of it as exists: etcd, a master (the
+# ingress proxy in cluster mode) and, as root, a node (the node proxy) whose
+# nftables live in a network namespace of its own. Then it runs the main job:
+# apply examples/ (the nginx Deployment, its Service and Ingress) and show what
+# each component made of it. No scheduler, controllers or kubelet exist yet,
+# so no pod runs and the Service has no endpoints: the demo shows the route and
+# the ClusterIP in place, answering "unavailable" as they must until then.
+# Everything listens on loopback; the namespace's only routes are blackholes,
+# so no packet leaves it. Every process, the namespace and the temp dir go on
+# exit, whatever the exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,26 +16,72 @@ scripts/deps.sh
 cargo build --locked --bin orca
 orca=target/debug/orca
 
+# etcd takes port and port+1 (peer); the master's listener and admin server
+# port+2 and port+3; the node's admin server port+4.
 port=${ORCA_DEMO_PORT:-23790}
+listener=$((port + 2))
+master_admin=$((port + 3))
+node_admin=$((port + 4))
+root=false
+[ "$(id -u)" -eq 0 ] && root=true
+netns=orca-demo-$$
+
 work=$(mktemp -d -t orca-demo-XXXXXX)
-etcd_pid=
+pids=()
 cleanup() {
-    # Under `set -e`: `wait` reports etcd's signal, which must not stop
-    # the cleanup before the data dir is removed.
-    if [ -n "$etcd_pid" ]; then
-        kill "$etcd_pid" 2>/dev/null || true
-        wait "$etcd_pid" 2>/dev/null || true
+    # Under `set -e`: `wait` reports each process's signal, which must not
+    # stop the cleanup before the namespace and the temp dir are removed.
+    # The node goes before its namespace, the master before etcd.
+    local i pid
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        pid=${pids[i]}
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    # Deleting the namespace deletes the node proxy's nftables table with it.
+    # Its name is tested rather than a flag set after `ip netns add`: an
+    # interrupted add can leave the name without the flag.
+    if [ -e "/run/netns/$netns" ]; then
+        ip netns delete "$netns" || true
     fi
     rm -rf "$work"
 }
+# bash runs it on SIGINT and SIGTERM too.
 trap cleanup EXIT
 
-for p in "$port" "$((port + 1))"; do
+for p in "$port" "$((port + 1))" "$listener" "$master_admin" "$node_admin"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-        echo "port $p is in use; choose another with ORCA_DEMO_PORT=N" >&2
+        echo "port $p is in use; choose another with ORCA_DEMO_PORT=N (it uses N to N+4)" >&2
         exit 1
     fi
 done
+
+# Waits up to 20 s for COMMAND to succeed while process PID (logging to LOG)
+# lives; otherwise says what was awaited, shows the log and fails.
+wait_for() {
+    local what=$1 pid=$2 log=$3
+    shift 3
+    for _ in $(seq 200); do
+        "$@" && return 0
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "error: the process died while waiting for $what; its log:" >&2
+            cat "$log" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    echo "error: timed out after 20 s waiting for $what; its log:" >&2
+    cat "$log" >&2
+    exit 1
+}
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Exit status 0 when the master's admin server lists the Ingress's route.
+route_served() {
+    curl -sf "http://127.0.0.1:$master_admin/routes" 2>/dev/null | grep -q '"host":"nginx.local"'
+}
+node_healthy() {
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$node_admin/healthz")" = 200 ]
+}
 
 echo "== starting etcd on 127.0.0.1:$port (data in $work)"
 etcd --name orca-demo --data-dir "$work/etcd" \
@@ -37,20 +90,72 @@ etcd --name orca-demo --data-dir "$work/etcd" \
     --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
     --initial-cluster "orca-demo=http://127.0.0.1:$((port + 1))" \
     --logger zap --log-level warn >"$work/etcd.log" 2>&1 &
-etcd_pid=$!
+pids+=($!)
 export ORCA_ETCD="http://127.0.0.1:$port"
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    kill -0 "$etcd_pid" 2>/dev/null || { cat "$work/etcd.log" >&2; exit 1; }
-    sleep 0.1
-done
+wait_for "etcd to listen on 127.0.0.1:$port" "${pids[-1]}" "$work/etcd.log" listening "$port"
+
+echo "== starting orca master: ingress listener 127.0.0.1:$listener, admin 127.0.0.1:$master_admin"
+cat >"$work/master.yaml" <<EOF
+workers: 1
+listeners:
+  - name: web
+    address: 127.0.0.1:$listener
+admin:
+  address: 127.0.0.1:$master_admin
+EOF
+"$orca" master --config "$work/master.yaml" >"$work/master.log" 2>&1 &
+pids+=($!)
+master_pid=${pids[-1]}
+
+if $root; then
+    echo "== creating network namespace $netns (lo up; 10.96.0.0/12 and 10.244.0.0/16 blackholed)"
+    ip netns add "$netns"
+    ip -n "$netns" link set lo up
+    ip -n "$netns" route add blackhole 10.96.0.0/12
+    ip -n "$netns" route add blackhole 10.244.0.0/16
+    echo "== starting orca node demo-node: nftables in $netns, admin 127.0.0.1:$node_admin"
+    "$orca" node --node demo-node --netns "/run/netns/$netns" --cluster-cidr 10.244.0.0/16 \
+        --admin "127.0.0.1:$node_admin" >"$work/node.log" 2>&1 &
+    pids+=($!)
+    node_pid=${pids[-1]}
+else
+    echo "== not root: no node (its proxy programs nftables in a network namespace, which needs root)"
+fi
 
 run() { echo; echo "\$ orca $*"; "$orca" "$@"; }
-run apply -f examples/nginx-deployment.yaml
-run get deployments
-run get deploy -o wide
-run get namespaces
+run apply -f examples/
+run get deployments -o wide
+run get services -o wide
+run get ingresses
+run get endpointslices
+echo "(none: no scheduler, controllers or kubelet run yet, so no pod exists and the Service has no endpoints)"
 run describe deployment nginx-deployment
-run get deploy nginx-deployment -o yaml
+
 echo
-echo "== done; etcd stops now"
+echo "== waiting for the master to serve the Ingress's route${node_pid:+ and the node to be healthy}"
+wait_for "the master's /routes to show nginx.local" "$master_pid" "$work/master.log" route_served
+if $root; then
+    wait_for "the node's /healthz to answer 200" "$node_pid" "$work/node.log" node_healthy
+fi
+echo "\$ curl -s http://127.0.0.1:$master_admin/routes"
+curl -s "http://127.0.0.1:$master_admin/routes"
+echo
+
+echo
+echo "== asking the ingress for nginx.local"
+echo "(503 is the right answer today: no kubelet runs the pods yet, so Service nginx has no endpoints)"
+echo "\$ curl -s -i -H 'Host: nginx.local' http://127.0.0.1:$listener/"
+curl -s -i -H 'Host: nginx.local' "http://127.0.0.1:$listener/"
+
+if $root; then
+    echo
+    echo "== the node proxy's rules for ClusterIP 10.96.0.80 in $netns"
+    echo "(programmed, and rejecting new connections while the Service has no endpoints;"
+    echo " the table's blocks that name it, and the reject chain)"
+    echo "\$ ip netns exec $netns nft list table ip orca"
+    # nft separates blocks by blank lines: awk's paragraph mode keeps whole ones.
+    ip netns exec "$netns" nft list table ip orca |
+        awk -v RS= '/10\.96\.0\.80|chain reject-chain/ { print sep $0; sep = "\n" }'
+fi
+echo
+echo "== done; everything stops now"

@@ -13,6 +13,7 @@ packages=(
     rsyslog           # log shipper: the syslog output is tested against a real rsyslogd
     openssl           # TLS certificates for the ingress and log shipper tests
     socat             # TLS terminator in the log shipper HTTPS test; the raw copy in its load bench
+    curl              # the demo asks the ingress proxy and the admin servers
 )
 
 missing=()

@@ -244,3 +244,92 @@ fn get_watch_prints_changes() {
     assert_eq!(lines.len(), 3, "header, initial row, one change: {text}");
     assert!(lines[2].contains("0/5"), "{text}");
 }
+
+/// Five consecutive free loopback ports, the first of them returned: the
+/// demo's etcd, master and node take `ORCA_DEMO_PORT` to `ORCA_DEMO_PORT + 4`.
+fn five_free_ports() -> u16 {
+    loop {
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = first.local_addr().unwrap().port();
+        let Some(last) = base.checked_add(4) else {
+            continue;
+        };
+        if (base + 1..=last).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+}
+
+/// The README's first command, as a user runs it: everything it shows is
+/// there, and it leaves no process, namespace or file behind. It reads the
+/// CLI's tables, the master's /routes and the node's nftables, so a change
+/// to any of them that breaks the demo breaks this test.
+#[test]
+fn the_demo_runs_end_to_end_and_leaves_nothing_behind() {
+    orca_testkit::netns::require_root("the demo's node (a network namespace)");
+    let mut demo = Command::new("bash");
+    demo.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/demo.sh"))
+        .env("ORCA_DEMO_PORT", five_free_ports().to_string());
+    // The demo runs `cargo build`: the variables Cargo set for this test
+    // would change build scripts' inputs (ring's reads CARGO_MANIFEST_DIR)
+    // and rebuild half the tree, here and again in the next `cargo test`.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .contains(&&*name)
+        {
+            demo.env_remove(&*name);
+        }
+    }
+    let demo = demo
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The script names its namespace after its process id.
+    let netns = format!("orca-demo-{}", demo.id());
+    let out = demo.wait_with_output().unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    for shown in [
+        "deployment.apps/nginx-deployment created",
+        "service/nginx created",
+        "ingress.networking.k8s.io/nginx created",
+        "\"host\":\"nginx.local\"",
+        "HTTP/1.1 503 Service Unavailable",
+        "no healthy upstream endpoint",
+        "elements = { 10.96.0.80 . tcp . 80 : goto reject-chain }",
+    ] {
+        assert!(text.contains(shown), "{shown:?} missing from:\n{text}");
+    }
+
+    let work = text
+        .split_once("(data in ")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(dir, _)| dir.to_string())
+        .unwrap_or_else(|| panic!("no data dir in:\n{text}"));
+    assert!(!std::path::Path::new(&work).exists(), "{work} is left");
+    assert!(
+        !std::path::Path::new("/run/netns").join(&netns).exists(),
+        "{netns} is left"
+    );
+    // etcd and the master name the temp dir in their arguments, the node
+    // its namespace.
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(
+            !cmdline.contains(&work) && !cmdline.contains(&netns),
+            "left running: {cmdline}"
+        );
+    }
+}
