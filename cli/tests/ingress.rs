@@ -2382,3 +2382,53 @@ fn requests_whose_body_went_upstream_are_never_retried() {
         }
     });
 }
+
+#[test]
+fn a_request_whose_connection_failed_goes_to_another_endpoint_body_and_all() {
+    let (a, h2) = (Backend::start("a"), H2cBackend::start("h2"));
+    let dead = SocketAddr::from(([127, 0, 0, 1], orca_testkit::closed_port()));
+    let proxy = Proxy::start(&upstream_per_host(
+        &[
+            (
+                "pair",
+                &[dead, a.addr],
+                "outlier: {consecutive_failures: 0}",
+            ),
+            (
+                "h2pair",
+                &[dead, h2.addr],
+                "protocol: h2c, outlier: {consecutive_failures: 0}",
+            ),
+        ],
+        "",
+    ));
+    // Round robin alternates (and nothing is ejected), so every second request meets the dead
+    // endpoint first; nothing was sent there, so each goes on, body and
+    // all, whatever its method.
+    for i in 0..4 {
+        for framing in [
+            "Content-Length: 5\r\n\r\nhello",
+            "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ] {
+            let request = format!("POST /echo HTTP/1.1\r\nHost: pair.test\r\n{framing}");
+            let r = raw(proxy.http, &request).unwrap();
+            assert_eq!(
+                (r.status, r.body.as_str()),
+                (200, "hello"),
+                "{i} {framing:?}"
+            );
+            let request = format!("PUT /x HTTP/1.1\r\nHost: h2pair.test\r\n{framing}");
+            let r = raw(proxy.http, &request).unwrap();
+            assert_eq!(r.status, 200, "{i} {framing:?}: {}", r.body);
+            assert!(r.body.ends_with("body=hello"), "{}", r.body);
+        }
+    }
+    runtime().block_on(async {
+        for declared in [true, false, true, false] {
+            let (status, echoed) =
+                h2_post(proxy.http, "pair.test", &[b"hel", b"lo"], declared).await;
+            assert_eq!((status, echoed), (200, 5), "HTTP/2, declared {declared}");
+        }
+    });
+    assert!(metric(&proxy, "orca_ingress_retries_total") >= 8.0);
+}

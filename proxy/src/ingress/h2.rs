@@ -671,12 +671,13 @@ impl Failure {
 }
 
 /// Sends `req` to an endpoint of `upstream`, retried on other endpoints as
-/// HTTP/1.1 retries (failures before an answer and the configured
-/// statuses, within the budget) when it is `replayable`: idempotent with an
-/// empty body, so every attempt can send a copy. Returns the response and
-/// the endpoint that gave it. A failure names an endpoint only when one is
-/// to blame for the answer (it timed out), as HTTP/1.1 logs it; when the
-/// retries ran out there is none.
+/// HTTP/1.1 retries: a request whose connection could not be made goes
+/// elsewhere whatever it is; one that was sent and failed before an answer,
+/// or got a configured status, only when it is `replayable` (idempotent with
+/// an empty body, so every attempt can send a copy). All within the policy
+/// and the budget. Returns the response and the endpoint that gave it. A
+/// failure names an endpoint only when one is to blame for the answer (it
+/// timed out), as HTTP/1.1 logs it; when the retries ran out there is none.
 pub(super) async fn send_with_retries(
     worker: &Worker,
     upstream: &Upstream,
@@ -695,6 +696,29 @@ pub(super) async fn send_with_retries(
     let mut body = Some(body);
     loop {
         let addr = flight.endpoint().addr;
+        // The request is built only once a connection is at hand, so one
+        // that never left keeps its body for the next endpoint.
+        // A handshake that hangs is a connection not made.
+        let opened = tokio::time::timeout(
+            upstream.settings.request_timeout,
+            open(worker, upstream, addr),
+        )
+        .await
+        .unwrap_or(Err(Failure::Connect { timed_out: true }));
+        let conn = match opened {
+            Ok(conn) => conn,
+            Err(failure) => {
+                upstream.record(flight.endpoint(), false);
+                fail(worker, upstream, "connect");
+                match attempts.retry_unsent(addr) {
+                    Some(next) => {
+                        flight = next;
+                        continue;
+                    }
+                    None => return Err((failure, None)),
+                }
+            }
+        };
         let mut attempt =
             Request::new(body.take().unwrap_or_else(|| Either::Right(Piped::empty())));
         *attempt.method_mut() = parts.method.clone();
@@ -708,7 +732,7 @@ pub(super) async fn send_with_retries(
         };
         let sent = tokio::time::timeout(
             upstream.settings.request_timeout,
-            send(worker, upstream, addr, attempt),
+            send(worker, upstream, addr, conn, attempt),
         )
         .await;
         let next = match sent {
@@ -726,14 +750,10 @@ pub(super) async fn send_with_retries(
             // that can be cut off is never replayed).
             Ok(Err(_)) if exceeded.get() => return Err((Failure::BodyTooLarge, None)),
             // Nothing reached the client: tried elsewhere if the request
-            // allows, as HTTP/1.1 retries a connection refused or closed
-            // before an answer.
+            // allows, as HTTP/1.1 retries a connection closed before an
+            // answer.
             Ok(Err(failure)) => {
-                let kind = match failure {
-                    Failure::Connect { .. } => "connect",
-                    _ => "protocol",
-                };
-                fail(worker, upstream, kind);
+                fail(worker, upstream, "protocol");
                 match attempts.retry(addr) {
                     Some(next) => next,
                     None => {
@@ -753,15 +773,100 @@ pub(super) async fn send_with_retries(
     }
 }
 
+/// A connection to an endpoint, ready to carry one request.
+enum Conn {
+    /// The endpoint's shared h2c connection.
+    H2(hyper::client::conn::http2::SendRequest<UpstreamBody>),
+    /// An HTTP/1.1 connection of its own, from the pool or new.
+    H1(H1Sender),
+}
+
+/// A connection to `addr` for one request of `upstream`: nothing of the
+/// request is sent yet.
+async fn open(worker: &Worker, upstream: &Upstream, addr: SocketAddr) -> Result<Conn, Failure> {
+    match upstream.settings.protocol {
+        UpstreamProtocol::H2c => {
+            let cached = worker
+                .h2
+                .h2
+                .borrow()
+                .get(&addr)
+                .filter(|s| !s.is_closed())
+                .cloned();
+            let mut sender = match cached {
+                Some(s) => s,
+                None => {
+                    let stream = connect(upstream, addr).await?;
+                    let (sender, conn) = hyper::client::conn::http2::Builder::new(LocalExec)
+                        .timer(TokioTimer::new())
+                        .handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(|_| Failure::Protocol)?;
+                    tokio::task::spawn_local(async move {
+                        let _ = conn.await;
+                    });
+                    worker.h2.h2.borrow_mut().insert(addr, sender.clone());
+                    sender
+                }
+            };
+            sender.ready().await.map_err(|_| Failure::Protocol)?;
+            Ok(Conn::H2(sender))
+        }
+        UpstreamProtocol::Http1 => match worker.h2.h1.take(addr) {
+            Some(sender) => Ok(Conn::H1(sender)),
+            None => {
+                let stream = connect(upstream, addr).await?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|_| Failure::Protocol)?;
+                tokio::task::spawn_local(async move {
+                    let _ = conn.await;
+                });
+                Ok(Conn::H1(sender))
+            }
+        },
+    }
+}
+
+/// Sends `req` on `conn` and waits for the response head.
 async fn send(
     worker: &Worker,
     upstream: &Upstream,
     addr: SocketAddr,
+    conn: Conn,
     req: Request<UpstreamBody>,
 ) -> Result<Response<FromUpstream>, Failure> {
-    match upstream.settings.protocol {
-        UpstreamProtocol::H2c => send_h2(worker, upstream, addr, req).await,
-        UpstreamProtocol::Http1 => send_h1(worker, upstream, addr, req).await,
+    match conn {
+        Conn::H2(mut sender) => {
+            let response = sender
+                .send_request(req)
+                .await
+                .map_err(|_| Failure::Protocol)?;
+            Ok(response.map(|inner| FromUpstream {
+                inner,
+                ended: false,
+                checkin: None,
+            }))
+        }
+        Conn::H1(mut sender) => {
+            let response = sender
+                .send_request(req)
+                .await
+                .map_err(|_| Failure::Protocol)?;
+            // The connection is busy until this response's body is read;
+            // then the body puts it back in the pool.
+            let checkin = Checkin {
+                pool: worker.h2.h1.clone(),
+                addr,
+                sender,
+                keep: upstream.settings.keep,
+            };
+            Ok(response.map(|inner| FromUpstream {
+                inner,
+                ended: false,
+                checkin: Some(checkin),
+            }))
+        }
     }
 }
 
@@ -774,83 +879,4 @@ async fn connect(upstream: &Upstream, addr: SocketAddr) -> Result<TcpStream, Fai
         Ok(Err(_)) => Err(Failure::Connect { timed_out: false }),
         Err(_) => Err(Failure::Connect { timed_out: true }),
     }
-}
-
-async fn send_h2(
-    worker: &Worker,
-    upstream: &Upstream,
-    addr: SocketAddr,
-    req: Request<UpstreamBody>,
-) -> Result<Response<FromUpstream>, Failure> {
-    let cached = worker
-        .h2
-        .h2
-        .borrow()
-        .get(&addr)
-        .filter(|s| !s.is_closed())
-        .cloned();
-    let mut sender = match cached {
-        Some(s) => s,
-        None => {
-            let stream = connect(upstream, addr).await?;
-            let (sender, conn) = hyper::client::conn::http2::Builder::new(LocalExec)
-                .timer(TokioTimer::new())
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(|_| Failure::Protocol)?;
-            tokio::task::spawn_local(async move {
-                let _ = conn.await;
-            });
-            worker.h2.h2.borrow_mut().insert(addr, sender.clone());
-            sender
-        }
-    };
-    sender.ready().await.map_err(|_| Failure::Protocol)?;
-    let response = sender
-        .send_request(req)
-        .await
-        .map_err(|_| Failure::Protocol)?;
-    Ok(response.map(|inner| FromUpstream {
-        inner,
-        ended: false,
-        checkin: None,
-    }))
-}
-
-async fn send_h1(
-    worker: &Worker,
-    upstream: &Upstream,
-    addr: SocketAddr,
-    req: Request<UpstreamBody>,
-) -> Result<Response<FromUpstream>, Failure> {
-    let mut sender = match worker.h2.h1.take(addr) {
-        Some(s) => s,
-        None => {
-            let stream = connect(upstream, addr).await?;
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|_| Failure::Protocol)?;
-            tokio::task::spawn_local(async move {
-                let _ = conn.await;
-            });
-            sender
-        }
-    };
-    let response = sender
-        .send_request(req)
-        .await
-        .map_err(|_| Failure::Protocol)?;
-    // The connection is busy until this response's body is read; then the
-    // body puts it back in the pool.
-    let checkin = Checkin {
-        pool: worker.h2.h1.clone(),
-        addr,
-        sender,
-        keep: upstream.settings.keep,
-    };
-    Ok(response.map(|inner| FromUpstream {
-        inner,
-        ended: false,
-        checkin: Some(checkin),
-    }))
 }

@@ -845,8 +845,8 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
         ))
         .await;
     }
-    // Only requests without a body can be replayed: the body is streamed,
-    // not kept.
+    // Once sent, only requests without a body can be replayed: the body is
+    // streamed, not kept.
     let replayable = info.idempotent && info.framing == Framing::Empty;
     let mut attempts = Attempts::new(worker, &upstream, replayable);
     let Some(mut flight) = attempts.first() else {
@@ -874,7 +874,7 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
             Err(failure) => {
                 upstream.record(flight.endpoint(), false);
                 fail(worker, &upstream, "connect");
-                match attempts.retry(addr) {
+                match attempts.retry_unsent(addr) {
                     Some(next) => {
                         (flight, pooled) = (next, true);
                         continue;

@@ -1,5 +1,10 @@
 //! Retries, the same for both HTTP versions: which requests may be sent
 //! again, to which endpoint, and within the upstream's retry budget.
+//!
+//! As nginx's `proxy_next_upstream error timeout`: a request that never
+//! left (its connection could not be made) goes to another endpoint
+//! whatever its method and body; once sent, only a replayable request
+//! (idempotent, without a body, so a copy can be sent) is tried again.
 
 use std::net::SocketAddr;
 
@@ -12,22 +17,21 @@ pub struct Attempts<'a> {
     upstream: &'a Upstream,
     /// Retries the policy still allows this request.
     left: u32,
+    /// Whether the request may be sent again once it has been sent.
+    replayable: bool,
     /// Endpoints that failed this request; retries go elsewhere.
     tried: Vec<SocketAddr>,
 }
 
 impl<'a> Attempts<'a> {
-    /// Attempts at `upstream`; only a `replayable` request (idempotent,
-    /// its whole body still at hand) is ever retried.
+    /// Attempts at `upstream`; once sent, only a `replayable` request
+    /// (idempotent, its whole body still at hand) is retried.
     pub fn new(worker: &'a Worker, upstream: &'a Upstream, replayable: bool) -> Self {
         Self {
             worker,
             upstream,
-            left: if replayable {
-                upstream.settings.retries.attempts
-            } else {
-                0
-            },
+            left: upstream.settings.retries.attempts,
+            replayable,
             tried: Vec::new(),
         }
     }
@@ -37,17 +41,29 @@ impl<'a> Attempts<'a> {
         self.upstream.choose(self.worker.roll(), &self.tried)
     }
 
-    /// Whether a later attempt may follow, as far as the policy goes.
+    /// Whether an attempt may follow one that sent the request, as far as
+    /// the policy goes.
     pub fn may_retry(&self) -> bool {
-        self.left > 0
+        self.replayable && self.left > 0
     }
 
-    /// After an attempt at `addr` failed before the client saw anything:
-    /// the endpoint of the next attempt, when the policy, the budget and an
+    /// After no connection to `addr` could be made (nothing was sent): the
+    /// endpoint of the next attempt, when the policy, the budget and an
     /// untried endpoint all allow one.
+    pub fn retry_unsent(&mut self, addr: SocketAddr) -> Option<InFlight> {
+        self.next(addr, true)
+    }
+
+    /// After an attempt at `addr` sent the request and failed before the
+    /// client saw anything: the endpoint of the next attempt, for a
+    /// replayable request, as [`Attempts::retry_unsent`].
     pub fn retry(&mut self, addr: SocketAddr) -> Option<InFlight> {
+        self.next(addr, self.replayable)
+    }
+
+    fn next(&mut self, addr: SocketAddr, allowed: bool) -> Option<InFlight> {
         self.tried.push(addr);
-        if self.left == 0 {
+        if !allowed || self.left == 0 {
             return None;
         }
         // The endpoint first: budget is not spent on a retry that cannot
@@ -65,7 +81,7 @@ impl<'a> Attempts<'a> {
     /// policy retries that status and a retry can happen. Otherwise the
     /// answer stands and goes to the client.
     pub fn retry_status(&mut self, addr: SocketAddr, status: u16) -> Option<InFlight> {
-        if self.left == 0 || !self.upstream.settings.retries.on_status.contains(&status) {
+        if !self.may_retry() || !self.upstream.settings.retries.on_status.contains(&status) {
             return None;
         }
         self.retry(addr)
@@ -109,6 +125,32 @@ mod tests {
         let mut once = Attempts::new(&worker, &u, false);
         let addr = once.first().unwrap().endpoint().addr;
         assert!(once.retry(addr).is_none(), "not replayable");
+        assert!(!once.may_retry());
+    }
+
+    #[test]
+    fn a_request_that_never_left_is_retried_whatever_it_is() {
+        let worker = Worker::for_tests();
+        let u = upstream(3, Retries::default());
+        let mut attempts = Attempts::new(&worker, &u, false);
+        let first = attempts.first().unwrap().endpoint().addr;
+        let second = attempts.retry_unsent(first).unwrap().endpoint().addr;
+        assert_ne!(first, second);
+        assert!(
+            attempts.retry_unsent(second).is_none(),
+            "within the policy's count"
+        );
+
+        let none = upstream(
+            3,
+            Retries {
+                attempts: 0,
+                ..Retries::default()
+            },
+        );
+        let mut attempts = Attempts::new(&worker, &none, true);
+        let addr = attempts.first().unwrap().endpoint().addr;
+        assert!(attempts.retry_unsent(addr).is_none(), "retries off");
     }
 
     #[test]
