@@ -45,26 +45,25 @@
 //!   the netfilter work of their packets is accounted), which waiting for
 //!   a CPU does not inflate.
 //!
-//! Latest result, 2026-11-30, one run on this 2-core machine, kernel 6.18,
-//! with shared pick chains per size class over one node-wide endpoints map
-//! and the sync streamed into the batch; two builds ran beside it, which
-//! shows in the endpoint-change tails:
+//! Latest result, 2026-11-30, one run on this 2-core machine (nothing
+//! else running), kernel 6.18, with shared pick chains per size class over
+//! one node-wide endpoints map and the sync streamed into the batch:
 //!
 //! | what                                   | measured                          | target   |
 //! |----------------------------------------|-----------------------------------|----------|
-//! | full sync 1k x 10                      | 0.12 s (plan and encode 29 ms, commit 93 ms) | - |
-//! | full sync 10k x 10                     | 1.74 s (plan and encode 0.31 s, commit 1.43 s; 13.6 MiB batch) | < 2 s |
-//! | full resync over the 10k table         | 1.72 s                            | -        |
-//! | RSS after the 10k sync (this process)  | peak 35.0 MiB, then 21.5 MiB (8.5 MiB of it the input) | see below |
-//! | endpoint change at 10k: pod replaced   | median 1.21 ms, p99 8.6 ms (plan and encode 33 µs, commit 0.19 ms) | < 5 ms |
-//! | endpoint change at 10k: unready/ready  | median 0.27 ms, p99 4.8 ms        | < 5 ms   |
-//! | 9990 Services added / removed at once  | 1.7 s / 1.0 s                     | -        |
-//! | ClusterIP keep-alive, 10k/10 req/s     | 1.08 (medians 39.3k / 36.5k; per round 0.86 to 1.30); CPU/req 0.98 | >= 0.95 |
-//! | ClusterIP Connection: close, 10k/10    | 0.94 (7.4k / 7.9k; per round 0.90 to 1.13); CPU/req 1.00 | - |
+//! | full sync 1k x 10                      | 0.11 s (plan and encode 21 ms, commit 94 ms) | - |
+//! | full sync 10k x 10                     | 1.54 s (plan and encode 0.24 s, commit 1.30 s; 13.6 MiB batch) | < 2 s |
+//! | full resync over the 10k table         | 1.65 s                            | -        |
+//! | RSS after the 10k sync (this process)  | peak 35.1 MiB, then 21.6 MiB (8.6 MiB of it the input) | see below |
+//! | endpoint change at 10k: pod replaced   | median 0.25 ms, p99 4.0 ms (plan and encode 38 µs, commit 0.22 ms) | < 5 ms |
+//! | endpoint change at 10k: unready/ready  | median 0.25 ms, p99 0.29 ms       | < 5 ms   |
+//! | 9990 Services added / removed at once  | 1.4 s / 0.7 s                     | -        |
+//! | ClusterIP keep-alive, 10k/10 req/s     | 1.03 (per round 0.98 to 1.23); CPU/req 0.93 | >= 0.95 |
+//! | ClusterIP Connection: close, 10k/10    | 1.00 (per round 0.89 to 1.10); CPU/req 0.99 | - |
 //!
-//! The run before, with no build beside it and the operation list built
-//! whole before encoding: pod replaced median 0.28 ms, p99 4.4 ms;
-//! unready/ready median 0.28 ms, p99 0.38 ms; peak RSS 83.7 MiB.
+//! The run before (operation list built whole before encoding): peak RSS
+//! of this process 83.7 MiB; a run beside two builds read pod replaced at a
+//! median of 1.2 ms, p99 8.6 ms: the tails are the machine's.
 //!
 //! The RSS target is the node proxy process's: `benches/load/nodeproxy_rss.sh`
 //! runs `orca node-proxy` against etcd with 10k Services and measured 40.0

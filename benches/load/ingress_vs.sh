@@ -39,6 +39,18 @@
 # brought a like run from 49.6 to 17.1 MiB. Spare buffers per worker
 # 1024 -> 64: wrk -c256 2 B 14.7-15.5k vs 14.8-15.9k req/s, 16 KiB
 # 11.3-11.8k vs 11.2-11.4k (two runs each, noisy).
+#
+# 2026-11-30, later (nothing else running; one run): after the wait between
+# requests stopped costing a read that would block, the request id stopped
+# asking the kernel for the pid (4 system calls per request, were 6) and a
+# worker kept enough spare buffers not to zero a fresh one per request:
+# Orca/nginx req/s 0.92-1.29 (plain 0.92-1.23, TLS 1.00-1.29), Orca/HAProxy
+# 0.95-1.21; CPU per request Orca/nginx 0.94-1.05 plain, 0.65-0.79 TLS;
+# p99 Orca/nginx 0.54-1.29 but 3.44 and 2.05 with TLS at 256 connections
+# (the 256 handshakes at the start); h2load over TLS: Orca 14.8k req/s,
+# nginx 22.5k, HAProxy 19.8k; 10k idle connections after the loads: Orca
+# 35.4 MiB (nginx 24.5, HAProxy 35.1). Orca and nginx spend ~67% of their
+# CPU in the kernel here (perf), on the same system calls per request.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
