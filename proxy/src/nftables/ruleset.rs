@@ -577,10 +577,29 @@ impl Model {
                     return err(format!("delete chain {name}: no such chain"));
                 }
             }
-            Op::AddRule { chain, exprs } => match chains.get_mut(chain) {
-                Some(c) => c.rules.push(exprs.clone()),
-                None => return err(format!("add rule to {chain}: no such chain")),
-            },
+            Op::AddRule { chain, exprs } => {
+                // The kernel resolves what a rule names as it reads the
+                // message: a chain or set added later in the same
+                // transaction is not there yet.
+                for e in exprs {
+                    let known = match e {
+                        Expr::Verdict(Verdict::Jump(c) | Verdict::Goto(c)) => {
+                            chains.contains_key(c)
+                        }
+                        Expr::Lookup { set, .. } | Expr::Dynset { set, .. } => {
+                            sets.contains_key(set)
+                        }
+                        _ => true,
+                    };
+                    if !known {
+                        return err(format!("add rule to {chain}: {e:?} names nothing yet"));
+                    }
+                }
+                match chains.get_mut(chain) {
+                    Some(c) => c.rules.push(exprs.clone()),
+                    None => return err(format!("add rule to {chain}: no such chain")),
+                }
+            }
             Op::AddSet(s) => {
                 sets.entry(s.name.clone()).or_insert_with(|| ModelSet {
                     def: s.clone(),
@@ -599,6 +618,11 @@ impl Model {
                 for e in elems {
                     if e.key.len() != s.def.key.len() as usize {
                         return err(format!("add element to {set}: key length"));
+                    }
+                    if let Some(ElemData::Verdict(Verdict::Jump(c) | Verdict::Goto(c))) = &e.data
+                        && !chains.contains_key(c)
+                    {
+                        return err(format!("add element to {set}: no chain {c} yet"));
                     }
                     match s.elems.get(&e.key) {
                         Some(d) if *d != e.data => {
@@ -624,8 +648,9 @@ impl Model {
         Ok(())
     }
 
-    /// Every chain and set a rule or element names must exist, as the
-    /// kernel checks on commit.
+    /// Every chain and set a rule or element names must still exist once
+    /// the transaction is applied (deletions included); what a message
+    /// names must exist when it is read, which `apply_one` checks.
     fn check_references(&self) -> Result<(), ModelError> {
         let Some((chains, sets)) = &self.table else {
             return Ok(());
@@ -921,4 +946,56 @@ fn render_rule(rule: &[Expr], sets: &BTreeMap<String, ModelSet>) -> String {
         }
     }
     words.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(name: &str) -> Op {
+        Op::AddChain(Chain {
+            name: name.into(),
+            base: None,
+        })
+    }
+
+    #[test]
+    fn what_a_message_names_must_exist_when_it_is_read() {
+        let goto = |from: &str| Op::AddRule {
+            chain: from.into(),
+            exprs: vec![Expr::Verdict(Verdict::Goto("b".into()))],
+        };
+        let map = Op::AddSet(Set {
+            name: "m".into(),
+            key: Key(vec![Field::Ipv4]),
+            data: Some(SetData::Verdict),
+            timeout_ms: None,
+        });
+        let element = Op::AddElems {
+            set: "m".into(),
+            elems: vec![Elem {
+                key: vec![10, 0, 0, 1],
+                data: Some(ElemData::Verdict(Verdict::Goto("b".into()))),
+            }],
+        };
+        let mut model = Model::default();
+        let err = model
+            .apply(&[Op::AddTable, chain("a"), goto("a"), chain("b")])
+            .unwrap_err();
+        assert!(err.0.contains("names nothing yet"), "{err}");
+        let err = model
+            .apply(&[Op::AddTable, map.clone(), element.clone(), chain("b")])
+            .unwrap_err();
+        assert!(err.0.contains("no chain b yet"), "{err}");
+        model
+            .apply(&[
+                Op::AddTable,
+                chain("b"),
+                chain("a"),
+                goto("a"),
+                map,
+                element,
+            ])
+            .expect("every name exists when it is read");
+    }
 }
