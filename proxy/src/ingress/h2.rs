@@ -698,9 +698,10 @@ pub(super) async fn send_with_retries(
         let addr = flight.endpoint().addr;
         // The request is built only once a connection is at hand, so one
         // that never left keeps its body for the next endpoint.
-        // A handshake that hangs is a connection not made.
+        // A connection whose handshake hangs is a connection not made:
+        // the whole of opening it is held to the connect timeout.
         let opened = tokio::time::timeout(
-            upstream.settings.request_timeout,
+            upstream.settings.connect_timeout,
             open(worker, upstream, addr),
         )
         .await
