@@ -12,9 +12,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/deps.sh
-cargo build --locked --bin orca
-orca=target/debug/orca
+# ORCA_BIN: an orca binary already built (the test suite passes its own);
+# otherwise install what is missing and build one.
+if [ -n "${ORCA_BIN:-}" ]; then
+    orca=$ORCA_BIN
+else
+    scripts/deps.sh
+    cargo build --locked --bin orca
+    orca=target/debug/orca
+fi
 
 # etcd takes port and port+1 (peer); the master's listener and admin server
 # port+2 and port+3; the node's admin server port+4.
