@@ -8,8 +8,8 @@
 # Usage: benches/load/logshipper_vs_copy.sh [SIZE_MIB]   (default 1024)
 # Needs: socat, python3 (the sink), GNU time (/usr/bin/time).
 #
-# Latest figures (2026-11-30, this 2-core machine, shared that day with
-# another engineer's builds and load tests, run in a quiet minute; release
+# Latest figures (2026-11-30, this 2-core machine, where other builds and
+# load tests ran that day; this run in a quiet minute; release
 # build; 1 GiB file, 9.48M CRI lines of ~113 bytes, a thousand per second;
 # the sink and the sender share the 2 cores; batches of 10000 events /
 # 4MiB, checkpoints fsynced on disk):

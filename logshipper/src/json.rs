@@ -7,7 +7,8 @@ const HIGHS: u64 = 0x8080_8080_8080_8080;
 /// The high bit of each of the eight bytes of `w` (little-endian) that
 /// must be escaped: below 0x20, a quote or a backslash (the classic "has a
 /// zero / less-than byte" tests). A borrow can flag bytes after a true one,
-/// never without one, so the result is zero exactly when no byte must be.
+/// never before, so the lowest flag is always a byte to escape, and the
+/// result is zero exactly when no byte must be.
 fn escapes(w: u64) -> u64 {
     let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
     let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;

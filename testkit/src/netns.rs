@@ -47,11 +47,6 @@ impl Netns {
         ns
     }
 
-    /// Its name.
-    pub fn name(&self) -> &str {
-        &self.0
-    }
-
     /// Its path, as `--netns` and `setns` take it.
     pub fn path(&self) -> String {
         format!("/run/netns/{}", self.0)
