@@ -2212,9 +2212,11 @@ fn the_body_limit_holds_for_sized_chunked_and_http2_bodies() {
     let sized = post("h1.test", "Content-Length: 1025", &"x".repeat(1025));
     assert_eq!(sized.status, 413);
     // A chunked body past the limit in what arrived with the head is
-    // refused before anything goes upstream.
+    // refused before anything goes upstream, not even a connection.
+    let accepted = h1.accepted.load(Ordering::SeqCst);
     assert_eq!(post("h1.test", chunked, &chunks(&[600, 600])).status, 413);
     assert_eq!(h1.requests.load(Ordering::SeqCst), served);
+    assert_eq!(h1.accepted.load(Ordering::SeqCst), accepted);
 
     // Past the limit after part of it went upstream: the client gets 413
     // and a close, the upstream request is aborted.

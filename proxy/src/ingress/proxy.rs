@@ -838,6 +838,16 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
         return local(client, cbuf, head, out, 503, "", "no upstream\n", keep).await;
     };
     upstream.count_request();
+    // A chunked body already past the limit, or malformed, in what arrived
+    // with the head is refused before an upstream connection is taken.
+    if info.framing == Framing::Chunked {
+        let mut body = BodyProgress::limited(info.framing, limits.max_body_bytes.bytes());
+        if let Err(e) = body.feed(&cbuf.filled()[head.len..]) {
+            let failure = e.into();
+            let name = Some(upstream.name.clone());
+            return failure_response(client, cbuf, head, out, failure, name, None).await;
+        }
+    }
     if upstream.settings.protocol == UpstreamProtocol::H2c {
         // Boxed, so HTTP/1.1 upstreams' requests do not carry its state.
         return Box::pin(super::bridge::forward(
