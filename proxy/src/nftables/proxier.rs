@@ -426,9 +426,8 @@ impl Proxier {
 
     /// Plans the transaction that brings the Services named in `changed`
     /// (or all of `desired`'s, when the sync must be full) to `desired`,
-    /// and records it as programmed. On a failed commit call
-    /// [`Proxier::invalidate`].
-    /// The operations go to `sink` as they are planned.
+    /// and records it as programmed; the operations go to `sink` as they
+    /// are planned. On a failed commit call [`Proxier::invalidate`].
     pub fn plan<'a>(
         &mut self,
         changed: impl IntoIterator<Item = &'a ServiceKey>,
