@@ -51,6 +51,14 @@
 # nginx 22.5k, HAProxy 19.8k; 10k idle connections after the loads: Orca
 # 35.4 MiB (nginx 24.5, HAProxy 35.1). Orca and nginx spend ~67% of their
 # CPU in the kernel here (perf), on the same system calls per request.
+#
+# The next run, same binary, the script now also measuring the idle
+# connections in a new Orca process: Orca/nginx req/s 0.77-1.48 (plain
+# 16 KiB at 64 connections 0.77, CPU 1.30; the run before read 0.92 and
+# 1.05 there), CPU per request 0.95-1.30 plain, 0.67-0.89 TLS; p99 0.85-1.13
+# but 3.64 with TLS at 256 connections and 16 KiB; h2load: Orca 9.9k req/s,
+# nginx 15.9k, HAProxy 17.1k; 10k idle connections: Orca 33.2 MiB after the
+# loads, 22.7 MiB in a new process (nginx 24.6, HAProxy 35.0).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -274,6 +282,26 @@ PY
 idle_rss orca "$orca_pid" "$ORCA_HTTP"
 idle_rss nginx "$nginx_pid" "$NGINX_HTTP"
 idle_rss haproxy "$hap_pid" "$HAP_HTTP"
+# The same in an Orca that served no load before: what the idle connections
+# cost, without what the loads above left pooled (HTTP/1 upstream
+# connections of the HTTP/2 clients stay until their idle timeout).
+ORCA_FRESH=28103
+cat >"$work/orca-fresh.yaml" <<CONF
+listeners:
+  - name: web
+    address: 127.0.0.1:$ORCA_FRESH
+routes:
+  - path: /
+    upstream: backend
+upstreams:
+  - name: backend
+    endpoints: ["$BACKEND"]
+CONF
+RUST_LOG=warn,rustls=error taskset -c 0 "$ORCA" ingress --config "$work/orca-fresh.yaml" --workers 1 &
+fresh_pid=$!
+pids+=($fresh_pid)
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$ORCA_FRESH") 2>/dev/null && break; sleep 0.05; done
+idle_rss "orca new" "$fresh_pid" "$ORCA_FRESH"
 
 echo
 printf '%-5s %-6s %-5s %12s %12s %14s %14s\n' proto conns body orca/nginx orca/haproxy cpu_orca/nginx p99_orca/nginx
