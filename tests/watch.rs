@@ -43,6 +43,13 @@ async fn put(api: &Api<ConfigMap>, name: &str, v: &str) {
     }
 }
 
+/// Creates `cm-0000` to `cm-{n-1}`, each with value "1".
+async fn create_numbered(api: &Api<ConfigMap>, n: usize) {
+    for i in 0..n {
+        api.create(&cm(&format!("cm-{i:04}"), "1")).await.unwrap();
+    }
+}
+
 /// Polls `check` until it holds, or fails the test after [`WAIT`].
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -268,9 +275,7 @@ async fn a_list_longer_than_a_page_arrives_whole_then_the_watch_follows() {
     let store = connect(&etcd).await;
     let api = store.api::<ConfigMap>(Some("default"));
     // More than two pages of 500.
-    for i in 0..1100 {
-        api.create(&cm(&format!("cm-{i:04}"), "1")).await.unwrap();
-    }
+    create_numbered(&api, 1100).await;
     let mut events = Box::pin(watcher(api.clone()));
     let mut next = async || {
         timeout(WAIT, events.next())
@@ -307,9 +312,7 @@ async fn a_list_broken_between_pages_starts_over_from_the_current_state() {
     let mut etcd = Etcd::start();
     let store = connect(&etcd).await;
     let api = store.api::<ConfigMap>(Some("default"));
-    for i in 0..1100 {
-        api.create(&cm(&format!("cm-{i:04}"), "1")).await.unwrap();
-    }
+    create_numbered(&api, 1100).await;
     let mut events = Box::pin(watcher(api.clone()));
     let mut next = async || {
         timeout(WAIT, events.next())

@@ -120,17 +120,11 @@ taskset -c 1 nginx -c "$work/backend.conf" -e "$work/backend/error.log" &
 pids+=($!)
 
 # Orca.
-cat >"$work/orca.yaml" <<CONF
+orca_config() { # $1: file, $2: the listeners
+    cat >"$1" <<CONF
 workers: 1
 listeners:
-  - name: web
-    address: 127.0.0.1:$ORCA_HTTP
-  - name: websecure
-    address: 127.0.0.1:$ORCA_TLS
-    tls:
-      certificates:
-        - cert: $work/cert.pem
-          key: $work/key.pem
+$2
 routes:
   - path: /
     upstream: backend
@@ -138,6 +132,15 @@ upstreams:
   - name: backend
     endpoints: ["$BACKEND"]
 CONF
+}
+orca_config "$work/orca.yaml" "  - name: web
+    address: 127.0.0.1:$ORCA_HTTP
+  - name: websecure
+    address: 127.0.0.1:$ORCA_TLS
+    tls:
+      certificates:
+        - cert: $work/cert.pem
+          key: $work/key.pem"
 RUST_LOG=warn,rustls=error taskset -c 0 "$ORCA" ingress --config "$work/orca.yaml" --workers 1 &
 orca_pid=$!
 pids+=($orca_pid)
@@ -286,17 +289,8 @@ idle_rss haproxy "$hap_pid" "$HAP_HTTP"
 # cost, without what the loads above left pooled (HTTP/1 upstream
 # connections of the HTTP/2 clients stay until their idle timeout).
 ORCA_FRESH=28103
-cat >"$work/orca-fresh.yaml" <<CONF
-listeners:
-  - name: web
-    address: 127.0.0.1:$ORCA_FRESH
-routes:
-  - path: /
-    upstream: backend
-upstreams:
-  - name: backend
-    endpoints: ["$BACKEND"]
-CONF
+orca_config "$work/orca-fresh.yaml" "  - name: web
+    address: 127.0.0.1:$ORCA_FRESH"
 RUST_LOG=warn,rustls=error taskset -c 0 "$ORCA" ingress --config "$work/orca-fresh.yaml" --workers 1 &
 fresh_pid=$!
 pids+=($fresh_pid)
