@@ -18,8 +18,18 @@ pub struct Tracker {
     state: Mutex<State>,
     changed: Notify,
     outputs: usize,
-    /// Per output, how many of its acks the last written checkpoint holds.
-    saved: watch::Sender<Vec<u64>>,
+    /// What the last written checkpoint holds.
+    saved: watch::Sender<Marks>,
+}
+
+/// How far a checkpoint goes: per output, how many of its acks it holds,
+/// and how many file identities (registrations and fingerprint changes).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Marks {
+    /// Per output, the number of its last ack the checkpoint holds.
+    pub acks: Vec<u64>,
+    /// The number of the last identity change the checkpoint holds.
+    pub identities: u64,
 }
 
 #[derive(Debug, Default)]
@@ -31,6 +41,8 @@ struct State {
     preloaded: Vec<Entry>,
     /// Per output, how many acks it made.
     acks: Vec<u64>,
+    /// How many identity changes were made.
+    identities: u64,
 }
 
 #[derive(Debug)]
@@ -45,6 +57,8 @@ struct Tracked {
     /// The file's size when last read, for the lag metric.
     size: u64,
     released: bool,
+    /// The number of this file's last identity change.
+    identity: u64,
 }
 
 impl Tracked {
@@ -63,9 +77,9 @@ pub struct Snapshot {
     pub lag_bytes: u64,
     /// Files being tracked.
     pub files: usize,
-    /// Per output, how many of its acks this snapshot holds; hand back to
-    /// [`Tracker::saved`] once it is written.
-    pub marks: Vec<u64>,
+    /// How far this snapshot goes; hand back to [`Tracker::saved`] once it
+    /// is written.
+    pub marks: Marks,
 }
 
 impl Tracker {
@@ -79,7 +93,10 @@ impl Tracker {
             }),
             changed: Notify::new(),
             outputs,
-            saved: watch::Sender::new(vec![0; outputs]),
+            saved: watch::Sender::new(Marks {
+                acks: vec![0; outputs],
+                identities: 0,
+            }),
         })
     }
 
@@ -113,7 +130,9 @@ impl Tracker {
     ) -> FileId {
         let mut state = self.lock();
         state.next_id += 1;
+        state.identities += 1;
         let id = FileId(state.next_id);
+        let identity = state.identities;
         state.files.insert(
             id,
             Tracked {
@@ -124,6 +143,7 @@ impl Tracker {
                 emitted: offset,
                 size: offset,
                 released: false,
+                identity,
             },
         );
         drop(state);
@@ -136,12 +156,26 @@ impl Tracker {
     /// The file's identity changed: its head grew, or reading moved to the
     /// copy copytruncate left at `path`.
     pub fn update(&self, id: FileId, path: Option<&Path>, fingerprint: Fingerprint) {
-        if let Some(file) = self.lock().files.get_mut(&id) {
+        let mut state = self.lock();
+        state.identities += 1;
+        let identity = state.identities;
+        if let Some(file) = state.files.get_mut(&id) {
             file.fingerprint = fingerprint;
+            file.identity = identity;
             if let Some(path) = path {
                 file.path = path.to_path_buf();
             }
         }
+        drop(state);
+        self.changed.notify_one();
+    }
+
+    /// The number of the file's identity change that no written checkpoint
+    /// holds yet, if any: what the reader waits for with
+    /// [`Tracker::wait_identity_saved`] before it hands on what it read.
+    pub fn unsaved_identity(&self, id: FileId) -> Option<u64> {
+        let identity = self.lock().files.get(&id)?.identity;
+        (identity > self.saved.borrow().identities).then_some(identity)
     }
 
     /// Events up to `commit` were handed on; the file is `size` bytes long.
@@ -178,7 +212,7 @@ impl Tracker {
     }
 
     /// A checkpoint holding `marks` (from [`Snapshot::marks`]) is written.
-    pub fn saved(&self, marks: Vec<u64>) {
+    pub fn saved(&self, marks: Marks) {
         self.saved.send_replace(marks);
     }
 
@@ -186,7 +220,13 @@ impl Tracker {
     pub async fn wait_saved(&self, output: usize, number: u64) {
         let mut saved = self.saved.subscribe();
         // The sender lives as long as the tracker, which outlives this call.
-        let _ = saved.wait_for(|marks| marks[output] >= number).await;
+        let _ = saved.wait_for(|marks| marks.acks[output] >= number).await;
+    }
+
+    /// Resolves once a written checkpoint holds identity change `number`.
+    pub async fn wait_identity_saved(&self, number: u64) {
+        let mut saved = self.saved.subscribe();
+        let _ = saved.wait_for(|marks| marks.identities >= number).await;
     }
 
     /// Resolves once something worth a checkpoint happened.
@@ -203,7 +243,10 @@ impl Tracker {
             .retain(|_, f| !(f.released && f.acked.iter().all(|&a| a >= f.emitted)));
         let mut snapshot = Snapshot {
             files: state.files.len(),
-            marks: state.acks.clone(),
+            marks: Marks {
+                acks: state.acks.clone(),
+                identities: state.identities,
+            },
             ..Snapshot::default()
         };
         for file in state.files.values() {
@@ -225,7 +268,7 @@ impl Tracker {
 mod tests {
     use super::*;
 
-    fn fp(ino: u64) -> Fingerprint {
+    pub(super) fn fp(ino: u64) -> Fingerprint {
         Fingerprint {
             dev: 1,
             ino,
@@ -264,7 +307,7 @@ mod tests {
         tracker.ack(0, &[(id, 10)]);
         let snapshot = tracker.snapshot();
         assert_eq!((snapshot.files, snapshot.entries.len()), (0, 0));
-        assert_eq!(snapshot.marks, [1]);
+        assert_eq!(snapshot.marks.acks, [1]);
     }
 
     #[test]
@@ -291,7 +334,36 @@ mod tests {
 
 #[cfg(test)]
 mod wait_tests {
+    use super::tests::fp;
     use super::*;
+
+    #[tokio::test]
+    async fn a_new_identity_is_unsaved_until_a_checkpoint_holds_it() {
+        let tracker = Tracker::new(1, Vec::new());
+        let id = tracker.register("in", Path::new("/a"), fp(1), 0);
+        assert_eq!(tracker.unsaved_identity(id), Some(1));
+        let snapshot = tracker.snapshot();
+        tracker.update(id, None, fp(2));
+        let number = tracker
+            .unsaved_identity(id)
+            .expect("the grown head is unsaved");
+        let waiter = {
+            let tracker = Arc::clone(&tracker);
+            tokio::spawn(async move { tracker.wait_identity_saved(number).await })
+        };
+        tracker.saved(snapshot.marks);
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "a checkpoint taken before the change does not hold it"
+        );
+        assert_eq!(tracker.unsaved_identity(id), Some(number));
+        let snapshot = tracker.snapshot();
+        assert_eq!(snapshot.entries[0].fingerprint, fp(2));
+        tracker.saved(snapshot.marks);
+        waiter.await.expect("resolves");
+        assert_eq!(tracker.unsaved_identity(id), None);
+    }
 
     #[tokio::test]
     async fn wait_saved_resolves_once_written() {

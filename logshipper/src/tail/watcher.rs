@@ -440,11 +440,38 @@ impl Watcher {
         }
     }
 
+    /// Waits until a written checkpoint holds the file under the identity
+    /// (path and fingerprint) its events were read under; false if the
+    /// shipper stops first. Nothing of a file is handed on before then: a
+    /// file copied and truncated, or renamed away, after its lines were
+    /// delivered must still be found by a shipper restarted after a crash,
+    /// and only the checkpoint tells it what to look for.
+    fn identity_saved(&mut self, file: FileId) -> bool {
+        let Some(number) = self.wiring.tracker.unsaved_identity(file) else {
+            return true;
+        };
+        let tracker = Arc::clone(&self.wiring.tracker);
+        let runtime = self.wiring.runtime.clone();
+        loop {
+            let waited = runtime.block_on(async {
+                tokio::time::timeout(STOP_CHECK, tracker.wait_identity_saved(number)).await
+            });
+            match waited {
+                Ok(()) => return true,
+                Err(_) if self.stopping() => return false,
+                Err(_) => self.scan_if_due(),
+            }
+        }
+    }
+
     fn send(&mut self, mut chunk: Chunk, size: u64) {
         let Some(last) = chunk.events.last() else {
             return;
         };
         let commit = last.commit;
+        if !self.identity_saved(chunk.file) {
+            return;
+        }
         let budget = Arc::clone(&self.wiring.budget);
         let stop = Arc::clone(&self.wiring.stop);
         let Some(reservation) = budget.reserve(chunk.memory(), &stop, &mut || self.scan_if_due())
@@ -547,4 +574,61 @@ fn find_copy(
             && len >= offset;
         matches.then_some((candidate, file, found))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::ShipperMetrics;
+    use prometheus_client::metrics::gauge::Gauge;
+
+    #[test]
+    fn nothing_is_handed_on_before_a_checkpoint_holds_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("a.log"), "one\ntwo\n").expect("writes the log");
+        let input = InputConfig {
+            name: "in".into(),
+            paths: vec![format!("{}/*.log", dir.path().display())],
+            format: crate::config::Format::Raw,
+            ..InputConfig::default()
+        };
+        // A current-thread runtime's timers run only under its own
+        // `block_on`; the reader calls `Handle::block_on` from its thread.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let tracker = Tracker::new(1, Vec::new());
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let stop = Arc::new(AtomicBool::new(false));
+        let wiring = Wiring {
+            tracker: Arc::clone(&tracker),
+            budget: Budget::new(1 << 20, Gauge::default()),
+            outputs: vec![tx],
+            stop: Arc::clone(&stop),
+            runtime: runtime.handle().clone(),
+            metrics: ShipperMetrics::default().input("in"),
+            pods: None,
+        };
+        let watcher = Watcher::new(&input, wiring).expect("reader");
+        let reader = std::thread::spawn(move || watcher.run());
+
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            rx.try_recv().is_err(),
+            "read lines wait for a checkpoint that holds their file"
+        );
+        let snapshot = tracker.snapshot();
+        assert_eq!(snapshot.entries.len(), 1);
+        tracker.saved(snapshot.marks);
+        let chunk = runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), rx.recv()).await })
+            .expect("handed on once checkpointed")
+            .expect("a chunk");
+        assert_eq!(chunk.events.len(), 2);
+
+        stop.store(true, Ordering::Relaxed);
+        reader.join().expect("reader ends");
+    }
 }
