@@ -59,6 +59,25 @@
 # but 3.64 with TLS at 256 connections and 16 KiB; h2load: Orca 9.9k req/s,
 # nginx 15.9k, HAProxy 17.1k; 10k idle connections: Orca 33.2 MiB after the
 # loads, 22.7 MiB in a new process (nginx 24.6, HAProxy 35.0).
+#
+# 2026-11-30, a quiet machine, one run, with the TLS handshake-burst lines
+# added: Orca/nginx req/s 0.89-1.69 (plain 0.89-1.10, TLS 1.10-1.69),
+# Orca/HAProxy 0.79-1.66; CPU per request Orca/nginx 0.83-1.10 plain,
+# 0.55-0.91 TLS; p99 Orca/nginx 0.87-1.20, but 6.46 and 3.15 with TLS at 256
+# connections; h2load: Orca 11.7k req/s, nginx 16.3k, HAProxy 20.7k; 10k idle
+# connections 34.5 MiB after the loads, 23.6 MiB in a new process (nginx
+# 24.6, HAProxy 35.3). The TLS p99 at 256 connections is the burst of 256
+# handshakes at the start, and a choice of order, not a slower handshake
+# (ring signs RSA-2048 in 0.84 ms here, OpenSSL in 0.93 ms): nginx signs
+# every ClientHello before it finishes any handshake, so its clients connect
+# late (h2load: connect 258-383 ms, mean 347) but send their first requests
+# when the burst is over; Orca finishes each handshake as its ClientHello is
+# handled (connect 65-318 ms, mean 182), so the clients that connected first
+# send requests that wait behind the handshakes still to do (request max 274
+# ms against nginx's 140, means 19.6 and 20.5 ms). A client's first answer
+# comes sooner from Orca; wrk counts only the request's wait. Accepting one
+# connection per turn of the worker, as nginx does, changed nothing
+# measurable (tried, not kept).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -255,6 +274,21 @@ for target in "orca https://127.0.0.1:$ORCA_TLS" "nginx https://127.0.0.1:$NGINX
     else
         printf '%-8s h2 not negotiated\n' "$1"
     fi
+done
+
+echo
+# wrk times a request from when it is written, after the handshake: what a
+# burst of handshakes costs shows as the wait of the requests served during
+# it. h2load shows both sides: how long connecting took, and the requests.
+echo "256 new TLS connections at once, then HTTP/1.1 (h2load --h1 -c256, 200 requests each;"
+echo "min / max / mean in ms):"
+for target in "orca https://127.0.0.1:$ORCA_TLS" "nginx https://127.0.0.1:$NGINX_TLS" "haproxy https://127.0.0.1:$HAP_TLS"; do
+    set -- $target
+    out=$(taskset -c 1 h2load --h1 -c256 -n 51200 "$2/2b" 2>&1 || true)
+    awk -v name="$1" '
+        /^time for connect:/ { c = sprintf("connect %s / %s / %s", $4, $5, $6) }
+        /^time for request:/ { r = sprintf("request %s / %s / %s", $4, $5, $6) }
+        END { printf "%-8s %s; %s\n", name, c, r }' <<<"$out"
 done
 
 echo
