@@ -59,9 +59,11 @@ pub struct Worker {
     id: u64,
     /// The process id, read once: glibc asks the kernel on every call.
     pid: u32,
-    /// Read buffers of idle connections, reused so an idle keep-alive
-    /// connection holds no buffer at all.
+    /// Read buffers for clients, reused so an idle keep-alive connection
+    /// holds no buffer at all.
     spare_reads: RefCell<Vec<Vec<u8>>>,
+    /// Read buffers for upstream responses, likewise.
+    spare_upstream_reads: RefCell<Vec<Vec<u8>>>,
     /// Write buffers, likewise.
     spare_writes: RefCell<Vec<Vec<u8>>>,
     /// Upstream connections of HTTP/2 clients.
@@ -70,8 +72,15 @@ pub struct Worker {
     drain: tokio::sync::Notify,
 }
 
-/// Size of a read buffer; larger heads grow it up to the header limit.
+/// Size of a client's read buffer; larger heads grow it up to the header
+/// limit.
 const READ_BUFFER: usize = 16 * 1024;
+/// Size of an upstream's read buffer: a 16 KiB body and its head arrive in
+/// one read and leave in one write, where 16 KiB took two of each (~9% less
+/// CPU per 16 KiB response, wrk -c64, three rounds each). Clients' buffers
+/// stay at 16 KiB: requests rarely fill them, and 32 KiB for both raised
+/// the peak RSS at 256 connections by ~9 MiB.
+const UPSTREAM_READ_BUFFER: usize = 32 * 1024;
 /// Spare buffers a worker keeps while busy, at most (of each kind): a busy
 /// request holds two read buffers (client and upstream), so below twice
 /// the concurrency most requests allocated and zeroed fresh ones (4% of
@@ -97,6 +106,7 @@ impl Worker {
             id,
             pid,
             spare_reads: RefCell::new(Vec::new()),
+            spare_upstream_reads: RefCell::new(Vec::new()),
             spare_writes: RefCell::new(Vec::new()),
             h2: super::h2::Clients::default(),
             drain: tokio::sync::Notify::new(),
@@ -136,10 +146,23 @@ impl Worker {
             .unwrap_or_else(|| vec![0; READ_BUFFER])
     }
 
+    fn take_upstream_read_buffer(&self) -> Vec<u8> {
+        self.spare_upstream_reads
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| vec![0; UPSTREAM_READ_BUFFER])
+    }
+
+    /// Keeps a client or upstream read buffer for reuse; buffers grown for
+    /// a large head are not kept.
     fn give_read_buffer(&self, buf: Vec<u8>) {
-        let mut spare = self.spare_reads.borrow_mut();
-        // Buffers grown for a large head are not kept.
-        if buf.len() == READ_BUFFER && spare.len() < MAX_SPARE {
+        let spares = match buf.len() {
+            READ_BUFFER => &self.spare_reads,
+            UPSTREAM_READ_BUFFER => &self.spare_upstream_reads,
+            _ => return,
+        };
+        let mut spare = spares.borrow_mut();
+        if spare.len() < MAX_SPARE {
             spare.push(buf);
         }
     }
@@ -148,6 +171,7 @@ impl Worker {
     /// burst needed is not kept while idle.
     pub fn release_spares(&self) {
         *self.spare_reads.borrow_mut() = Vec::new();
+        *self.spare_upstream_reads.borrow_mut() = Vec::new();
         *self.spare_writes.borrow_mut() = Vec::new();
     }
 
@@ -1233,7 +1257,7 @@ struct LeasedBuf<'w> {
 impl<'w> LeasedBuf<'w> {
     fn new(worker: &'w Worker) -> Self {
         Self {
-            buf: Buf::over(worker.take_read_buffer()),
+            buf: Buf::over(worker.take_upstream_read_buffer()),
             worker,
         }
     }
@@ -1321,9 +1345,25 @@ mod tests {
             worker.give_read_buffer(buf);
         }
         assert_eq!(worker.spare_reads.borrow().len(), MAX_SPARE);
+        let upstream = worker.take_upstream_read_buffer();
+        assert_eq!(upstream.len(), UPSTREAM_READ_BUFFER);
+        worker.give_read_buffer(upstream);
+        assert_eq!(worker.spare_upstream_reads.borrow().len(), 1);
+        assert_eq!(
+            worker.take_read_buffer().len(),
+            READ_BUFFER,
+            "each size has its own spares"
+        );
+        worker.give_read_buffer(vec![0; READ_BUFFER + 1]);
+        assert_eq!(
+            worker.spare_reads.borrow().len(),
+            MAX_SPARE - 1,
+            "a grown buffer is not kept"
+        );
         worker.give_write_buffer(Vec::with_capacity(100));
         worker.release_spares();
         assert!(worker.spare_reads.borrow().is_empty());
+        assert!(worker.spare_upstream_reads.borrow().is_empty());
         assert!(worker.spare_writes.borrow().is_empty());
     }
 
