@@ -351,3 +351,41 @@ fn build(caches: &Caches, registry: &mut Registry) -> (RouteTable, ClusterCerts)
     *registry = next;
     (table, ClusterCerts { entries: tls })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orca_core::store::StoreConfig;
+
+    /// `listed` (what `/healthz` reports) stays down while the cluster
+    /// cannot be listed, and rises once it is; the store is connected
+    /// while etcd answers, as `orca ingress --etcd` checks at start.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn routes_count_as_listed_only_once_the_cluster_is_listed() {
+        let mut etcd = orca_testkit::Etcd::start();
+        let store = Store::connect(StoreConfig::new(etcd.endpoint()))
+            .await
+            .expect("connects to etcd");
+        etcd.kill();
+        let listed = Arc::new(AtomicBool::new(false));
+        let follower = tokio::spawn(run(
+            store,
+            Arc::new(Shared::for_tests()),
+            Vec::new(),
+            listed.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !listed.load(Ordering::Relaxed),
+            "nothing was listed while etcd was down"
+        );
+
+        tokio::task::block_in_place(|| etcd.restart());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !listed.load(Ordering::Relaxed) {
+            assert!(Instant::now() < deadline, "listed once etcd is back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        follower.abort();
+    }
+}

@@ -48,6 +48,22 @@ pub struct Shared {
     pub served: std::sync::atomic::AtomicU64,
 }
 
+impl Shared {
+    /// No routes, default limits, no access log.
+    #[cfg(test)]
+    pub(super) fn for_tests() -> Self {
+        Self {
+            routes: arc_swap::ArcSwap::from_pointee(RouteTable::default()),
+            limits: arc_swap::ArcSwap::from_pointee(Limits::default()),
+            metrics: ProxyMetrics::register(&orca_core::telemetry::Metrics::new()),
+            access_log: arc_swap::ArcSwapOption::empty(),
+            open: Default::default(),
+            draining: Default::default(),
+            served: Default::default(),
+        }
+    }
+}
+
 /// Per-thread state of a worker.
 pub struct Worker {
     /// Process-wide state.
@@ -193,16 +209,7 @@ impl Worker {
     /// A worker with no routes and default limits.
     #[cfg(test)]
     pub(super) fn for_tests() -> Self {
-        let shared = Shared {
-            routes: arc_swap::ArcSwap::from_pointee(RouteTable::default()),
-            limits: arc_swap::ArcSwap::from_pointee(Limits::default()),
-            metrics: ProxyMetrics::register(&orca_core::telemetry::Metrics::new()),
-            access_log: arc_swap::ArcSwapOption::empty(),
-            open: Default::default(),
-            draining: Default::default(),
-            served: Default::default(),
-        };
-        Self::new(Arc::new(shared), 0)
+        Self::new(Arc::new(Shared::for_tests()), 0)
     }
 
     /// A fast, non-cryptographic random number (xorshift) for balancing.
