@@ -290,7 +290,7 @@ fn named_by_connection(buf: &[u8], head: &Head, name: &[u8]) -> bool {
 /// What the proxy adds to a forwarded request.
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarding<'a> {
-    /// The client's address, rendered once per connection.
+    /// The client's address, as text.
     pub client: &'a str,
     /// `https` when the client connection is TLS.
     pub tls: bool,
