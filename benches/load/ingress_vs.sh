@@ -78,6 +78,18 @@
 # comes sooner from Orca; wrk counts only the request's wait. Accepting one
 # connection per turn of the worker, as nginx does, changed nothing
 # measurable (tried, not kept).
+#
+# 2026-11-30, after upstream responses got 32 KiB read buffers (a 16 KiB
+# response in one read and one write instead of two of each), one run, a
+# quiet machine: Orca/nginx req/s 0.82-1.53 (plain 1.04-1.53, TLS
+# 0.82-1.42), Orca/HAProxy 0.80-1.50; CPU per request Orca/nginx 0.61-0.87
+# plain (16 KiB: 0.61 and 0.87; the runs before read 0.83-1.10), 0.59-0.94
+# TLS; p99 0.75-1.21, but 1.96 and 5.33 with TLS at 256 connections (the
+# handshake burst above); h2load: Orca 12.8k req/s, nginx 15.5k, HAProxy
+# 17.4k; 10k idle connections: 39.1 MiB after the loads, 24.7 MiB in a new
+# process (nginx 24.6, HAProxy 35.1). The same TLS row at 256 connections
+# and 16 KiB read 1.13-1.34 in the three runs before: ratios from single
+# runs swing by a third here.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
