@@ -33,6 +33,10 @@
 # fsyncs 3%, page faults 3%. Both cores are not kept busy: 1.57 of 2 on
 # average over the shipper's run. With the checkpoints on tmpfs the same
 # build ran at 180 MiB/s (5.0 CPU s/GiB): their fsyncs cost ~10%.
+# A run after the reader began waiting, for each new file and each growth
+# of its head, for a checkpoint that holds it (2026-11-30, same file, the
+# machine quiet): shipper 154.6 MiB/s, 5.85 CPU s/GiB, peak RSS
+# 28.8 MiB; copy 615.1 MiB/s; ratio 0.25; stalled sink 26 MiB.
 # The previous figures (2026-11-29, before the stack-buffer JSON escape
 # and the one-pass fraction parse and two-digit format): 150.9 MiB/s,
 # 6.64 CPU s/GiB, ratio 0.22.
