@@ -31,6 +31,14 @@ fn value(c: &ConfigMap) -> &str {
     &c.data.as_ref().expect("data")["v"]
 }
 
+/// The watcher's next item, which must come in time: it never ends.
+async fn next_event<S: futures::Stream + Unpin>(events: &mut S) -> S::Item {
+    timeout(WAIT, events.next())
+        .await
+        .expect("event in time")
+        .expect("the watcher never ends")
+}
+
 async fn put(api: &Api<ConfigMap>, name: &str, v: &str) {
     match api.get_opt(name).await.unwrap() {
         Some(mut existing) => {
@@ -277,13 +285,7 @@ async fn a_list_longer_than_a_page_arrives_whole_then_the_watch_follows() {
     // More than two pages of 500.
     create_numbered(&api, 1100).await;
     let mut events = Box::pin(watcher(api.clone()));
-    let mut next = async || {
-        timeout(WAIT, events.next())
-            .await
-            .expect("event in time")
-            .expect("the watcher never ends")
-            .expect("no error")
-    };
+    let mut next = async || next_event(&mut events).await.expect("no error");
     assert_eq!(next().await, Event::Init);
     let mut names = Vec::new();
     let mut revisions = std::collections::BTreeSet::new();
@@ -314,12 +316,7 @@ async fn a_list_broken_between_pages_starts_over_from_the_current_state() {
     let api = store.api::<ConfigMap>(Some("default"));
     create_numbered(&api, 1100).await;
     let mut events = Box::pin(watcher(api.clone()));
-    let mut next = async || {
-        timeout(WAIT, events.next())
-            .await
-            .expect("event in time")
-            .expect("the watcher never ends")
-    };
+    let mut next = async || next_event(&mut events).await;
     // The first page only: the next is read when this one is handed out.
     assert_eq!(next().await.unwrap(), Event::Init);
     for _ in 0..500 {
