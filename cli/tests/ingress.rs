@@ -1057,6 +1057,32 @@ upstreams:
     );
     let proxy = Proxy::start(&config);
     let tls = proxy.https();
+    // A client stalled halfway through its ClientHello (a record header
+    // announcing 512 bytes, then 3 of them) holds up no other handshake,
+    // nor do several handshakes at once hold up each other.
+    let mut stalled = connect(tls);
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01])
+        .unwrap();
+    let together: Vec<_> = (0..8)
+        .map(|_| thread::spawn(move || presented_subject(tls, "b.example.com")))
+        .collect();
+    for t in together {
+        let b = t.join().unwrap();
+        assert!(b.contains("api /tls xff=127.0.0.1 xfp=https"), "{b}");
+    }
+    // Still open, so the others did not wait for its 10 s handshake timeout.
+    stalled
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let waiting = stalled.read(&mut [0; 1]).map_err(|e| e.kind());
+    assert!(
+        matches!(
+            waiting,
+            Err(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+        ),
+        "the stalled handshake is still waiting: {waiting:?}"
+    );
     let a = presented_subject(tls, "a.example.com");
     assert!(
         a.contains("CN = a.example.com") || a.contains("CN=a.example.com"),

@@ -17,10 +17,12 @@ use std::time::{Duration, SystemTime};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use orca_core::config::{self, ConfigError};
 use orca_core::telemetry::{self, Admin, AdminResponse, Metrics};
+use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
 use orca_core::store::Store;
 
@@ -356,7 +358,7 @@ fn bind_reuseport(addr: SocketAddr) -> Result<std::net::TcpListener, ServeError>
 /// One listener as a worker sees it.
 struct WorkerListener {
     socket: std::net::TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ServerConfig>>,
 }
 
 fn worker_main(
@@ -374,6 +376,7 @@ fn worker_main(
     local.block_on(&runtime, async move {
         let worker = Rc::new(Worker::new(shared.clone(), id));
         let active = Rc::new(std::cell::Cell::new(0usize));
+        let handshakes = Rc::new(Semaphore::new(1));
         let mut accepts = Vec::new();
         for l in listeners {
             let listener = TcpListener::from_std(l.socket).expect("a worker listener registers");
@@ -381,6 +384,7 @@ fn worker_main(
                 worker.clone(),
                 listener,
                 l.tls,
+                handshakes.clone(),
                 draining.clone(),
                 active.clone(),
             )));
@@ -424,7 +428,8 @@ fn worker_main(
 async fn accept_loop(
     worker: Rc<Worker>,
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ServerConfig>>,
+    handshakes: Rc<Semaphore>,
     mut draining: watch::Receiver<bool>,
     active: Rc<std::cell::Cell<usize>>,
 ) {
@@ -465,11 +470,11 @@ async fn accept_loop(
                 let _open = open;
                 proxy::serve(worker, stream, peer, false).await;
             }),
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
+            Some(config) => {
+                let (config, handshakes) = (config.clone(), handshakes.clone());
                 tokio::task::spawn_local(async move {
                     let _open = open;
-                    serve_tls(worker, acceptor, stream, peer).await;
+                    serve_tls(worker, config, &handshakes, stream, peer).await;
                 })
             }
         };
@@ -493,12 +498,36 @@ impl Drop for Open {
 
 /// Serves a connection to a TLS listener: the handshake, then HTTP/2 or
 /// HTTP/1.x as ALPN chose.
-async fn serve_tls(worker: Rc<Worker>, acceptor: TlsAcceptor, stream: TcpStream, peer: SocketAddr) {
-    let timeout = worker.shared.limits.load().header_read_timeout.get();
+///
+/// Answering a ClientHello (the certificate's signature) costs a worker
+/// ~1 ms, fifty requests' worth. So, as HAProxy runs handshakes in its
+/// "heavy" class, a worker answers one ClientHello at a time and lets the
+/// connections that are ready go first: a burst of new connections delays
+/// the requests of open ones by one signature, not by the whole burst.
+async fn serve_tls(
+    worker: Rc<Worker>,
+    config: Arc<ServerConfig>,
+    handshakes: &Semaphore,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let deadline =
+        tokio::time::Instant::now() + worker.shared.limits.load().header_read_timeout.get();
     // Each stage boxed, so the task holds one of them at a time rather
     // than room for all.
-    let handshake = Box::pin(tokio::time::timeout(timeout, acceptor.accept(stream)));
-    let Ok(Ok(tls_stream)) = handshake.await else {
+    let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    let Ok(Ok(start)) = Box::pin(tokio::time::timeout_at(deadline, hello)).await else {
+        return;
+    };
+    let finish = {
+        let Ok(_turn) = handshakes.acquire().await else {
+            return;
+        };
+        tokio::task::yield_now().await;
+        // Signs and queues the server's flight.
+        start.into_stream(config)
+    };
+    let Ok(Ok(tls_stream)) = Box::pin(tokio::time::timeout_at(deadline, finish)).await else {
         return;
     };
     if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
@@ -554,7 +583,7 @@ pub async fn run(
         let tls = ingress
             .resolvers
             .get(&l.name)
-            .map(|r| TlsAcceptor::from(tls::server_config(r.clone())));
+            .map(|r| tls::server_config(r.clone()));
         for sockets in &mut per_worker {
             sockets.push(WorkerListener {
                 socket: bind_reuseport(l.address)?,
