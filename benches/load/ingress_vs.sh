@@ -90,6 +90,19 @@
 # process (nginx 24.6, HAProxy 35.1). The same TLS row at 256 connections
 # and 16 KiB read 1.13-1.34 in the three runs before: ratios from single
 # runs swing by a third here.
+#
+# 2026-11-30, after a worker began answering one ClientHello at a time,
+# after the connections that are ready (one run; the machine ran about a
+# third as fast as on other days, the backend direct at 21k req/s with 64
+# connections): Orca/nginx req/s 0.90-1.36 (plain 0.90-1.11, TLS
+# 0.99-1.36), Orca/HAProxy 0.99-1.55; CPU per request 0.78-1.05 plain,
+# 0.62-1.06 TLS; p99 0.40-1.03 except plain 64 connections 2 B (1.35); with
+# TLS at 256 connections p99 0.78 and 0.91 (were 1.96 and 5.33): the burst
+# of handshakes no longer queues the first clients' requests behind it
+# (h2load --h1 -c256: request max 74 ms, nginx 146, HAProxy 383). h2load
+# over TLS: Orca 11.3k req/s, nginx 15.4k, HAProxy 15.4k; four alternating
+# rounds by hand right after read Orca/nginx 0.77, 0.87, 0.97, 0.98, both
+# using their whole core. 10k idle connections: 24.8 MiB in a new process.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
