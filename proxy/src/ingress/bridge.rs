@@ -9,6 +9,7 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 use http_body_util::{BodyExt, Either};
 use hyper::body::Bytes;
@@ -53,7 +54,7 @@ enum Relay {
 /// answer back in HTTP/1.1.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
-    worker: &Worker,
+    worker: &Rc<Worker>,
     upstream: &Upstream,
     client: &mut S,
     cbuf: &mut Buf,

@@ -3,7 +3,8 @@
 //!
 //! HTTP/2 framing is hyper's; routing, balancing, forwarding headers,
 //! retries, failure statuses, metrics and the access log are the same as
-//! for HTTP/1.1. Bodies and trailers stream through untouched. HTTP/1.1
+//! for HTTP/1.1. Bodies and trailers stream through untouched between h2
+//! peers; HTTP/1.1 upstreams are spoken to by `h1_upstream`. HTTP/1.1
 //! clients reach h2c upstreams through `send_with_retries` too (see
 //! `bridge`).
 
@@ -29,7 +30,7 @@ use tokio::sync::mpsc;
 
 use super::access_log::{AccessLog, Entry};
 use super::config::UpstreamProtocol;
-use super::pool::{Keep, Pool};
+use super::h1_upstream;
 use super::proxy::{Shared, Worker, fail, no_route, record};
 use super::retry::Attempts;
 use super::upstream::Upstream;
@@ -184,90 +185,56 @@ impl hyper::body::Body for Piped {
     }
 }
 
-/// An HTTP/1.1 upstream connection, as hyper drives it.
-type H1Sender = hyper::client::conn::http1::SendRequest<UpstreamBody>;
-
-/// Upstream connections of one worker, by endpoint: one shared h2c
-/// connection each, and idle HTTP/1.1 connections in a pool like the one
-/// HTTP/1.1 clients use (same cap, same idle timeout).
+/// The h2c upstream connections of one worker, one shared connection per
+/// endpoint. HTTP/1.1 upstreams of HTTP/2 clients use the worker's pool,
+/// as HTTP/1.1 clients do (see `h1_upstream`).
 #[derive(Default)]
 pub struct Clients {
     h2: RefCell<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<UpstreamBody>>>,
-    h1: Rc<Pool<H1Sender>>,
 }
 
 impl Clients {
-    /// Closes HTTP/1.1 connections idle past their timeout and forgets
-    /// h2c connections that have closed.
+    /// Forgets h2c connections that have closed.
     pub fn expire(&self) {
-        self.h1.expire();
         self.h2.borrow_mut().retain(|_, s| !s.is_closed());
     }
 }
 
-/// A response body from an upstream. An HTTP/1.1 connection goes back to
-/// the pool once its response has been read to the end, so the pool holds
-/// only idle connections; a body dropped before its end leaves the rest of
-/// the response on the connection, and it closes.
-pub(super) struct FromUpstream {
-    inner: Incoming,
-    ended: bool,
-    checkin: Option<Checkin>,
-}
-
-/// Where an HTTP/1.1 connection goes once its response is read.
-struct Checkin {
-    pool: Rc<Pool<H1Sender>>,
-    addr: SocketAddr,
-    sender: H1Sender,
-    keep: Keep,
+/// A response body from an upstream: an h2c stream's, or one read from an
+/// HTTP/1.1 connection.
+pub(super) enum FromUpstream {
+    /// From an h2c upstream.
+    H2(Incoming),
+    /// From an HTTP/1.1 upstream.
+    H1(h1_upstream::Body),
 }
 
 impl hyper::body::Body for FromUpstream {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.ended = true;
-        }
-        polled
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = match self.get_mut() {
+            Self::H2(b) => ready!(Pin::new(b).poll_frame(cx)).map(|r| r.map_err(Into::into)),
+            Self::H1(b) => ready!(Pin::new(b).poll_frame(cx)).map(|r| r.map_err(Into::into)),
+        };
+        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || self.inner.is_end_stream()
+        match self {
+            Self::H2(b) => b.is_end_stream(),
+            Self::H1(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for FromUpstream {
-    fn drop(&mut self) {
-        if !(self.ended || self.inner.is_end_stream()) {
-            return;
-        }
-        let Some(Checkin {
-            pool,
-            addr,
-            mut sender,
-            keep,
-        }) = self.checkin.take()
-        else {
-            return;
-        };
-        // hyper's connection task has made the connection ready by the
-        // time its body's end is seen here, unless the request body is
-        // still on its way (the upstream answered early): such a
-        // connection is not idle, and is let go.
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        if let Poll::Ready(Ok(())) = sender.poll_ready(&mut cx) {
-            pool.put(addr, sender, keep);
+        match self {
+            Self::H2(b) => b.size_hint(),
+            Self::H1(b) => b.size_hint(),
         }
     }
 }
@@ -477,7 +444,7 @@ impl Meter for Finish {
 }
 
 async fn handle(
-    worker: &Worker,
+    worker: &Rc<Worker>,
     req: Request<Incoming>,
     peer: SocketAddr,
     tls: bool,
@@ -532,7 +499,7 @@ async fn handle(
 /// Routes and forwards one request, noting its route, upstream and
 /// endpoint in `finish`.
 async fn respond(
-    worker: &Worker,
+    worker: &Rc<Worker>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
     tls: bool,
@@ -679,7 +646,7 @@ impl Failure {
 /// failure names an endpoint only when one is to blame for the answer (it
 /// timed out), as HTTP/1.1 logs it; when the retries ran out there is none.
 pub(super) async fn send_with_retries(
-    worker: &Worker,
+    worker: &Rc<Worker>,
     upstream: &Upstream,
     req: Request<UpstreamBody>,
     replayable: bool,
@@ -779,7 +746,7 @@ enum Conn {
     /// The endpoint's shared h2c connection.
     H2(hyper::client::conn::http2::SendRequest<UpstreamBody>),
     /// An HTTP/1.1 connection of its own, from the pool or new.
-    H1(H1Sender),
+    H1(TcpStream),
 }
 
 /// A connection to `addr` for one request of `upstream`: nothing of the
@@ -813,25 +780,16 @@ async fn open(worker: &Worker, upstream: &Upstream, addr: SocketAddr) -> Result<
             sender.ready().await.map_err(|_| Failure::Protocol)?;
             Ok(Conn::H2(sender))
         }
-        UpstreamProtocol::Http1 => match worker.h2.h1.take(addr) {
-            Some(sender) => Ok(Conn::H1(sender)),
-            None => {
-                let stream = connect(upstream, addr).await?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|_| Failure::Protocol)?;
-                tokio::task::spawn_local(async move {
-                    let _ = conn.await;
-                });
-                Ok(Conn::H1(sender))
-            }
+        UpstreamProtocol::Http1 => match worker.pool.take(addr) {
+            Some(stream) => Ok(Conn::H1(stream)),
+            None => Ok(Conn::H1(connect(upstream, addr).await?)),
         },
     }
 }
 
 /// Sends `req` on `conn` and waits for the response head.
 async fn send(
-    worker: &Worker,
+    worker: &Rc<Worker>,
     upstream: &Upstream,
     addr: SocketAddr,
     conn: Conn,
@@ -843,30 +801,15 @@ async fn send(
                 .send_request(req)
                 .await
                 .map_err(|_| Failure::Protocol)?;
-            Ok(response.map(|inner| FromUpstream {
-                inner,
-                ended: false,
-                checkin: None,
-            }))
+            Ok(response.map(FromUpstream::H2))
         }
-        Conn::H1(mut sender) => {
-            let response = sender
-                .send_request(req)
-                .await
-                .map_err(|_| Failure::Protocol)?;
-            // The connection is busy until this response's body is read;
-            // then the body puts it back in the pool.
-            let checkin = Checkin {
-                pool: worker.h2.h1.clone(),
+        Conn::H1(stream) => {
+            let origin = h1_upstream::Origin {
                 addr,
-                sender,
                 keep: upstream.settings.keep,
             };
-            Ok(response.map(|inner| FromUpstream {
-                inner,
-                ended: false,
-                checkin: Some(checkin),
-            }))
+            let response = h1_upstream::send(worker, origin, stream, req).await?;
+            Ok(response.map(FromUpstream::H1))
         }
     }
 }

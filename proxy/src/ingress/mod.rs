@@ -8,6 +8,7 @@ pub mod bridge;
 pub mod cluster;
 pub mod config;
 pub mod h1;
+pub mod h1_upstream;
 pub mod h2;
 pub mod metrics;
 pub mod pool;

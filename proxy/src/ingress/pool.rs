@@ -1,7 +1,6 @@
-//! Idle upstream connections, kept per worker thread so taking and
-//! returning one never takes a lock: raw streams of HTTP/1.1 clients, and
-//! hyper's HTTP/1.1 connections of HTTP/2 clients, under their upstream's
-//! cap and idle timeout.
+//! Idle HTTP/1.1 upstream connections, kept per worker thread so taking
+//! and returning one never takes a lock, under their upstream's cap and
+//! idle timeout. HTTP/1.1 and HTTP/2 clients' requests share them.
 //!
 //! Only idle connections are pooled; a busy one belongs to its request. The
 //! cap per endpoint must stay above the concurrency a worker sees: when a
@@ -42,13 +41,6 @@ impl Reusable for TcpStream {
         // unsolicited data) without blocking; a healthy idle one blocks.
         let mut probe = [0u8; 1];
         matches!(self.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-    }
-}
-
-impl<B> Reusable for hyper::client::conn::http1::SendRequest<B> {
-    fn usable(&self) -> bool {
-        // Not ready: closed, or still busy with the last request.
-        self.is_ready()
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -162,7 +162,7 @@ impl Worker {
             .unwrap_or_else(|| vec![0; READ_BUFFER])
     }
 
-    fn take_upstream_read_buffer(&self) -> Vec<u8> {
+    pub(super) fn take_upstream_read_buffer(&self) -> Vec<u8> {
         self.spare_upstream_reads
             .borrow_mut()
             .pop()
@@ -191,14 +191,14 @@ impl Worker {
         *self.spare_writes.borrow_mut() = Vec::new();
     }
 
-    fn take_write_buffer(&self) -> Vec<u8> {
+    pub(super) fn take_write_buffer(&self) -> Vec<u8> {
         self.spare_writes
             .borrow_mut()
             .pop()
             .unwrap_or_else(|| Vec::with_capacity(4096))
     }
 
-    fn give_write_buffer(&self, mut buf: Vec<u8>) {
+    pub(super) fn give_write_buffer(&self, mut buf: Vec<u8>) {
         let mut spare = self.spare_writes.borrow_mut();
         if buf.capacity() > 0 && buf.capacity() <= 64 * 1024 && spare.len() < MAX_SPARE {
             buf.clear();
@@ -252,7 +252,7 @@ impl std::error::Error for BufferFull {}
 
 impl Buf {
     /// A buffer over `storage` (its length is the capacity).
-    fn over(storage: Vec<u8>) -> Self {
+    pub(super) fn over(storage: Vec<u8>) -> Self {
         Self {
             data: storage,
             start: 0,
@@ -302,9 +302,21 @@ impl Buf {
                 return Err(io::Error::other(BufferFull));
             }
         }
-        let n = src.read(&mut self.data[self.end..]).await?;
+        std::future::poll_fn(|cx| self.poll_read_from(cx, src)).await
+    }
+
+    /// Reads more bytes into the room after those held, which the caller
+    /// has made sure there is.
+    pub(super) fn poll_read_from<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut R,
+    ) -> Poll<io::Result<usize>> {
+        let mut read = tokio::io::ReadBuf::new(&mut self.data[self.end..]);
+        std::task::ready!(std::pin::Pin::new(src).poll_read(cx, &mut read))?;
+        let n = read.filled().len();
         self.end += n;
-        Ok(n)
+        Poll::Ready(Ok(n))
     }
 }
 
@@ -539,7 +551,7 @@ async fn wait_for_bytes<S: Connection>(
 /// storage then goes back to the worker.
 #[allow(clippy::too_many_arguments)]
 async fn serve_requests<S: Connection>(
-    worker: &Worker,
+    worker: &Rc<Worker>,
     client: &mut S,
     mut cbuf: Buf,
     peer: SocketAddr,
@@ -854,7 +866,7 @@ pub(super) fn fail(worker: &Worker, upstream: &Upstream, kind: &'static str) {
 /// Forwards one request and its response.
 #[allow(clippy::too_many_arguments)]
 async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
-    worker: &Worker,
+    worker: &Rc<Worker>,
     route: &Route,
     client: &mut S,
     cbuf: &mut Buf,
@@ -1255,35 +1267,42 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     })
 }
 
-/// A read buffer borrowed from the worker for one exchange.
-struct LeasedBuf<'w> {
+/// A read buffer borrowed from the worker for one exchange; `W` is how the
+/// worker is held (borrowed, or shared by a body that outlives the call).
+pub(super) struct LeasedBuf<W: std::ops::Deref<Target = Worker>> {
     buf: Buf,
-    worker: &'w Worker,
+    worker: W,
 }
 
-impl<'w> LeasedBuf<'w> {
-    fn new(worker: &'w Worker) -> Self {
+impl<W: std::ops::Deref<Target = Worker>> LeasedBuf<W> {
+    /// An upstream read buffer of `worker`'s.
+    pub(super) fn new(worker: W) -> Self {
         Self {
             buf: Buf::over(worker.take_upstream_read_buffer()),
             worker,
         }
     }
+
+    /// The worker the buffer goes back to.
+    pub(super) fn worker(&self) -> &Worker {
+        &self.worker
+    }
 }
 
-impl std::ops::Deref for LeasedBuf<'_> {
+impl<W: std::ops::Deref<Target = Worker>> std::ops::Deref for LeasedBuf<W> {
     type Target = Buf;
     fn deref(&self) -> &Buf {
         &self.buf
     }
 }
 
-impl std::ops::DerefMut for LeasedBuf<'_> {
+impl<W: std::ops::Deref<Target = Worker>> std::ops::DerefMut for LeasedBuf<W> {
     fn deref_mut(&mut self) -> &mut Buf {
         &mut self.buf
     }
 }
 
-impl Drop for LeasedBuf<'_> {
+impl<W: std::ops::Deref<Target = Worker>> Drop for LeasedBuf<W> {
     fn drop(&mut self) {
         self.worker
             .give_read_buffer(std::mem::take(&mut self.buf.data));

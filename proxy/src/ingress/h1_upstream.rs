@@ -1,0 +1,356 @@
+//! HTTP/1.1 upstreams of HTTP/2 clients, on the proxy's own exchange: the
+//! worker's pool of upstream connections (the one HTTP/1.1 clients use),
+//! the request head written in one go, the response read into a pooled
+//! buffer and handed to hyper's HTTP/2 server frame by frame. A client
+//! library's connection task, its channels and its fresh read buffer per
+//! response cost more than the rest of such a request's own work.
+//!
+//! The request body, if any, is sent whole before the response is read (as
+//! nginx buffers it): an HTTP/1.1 upstream that answers early gets the rest
+//! of the body anyway. Response trailers are dropped; HTTP/1.1 upstreams
+//! rarely send them, and gRPC, which needs them, uses h2c upstreams.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, ready};
+
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Bytes, Frame};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::body::{BodyError, BodyProgress};
+use super::h1::{self, Head};
+use super::h2::{Failure, UpstreamBody};
+use super::pool::Keep;
+use super::proxy::{LeasedBuf, Worker};
+
+/// The largest response head accepted, as for HTTP/1.1 clients.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Where a response came from and where its connection goes afterwards.
+pub(super) struct Origin {
+    /// The endpoint.
+    pub addr: SocketAddr,
+    /// How its idle connections are kept.
+    pub keep: Keep,
+}
+
+/// Sends `req` on `stream` and reads the response head; the body follows
+/// from the connection as the client reads it.
+pub(super) async fn send(
+    worker: &Rc<Worker>,
+    origin: Origin,
+    mut stream: TcpStream,
+    req: Request<UpstreamBody>,
+) -> Result<Response<Body>, Failure> {
+    let (parts, mut body) = req.into_parts();
+    let is_head = parts.method == Method::HEAD;
+    let mut out = worker.take_write_buffer();
+    let chunked = write_head(&mut out, &parts, body.is_end_stream());
+    let written = stream.write_all(&out).await;
+    worker.give_write_buffer(out);
+    written.map_err(|_| Failure::Protocol)?;
+    if !body.is_end_stream() {
+        send_body(&mut stream, &mut body, chunked).await?;
+    }
+
+    let mut buf = LeasedBuf::new(worker.clone());
+    let mut head = Head::default();
+    let info = loop {
+        if !buf.is_empty() {
+            match h1::parse_response(buf.filled(), &mut head, MAX_HEAD, is_head) {
+                // Interim answers have no HTTP/2 form here; the final one
+                // follows on the same connection.
+                Ok(Some(_)) if (100..200).contains(&head.status) && head.status != 101 => {
+                    buf.consume(head.len);
+                    continue;
+                }
+                Ok(Some(info)) => break info,
+                Ok(None) => {}
+                Err(_) => return Err(Failure::Protocol),
+            }
+        }
+        match buf.read_from(&mut stream, MAX_HEAD).await {
+            Ok(0) | Err(_) => return Err(Failure::Protocol),
+            Ok(_) => {}
+        }
+    };
+    // Nothing was asked to upgrade: a 101 is not an answer to this request.
+    let status = match StatusCode::from_u16(head.status) {
+        Ok(s) if s != StatusCode::SWITCHING_PROTOCOLS => s,
+        _ => return Err(Failure::Protocol),
+    };
+    let headers = response_headers(buf.filled(), &head)?;
+    buf.consume(head.len);
+    let mut body = Body {
+        progress: BodyProgress::new(info.framing),
+        reusable: info.reusable,
+        stream: Some(stream),
+        buf,
+        origin,
+        ended: false,
+    };
+    // hyper does not poll a body that says it is over, so such a body
+    // gives its connection back now.
+    if body.progress.done() {
+        body.finish();
+    }
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
+/// Writes the request head; returns whether the body goes chunked.
+fn write_head(out: &mut Vec<u8>, parts: &hyper::http::request::Parts, ended: bool) -> bool {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name != header::COOKIE {
+            push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    // HTTP/2 may split cookies over several fields; HTTP/1.1 wants one
+    // (RFC 9113 §8.2.3).
+    for (i, value) in parts.headers.get_all(header::COOKIE).iter().enumerate() {
+        out.extend_from_slice(if i == 0 { b"cookie: " } else { b"; " });
+        out.extend_from_slice(value.as_bytes());
+    }
+    if parts.headers.contains_key(header::COOKIE) {
+        out.extend_from_slice(b"\r\n");
+    }
+    let sized = parts.headers.contains_key(header::CONTENT_LENGTH);
+    let chunked = !ended && !sized;
+    if chunked {
+        push_field(out, b"transfer-encoding", b"chunked");
+    } else if ended && !sized && has_body_semantics(&parts.method) {
+        // An HTTP/1.1 server reading a POST with neither would wait for a
+        // body that never comes.
+        push_field(out, b"content-length", b"0");
+    }
+    out.extend_from_slice(b"\r\n");
+    chunked
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn has_body_semantics(method: &Method) -> bool {
+    [Method::POST, Method::PUT, Method::PATCH].contains(method)
+}
+
+/// Sends the client's body as it arrives, chunked unless it declared a
+/// length. A body cut off (past the limit, or reset by the client) fails
+/// the request, and the connection, partly written, is dropped.
+async fn send_body(
+    stream: &mut TcpStream,
+    body: &mut UpstreamBody,
+    chunked: bool,
+) -> Result<(), Failure> {
+    let mut size_line = Vec::with_capacity(20);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| Failure::Protocol)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        let sent = if chunked {
+            size_line.clear();
+            size_line.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            let mut parts = [
+                std::io::IoSlice::new(&size_line),
+                std::io::IoSlice::new(&data),
+                std::io::IoSlice::new(b"\r\n"),
+            ];
+            write_all_vectored(stream, &mut parts).await
+        } else {
+            stream.write_all(&data).await
+        };
+        sent.map_err(|_| Failure::Protocol)?;
+    }
+    if chunked {
+        stream
+            .write_all(b"0\r\n\r\n")
+            .await
+            .map_err(|_| Failure::Protocol)?;
+    }
+    Ok(())
+}
+
+async fn write_all_vectored(
+    stream: &mut TcpStream,
+    mut parts: &mut [std::io::IoSlice<'_>],
+) -> std::io::Result<()> {
+    while !parts.is_empty() {
+        let n = stream.write_vectored(parts).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut parts, n);
+    }
+    Ok(())
+}
+
+/// The response's header fields as hyper's HTTP/2 server takes them; a
+/// field HTTP/2 cannot carry makes the response a protocol failure, as
+/// a client library would refuse it.
+fn response_headers(buf: &[u8], head: &Head) -> Result<HeaderMap, Failure> {
+    let mut headers = HeaderMap::with_capacity(head.headers.len());
+    for (name, value) in &head.headers {
+        let name = HeaderName::from_bytes(&buf[name.clone()]).map_err(|_| Failure::Protocol)?;
+        let value = HeaderValue::from_bytes(&buf[value.clone()]).map_err(|_| Failure::Protocol)?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// A response body read from an HTTP/1.1 upstream connection, which goes
+/// back to the pool once the body has been read to its end.
+pub(super) struct Body {
+    progress: BodyProgress,
+    reusable: bool,
+    stream: Option<TcpStream>,
+    buf: LeasedBuf<Rc<Worker>>,
+    origin: Origin,
+    ended: bool,
+}
+
+/// The upstream broke the response body off, or framed it wrongly.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BodyFailure {
+    /// The connection closed before the body's end.
+    #[error("the upstream closed the connection inside the response body")]
+    Closed,
+    /// Reading failed.
+    #[error("reading the response body failed: {0}")]
+    Read(#[from] std::io::Error),
+    /// The chunked framing is broken.
+    #[error("malformed chunked response body")]
+    Malformed,
+}
+
+impl From<BodyError> for BodyFailure {
+    fn from(_: BodyError) -> Self {
+        Self::Malformed
+    }
+}
+
+impl Body {
+    /// The body is over: its connection is pooled if it may be reused
+    /// and nothing was sent past the body's end.
+    fn finish(&mut self) {
+        self.ended = true;
+        if let Some(stream) = self.stream.take()
+            && self.reusable
+            && self.buf.is_empty()
+        {
+            let worker = self.buf.worker();
+            worker.pool.put(self.origin.addr, stream, self.origin.keep);
+        }
+    }
+
+    /// The next piece of body data in what is buffered, if any.
+    fn buffered_data(&mut self) -> Result<Option<Bytes>, BodyFailure> {
+        let filled = self.buf.filled();
+        let (data, used) = match &mut self.progress {
+            BodyProgress::Length(left) => {
+                let take = filled
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= take as u64;
+                (Bytes::copy_from_slice(&filled[..take]), take)
+            }
+            BodyProgress::UntilClose => (Bytes::copy_from_slice(filled), filled.len()),
+            BodyProgress::Chunked(scanner) => {
+                let mut data = Vec::new();
+                let used = scanner.scan(filled, |piece| data.extend_from_slice(piece))?;
+                (Bytes::from(data), used)
+            }
+        };
+        self.buf.consume(used);
+        Ok((!data.is_empty()).then_some(data))
+    }
+
+    /// Reads more of the body into the buffer; `Ok(0)` at the connection's end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        // Every byte held was handed on before reading more, so the whole
+        // buffer is free.
+        self.buf.poll_read_from(cx, stream)
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = BodyFailure;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyFailure>>> {
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            if !self.buf.is_empty() {
+                match self.buffered_data() {
+                    Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.ended = true;
+                        self.stream = None;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+            }
+            if self.progress.done() {
+                self.finish();
+                return Poll::Ready(None);
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) if matches!(self.progress, BodyProgress::UntilClose) => {
+                    self.reusable = false;
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    self.ended = true;
+                    self.stream = None;
+                    return Poll::Ready(Some(Err(BodyFailure::Closed)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.ended = true;
+                    self.stream = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match &self.progress {
+            BodyProgress::Length(n) => hyper::body::SizeHint::with_exact(*n),
+            _ => hyper::body::SizeHint::default(),
+        }
+    }
+}
