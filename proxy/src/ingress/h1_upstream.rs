@@ -55,7 +55,9 @@ pub(super) async fn send(
     worker.give_write_buffer(out);
     written.map_err(|_| Failure::Protocol)?;
     if !body.is_end_stream() {
-        send_body(&mut stream, &mut body, chunked).await?;
+        // Boxed: most requests have no body, and its state would make
+        // every request's task larger.
+        Box::pin(send_body(&mut stream, &mut body, chunked)).await?;
     }
 
     let mut buf = LeasedBuf::new(worker.clone());

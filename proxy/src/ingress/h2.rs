@@ -752,6 +752,8 @@ enum Conn {
 /// A connection to `addr` for one request of `upstream`: nothing of the
 /// request is sent yet.
 async fn open(worker: &Worker, upstream: &Upstream, addr: SocketAddr) -> Result<Conn, Failure> {
+    // Making a connection is boxed: it is rare, and its state would
+    // otherwise make every request's task larger.
     match upstream.settings.protocol {
         UpstreamProtocol::H2c => {
             let cached = worker
@@ -763,28 +765,35 @@ async fn open(worker: &Worker, upstream: &Upstream, addr: SocketAddr) -> Result<
                 .cloned();
             let mut sender = match cached {
                 Some(s) => s,
-                None => {
-                    let stream = connect(upstream, addr).await?;
-                    let (sender, conn) = hyper::client::conn::http2::Builder::new(LocalExec)
-                        .timer(TokioTimer::new())
-                        .handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(|_| Failure::Protocol)?;
-                    tokio::task::spawn_local(async move {
-                        let _ = conn.await;
-                    });
-                    worker.h2.h2.borrow_mut().insert(addr, sender.clone());
-                    sender
-                }
+                None => Box::pin(handshake_h2c(worker, upstream, addr)).await?,
             };
             sender.ready().await.map_err(|_| Failure::Protocol)?;
             Ok(Conn::H2(sender))
         }
         UpstreamProtocol::Http1 => match worker.pool.take(addr) {
             Some(stream) => Ok(Conn::H1(stream)),
-            None => Ok(Conn::H1(connect(upstream, addr).await?)),
+            None => Ok(Conn::H1(Box::pin(connect(upstream, addr)).await?)),
         },
     }
+}
+
+/// A new h2c connection to `addr`, kept for the worker's later requests.
+async fn handshake_h2c(
+    worker: &Worker,
+    upstream: &Upstream,
+    addr: SocketAddr,
+) -> Result<hyper::client::conn::http2::SendRequest<UpstreamBody>, Failure> {
+    let stream = connect(upstream, addr).await?;
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(LocalExec)
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| Failure::Protocol)?;
+    tokio::task::spawn_local(async move {
+        let _ = conn.await;
+    });
+    worker.h2.h2.borrow_mut().insert(addr, sender.clone());
+    Ok(sender)
 }
 
 /// Sends `req` on `conn` and waits for the response head.
