@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 /// A backend: answers every request with its name, the path and the
 /// forwarding headers it saw; `/status/N` answers N, `/slow` waits 3 s,
-/// `/ws` upgrades and echoes, `/chunked` answers in chunks, `/echo` returns
+/// `/ws` upgrades and echoes, `/chunked` answers in chunks, `/early` answers
+/// 413 without reading the body and closes, `/echo` returns
 /// the request body. It counts the connections it accepted and those open
 /// now.
 struct Backend {
@@ -120,6 +121,14 @@ impl Backend {
             }
             requests.fetch_add(1, Ordering::Relaxed);
             let path = first.split(' ').nth(1).unwrap_or("/").to_string();
+            if path == "/early" {
+                // Refuses the body unread and closes at once: a reset,
+                // with the body still coming.
+                let _ = stream.write_all(
+                    b"HTTP/1.1 413 X\r\ncontent-length: 5\r\nconnection: close\r\n\r\nearly",
+                );
+                return;
+            }
             seen.lock().unwrap().push(format!(
                 "{first} | host={}",
                 headers.get("host").cloned().unwrap_or_default()
@@ -1507,6 +1516,14 @@ fn h2_clients_reach_http1_upstreams() {
             "declared {declared}"
         );
     }
+    // An upstream that answers before it has the body, and closes: its
+    // answer reaches the client.
+    let early = hyper::Request::post("http://a.example.org/early");
+    let big = vec![b'z'; 4 << 20];
+    assert_eq!(
+        rt.block_on(h2_send(proxy.http, early, &[&big], true)),
+        (413, 5)
+    );
     // One request at a time: the streams above and the posts shared a
     // handful of upstream connections, returned to the pool after each.
     assert!(

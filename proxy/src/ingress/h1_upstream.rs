@@ -10,6 +10,7 @@
 //! of the body anyway. Response trailers are dropped; HTTP/1.1 upstreams
 //! rarely send them, and gRPC, which needs them, uses h2c upstreams.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -54,11 +55,10 @@ pub(super) async fn send(
     let written = stream.write_all(&out).await;
     worker.give_write_buffer(out);
     written.map_err(|_| Failure::Protocol)?;
-    if !body.is_end_stream() {
-        // Boxed: most requests have no body, and its state would make
-        // every request's task larger.
-        Box::pin(send_body(&mut stream, &mut body, chunked)).await?;
-    }
+    // Boxed: most requests have no body, and its state would make every
+    // request's task larger.
+    let body_sent =
+        body.is_end_stream() || Box::pin(send_body(&mut stream, &mut body, chunked)).await?;
 
     let mut buf = LeasedBuf::new(worker.clone());
     let mut head = Head::default();
@@ -90,7 +90,8 @@ pub(super) async fn send(
     buf.consume(head.len);
     let mut body = Body {
         progress: BodyProgress::new(info.framing),
-        reusable: info.reusable,
+        // Part of a request body left on it, the connection is done.
+        reusable: info.reusable && body_sent,
         stream: Some(stream),
         buf,
         origin,
@@ -153,13 +154,15 @@ fn has_body_semantics(method: &Method) -> bool {
 }
 
 /// Sends the client's body as it arrives, chunked unless it declared a
-/// length. A body cut off (past the limit, or reset by the client) fails
-/// the request, and the connection, partly written, is dropped.
+/// length; `Ok(false)` when the upstream stopped taking it, which it may
+/// do once it has answered (a 413, say): its answer is read all the same.
+/// A body cut off on the client's side (past the limit, or reset) fails the
+/// request, and the connection, partly written, is dropped.
 async fn send_body(
     stream: &mut TcpStream,
     body: &mut UpstreamBody,
     chunked: bool,
-) -> Result<(), Failure> {
+) -> Result<bool, Failure> {
     let mut size_line = Vec::with_capacity(20);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| Failure::Protocol)?;
@@ -171,7 +174,7 @@ async fn send_body(
         }
         let sent = if chunked {
             size_line.clear();
-            size_line.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            let _ = write!(size_line, "{:x}\r\n", data.len());
             let mut parts = [
                 std::io::IoSlice::new(&size_line),
                 std::io::IoSlice::new(&data),
@@ -181,15 +184,11 @@ async fn send_body(
         } else {
             stream.write_all(&data).await
         };
-        sent.map_err(|_| Failure::Protocol)?;
+        if sent.is_err() {
+            return Ok(false);
+        }
     }
-    if chunked {
-        stream
-            .write_all(b"0\r\n\r\n")
-            .await
-            .map_err(|_| Failure::Protocol)?;
-    }
-    Ok(())
+    Ok(!chunked || stream.write_all(b"0\r\n\r\n").await.is_ok())
 }
 
 async fn write_all_vectored(
