@@ -355,3 +355,165 @@ impl hyper::body::Body for Body {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    use http_body_util::Either;
+
+    use super::*;
+    use crate::ingress::h2::Piped;
+
+    /// What the client of one exchange saw: the status and the body (or
+    /// the body's error), and the request head the upstream received.
+    struct Seen {
+        answer: Result<(u16, Result<Bytes, String>), Failure>,
+        request: String,
+        pooled: usize,
+    }
+
+    /// Sends `req` to an upstream that answers `answer` and then closes.
+    fn exchange(req: hyper::http::request::Builder, answer: &'static [u8]) -> Seen {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap() == 1 {
+                head.push(byte[0]);
+            }
+            s.write_all(answer).unwrap();
+            // Closed a moment later, once the proxy has read what it needs.
+            std::thread::sleep(Duration::from_millis(100));
+            String::from_utf8(head).unwrap()
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let worker = Rc::new(Worker::for_tests());
+        let answer = tokio::task::LocalSet::new().block_on(&runtime, async {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            let origin = Origin {
+                addr,
+                keep: Keep {
+                    idle_timeout: Duration::from_secs(60),
+                    max_idle: 8,
+                },
+            };
+            let req = req.body(Either::Right(Piped::empty())).unwrap();
+            let response = send(&worker, origin, stream, req).await?;
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await;
+            Ok((
+                status,
+                body.map(|b| b.to_bytes()).map_err(|e| e.to_string()),
+            ))
+        });
+        Seen {
+            answer,
+            request: upstream.join().unwrap(),
+            pooled: worker.pool.len(),
+        }
+    }
+
+    fn get() -> hyper::http::request::Builder {
+        Request::get("/x?y=1").header("host", "example.com")
+    }
+
+    #[test]
+    fn a_sized_answer_after_an_interim_one_and_the_connection_pooled() {
+        let seen = exchange(
+            get(),
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        );
+        let (status, body) = seen.answer.unwrap();
+        assert_eq!((status, body.unwrap()), (200, Bytes::from_static(b"ok")));
+        assert_eq!(
+            seen.request,
+            "GET /x?y=1 HTTP/1.1\r\nhost: example.com\r\n\r\n"
+        );
+        assert_eq!(seen.pooled, 1);
+    }
+
+    #[test]
+    fn an_empty_post_says_so_and_a_bodiless_answer_frees_the_connection_at_once() {
+        let seen = exchange(Request::post("/p"), b"HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!(seen.answer.unwrap().0, 204);
+        assert_eq!(
+            seen.request,
+            "POST /p HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
+        );
+        assert_eq!(seen.pooled, 1);
+    }
+
+    #[test]
+    fn a_body_until_close_is_read_whole_and_its_connection_let_go() {
+        let seen = exchange(get(), b"HTTP/1.0 200 OK\r\n\r\nuntil the end");
+        let (status, body) = seen.answer.unwrap();
+        assert_eq!(
+            (status, body.unwrap()),
+            (200, Bytes::from_static(b"until the end"))
+        );
+        assert_eq!(seen.pooled, 0);
+    }
+
+    #[test]
+    fn bytes_past_the_body_keep_the_connection_out_of_the_pool() {
+        let seen = exchange(
+            get(),
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA",
+        );
+        assert_eq!(seen.answer.unwrap().1.unwrap(), Bytes::from_static(b"ok"));
+        assert_eq!(seen.pooled, 0);
+    }
+
+    #[test]
+    fn a_chunked_body_reaches_the_client_as_data_and_broken_framing_as_an_error() {
+        let seen = exchange(
+            get(),
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nt: 1\r\n\r\n",
+        );
+        assert_eq!(
+            seen.answer.unwrap().1.unwrap(),
+            Bytes::from_static(b"abcde")
+        );
+        assert_eq!(seen.pooled, 1);
+        let seen = exchange(
+            get(),
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\nZZ\r\n",
+        );
+        let body = seen.answer.unwrap().1;
+        assert!(body.unwrap_err().contains("malformed chunked"));
+        assert_eq!(seen.pooled, 0);
+    }
+
+    #[test]
+    fn a_body_cut_short_is_an_error() {
+        let seen = exchange(get(), b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort");
+        let body = seen.answer.unwrap().1;
+        assert!(body.unwrap_err().contains("closed the connection"));
+        assert_eq!(seen.pooled, 0);
+    }
+
+    #[test]
+    fn no_answer_a_malformed_one_or_a_101_fail_the_request() {
+        for answer in [
+            &b""[..],
+            b"garbage\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+        ] {
+            let seen = exchange(get(), answer);
+            assert!(
+                matches!(seen.answer, Err(Failure::Protocol)),
+                "{:?}",
+                String::from_utf8_lossy(answer)
+            );
+        }
+    }
+}
