@@ -19,7 +19,8 @@ use std::task::{Context, Poll, ready};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Bytes, Frame};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::http::request::Parts;
+use hyper::{Method, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -40,18 +41,19 @@ pub(super) struct Origin {
     pub keep: Keep,
 }
 
-/// Sends `req` on `stream` and reads the response head; the body follows
-/// from the connection as the client reads it.
+/// Sends the request of `parts` and `body` on `stream` and reads the
+/// response head; the body follows from the connection as the client
+/// reads it.
 pub(super) async fn send(
     worker: &Rc<Worker>,
     origin: Origin,
     mut stream: TcpStream,
-    req: Request<UpstreamBody>,
+    parts: &Parts,
+    mut body: UpstreamBody,
 ) -> Result<Response<Body>, Failure> {
-    let (parts, mut body) = req.into_parts();
     let is_head = parts.method == Method::HEAD;
     let mut out = worker.take_write_buffer();
-    let chunked = write_head(&mut out, &parts, body.is_end_stream());
+    let chunked = write_head(&mut out, parts, body.is_end_stream());
     let written = stream.write_all(&out).await;
     worker.give_write_buffer(out);
     written.map_err(|_| Failure::Protocol)?;
@@ -109,7 +111,7 @@ pub(super) async fn send(
 }
 
 /// Writes the request head; returns whether the body goes chunked.
-fn write_head(out: &mut Vec<u8>, parts: &hyper::http::request::Parts, ended: bool) -> bool {
+fn write_head(out: &mut Vec<u8>, parts: &Parts, ended: bool) -> bool {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -405,8 +407,9 @@ mod tests {
                     max_idle: 8,
                 },
             };
-            let req = req.body(Either::Right(Piped::empty())).unwrap();
-            let response = send(&worker, origin, stream, req).await?;
+            let (parts, ()) = req.body(()).unwrap().into_parts();
+            let body = Either::Right(Piped::empty());
+            let response = send(&worker, origin, stream, &parts, body).await?;
             let status = response.status().as_u16();
             let body = response.into_body().collect().await;
             Ok((
@@ -422,7 +425,7 @@ mod tests {
     }
 
     fn get() -> hyper::http::request::Builder {
-        Request::get("/x?y=1").header("host", "example.com")
+        hyper::Request::get("/x?y=1").header("host", "example.com")
     }
 
     #[test]
@@ -442,7 +445,10 @@ mod tests {
 
     #[test]
     fn an_empty_post_says_so_and_a_bodiless_answer_frees_the_connection_at_once() {
-        let seen = exchange(Request::post("/p"), b"HTTP/1.1 204 No Content\r\n\r\n");
+        let seen = exchange(
+            hyper::Request::post("/p"),
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        );
         assert_eq!(seen.answer.unwrap().0, 204);
         assert_eq!(
             seen.request,

@@ -324,26 +324,35 @@ fn local(status: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Headers that describe one connection; `te: trailers` is the exception
-/// HTTP/2 allows, and gRPC needs it.
+/// HTTP/2 allows, and gRPC needs it. Names are constants, not text to
+/// parse for every request.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
     for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authorization",
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
     ] {
         headers.remove(name);
     }
@@ -362,10 +371,12 @@ pub(super) fn add_forwarding(
     authority: &[u8],
     request_id: impl FnOnce() -> String,
 ) {
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {client}"),
-        None => client.to_string(),
-    };
+    let mut xff = Vec::new();
+    if let Some(previous) = headers.get(X_FORWARDED_FOR) {
+        xff.extend_from_slice(previous.as_bytes());
+        xff.extend_from_slice(b", ");
+    }
+    xff.extend_from_slice(client.as_bytes());
     let proto = if tls { "https" } else { "http" };
     let mut forwarded = Vec::new();
     if let Some(previous) = headers.get(header::FORWARDED) {
@@ -373,19 +384,16 @@ pub(super) fn add_forwarding(
         forwarded.extend_from_slice(b", ");
     }
     super::h1::write_forwarded_element(&mut forwarded, client, proto, Some(authority));
-    for (name, value) in [
-        ("x-forwarded-for", xff.into_bytes()),
-        ("x-forwarded-proto", proto.as_bytes().to_vec()),
-        ("forwarded", forwarded),
-    ] {
-        if let Ok(v) = HeaderValue::from_bytes(&value) {
+    for (name, value) in [(X_FORWARDED_FOR, xff), (header::FORWARDED, forwarded)] {
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
             headers.insert(name, v);
         }
     }
-    if !headers.contains_key("x-request-id")
-        && let Ok(v) = HeaderValue::from_str(&request_id())
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if !headers.contains_key(X_REQUEST_ID)
+        && let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(request_id()))
     {
-        headers.insert("x-request-id", v);
+        headers.insert(X_REQUEST_ID, v);
     }
 }
 
@@ -548,29 +556,27 @@ async fn respond(
         authority.as_bytes(),
         || worker.request_id(),
     );
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let target = match upstream.settings.protocol {
+    match upstream.settings.protocol {
         UpstreamProtocol::H2c => {
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let Ok(target) = Uri::try_from(format!("http://{authority}{path}")) else {
+                let (status, body) = Failure::Protocol.answer();
+                return local(status, body);
+            };
             *req.version_mut() = hyper::Version::HTTP_2;
-            Uri::try_from(format!("http://{authority}{path}"))
+            *req.uri_mut() = target;
         }
+        // The request line is written from the URI's path and query, so
+        // the URI stays as the client sent it.
         UpstreamProtocol::Http1 => {
             *req.version_mut() = hyper::Version::HTTP_11;
-            if let Ok(v) = HeaderValue::from_str(authority) {
-                req.headers_mut().insert(header::HOST, v);
-            }
-            Uri::try_from(path)
+            let Ok(host) = HeaderValue::from_str(authority) else {
+                let (status, body) = Failure::Protocol.answer();
+                return local(status, body);
+            };
+            req.headers_mut().insert(header::HOST, host);
         }
-    };
-    let Ok(target) = target else {
-        let (status, body) = Failure::Protocol.answer();
-        return local(status, body);
-    };
-    *req.uri_mut() = target;
+    }
     let replayable = req.method().is_idempotent() && req.body().is_end_stream();
     let max_body = worker.shared.limits.load().max_body_bytes.bytes();
     // A declared length past the limit is refused before anything goes
@@ -687,20 +693,13 @@ pub(super) async fn send_with_retries(
                 }
             }
         };
-        let mut attempt =
-            Request::new(body.take().unwrap_or_else(|| Either::Right(Piped::empty())));
-        *attempt.method_mut() = parts.method.clone();
-        *attempt.uri_mut() = parts.uri.clone();
-        *attempt.version_mut() = parts.version;
-        // The headers are copied only while another attempt may need them.
-        *attempt.headers_mut() = if attempts.may_retry() {
-            parts.headers.clone()
-        } else {
-            std::mem::take(&mut parts.headers)
+        let attempt = Attempt {
+            body: body.take().unwrap_or_else(|| Either::Right(Piped::empty())),
+            may_retry: attempts.may_retry(),
         };
         let sent = tokio::time::timeout(
             upstream.settings.request_timeout,
-            send(worker, upstream, addr, conn, attempt),
+            send(worker, upstream, addr, conn, &mut parts, attempt),
         )
         .await;
         let next = match sent {
@@ -796,16 +795,35 @@ async fn handshake_h2c(
     Ok(sender)
 }
 
-/// Sends `req` on `conn` and waits for the response head.
+/// One attempt's share of a request: its body, and whether another
+/// attempt may follow (and so need the head again).
+struct Attempt {
+    body: UpstreamBody,
+    may_retry: bool,
+}
+
+/// Sends the request of `parts` on `conn` and waits for the response head.
 async fn send(
     worker: &Rc<Worker>,
     upstream: &Upstream,
     addr: SocketAddr,
     conn: Conn,
-    req: Request<UpstreamBody>,
+    parts: &mut hyper::http::request::Parts,
+    attempt: Attempt,
 ) -> Result<Response<FromUpstream>, Failure> {
     match conn {
         Conn::H2(mut sender) => {
+            let mut req = Request::new(attempt.body);
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = parts.uri.clone();
+            *req.version_mut() = parts.version;
+            // The headers are copied only while another attempt may need
+            // them.
+            *req.headers_mut() = if attempt.may_retry {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
             let response = sender
                 .send_request(req)
                 .await
@@ -817,7 +835,8 @@ async fn send(
                 addr,
                 keep: upstream.settings.keep,
             };
-            let response = h1_upstream::send(worker, origin, stream, req).await?;
+            // The head is written from `parts`, so retries need no copy.
+            let response = h1_upstream::send(worker, origin, stream, parts, attempt.body).await?;
             Ok(response.map(FromUpstream::H1))
         }
     }
