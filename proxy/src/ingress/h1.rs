@@ -360,7 +360,9 @@ pub fn write_upstream_request(
     write_forwarded_element(out, fwd.client, proto, head.header(buf, "host"));
     out.extend_from_slice(b"\r\n");
     if !has_id {
-        let _ = write!(out, "x-request-id: {}\r\n", fwd.request_id);
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(fwd.request_id.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     match info.framing {
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),

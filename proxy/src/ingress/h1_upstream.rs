@@ -209,12 +209,15 @@ async fn write_all_vectored(
 
 /// The response's header fields as hyper's HTTP/2 server takes them; a
 /// field HTTP/2 cannot carry makes the response a protocol failure, as
-/// a client library would refuse it.
+/// a client library would refuse it. The head is copied once and every
+/// value is a slice of that copy, not an allocation of its own.
 fn response_headers(buf: &[u8], head: &Head) -> Result<HeaderMap, Failure> {
+    let text = Bytes::copy_from_slice(&buf[..head.len]);
     let mut headers = HeaderMap::with_capacity(head.headers.len());
     for (name, value) in &head.headers {
         let name = HeaderName::from_bytes(&buf[name.clone()]).map_err(|_| Failure::Protocol)?;
-        let value = HeaderValue::from_bytes(&buf[value.clone()]).map_err(|_| Failure::Protocol)?;
+        let value = HeaderValue::from_maybe_shared(text.slice(value.clone()))
+            .map_err(|_| Failure::Protocol)?;
         headers.append(name, value);
     }
     Ok(headers)

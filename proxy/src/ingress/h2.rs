@@ -334,17 +334,18 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// HTTP/2 allows, and gRPC needs it. Names are constants, not text to
 /// parse for every request.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+    // Usually `keep-alive` or `close`: nothing to collect then.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
     }
     for name in [
         header::CONNECTION,
@@ -554,7 +555,7 @@ async fn respond(
         &peer.ip().to_string(),
         tls,
         authority.as_bytes(),
-        || worker.request_id(),
+        || worker.request_id().as_str().to_owned(),
     );
     match upstream.settings.protocol {
         UpstreamProtocol::H2c => {

@@ -223,10 +223,36 @@ impl Worker {
     }
 
     /// A process-unique id for a request that arrived without one.
-    pub(super) fn request_id(&self) -> String {
+    pub(super) fn request_id(&self) -> RequestId {
         let n = self.requests.get() + 1;
         self.requests.set(n);
-        format!("{:08x}{:04x}{:012x}", self.pid, self.id, n)
+        RequestId::new(self.pid, self.id, n)
+    }
+}
+
+/// A request id: the process id, the worker and the worker's request
+/// count in hex (8, 4 and 12 digits), written without an allocation.
+pub(super) struct RequestId([u8; 24]);
+
+impl RequestId {
+    fn new(pid: u32, worker: u64, n: u64) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 24];
+        let mut put = |at: usize, digits: usize, value: u64| {
+            for i in 0..digits {
+                let shift = 4 * (digits - 1 - i);
+                text[at + i] = HEX[((value >> shift) & 0xf) as usize];
+            }
+        };
+        put(0, 8, u64::from(pid));
+        put(8, 4, worker);
+        put(12, 12, n);
+        Self(text)
+    }
+
+    /// The id as text.
+    pub(super) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits")
     }
 }
 
@@ -644,7 +670,7 @@ async fn serve_requests<S: Connection>(
                 let fwd = Forwarding {
                     client: &client_ip,
                     tls,
-                    request_id: &id,
+                    request_id: id.as_str(),
                 };
                 // Boxed: forwarding has the largest state by far, and
                 // neither a local answer nor a TLS client awaiting its next
@@ -1353,6 +1379,20 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_the_pid_worker_and_count_in_fixed_width_hex() {
+        for (pid, worker, n) in [
+            (0x1234, 2, 0xabc),
+            (u32::MAX, 0xffff, (1 << 48) - 1),
+            (1, 0, 1),
+        ] {
+            assert_eq!(
+                RequestId::new(pid, worker, n).as_str(),
+                format!("{pid:08x}{worker:04x}{n:012x}")
+            );
+        }
+    }
 
     #[test]
     fn spare_buffers_are_reused_up_to_the_cap_and_dropped_when_quiet() {
