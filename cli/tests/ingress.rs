@@ -1485,6 +1485,11 @@ fn h2_clients_reach_http1_upstreams() {
         assert_eq!(resp.status(), 200);
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"hello world");
+        // No CONNECT, and no target but an absolute path.
+        let req = hyper::Request::connect("a.example.org:443")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        assert_eq!(send.send_request(req).await.unwrap().status(), 400);
         // A HEAD answer has no body, and its connection is reused.
         let req = hyper::Request::head("http://a.example.org/h")
             .body(Empty::<Bytes>::new())

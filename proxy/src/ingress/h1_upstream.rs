@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Bytes, Frame};
@@ -41,26 +42,46 @@ pub(super) struct Origin {
     pub keep: Keep,
 }
 
+/// How one request goes to an HTTP/1.1 upstream.
+pub(super) struct Exchange {
+    /// The endpoint, and how its connections are kept.
+    pub origin: Origin,
+    /// Whether the connection came from the pool.
+    pub reused: bool,
+    /// How long the answer may take once the request is sent, as for
+    /// HTTP/1.1 clients: a slow upload is the client's, not the endpoint's.
+    pub timeout: Duration,
+}
+
 /// Sends the request of `parts` and `body` on `stream` and reads the
 /// response head; the body follows from the connection as the client
 /// reads it.
 pub(super) async fn send(
     worker: &Rc<Worker>,
-    origin: Origin,
+    exchange: Exchange,
     mut stream: TcpStream,
     parts: &Parts,
     mut body: UpstreamBody,
 ) -> Result<Response<Body>, Failure> {
     let is_head = parts.method == Method::HEAD;
+    let bodiless = body.is_end_stream();
+    // A pooled connection the upstream closed meanwhile fails at once,
+    // before any answer: then a request without a body may go again on a
+    // new connection.
+    let stale = if exchange.reused && bodiless {
+        Failure::Stale
+    } else {
+        Failure::Protocol
+    };
     let mut out = worker.take_write_buffer();
-    let chunked = write_head(&mut out, parts, body.is_end_stream());
+    let chunked = write_head(&mut out, parts, bodiless);
     let written = stream.write_all(&out).await;
     worker.give_write_buffer(out);
-    written.map_err(|_| Failure::Protocol)?;
+    written.map_err(|_| stale)?;
     // Boxed: most requests have no body, and its state would make every
     // request's task larger.
-    let body_sent =
-        body.is_end_stream() || Box::pin(send_body(&mut stream, &mut body, chunked)).await?;
+    let body_sent = bodiless || Box::pin(send_body(&mut stream, &mut body, chunked)).await?;
+    let deadline = tokio::time::Instant::now() + exchange.timeout;
 
     let mut buf = LeasedBuf::new(worker.clone());
     let mut head = Head::default();
@@ -78,9 +99,11 @@ pub(super) async fn send(
                 Err(_) => return Err(Failure::Protocol),
             }
         }
-        match buf.read_from(&mut stream, MAX_HEAD).await {
-            Ok(0) | Err(_) => return Err(Failure::Protocol),
-            Ok(_) => {}
+        match tokio::time::timeout_at(deadline, buf.read_from(&mut stream, MAX_HEAD)).await {
+            Err(_) => return Err(Failure::Timeout),
+            Ok(Ok(0) | Err(_)) if buf.is_empty() => return Err(stale),
+            Ok(Ok(0) | Err(_)) => return Err(Failure::Protocol),
+            Ok(Ok(_)) => {}
         }
     };
     // Nothing was asked to upgrade: a 101 is not an answer to this request.
@@ -96,7 +119,7 @@ pub(super) async fn send(
         reusable: info.reusable && body_sent,
         stream: Some(stream),
         buf,
-        origin,
+        origin: exchange.origin,
         ended: false,
     };
     // hyper does not poll a body that says it is over, so such a body
@@ -118,7 +141,9 @@ fn write_head(out: &mut Vec<u8>, parts: &Parts, ended: bool) -> bool {
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
-        if name != header::COOKIE {
+        // `te: trailers` is for HTTP/2 peers, and the body is sent whole
+        // whatever an `expect` asks.
+        if ![header::COOKIE, header::TE, header::EXPECT].contains(name) {
             push_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
@@ -315,7 +340,15 @@ impl hyper::body::Body for Body {
             }
             if !self.buf.is_empty() {
                 match self.buffered_data() {
-                    Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Some(data)) => {
+                        // Over with this piece: the client's last DATA
+                        // frame ends the stream, and the connection is
+                        // free at once.
+                        if self.progress.done() {
+                            self.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         self.ended = true;
@@ -364,7 +397,6 @@ impl hyper::body::Body for Body {
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
-    use std::time::Duration;
 
     use http_body_util::Either;
 
@@ -381,6 +413,18 @@ mod tests {
 
     /// Sends `req` to an upstream that answers `answer` and then closes.
     fn exchange(req: hyper::http::request::Builder, answer: &'static [u8]) -> Seen {
+        exchange_on(req, answer, false, Duration::from_secs(5), Duration::ZERO)
+    }
+
+    /// Like `exchange`, on a connection taken from the pool when `reused`,
+    /// with `timeout` for the answer, which comes after `delay`.
+    fn exchange_on(
+        req: hyper::http::request::Builder,
+        answer: &'static [u8],
+        reused: bool,
+        timeout: Duration,
+        delay: Duration,
+    ) -> Seen {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let upstream = std::thread::spawn(move || {
@@ -391,7 +435,8 @@ mod tests {
             while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap() == 1 {
                 head.push(byte[0]);
             }
-            s.write_all(answer).unwrap();
+            std::thread::sleep(delay);
+            let _ = s.write_all(answer);
             // Closed a moment later, once the proxy has read what it needs.
             std::thread::sleep(Duration::from_millis(100));
             String::from_utf8(head).unwrap()
@@ -403,16 +448,20 @@ mod tests {
         let worker = Rc::new(Worker::for_tests());
         let answer = tokio::task::LocalSet::new().block_on(&runtime, async {
             let stream = TcpStream::connect(addr).await.unwrap();
-            let origin = Origin {
-                addr,
-                keep: Keep {
-                    idle_timeout: Duration::from_secs(60),
-                    max_idle: 8,
+            let exchange = Exchange {
+                origin: Origin {
+                    addr,
+                    keep: Keep {
+                        idle_timeout: Duration::from_secs(60),
+                        max_idle: 8,
+                    },
                 },
+                reused,
+                timeout,
             };
             let (parts, ()) = req.body(()).unwrap().into_parts();
             let body = Either::Right(Piped::empty());
-            let response = send(&worker, origin, stream, &parts, body).await?;
+            let response = send(&worker, exchange, stream, &parts, body).await?;
             let status = response.status().as_u16();
             let body = response.into_body().collect().await;
             Ok((
@@ -433,8 +482,12 @@ mod tests {
 
     #[test]
     fn a_sized_answer_after_an_interim_one_and_the_connection_pooled() {
+        // `te` and `expect` are for the client's hop only.
+        let req = get()
+            .header("te", "trailers")
+            .header("expect", "100-continue");
         let seen = exchange(
-            get(),
+            req,
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
         );
         let (status, body) = seen.answer.unwrap();
@@ -507,6 +560,25 @@ mod tests {
         let body = seen.answer.unwrap().1;
         assert!(body.unwrap_err().contains("closed the connection"));
         assert_eq!(seen.pooled, 0);
+    }
+
+    #[test]
+    fn a_pooled_connection_closed_before_any_answer_is_stale_only_without_a_body() {
+        let long = Duration::from_secs(5);
+        let seen = exchange_on(get(), b"", true, long, Duration::ZERO);
+        assert!(matches!(seen.answer, Err(Failure::Stale)));
+        let seen = exchange_on(get(), b"", false, long, Duration::ZERO);
+        assert!(matches!(seen.answer, Err(Failure::Protocol)));
+        // Part of an answer, then the close: the upstream failed.
+        let seen = exchange_on(get(), b"HTTP/1.1 200", true, long, Duration::ZERO);
+        assert!(matches!(seen.answer, Err(Failure::Protocol)));
+    }
+
+    #[test]
+    fn an_answer_later_than_the_timeout_is_a_timeout() {
+        let short = Duration::from_millis(100);
+        let seen = exchange_on(get(), b"HTTP/1.1 204 X\r\n\r\n", false, short, 10 * short);
+        assert!(matches!(seen.answer, Err(Failure::Timeout)));
     }
 
     #[test]

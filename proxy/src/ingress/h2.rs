@@ -516,6 +516,15 @@ async fn respond(
     host: &str,
     finish: &mut Finish,
 ) -> Response<Body> {
+    // As for HTTP/1.1: an absolute path (or `OPTIONS *`), so no CONNECT and
+    // no target an upstream could read as another request line.
+    let target = req.uri().path_and_query().map_or("", |p| p.as_str());
+    if !(target.starts_with('/') || (req.method() == Method::OPTIONS && target == "*")) {
+        return local(
+            StatusCode::BAD_REQUEST,
+            "request target must be an absolute path\n",
+        );
+    }
     let route = {
         let headers = req.headers();
         worker
@@ -610,7 +619,7 @@ async fn respond(
 }
 
 /// Why a request could not be forwarded.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(super) enum Failure {
     /// No connection to the endpoint.
     Connect { timed_out: bool },
@@ -622,6 +631,9 @@ pub(super) enum Failure {
     NoEndpoint,
     /// The client's request body passed the body limit.
     BodyTooLarge,
+    /// A pooled HTTP/1.1 connection closed before any answer to a request
+    /// without a body: the upstream had let it go, so a new one may retry.
+    Stale,
 }
 
 impl Failure {
@@ -634,7 +646,7 @@ impl Failure {
             Self::Connect { timed_out: false } => {
                 (StatusCode::BAD_GATEWAY, "upstream unreachable\n")
             }
-            Self::Protocol => (StatusCode::BAD_GATEWAY, "upstream failed\n"),
+            Self::Protocol | Self::Stale => (StatusCode::BAD_GATEWAY, "upstream failed\n"),
             Self::NoEndpoint => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no healthy upstream endpoint\n",
@@ -668,6 +680,9 @@ pub(super) async fn send_with_retries(
         Either::Right(_) => Rc::default(),
     };
     let mut body = Some(body);
+    // A pooled HTTP/1.1 connection the upstream had already closed is no
+    // fault of the endpoint: the request goes once more on a new one.
+    let (mut pooled, mut fresh_retry_used) = (true, false);
     loop {
         let addr = flight.endpoint().addr;
         // The request is built only once a connection is at hand, so one
@@ -676,7 +691,7 @@ pub(super) async fn send_with_retries(
         // the whole of opening it is held to the connect timeout.
         let opened = tokio::time::timeout(
             upstream.settings.connect_timeout,
-            open(worker, upstream, addr),
+            open(worker, upstream, addr, pooled),
         )
         .await
         .unwrap_or(Err(Failure::Connect { timed_out: true }));
@@ -687,7 +702,7 @@ pub(super) async fn send_with_retries(
                 fail(worker, upstream, "connect");
                 match attempts.retry_unsent(addr) {
                     Some(next) => {
-                        flight = next;
+                        (flight, pooled) = (next, true);
                         continue;
                     }
                     None => return Err((failure, None)),
@@ -698,13 +713,8 @@ pub(super) async fn send_with_retries(
             body: body.take().unwrap_or_else(|| Either::Right(Piped::empty())),
             may_retry: attempts.may_retry(),
         };
-        let sent = tokio::time::timeout(
-            upstream.settings.request_timeout,
-            send(worker, upstream, addr, conn, &mut parts, attempt),
-        )
-        .await;
-        let next = match sent {
-            Ok(Ok(response)) => {
+        let next = match send(worker, upstream, addr, conn, &mut parts, attempt).await {
+            Ok(response) => {
                 let status = response.status().as_u16();
                 match attempts.retry_status(addr, status) {
                     Some(next) => next,
@@ -716,11 +726,20 @@ pub(super) async fn send_with_retries(
             }
             // The client's body broke the request, not the endpoint (a body
             // that can be cut off is never replayed).
-            Ok(Err(_)) if exceeded.get() => return Err((Failure::BodyTooLarge, None)),
+            Err(_) if exceeded.get() => return Err((Failure::BodyTooLarge, None)),
+            Err(Failure::Stale) if replayable && !fresh_retry_used => {
+                (pooled, fresh_retry_used) = (false, true);
+                continue;
+            }
+            Err(Failure::Timeout) => {
+                upstream.record(flight.endpoint(), false);
+                fail(worker, upstream, "timeout");
+                return Err((Failure::Timeout, Some(addr)));
+            }
             // Nothing reached the client: tried elsewhere if the request
             // allows, as HTTP/1.1 retries a connection closed before an
             // answer.
-            Ok(Err(failure)) => {
+            Err(failure) => {
                 fail(worker, upstream, "protocol");
                 match attempts.retry(addr) {
                     Some(next) => next,
@@ -730,14 +749,9 @@ pub(super) async fn send_with_retries(
                     }
                 }
             }
-            Err(_) => {
-                upstream.record(flight.endpoint(), false);
-                fail(worker, upstream, "timeout");
-                return Err((Failure::Timeout, Some(addr)));
-            }
         };
         upstream.record(flight.endpoint(), false);
-        flight = next;
+        (flight, pooled) = (next, true);
     }
 }
 
@@ -745,13 +759,18 @@ pub(super) async fn send_with_retries(
 enum Conn {
     /// The endpoint's shared h2c connection.
     H2(hyper::client::conn::http2::SendRequest<UpstreamBody>),
-    /// An HTTP/1.1 connection of its own, from the pool or new.
-    H1(TcpStream),
+    /// An HTTP/1.1 connection of its own, from the pool (`reused`) or new.
+    H1 { stream: TcpStream, reused: bool },
 }
 
 /// A connection to `addr` for one request of `upstream`: nothing of the
 /// request is sent yet.
-async fn open(worker: &Worker, upstream: &Upstream, addr: SocketAddr) -> Result<Conn, Failure> {
+async fn open(
+    worker: &Worker,
+    upstream: &Upstream,
+    addr: SocketAddr,
+    pooled: bool,
+) -> Result<Conn, Failure> {
     // Making a connection is boxed: it is rare, and its state would
     // otherwise make every request's task larger.
     match upstream.settings.protocol {
@@ -770,9 +789,15 @@ async fn open(worker: &Worker, upstream: &Upstream, addr: SocketAddr) -> Result<
             sender.ready().await.map_err(|_| Failure::Protocol)?;
             Ok(Conn::H2(sender))
         }
-        UpstreamProtocol::Http1 => match worker.pool.take(addr) {
-            Some(stream) => Ok(Conn::H1(stream)),
-            None => Ok(Conn::H1(Box::pin(connect(upstream, addr)).await?)),
+        UpstreamProtocol::Http1 => match pooled.then(|| worker.pool.take(addr)).flatten() {
+            Some(stream) => Ok(Conn::H1 {
+                stream,
+                reused: true,
+            }),
+            None => Ok(Conn::H1 {
+                stream: Box::pin(connect(upstream, addr)).await?,
+                reused: false,
+            }),
         },
     }
 }
@@ -803,7 +828,8 @@ struct Attempt {
     may_retry: bool,
 }
 
-/// Sends the request of `parts` on `conn` and waits for the response head.
+/// Sends the request of `parts` on `conn` and waits for the response head,
+/// for at most the upstream's request timeout.
 async fn send(
     worker: &Rc<Worker>,
     upstream: &Upstream,
@@ -812,6 +838,7 @@ async fn send(
     parts: &mut hyper::http::request::Parts,
     attempt: Attempt,
 ) -> Result<Response<FromUpstream>, Failure> {
+    let timeout = upstream.settings.request_timeout;
     match conn {
         Conn::H2(mut sender) => {
             let mut req = Request::new(attempt.body);
@@ -825,19 +852,25 @@ async fn send(
             } else {
                 std::mem::take(&mut parts.headers)
             };
-            let response = sender
-                .send_request(req)
+            // hyper sends the body while it waits for the answer, so the
+            // timeout covers both.
+            let response = tokio::time::timeout(timeout, sender.send_request(req))
                 .await
+                .map_err(|_| Failure::Timeout)?
                 .map_err(|_| Failure::Protocol)?;
             Ok(response.map(FromUpstream::H2))
         }
-        Conn::H1(stream) => {
-            let origin = h1_upstream::Origin {
-                addr,
-                keep: upstream.settings.keep,
+        Conn::H1 { stream, reused } => {
+            let exchange = h1_upstream::Exchange {
+                origin: h1_upstream::Origin {
+                    addr,
+                    keep: upstream.settings.keep,
+                },
+                reused,
+                timeout,
             };
             // The head is written from `parts`, so retries need no copy.
-            let response = h1_upstream::send(worker, origin, stream, parts, attempt.body).await?;
+            let response = h1_upstream::send(worker, exchange, stream, parts, attempt.body).await?;
             Ok(response.map(FromUpstream::H1))
         }
     }
