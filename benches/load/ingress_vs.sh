@@ -112,6 +112,14 @@
 # (plain 0.95-1.54, TLS 1.17-1.63), Orca/HAProxy 0.83-1.86; CPU per
 # request 0.67-1.07 plain, 0.48-0.80 TLS; p99 0.56-1.19; 10k idle
 # connections 25.0 MiB in a new process (27.0 after the loads).
+#
+# 2026-11-30, the last run of the day (fewer allocations per HTTP/2
+# request, the last DATA frame ending the stream; a quiet machine): every
+# wrk row Orca/nginx req/s 1.01-1.21 (plain 1.01-1.15, TLS 1.03-1.21),
+# Orca/HAProxy 0.96-1.46; CPU per request 0.76-0.99 plain (256 connections
+# 2 B 0.99, 16 KiB 0.85 and 0.89), 0.64-0.79 TLS; p99 0.63-1.06; h2load
+# over TLS Orca 17.4k req/s, nginx 16.4k, HAProxy 17.6k (Orca/nginx 1.06);
+# 10k idle connections 24.9 MiB in a new process (26.9 after the loads).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
