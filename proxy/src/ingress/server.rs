@@ -504,9 +504,9 @@ impl Drop for Open {
 /// "heavy" class, a worker answers one ClientHello at a time and lets the
 /// connections that are ready go first: a burst of new connections delays
 /// the requests of open ones by one signature, not by the whole burst.
-/// (A client sent a HelloRetryRequest signs its second ClientHello's answer
-/// outside its turn; clients offering the key shares the server prefers,
-/// as all common ones do, never get one.)
+/// (A client that gets a HelloRetryRequest has its second ClientHello
+/// answered outside its turn; clients offering a key share the server
+/// supports, as all common ones do, never get one.)
 async fn serve_tls(
     worker: Rc<Worker>,
     config: Arc<ServerConfig>,
