@@ -7,8 +7,9 @@
 //!
 //! The request body, if any, is sent whole before the response is read (as
 //! nginx buffers it): an HTTP/1.1 upstream that answers early gets the rest
-//! of the body anyway. Response trailers are dropped; HTTP/1.1 upstreams
-//! rarely send them, and gRPC, which needs them, uses h2c upstreams.
+//! of the body anyway, and one that closes instead has its answer read all
+//! the same. Response trailers are dropped; HTTP/1.1 upstreams rarely send
+//! them, and gRPC, which needs them, uses h2c upstreams.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
