@@ -1142,19 +1142,20 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             .map_err(|_| ExchangeError::Fatal(Failure::Client))?;
     }
     let max_read = usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX);
+    // Set when the upstream stopped taking the body, which it may do once
+    // it has answered (a 413, say): its answer is read all the same, and
+    // neither connection is reused, each being mid-body.
+    let mut body_cut = false;
     if !body.done() {
         // A body cut off here (past the limit, or malformed) leaves the
         // upstream with part of it: this connection is dropped, never
         // pooled, which aborts the request upstream.
-        stream_body(client, cbuf, upstream_stream, &mut body, max_read)
-            .await
-            .map_err(|side| {
-                ExchangeError::Fatal(match side {
-                    Side::Source => Failure::Client,
-                    Side::Sink => Failure::Upstream("upstream closed during the request body"),
-                    Side::Body(e) => e.into(),
-                })
-            })?;
+        match stream_body(client, cbuf, upstream_stream, &mut body, max_read).await {
+            Ok(_) => {}
+            Err(Side::Sink) => body_cut = true,
+            Err(Side::Source) => return Err(ExchangeError::Fatal(Failure::Client)),
+            Err(Side::Body(e)) => return Err(ExchangeError::Fatal(e.into())),
+        }
     }
 
     // The response head; interim 1xx responses (but 101) pass through.
@@ -1196,6 +1197,11 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         match tokio::time::timeout_at(deadline, ubuf.read_from(upstream_stream, max_head)).await {
             Err(_) => return Err(ExchangeError::Fatal(Failure::Timeout)),
             Ok(Ok(0)) | Ok(Err(_)) if ubuf.is_empty() && replayable => return Err(retry),
+            Ok(Ok(0)) | Ok(Err(_)) if body_cut => {
+                return Err(ExchangeError::Fatal(Failure::Upstream(
+                    "upstream closed during the request body",
+                )));
+            }
             Ok(Ok(0)) | Ok(Err(_)) => {
                 return Err(ExchangeError::Fatal(Failure::Upstream(
                     "upstream closed before answering",
@@ -1238,6 +1244,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     }
 
     let keep_alive = info.keep_alive
+        && !body_cut
         && rinfo.framing != Framing::UntilClose
         && !worker
             .shared
@@ -1279,7 +1286,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     }
     // Anything beyond the response means the upstream is out of step: do
     // not reuse the connection.
-    if rinfo.reusable && !extra && ubuf.is_empty() {
+    if rinfo.reusable && !extra && !body_cut && ubuf.is_empty() {
         worker
             .pool
             .put(attempt.addr, attempt.stream, upstream.settings.keep);
