@@ -86,6 +86,8 @@ pub(super) async fn send(
 
     let mut buf = LeasedBuf::new(worker.clone());
     let mut head = Head::default();
+    // Whether the upstream said anything at all (an interim answer counts).
+    let mut heard = false;
     let info = loop {
         if !buf.is_empty() {
             match h1::parse_response(buf.filled(), &mut head, MAX_HEAD, is_head) {
@@ -102,9 +104,9 @@ pub(super) async fn send(
         }
         match tokio::time::timeout_at(deadline, buf.read_from(&mut stream, MAX_HEAD)).await {
             Err(_) => return Err(Failure::Timeout),
-            Ok(Ok(0) | Err(_)) if buf.is_empty() => return Err(stale),
+            Ok(Ok(0) | Err(_)) if !heard => return Err(stale),
             Ok(Ok(0) | Err(_)) => return Err(Failure::Protocol),
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => heard = true,
         }
     };
     // Nothing was asked to upgrade: a 101 is not an answer to this request.
@@ -564,15 +566,18 @@ mod tests {
     }
 
     #[test]
-    fn a_pooled_connection_closed_before_any_answer_is_stale_only_without_a_body() {
+    fn only_a_pooled_connection_closed_before_any_answer_is_stale() {
         let long = Duration::from_secs(5);
         let seen = exchange_on(get(), b"", true, long, Duration::ZERO);
         assert!(matches!(seen.answer, Err(Failure::Stale)));
         let seen = exchange_on(get(), b"", false, long, Duration::ZERO);
         assert!(matches!(seen.answer, Err(Failure::Protocol)));
-        // Part of an answer, then the close: the upstream failed.
-        let seen = exchange_on(get(), b"HTTP/1.1 200", true, long, Duration::ZERO);
-        assert!(matches!(seen.answer, Err(Failure::Protocol)));
+        // Part of an answer, or an interim one, then the close: the
+        // upstream failed.
+        for answer in [&b"HTTP/1.1 200"[..], b"HTTP/1.1 100 Continue\r\n\r\n"] {
+            let seen = exchange_on(get(), answer, true, long, Duration::ZERO);
+            assert!(matches!(seen.answer, Err(Failure::Protocol)));
+        }
     }
 
     #[test]
