@@ -296,6 +296,18 @@ impl Body {
         }
     }
 
+    /// Ends the body and closes its connection.
+    fn close(&mut self) {
+        self.ended = true;
+        self.stream = None;
+    }
+
+    /// Ends the body with `failure`, its connection closed.
+    fn fail(&mut self, failure: BodyFailure) -> Poll<Option<Result<Frame<Bytes>, BodyFailure>>> {
+        self.close();
+        Poll::Ready(Some(Err(failure)))
+    }
+
     /// The next piece of body data in what is buffered, if any.
     fn buffered_data(&mut self) -> Result<Option<Bytes>, BodyFailure> {
         let filled = self.buf.filled();
@@ -353,11 +365,7 @@ impl hyper::body::Body for Body {
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                     Ok(None) => {}
-                    Err(e) => {
-                        self.ended = true;
-                        self.stream = None;
-                        return Poll::Ready(Some(Err(e)));
-                    }
+                    Err(e) => return self.fail(e),
                 }
             }
             if self.progress.done() {
@@ -365,22 +373,14 @@ impl hyper::body::Body for Body {
                 return Poll::Ready(None);
             }
             match ready!(self.poll_fill(cx)) {
+                // The end of an until-close body, and of its connection.
                 Ok(0) if matches!(self.progress, BodyProgress::UntilClose) => {
-                    self.reusable = false;
-                    self.finish();
+                    self.close();
                     return Poll::Ready(None);
                 }
-                Ok(0) => {
-                    self.ended = true;
-                    self.stream = None;
-                    return Poll::Ready(Some(Err(BodyFailure::Closed)));
-                }
+                Ok(0) => return self.fail(BodyFailure::Closed),
                 Ok(_) => {}
-                Err(e) => {
-                    self.ended = true;
-                    self.stream = None;
-                    return Poll::Ready(Some(Err(e.into())));
-                }
+                Err(e) => return self.fail(e.into()),
             }
         }
     }
