@@ -886,3 +886,81 @@ async fn connect(upstream: &Upstream, addr: SocketAddr) -> Result<TcpStream, Fai
         Err(_) => Err(Failure::Connect { timed_out: true }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ingress::config::LbPolicy;
+
+    /// Reads a request head from `s`.
+    fn read_head(s: &mut std::net::TcpStream) {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+    }
+
+    #[test]
+    fn a_pooled_connection_found_closed_is_retried_once_on_a_new_one() {
+        // The upstream's first connection takes the request and closes
+        // unanswered, as an upstream does that let it go idle meanwhile;
+        // its second answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        // Gives up after a few seconds, so a proxy that never reconnects
+        // fails the test rather than hanging it.
+        let accept = move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                        return Some(s);
+                    }
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => return None,
+                }
+            }
+        };
+        let upstream_side = std::thread::spawn(move || {
+            let mut first = accept().expect("the pooled connection");
+            read_head(&mut first);
+            drop(first);
+            if let Some(mut second) = accept() {
+                read_head(&mut second);
+                let _ = second.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let worker = Rc::new(Worker::for_tests());
+        let upstream = Upstream::new("u", vec![addr], LbPolicy::RoundRobin);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let status = tokio::task::LocalSet::new().block_on(&runtime, async {
+            let idle = TcpStream::connect(addr).await.unwrap();
+            worker.pool.put(addr, idle, upstream.settings.keep);
+            let req = Request::get("/x")
+                .header(header::HOST, "example.com")
+                .body(Either::Right(Piped::empty()))
+                .unwrap();
+            match send_with_retries(&worker, &upstream, req, true).await {
+                Ok((response, _)) => Ok(response.status().as_u16()),
+                Err((failure, _)) => Err(failure),
+            }
+        });
+        // With the one endpoint tried already, anything but a retry on a
+        // new connection would have been a 502.
+        assert_eq!(status.unwrap(), 200);
+        upstream_side.join().unwrap();
+    }
+}
