@@ -877,14 +877,9 @@ async fn send(
 }
 
 async fn connect(upstream: &Upstream, addr: SocketAddr) -> Result<TcpStream, Failure> {
-    match tokio::time::timeout(upstream.settings.connect_timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
-        Ok(Err(_)) => Err(Failure::Connect { timed_out: false }),
-        Err(_) => Err(Failure::Connect { timed_out: true }),
-    }
+    upstream.dial(addr).await.map_err(|e| Failure::Connect {
+        timed_out: e.timed_out,
+    })
 }
 
 #[cfg(test)]

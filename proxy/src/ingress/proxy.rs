@@ -16,7 +16,6 @@ use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
 
 use super::access_log::{AccessLog, Entry};
 use super::body::{BodyError, BodyProgress, Framing};
@@ -863,17 +862,15 @@ async fn connect(
             addr,
         });
     }
-    match timeout(upstream.settings.connect_timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Ok(Attempt {
-                stream,
-                reused: false,
-                addr,
-            })
-        }
-        Ok(Err(_)) => Err(Failure::Connect { timed_out: false }),
-        Err(_) => Err(Failure::Connect { timed_out: true }),
+    match upstream.dial(addr).await {
+        Ok(stream) => Ok(Attempt {
+            stream,
+            reused: false,
+            addr,
+        }),
+        Err(e) => Err(Failure::Connect {
+            timed_out: e.timed_out,
+        }),
     }
 }
 

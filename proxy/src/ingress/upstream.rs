@@ -17,6 +17,13 @@ fn now_ms() -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A connection to an endpoint could not be made.
+#[derive(Debug, Clone, Copy)]
+pub struct DialError {
+    /// Whether the connect timeout ran out (else the endpoint refused).
+    pub timed_out: bool,
+}
+
 /// One backend address and what the proxy knows about its health.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -138,6 +145,21 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// A new connection to `addr`, within this upstream's connect timeout,
+    /// with Nagle off (heads and small bodies go out at once); the error
+    /// says whether the time ran out.
+    pub async fn dial(&self, addr: SocketAddr) -> Result<tokio::net::TcpStream, DialError> {
+        let connecting = tokio::net::TcpStream::connect(addr);
+        match tokio::time::timeout(self.settings.connect_timeout, connecting).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Ok(stream)
+            }
+            Ok(Err(_)) => Err(DialError { timed_out: false }),
+            Err(_) => Err(DialError { timed_out: true }),
+        }
+    }
+
     /// An upstream with default settings.
     pub fn new(name: &str, addrs: Vec<SocketAddr>, lb: LbPolicy) -> Self {
         Self::with_endpoints(
