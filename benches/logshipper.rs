@@ -39,7 +39,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use orca_logshipper::config::{Format, InputConfig};
+use orca_logshipper::config::{FileField, Format, InputConfig};
 use orca_logshipper::event::{Chunk, FileId, Source, Stream};
 use orca_logshipper::parse::Parser;
 use orca_logshipper::sinks::Batch;
@@ -87,7 +87,7 @@ fn parse(c: &mut Criterion) {
         format: Format::Cri,
         ..InputConfig::default()
     };
-    let source = Arc::new(Source::new("pods".into(), POD_LOG.into()));
+    let source = Arc::new(Source::new("pods".into(), POD_LOG.into(), FileField::Auto));
     let mut group = c.benchmark_group("parse");
     group.throughput(Throughput::Bytes(data.len() as u64));
     group.bench_function("cri_1MiB", |b| {
@@ -105,7 +105,7 @@ fn parse(c: &mut Criterion) {
 }
 
 fn batch() -> Batch {
-    let source = Arc::new(Source::new("pods".into(), POD_LOG.into()));
+    let source = Arc::new(Source::new("pods".into(), POD_LOG.into(), FileField::Auto));
     let mut chunk = Chunk::new(FileId(1), source);
     for seq in 0..1000 {
         let stream = if seq % 5 == 0 {

@@ -66,6 +66,9 @@ pub struct InputConfig {
     /// How long a rotated or deleted file is still followed, for a writer
     /// that has not reopened its log yet; it is closed at its end after that.
     pub rotate_wait: Duration,
+    /// Whether events carry the path of their file (`file`, Loki's
+    /// `filename`).
+    pub file_field: FileField,
 }
 
 impl Default for InputConfig {
@@ -79,6 +82,7 @@ impl Default for InputConfig {
             scan_interval: Duration::from_secs(1),
             poll_interval: Duration::from_millis(250),
             rotate_wait: Duration::from_secs(5),
+            file_field: FileField::Auto,
         }
     }
 }
@@ -97,6 +101,21 @@ pub enum Format {
     Raw,
     /// Docker's json-file driver: `{"log":"...","stream":"...","time":"..."}`.
     DockerJson,
+}
+
+/// When an event carries the path of the file it was read from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileField {
+    /// For files that are not pod logs. A pod log's path only repeats its
+    /// pod fields (and the container's restart count) at a third of each
+    /// event's bytes; Fluent Bit, too, adds paths only when asked.
+    #[default]
+    Auto,
+    /// For every file.
+    Always,
+    /// Never.
+    Never,
 }
 
 /// Multiline joining: a line matching `start` begins a new event, any other
@@ -655,6 +674,23 @@ outputs:
             let err = load(text).unwrap_err().to_string();
             assert!(err.contains(&format!("{field}: ")), "{field}: {err}");
         }
+    }
+
+    #[test]
+    fn file_field_defaults_to_auto_and_names_its_place_when_wrong() {
+        let config = load(
+            "inputs: [{name: a, paths: [/x]}, {name: b, paths: [/y], file_field: always}]\noutputs: [{name: s, type: stdout}]\n",
+        )
+            .expect("loads");
+        assert_eq!(config.inputs[0].file_field, FileField::Auto);
+        assert_eq!(config.inputs[1].file_field, FileField::Always);
+        let err = load("inputs: [{name: a, paths: [/x], file_field: sometimes}]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("file_field") && err.contains("sometimes"),
+            "{err}"
+        );
     }
 
     #[test]

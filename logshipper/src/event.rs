@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::buffer::Reservation;
+use crate::config::FileField;
 use crate::json;
 
 /// One tailed file's byte stream; stays the same across renames and a
@@ -82,24 +83,35 @@ pub struct Source {
     pub path: PathBuf,
     /// The pod, for kubelet log paths.
     pub pod: Option<PodRef>,
+    /// The pod's labels, when the cluster knows the pod.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// The path as events carry it, if they do (`file_field`).
+    file: Option<String>,
     json_fields: String,
 }
 
 impl Source {
-    /// Describes the file at `path`, read by `input`.
-    pub fn new(input: Arc<str>, path: PathBuf) -> Self {
-        Self::with_labels(input, path, |_| None)
+    /// Describes the file at `path`, read by `input`, without labels.
+    pub fn new(input: Arc<str>, path: PathBuf, file_field: FileField) -> Self {
+        Self::with_labels(input, path, file_field, |_| None)
     }
 
     /// Like [`Source::new`], with the pod's labels as `labels` finds them.
     pub fn with_labels(
         input: Arc<str>,
         path: PathBuf,
+        file_field: FileField,
         labels: impl FnOnce(&PodRef) -> Option<BTreeMap<String, String>>,
     ) -> Self {
         let pod = PodRef::from_path(&path);
+        let labels = pod.as_ref().and_then(labels);
+        let file = match file_field {
+            FileField::Always => true,
+            FileField::Auto => pod.is_none(),
+            FileField::Never => false,
+        }
+        .then(|| path.to_string_lossy().into_owned());
         let mut fields = Vec::new();
-        let path_text = path.to_string_lossy();
         let mut put = |key: &str, value: &str| {
             fields.extend_from_slice(b",\"");
             fields.extend_from_slice(key.as_bytes());
@@ -107,35 +119,44 @@ impl Source {
             json::push_str(&mut fields, value);
         };
         put("input", &input);
-        put("file", &path_text);
+        if let Some(file) = &file {
+            put("file", file);
+        }
         if let Some(pod) = &pod {
             put("namespace", &pod.namespace);
             put("pod", &pod.pod);
             put("uid", &pod.uid);
             put("container", &pod.container);
-            if let Some(labels) = labels(pod) {
-                fields.extend_from_slice(b",\"labels\":{");
-                for (i, (k, v)) in labels.iter().enumerate() {
-                    if i > 0 {
-                        fields.push(b',');
-                    }
-                    json::push_str(&mut fields, k);
-                    fields.push(b':');
-                    json::push_str(&mut fields, v);
+        }
+        if let Some(labels) = &labels {
+            fields.extend_from_slice(b",\"labels\":{");
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    fields.push(b',');
                 }
-                fields.push(b'}');
+                json::push_str(&mut fields, k);
+                fields.push(b':');
+                json::push_str(&mut fields, v);
             }
+            fields.push(b'}');
         }
         let json_fields = String::from_utf8(fields).unwrap_or_default();
         Self {
             input,
             path,
             pod,
+            labels,
+            file,
             json_fields,
         }
     }
 
-    /// `,"input":...,"file":...` and the pod fields, already escaped, for
+    /// The file's path, if its events carry it.
+    pub fn file(&self) -> Option<&str> {
+        self.file.as_deref()
+    }
+
+    /// `,"input":...`, the file and the pod fields, already escaped, for
     /// appending to a JSON object being written.
     pub fn json_fields(&self) -> &str {
         &self.json_fields
@@ -243,11 +264,38 @@ mod tests {
 
     #[test]
     fn source_json_fields_are_escaped() {
-        let source = Source::new("in\"put".into(), PathBuf::from("/l/ns_p_u/c/0.log"));
+        let source = Source::new(
+            "in\"put".into(),
+            PathBuf::from("/l/ns_p_u/c/0.log"),
+            FileField::Always,
+        );
         assert_eq!(
             source.json_fields(),
             r#","input":"in\"put","file":"/l/ns_p_u/c/0.log","namespace":"ns","pod":"p","uid":"u","container":"c""#
         );
+    }
+
+    #[test]
+    fn pod_logs_carry_their_path_only_when_asked() {
+        let fields = |path: &str, file_field| {
+            Source::new("in".into(), PathBuf::from(path), file_field)
+                .json_fields()
+                .to_string()
+        };
+        let pod = "/l/ns_p_u/c/0.log";
+        assert_eq!(
+            fields(pod, FileField::Auto),
+            r#","input":"in","namespace":"ns","pod":"p","uid":"u","container":"c""#
+        );
+        assert_eq!(
+            fields("/var/log/x", FileField::Auto),
+            r#","input":"in","file":"/var/log/x""#
+        );
+        assert!(fields(pod, FileField::Always).contains(r#""file":"/l/ns_p_u/c/0.log""#));
+        assert_eq!(fields("/var/log/x", FileField::Never), r#","input":"in""#);
+        let source = Source::new("in".into(), PathBuf::from(pod), FileField::Auto);
+        assert_eq!(source.file(), None);
+        assert_eq!(source.path, PathBuf::from(pod));
     }
 
     #[test]
@@ -256,18 +304,27 @@ mod tests {
             ("app".to_string(), "web".to_string()),
             ("note".to_string(), "say \"hi\"".to_string()),
         ]);
-        let source = Source::with_labels("in".into(), PathBuf::from("/l/ns_p_u/c/0.log"), |pod| {
-            assert_eq!(pod.pod, "p");
-            Some(labels)
-        });
+        let source = Source::with_labels(
+            "in".into(),
+            PathBuf::from("/l/ns_p_u/c/0.log"),
+            FileField::Always,
+            |pod| {
+                assert_eq!(pod.pod, "p");
+                Some(labels.clone())
+            },
+        );
         assert_eq!(
             source.json_fields(),
             r#","input":"in","file":"/l/ns_p_u/c/0.log","namespace":"ns","pod":"p","uid":"u","container":"c","labels":{"app":"web","note":"say \"hi\""}"#
         );
+        assert_eq!(source.labels, Some(labels));
         // Files that are not pod logs have no pod, so no labels are asked for.
-        let plain = Source::with_labels("in".into(), PathBuf::from("/var/log/x"), |_| {
-            panic!("asked")
-        });
+        let plain = Source::with_labels(
+            "in".into(),
+            PathBuf::from("/var/log/x"),
+            FileField::Auto,
+            |_| panic!("asked"),
+        );
         assert!(!plain.json_fields().contains("labels"));
     }
 }

@@ -533,7 +533,7 @@ fn utf8(bytes: &[u8]) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::MultilineConfig;
+    use crate::config::{FileField, MultilineConfig};
     use crate::event::{FileId, Source};
     use orca_core::config::ByteSize;
     use std::sync::Arc;
@@ -548,7 +548,10 @@ mod tests {
     }
 
     fn chunk() -> Chunk {
-        Chunk::new(FileId(1), Arc::new(Source::new("t".into(), "/x".into())))
+        Chunk::new(
+            FileId(1),
+            Arc::new(Source::new("t".into(), "/x".into(), FileField::Auto)),
+        )
     }
 
     /// (text, stream, commit) of every event.

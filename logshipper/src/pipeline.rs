@@ -280,11 +280,15 @@ async fn write_checkpoint(store: &Store, tracker: &Tracker, metrics: &ShipperMet
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::FileField;
     use crate::event::{FileId, Source};
     use orca_core::config::{ByteSize, Duration as ConfigDuration};
 
     fn chunk(events: usize, first_commit: u64) -> Arc<Chunk> {
-        let mut chunk = Chunk::new(FileId(1), Arc::new(Source::new("in".into(), "/f".into())));
+        let mut chunk = Chunk::new(
+            FileId(1),
+            Arc::new(Source::new("in".into(), "/f".into(), FileField::Auto)),
+        );
         for i in 0..events {
             chunk.push("0123456789", 0, None, first_commit + i as u64 + 1);
         }

@@ -83,7 +83,11 @@ pub fn forward_message(batch: &Batch, tag: &str, chunk: Option<&str>, out: &mut 
         event_time(out, event);
         let source = &chunk_of.source;
         let pod = source.pod.as_ref();
-        let fields = 3 + usize::from(event.stream.is_some()) + if pod.is_some() { 4 } else { 0 };
+        let fields = 2
+            + usize::from(event.stream.is_some())
+            + usize::from(source.file().is_some())
+            + if pod.is_some() { 4 } else { 0 }
+            + usize::from(source.labels.is_some());
         map(out, fields);
         str(out, "log");
         str(out, chunk_of.line(event));
@@ -93,8 +97,10 @@ pub fn forward_message(batch: &Batch, tag: &str, chunk: Option<&str>, out: &mut 
         }
         str(out, "input");
         str(out, &source.input);
-        str(out, "file");
-        str(out, &source.path.to_string_lossy());
+        if let Some(file) = source.file() {
+            str(out, "file");
+            str(out, file);
+        }
         if let Some(pod) = pod {
             for (key, value) in [
                 ("namespace", &pod.namespace),
@@ -102,6 +108,14 @@ pub fn forward_message(batch: &Batch, tag: &str, chunk: Option<&str>, out: &mut 
                 ("uid", &pod.uid),
                 ("container", &pod.container),
             ] {
+                str(out, key);
+                str(out, value);
+            }
+        }
+        if let Some(labels) = &source.labels {
+            str(out, "labels");
+            map(out, labels.len());
+            for (key, value) in labels {
                 str(out, key);
                 str(out, value);
             }
@@ -246,4 +260,61 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FileField;
+    use crate::event::{Chunk, FileId, Source};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    /// The record of the only event of a message for a file at `path`.
+    fn record(path: &str, file_field: FileField) -> Vec<(String, rmpv::Value)> {
+        let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
+        let source = Source::with_labels("pods".into(), path.into(), file_field, |_| Some(labels));
+        let mut chunk = Chunk::new(FileId(1), Arc::new(source));
+        chunk.push("hello", 1_700_000_000_000_000_000, None, 6);
+        let mut out = Vec::new();
+        forward_message(&Batch::of([Arc::new(chunk)]), "t", None, &mut out);
+        let message = rmpv::decode::read_value(&mut out.as_slice()).expect("msgpack");
+        let entry = message[1][0].as_array().expect("entry").clone();
+        entry[1]
+            .as_map()
+            .expect("record")
+            .iter()
+            .map(|(k, v)| (k.as_str().expect("string key").to_string(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn records_carry_pod_fields_labels_and_the_file_as_configured() {
+        let pod = record("/l/ns_p_u/c/0.log", FileField::Auto);
+        let keys: Vec<&str> = pod.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "log",
+                "input",
+                "namespace",
+                "pod",
+                "uid",
+                "container",
+                "labels"
+            ]
+        );
+        let labels = &pod.last().expect("labels").1;
+        assert_eq!(labels["app"].as_str(), Some("web"));
+
+        let with_file = record("/l/ns_p_u/c/0.log", FileField::Always);
+        assert!(
+            with_file
+                .iter()
+                .any(|(k, v)| k == "file" && v.as_str() == Some("/l/ns_p_u/c/0.log"))
+        );
+        let plain = record("/var/log/x", FileField::Auto);
+        let keys: Vec<&str> = plain.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["log", "input", "file"]);
+    }
 }

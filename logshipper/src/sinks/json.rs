@@ -107,7 +107,9 @@ pub fn loki(batch: &Batch, out: &mut Vec<u8>) {
             push_str(out, value);
         };
         label("input", &source.input, true);
-        label("filename", &source.path.to_string_lossy(), false);
+        if let Some(file) = source.file() {
+            label("filename", file, false);
+        }
         if let Some(stream) = first.stream {
             label("stream", stream.as_str(), false);
         }
@@ -133,6 +135,7 @@ pub fn loki(batch: &Batch, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::FileField;
     use crate::event::{Chunk, FileId};
     use serde_json::{Value, json};
 
@@ -140,6 +143,7 @@ mod tests {
         let pod = Arc::new(Source::new(
             "pods".into(),
             "/l/ns_web-1_u-1/nginx/0.log".into(),
+            FileField::Always,
         ));
         let mut a = Chunk::new(FileId(1), pod);
         a.push(
@@ -160,7 +164,11 @@ mod tests {
             Some(Stream::Stdout),
             30,
         );
-        let plain = Arc::new(Source::new("sys".into(), "/var/log/syslog".into()));
+        let plain = Arc::new(Source::new(
+            "sys".into(),
+            "/var/log/syslog".into(),
+            FileField::Auto,
+        ));
         let mut b = Chunk::new(FileId(2), plain);
         b.push("kernel: hi", 0, None, 5);
         Batch::of([Arc::new(a), Arc::new(b)])

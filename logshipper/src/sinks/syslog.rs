@@ -111,6 +111,7 @@ pub fn host_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::FileField;
     use crate::event::{Chunk, FileId, Source};
     use std::sync::Arc;
 
@@ -137,6 +138,7 @@ mod tests {
         let pod = Arc::new(Source::new(
             "pods".into(),
             "/l/ns_web_u-1/ng]x/0.log".into(),
+            FileField::Auto,
         ));
         let mut a = Chunk::new(FileId(1), pod);
         a.push(
@@ -153,7 +155,11 @@ mod tests {
         );
         let mut b = Chunk::new(
             FileId(2),
-            Arc::new(Source::new("sys".into(), "/var/log/x".into())),
+            Arc::new(Source::new(
+                "sys".into(),
+                "/var/log/x".into(),
+                FileField::Auto,
+            )),
         );
         b.push("plain", 0, None, 3);
         let mut out = Vec::new();

@@ -18,7 +18,7 @@ use tokio::sync::mpsc::Sender;
 
 use crate::buffer::Budget;
 use crate::checkpoint::Entry;
-use crate::config::InputConfig;
+use crate::config::{FileField, InputConfig};
 use crate::event::{Chunk, FileId, Source};
 use crate::metadata::PodMetadata;
 use crate::metrics::InputMetrics;
@@ -103,6 +103,7 @@ pub struct Watcher {
     scan_interval: Duration,
     poll_interval: Duration,
     rotate_wait: Duration,
+    file_field: FileField,
     next_scan: Instant,
     wiring: Wiring,
     files: Vec<Tailed>,
@@ -123,6 +124,7 @@ impl Watcher {
             scan_interval: input.scan_interval.get(),
             poll_interval: input.poll_interval.get(),
             rotate_wait: input.rotate_wait.get(),
+            file_field: input.file_field,
             next_scan: Instant::now(),
             wiring,
             files: Vec::new(),
@@ -305,9 +307,12 @@ impl Watcher {
             fingerprint,
             offset,
             parser: self.parser.fresh(),
-            source: Arc::new(Source::with_labels(Arc::clone(&self.name), path, |pod| {
-                self.wiring.pods.as_ref().and_then(|p| p.labels(pod))
-            })),
+            source: Arc::new(Source::with_labels(
+                Arc::clone(&self.name),
+                path,
+                self.file_field,
+                |pod| self.wiring.pods.as_ref().and_then(|p| p.labels(pod)),
+            )),
             rotated: rotated.then(Instant::now),
             warned: false,
         });
