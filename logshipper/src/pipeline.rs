@@ -109,6 +109,11 @@ impl Output {
 }
 
 /// Cuts the chunk stream into batches and encodes each, one ahead of delivery.
+///
+/// The next batch is gathered while the one before it is encoded: a batch
+/// holds more chunks than the channel, so gathering only after encoding
+/// would stop the reader for every encoding, and reading, encoding and
+/// sending would take turns on one core instead of sharing two.
 async fn encode_batches(
     mut chunks: Receiver<Arc<Chunk>>,
     limits: BatchConfig,
@@ -117,21 +122,31 @@ async fn encode_batches(
     mut spare: Receiver<Payload>,
 ) {
     let mut rest = None;
-    while let Some(batch) = next_batch(&mut chunks, &limits, &mut rest).await {
-        let encoder = Arc::clone(&encoder);
-        let mut payload = spare.try_recv().unwrap_or_default();
-        let job = tokio::task::spawn_blocking(move || {
-            encoder.encode(&batch, &mut payload);
-            (batch, payload)
-        });
-        // An encoder that panicked is a bug; ending here ends the output,
-        // which stops the shipper.
-        let Ok((batch, payload)) = job.await else {
+    let mut in_flight = None;
+    loop {
+        // The encoded batch is handed on as soon as it is done, not once
+        // the next one is full: a quiet input must not hold it back.
+        let hand_on = async {
+            let Some(job) = in_flight.take() else {
+                return true;
+            };
+            // An encoder that panicked is a bug; ending here ends the
+            // output, which stops the shipper.
+            match job.await {
+                Ok(done) => encoded.send(done).await.is_ok(),
+                Err(_) => false,
+            }
+        };
+        let (next, handed_on) = tokio::join!(next_batch(&mut chunks, &limits, &mut rest), hand_on);
+        let (Some(batch), true) = (next, handed_on) else {
             return;
         };
-        if encoded.send((batch, payload)).await.is_err() {
-            return;
-        }
+        let encoder = Arc::clone(&encoder);
+        let mut payload = spare.try_recv().unwrap_or_default();
+        in_flight = Some(tokio::task::spawn_blocking(move || {
+            encoder.encode(&batch, &mut payload);
+            (batch, payload)
+        }));
     }
 }
 
@@ -280,7 +295,7 @@ async fn write_checkpoint(store: &Store, tracker: &Tracker, metrics: &ShipperMet
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::FileField;
+    use crate::config::{FileField, OutputConfig, OutputType};
     use crate::event::{FileId, Source};
     use orca_core::config::{ByteSize, Duration as ConfigDuration};
 
@@ -301,6 +316,47 @@ mod tests {
             let wait = jitter(Duration::from_millis(100));
             assert!(wait >= Duration::from_millis(50) && wait < Duration::from_millis(100));
         }
+    }
+
+    #[tokio::test]
+    async fn an_encoded_batch_is_handed_on_while_the_input_is_quiet() {
+        let limits = BatchConfig {
+            max_events: 2,
+            max_bytes: ByteSize::mib(1),
+            max_wait: ConfigDuration::from_millis(10),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let (encoded_tx, mut encoded) = tokio::sync::mpsc::channel(1);
+        let (_spare_tx, spare) = tokio::sync::mpsc::channel(1);
+        let output = OutputConfig {
+            name: "out".into(),
+            kind: OutputType::Tcp,
+            ..OutputConfig::default()
+        };
+        let encoding = tokio::spawn(encode_batches(
+            rx,
+            limits,
+            Arc::new(Encoder::new(&output)),
+            encoded_tx,
+            spare,
+        ));
+        // Three events: a full batch, then one that waits out `max_wait`;
+        // the channel stays open and nothing more comes.
+        tx.send(chunk(3, 0)).await.expect("sends");
+        for expected in [2, 1] {
+            let (batch, payload) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), encoded.recv())
+                    .await
+                    .expect("handed on without more input")
+                    .expect("encoder running");
+            assert_eq!(batch.len(), expected);
+            assert_eq!(
+                payload.bytes.iter().filter(|&&b| b == b'\n').count(),
+                expected
+            );
+        }
+        drop(tx);
+        encoding.await.expect("encoder ends once the input does");
     }
 
     #[tokio::test]
