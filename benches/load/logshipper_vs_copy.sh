@@ -2,44 +2,46 @@
 # Ships a large CRI log file with `orca logshipper` to a TCP sink that counts
 # bytes and lines, then copies the same file raw to the same sink with socat
 # (the physical limit on this machine), and prints for each MiB/s, CPU
-# seconds per GiB and peak RSS, and their ratio. A last run stalls the sink
-# (it accepts and never reads) and reports the shipper's peak RSS then.
+# seconds per GiB and peak RSS, and their ratio. The shipper runs twice:
+# with the fields pod logs carry by default (line, timestamp, stream,
+# namespace, pod, uid, container) and with `file_field: always` (the path
+# too, a third more bytes per event). A last run stalls the sink (it
+# accepts and never reads) and reports the shipper's peak RSS then.
 #
 # Usage: benches/load/logshipper_vs_copy.sh [SIZE_MIB]   (default 1024)
-# Needs: socat, python3 (the sink), GNU time (/usr/bin/time).
+# Needs: socat, python3 (the input and the report), GNU time (/usr/bin/time).
 #
-# Latest figures (2026-11-30, this 2-core machine, where other builds and
-# load tests ran that day; this run in a quiet minute; release
-# build; 1 GiB file, 9.48M CRI lines of ~113 bytes, a thousand per second;
-# the sink and the sender share the 2 cores; batches of 10000 events /
-# 4MiB, checkpoints fsynced on disk):
+# Latest figures (2026-12-04, one run, this 2-core machine; release build;
+# 1 GiB file, 9.48M CRI lines of ~113 bytes, a thousand per second; the
+# sink and the sender share the 2 cores; batches of 10000 events / 4MiB /
+# 100ms, checkpoints fsynced on disk):
 #
-#   shipper   173.8 MiB/s  5.42 CPU s/GiB  peak RSS 28.3 MiB  (5.9 s, 3528 MiB of JSON sent)
-#   copy      724.9 MiB/s  1.38 CPU s/GiB  peak RSS  4.7 MiB  (1.4 s, 1024 MiB sent)
-#   ratio     0.24 x the raw copy rate
-#   stalled sink: peak RSS 26 MiB with buffer.max_memory 64MiB
+#   shipper     459.9 MiB/s  3.19 CPU s/GiB  peak RSS 25.2 MiB  (2.2 s, 2506 MiB of JSON sent)
+#   with-file   396.3 MiB/s  3.58 CPU s/GiB  peak RSS 29.5 MiB  (2.6 s, 3528 MiB of JSON sent)
+#   copy        788.4 MiB/s  1.28 CPU s/GiB  peak RSS  4.5 MiB  (1.3 s, 1024 MiB sent)
+#   ratio shipper   0.58 x the raw copy rate
+#   ratio with-file 0.50 x the raw copy rate
+#   stalled sink: peak RSS 24 MiB with buffer.max_memory 64MiB
 #
-# Each event leaves as a JSON line with the pod fields and the file path,
-# 3.4x the input bytes: the shipper puts ~600 MiB/s of JSON on the socket,
-# and that volume is what bounds the ratio. The python sink alone spends
-# ~1.1 CPU s per GiB it receives, 3.9 CPU s for the shipper's 3.4 GiB
-# against 1.1 for the copy's 1 GiB; with the kernel's copy of 3.4 GiB into
-# the socket (~1.3 CPU s, measured with socat) and of the file out of the
-# page cache, a shipper that parsed and encoded for free would still need
-# ~5.5 of the 2 cores' CPU seconds per GiB, ~0.5x at best. A profile
-# (perf record) of the shipper: socket writes 19%, file reads 15% (the
-# copy out of the page cache, slowed by the memory traffic of the rest),
-# JSON escaping 12%, memmove 7%, timestamp parse and format 7%, checkpoint
-# fsyncs 3%, page faults 3%. Both cores are not kept busy: 1.57 of 2 on
-# average over the shipper's run. With the checkpoints on tmpfs the same
-# build ran at 180 MiB/s (5.0 CPU s/GiB): their fsyncs cost ~10%.
-# A run after the reader began waiting, for each new file and each growth
-# of its head, for a checkpoint that holds it (2026-11-30, same file, the
-# machine quiet): shipper 154.6 MiB/s, 5.85 CPU s/GiB, peak RSS
-# 28.8 MiB; copy 615.1 MiB/s; ratio 0.25; stalled sink 26 MiB.
-# The previous figures (2026-11-29, before the stack-buffer JSON escape
-# and the one-pass fraction parse and two-digit format): 150.9 MiB/s,
-# 6.64 CPU s/GiB, ratio 0.22.
+# The run before it, minutes earlier: 524.5 / 388.7 / 950.6 MiB/s, ratios
+# 0.55 and 0.41; the copy's rate varies most (716-951 MiB/s in a day's
+# runs), as it is bound by the shared machine's memory bandwidth.
+#
+# Why these settings: the sink is Rust (benches/load/count_sink.rs), as a
+# Python sink spent about a core at 900 MiB/s and capped both sides at
+# what it could read. `max_wait` is 100ms, not the usual 1s, since the
+# whole file takes about two seconds and a last partial batch waiting a
+# second would be a third of the run.
+#
+# What changed since 2026-11-30 (shipper 173.8 MiB/s, ratio 0.24, with the
+# path in every event and a Python sink): the next batch is gathered while
+# the one before it is encoded (reading, encoding and sending had taken
+# turns on one core); pod log events leave out their path by default; the
+# Rust sink. Each default event is a JSON line 2.4x its input bytes, so
+# the shipper puts ~1.1 GiB/s of JSON on the socket. A profile (perf
+# record, 2026-12-03): CRI parsing ~25%, the encoder's copies ~14%,
+# memmove 7%, socket writes ~10%, file reads from the page cache the rest
+# of what is not the kernel's.
 #
 set -euo pipefail
 
@@ -50,8 +52,9 @@ for tool in socat python3 /usr/bin/time; do
 done
 
 echo "building orca (release)..." >&2
-cargo build --release --quiet -p orca-cli --manifest-path "$root/Cargo.toml"
+cargo build --release --quiet -p orca-cli -p orca-benches --bin orca --bin count-sink --manifest-path "$root/Cargo.toml"
 orca="$root/target/release/orca"
+sink="$root/target/release/count-sink"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/logshipper-load.XXXXXX")
 pids=()
@@ -85,58 +88,32 @@ bytes=$(stat -c %s "$logdir/0.log")
 lines=$(wc -l < "$logdir/0.log")
 echo "input: $((bytes >> 20)) MiB, $lines lines" >&2
 
-# The sink: counts bytes and lines until it has `lines` lines, then prints
-# "<bytes> <lines> <unix time of the last byte>". With "stall" it accepts
-# and never reads.
-sink() {
-    exec python3 - "$@" <<'EOF'
-import socket, sys, time
-port_file, expect, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", 0))
-s.listen(8)
-open(port_file + ".tmp", "w").write(str(s.getsockname()[1]))
-import os; os.rename(port_file + ".tmp", port_file)
-if mode == "stall":
-    conn, _ = s.accept()
-    time.sleep(3600)
-total = lines = 0
-buf = bytearray(1 << 20)
-while lines < expect:
-    conn, _ = s.accept()
-    while lines < expect:
-        n = conn.recv_into(buf)
-        if n == 0:
-            break
-        total += n
-        lines += buf.count(b"\n", 0, n)
-print(total, lines, time.time())
-EOF
-}
-
+# The sink (benches/load/count_sink.rs): counts bytes and lines until it
+# has `lines` lines, then prints "<bytes> <lines> <unix time of the last
+# byte>". With "stall" it accepts and never reads.
 start_sink() { # $1: name, $2: mode
     rm -f "$work/$1.port"
-    sink "$work/$1.port" "$lines" "$2" > "$work/$1.sink" &
+    "$sink" "$work/$1.port" "$lines" "$2" > "$work/$1.sink" &
     pids+=($!)
     sink_pid=$!
     while [ ! -s "$work/$1.port" ]; do sleep 0.05; done
     port=$(cat "$work/$1.port")
 }
 
-config() { # $1: name, $2: port, $3: max_memory
+config() { # $1: name, $2: port, $3: max_memory, $4: file_field
     cat > "$work/$1.yaml" <<EOF
 inputs:
   - name: pods
     paths: ["$work/pods/*/*/*.log"]
     format: cri
+    file_field: $4
 checkpoint_dir: $work/$1.checkpoints
 buffer: {max_memory: $3}
 outputs:
   - name: sink
     type: tcp
     address: 127.0.0.1:$2
-    batch: {max_events: 10000, max_bytes: 4MiB, max_wait: 1s}
+    batch: {max_events: 10000, max_bytes: 4MiB, max_wait: 100ms}
 admin: {address: "127.0.0.1:0"}
 shutdown_grace: 1s
 EOF
@@ -159,16 +136,21 @@ EOF
 
 cd "$work"
 
-# 1. The shipper.
-start_sink shipper run
-config shipper "$port" 64MiB
-start=$(date +%s.%N)
-/usr/bin/time -f "%e %U %S %M" -o "$work/shipper.time" "$orca" logshipper --config "$work/shipper.yaml" 2> "$work/shipper.log" &
-time_pid=$!
-wait "$sink_pid"
-kill -TERM "$(pgrep -P "$time_pid")"
-wait "$time_pid" || true
-report shipper "$work/shipper.time" "$start"
+# 1. The shipper, with the fields pod logs carry by default, then with
+# their file paths too.
+ship() { # $1: name, $2: file_field
+    start_sink "$1" run
+    config "$1" "$port" 64MiB "$2"
+    start=$(date +%s.%N)
+    /usr/bin/time -f "%e %U %S %M" -o "$work/$1.time" "$orca" logshipper --config "$work/$1.yaml" 2> "$work/$1.log" &
+    time_pid=$!
+    wait "$sink_pid"
+    kill -TERM "$(pgrep -P "$time_pid")"
+    wait "$time_pid" || true
+    report "$1" "$work/$1.time" "$start"
+}
+ship shipper auto
+ship with-file always
 
 # 2. The raw copy.
 start_sink copy run
@@ -177,11 +159,14 @@ start=$(date +%s.%N)
 wait "$sink_pid"
 report copy "$work/copy.time" "$start"
 
-python3 -c "import sys; s=float(open('shipper.rate').read()); c=float(open('copy.rate').read()); print('ratio        %.2f x the raw copy rate' % (s / c))"
+python3 -c "
+c = float(open('copy.rate').read())
+for name in ('shipper', 'with-file'):
+    print('ratio %-9s %.2f x the raw copy rate' % (name, float(open(name + '.rate').read()) / c))"
 
 # 3. The sink stalled: what the shipper holds while it cannot deliver.
 start_sink stalled stall
-config stalled "$port" 64MiB
+config stalled "$port" 64MiB auto
 "$orca" logshipper --config "$work/stalled.yaml" 2> "$work/stalled.log" &
 shipper_pid=$!
 pids+=("$shipper_pid")
