@@ -1116,9 +1116,8 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let take = body
         .feed(buffered)
         .map_err(|e| ExchangeError::Fatal(e.into()))?;
-    out.extend_from_slice(&buffered[..take]);
     let upstream_stream = &mut attempt.stream;
-    if let Err(_e) = upstream_stream.write_all(out).await {
+    if let Err(_e) = write_head_and_body(upstream_stream, out, &buffered[..take]).await {
         return Err(if replayable {
             retry
         } else {
@@ -1254,11 +1253,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let take = rbody
         .feed(buffered)
         .map_err(|_| ExchangeError::Fatal(Failure::Upstream("malformed response body")))?;
-    out.extend_from_slice(&buffered[..take]);
     let extra = buffered.len() > take;
     let mut bytes = take as u64;
-    client
-        .write_all(out)
+    write_head_and_body(client, out, &buffered[..take])
         .await
         .map_err(|_| ExchangeError::Fatal(Failure::Client))?;
     ubuf.consume(rhead.len + take);
@@ -1339,6 +1336,41 @@ impl<W: std::ops::Deref<Target = Worker>> Drop for LeasedBuf<W> {
     }
 }
 
+/// Bodies up to this size are copied behind their head and sent in one
+/// `send`; larger ones go out beside it in one `writev`, saving the copy.
+const COPIED_BODY_MAX: usize = 4096;
+
+/// Writes a message's head, then the part of its body already read, in
+/// one system call where the stream allows.
+///
+/// `head` is the message's write buffer: a small body is appended to it.
+async fn write_head_and_body<W: AsyncWrite + Unpin>(
+    dst: &mut W,
+    head: &mut Vec<u8>,
+    body: &[u8],
+) -> io::Result<()> {
+    if body.len() <= COPIED_BODY_MAX {
+        head.extend_from_slice(body);
+        return dst.write_all(head).await;
+    }
+    let (mut head, mut body) = (&head[..], body);
+    while !head.is_empty() {
+        let n = dst
+            .write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(body)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if n < head.len() {
+            head = &head[n..];
+        } else {
+            body = &body[n - head.len()..];
+            head = &[];
+        }
+    }
+    dst.write_all(body).await
+}
+
 /// Which side of a copy failed.
 enum Side {
     Source,
@@ -1383,6 +1415,100 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream that takes at most `max` bytes per write, counting writes.
+    struct Trickle {
+        out: Vec<u8>,
+        max: usize,
+        writes: usize,
+        vectored: bool,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.max);
+            self.out.extend_from_slice(&buf[..n]);
+            self.writes += 1;
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            if !self.vectored {
+                let first = bufs
+                    .iter()
+                    .find(|b| !b.is_empty())
+                    .map_or(&[][..], |b| &b[..]);
+                return self.poll_write(cx, first);
+            }
+            let mut left = self.max;
+            for buf in bufs {
+                let n = buf.len().min(left);
+                self.out.extend_from_slice(&buf[..n]);
+                left -= n;
+            }
+            self.writes += 1;
+            Poll::Ready(Ok(self.max - left))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+
+        fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_and_its_body_arrive_whole_however_the_stream_takes_them() {
+        let big: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+        for body in [&b"ok"[..], &big[..]] {
+            for (max, vectored) in [
+                (usize::MAX, true),
+                (7, true),
+                (7, false),
+                (usize::MAX, false),
+            ] {
+                let mut head = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+                let mut expected = head.clone();
+                expected.extend_from_slice(body);
+                let mut dst = Trickle {
+                    out: Vec::new(),
+                    max,
+                    writes: 0,
+                    vectored,
+                };
+                write_head_and_body(&mut dst, &mut head, body)
+                    .await
+                    .expect("writes");
+                assert!(
+                    dst.out == expected,
+                    "{} bytes, max {max}, vectored {vectored}",
+                    body.len()
+                );
+                if max == usize::MAX && vectored {
+                    // One system call for both, and a large body not copied.
+                    assert_eq!(dst.writes, 1);
+                    assert_eq!(head.len() == expected.len(), body.len() <= COPIED_BODY_MAX);
+                }
+            }
+        }
+    }
 
     #[test]
     fn request_ids_are_the_pid_worker_and_count_in_fixed_width_hex() {
