@@ -120,6 +120,18 @@
 # 2 B 0.99, 16 KiB 0.85 and 0.89), 0.64-0.79 TLS; p99 0.63-1.06; h2load
 # over TLS Orca 17.4k req/s, nginx 16.4k, HAProxy 17.6k (Orca/nginx 1.06);
 # 10k idle connections 24.9 MiB in a new process (26.9 after the loads).
+#
+# 2026-12-04, after a response's head and a body over 4 KiB began going out
+# in one writev instead of the body being copied behind the head (A/B by
+# hand, wrk -c64 16 KiB, three rounds: 3-7% less CPU per request); one
+# run, nothing else running: Orca/nginx req/s 0.94-0.95 plain, 1.01-1.15
+# TLS; Orca/HAProxy 0.89-1.19; CPU per request 0.90-1.01 plain, 0.68-0.88
+# TLS; p99 0.78-1.19; h2load over TLS Orca 54.7k req/s, nginx 40.8k,
+# HAProxy 39.0k (1.34x nginx); 10k idle connections 24.2 MiB in a new
+# process (27.0 after the loads). In this run every proxy got within 5-10%
+# of the backend direct, the generator's core the bound, so the plain rows
+# tell little apart; ~77% of Orca's CPU per plain request is the kernel
+# (perf), on 4 system calls per request to nginx's ~5.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
