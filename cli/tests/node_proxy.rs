@@ -293,6 +293,16 @@ impl Cluster {
         }
     }
 
+    /// Waits until a TCP connection to `addr` from the client is answered.
+    /// A Service and its EndpointSlice are separate objects, so the
+    /// proxy may program the Service (rejecting) a sync before its
+    /// endpoints: its chain existing does not mean it serves yet.
+    fn wait_serving(&self, addr: &str) {
+        self.wait_for(&format!("{addr} to answer"), |c| {
+            c.ask_tcp(addr, 1)[0].is_ok()
+        });
+    }
+
     /// `n` TCP connections from the client namespace; the answers.
     fn ask_tcp(&self, addr: &str, n: usize) -> Vec<Result<String, ErrorKind>> {
         let addr: SocketAddr = addr.parse().unwrap();
@@ -352,9 +362,7 @@ fn cluster_ip_spreads_follows_readiness_and_rejects_when_deleted() {
         service("web", "10.96.0.10", ""),
         slice("web", &[(&p1, true), (&p2, true)])
     ));
-    c.wait_for("the service chain", |c| {
-        c.chains().iter().any(|n| n == "svc-default/web/tcp/80")
-    });
+    c.wait_serving("10.96.0.10:80");
 
     let answers = c.ask_tcp("10.96.0.10:80", 100);
     let (a, b) = (count(&answers, "pod1"), count(&answers, "pod2"));
@@ -428,9 +436,7 @@ fn node_port_from_outside_and_udp() {
         "{svc}---\n{}",
         slice("np", &[(&p1, true), (&p2, true)])
     ));
-    c.wait_for("the node port", |c| {
-        c.chains().iter().any(|n| n == "ext-default/np/tcp/80")
-    });
+    c.wait_serving(&format!("{NODE_IP}:30080"));
 
     let answers = c.ask_tcp(&format!("{NODE_IP}:30080"), 60);
     let (a, b) = (count(&answers, "pod1"), count(&answers, "pod2"));
@@ -464,9 +470,7 @@ fn session_affinity_pins_each_client() {
         "{svc}---\n{}",
         slice("sticky", &[(&p1, true), (&p2, true)])
     ));
-    c.wait_for("the service chain", |c| {
-        c.chains().iter().any(|n| n == "svc-default/sticky/tcp/80")
-    });
+    c.wait_serving("10.96.0.30:80");
     let answers = c.ask_tcp("10.96.0.30:80", 40);
     let first = answers[0].clone().expect("answered");
     assert_eq!(
@@ -485,7 +489,7 @@ fn restart_under_traffic_loses_no_connection_attempt_and_cleanup_removes_all() {
         service("web", "10.96.0.40", ""),
         slice("web", &[(&p1, true), (&p2, true)])
     ));
-    c.wait_for("the service", |c| c.ask_tcp("10.96.0.40:80", 1)[0].is_ok());
+    c.wait_serving("10.96.0.40:80");
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -751,9 +755,9 @@ fn a_udp_client_follows_when_its_endpoint_leaves() {
         service("dns", "10.96.0.70", ""),
         slice("dns", &[(&p1, true), (&p2, true)])
     ));
-    c.wait_for("the service chain", |c| {
-        c.chains().iter().any(|n| n == "svc-default/dns/udp/53")
-    });
+    // The TCP port comes in the same EndpointSlice as the UDP one, so once
+    // it answers both are programmed (a UDP probe would leave a flow).
+    c.wait_serving("10.96.0.70:80");
 
     // One client socket, one source port: one conntrack entry, so every
     // datagram goes where the first went.
