@@ -88,6 +88,11 @@ route_served() {
 node_healthy() {
     [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$node_admin/healthz")" = 200 ]
 }
+# Exit status 0 when the node proxy's table names the Service's ClusterIP.
+# /healthz answers after the first sync, which may come before the Service.
+cluster_ip_programmed() {
+    ip netns exec "$netns" nft list table ip orca 2>/dev/null | grep -q '10\.96\.0\.80'
+}
 
 echo "== starting etcd on 127.0.0.1:$port (data in $work)"
 etcd --name orca-demo --data-dir "$work/etcd" \
@@ -142,6 +147,7 @@ echo "== waiting for the master to serve the Ingress's route${node_pid:+ and the
 wait_for "the master's /routes to show nginx.local" "$master_pid" "$work/master.log" route_served
 if $root; then
     wait_for "the node's /healthz to answer 200" "$node_pid" "$work/node.log" node_healthy
+    wait_for "the node proxy to program ClusterIP 10.96.0.80" "$node_pid" "$work/node.log" cluster_ip_programmed
 fi
 echo "\$ curl -s http://127.0.0.1:$master_admin/routes"
 curl -s "http://127.0.0.1:$master_admin/routes"
