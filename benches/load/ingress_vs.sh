@@ -132,6 +132,17 @@
 # of the backend direct, the generator's core the bound, so the plain rows
 # tell little apart; ~77% of Orca's CPU per plain request is the kernel
 # (perf), on 4 system calls per request to nginx's ~5.
+#
+# 2026-12-04, later, with the kernel% column (the share of each proxy's CPU
+# time that is system time); one run, nothing else running: Orca/nginx
+# req/s 0.95-1.04 plain 2 B, 1.01-1.18 plain 16 KiB, 0.88-1.19 TLS;
+# Orca/HAProxy 0.87-1.46; CPU per request 0.91-1.02 plain 2 B, 0.73-0.84
+# plain 16 KiB, 0.62-1.00 TLS; p99 0.55-1.08; h2load Orca 44.7k req/s,
+# nginx 40.8k, HAProxy 47.1k; 10k idle connections 23.0 MiB in a new
+# process. kernel% on plain 2 B: Orca 75-77, nginx 77-79, HAProxy 72: at
+# 64 connections Orca's system time alone was 13.7 us per request, nginx's
+# whole CPU 17.8, so 0.8x nginx would leave Orca ~0.5 us of user time per
+# request. Both proxies send the same 4 TCP segments per request (nstat).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -274,7 +285,8 @@ sleep 1.5
 nginx_pid=$(pgrep -P "$(cat "$work/nginx.pid")" | head -1)
 hap_pid=$(pgrep -n -f "haproxy -f $work/haproxy.cfg")
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# User and system clock ticks, "utime stime".
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 peak_rss() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 to_ms() { # wrk latency like 1.23ms / 456.00us / 1.01s -> ms
     awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'
@@ -282,10 +294,11 @@ to_ms() { # wrk latency like 1.23ms / 456.00us / 1.01s -> ms
 HZ=$(getconf CLK_TCK)
 
 declare -A RPS P99 CPU
-printf '%-8s %-5s %-6s %-5s %10s %8s %8s %10s %9s\n' proxy proto conns body req/s p50ms p99ms cpu_us/req rss_MiB
+# kernel%: the share of the proxy's CPU time spent in the kernel.
+printf '%-8s %-5s %-6s %-5s %10s %8s %8s %10s %7s %9s\n' proxy proto conns body req/s p50ms p99ms cpu_us/req kernel% rss_MiB
 run() { # name pid url conns body
     local name=$1 pid=$2 url=$3 conns=$4 body=$5 proto=$6
-    local before after out rps p50 p99 cpu
+    local before after out rps p50 p99 cpu kernel
     [ "$pid" != "-" ] && before=$(cpu_ticks "$pid")
     out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${DURATION}s" --latency "$url/$body" 2>&1)
     [ "$pid" != "-" ] && after=$(cpu_ticks "$pid")
@@ -293,14 +306,16 @@ run() { # name pid url conns body
     p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
     p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
     if [ "$pid" != "-" ]; then
-        cpu=$(awk -v t=$((after - before)) -v hz="$HZ" -v r="$rps" -v d="$DURATION" 'BEGIN { printf "%.1f", t / hz * 1e6 / (r * d) }')
+        read -r cpu kernel < <(awk -v b="$before" -v a="$after" -v hz="$HZ" -v r="$rps" -v d="$DURATION" 'BEGIN {
+            split(b, x, " "); split(a, y, " "); u = y[1] - x[1]; s = y[2] - x[2]
+            printf "%.1f %.0f\n", (u + s) / hz * 1e6 / (r * d), (u + s > 0 ? 100 * s / (u + s) : 0) }')
         rss=$(awk -v k="$(peak_rss "$pid")" 'BEGIN { printf "%.1f", k / 1024 }')
     else
-        cpu=- rss=-
+        cpu=- kernel=- rss=-
     fi
     local errors
     errors=$(awk '/Non-2xx|Socket errors/ {printf "%s ", $0}' <<<"$out")
-    printf '%-8s %-5s %-6s %-5s %10s %8s %8s %10s %9s %s\n' "$name" "$proto" "$conns" "$body" "$rps" "$p50" "$p99" "$cpu" "$rss" "$errors"
+    printf '%-8s %-5s %-6s %-5s %10s %8s %8s %10s %7s %9s %s\n' "$name" "$proto" "$conns" "$body" "$rps" "$p50" "$p99" "$cpu" "$kernel" "$rss" "$errors"
     RPS[$name,$proto,$conns,$body]=$rps
     P99[$name,$proto,$conns,$body]=$p99
     CPU[$name,$proto,$conns,$body]=$cpu
