@@ -82,7 +82,7 @@ async fn create_namespace(store: &Store, name: &str) {
     let mut ns = Namespace::default();
     ns.metadata.name = Some(name.into());
     store
-        .api::<Namespace>(None)
+        .cluster_api::<Namespace>()
         .create(&ns)
         .await
         .expect("creating a bench namespace");
@@ -114,7 +114,7 @@ fn store_benches(c: &mut Criterion) {
     let store = rt
         .block_on(Store::connect(StoreConfig::new(etcd.endpoint())))
         .expect("connecting to etcd");
-    let api = store.api::<ConfigMap>(Some("default"));
+    let api = store.api::<ConfigMap>("default");
     // The first create in `default` also creates the namespace; keep that
     // out of the measurements.
     let target = rt
@@ -175,9 +175,9 @@ fn store_benches(c: &mut Criterion) {
             let ns = format!("live-{}", namespaces.fetch_add(1, Ordering::Relaxed));
             async move {
                 create_namespace(&store, &ns).await;
-                let api = store.api::<ConfigMap>(Some(ns.as_str()));
+                let api = store.api::<ConfigMap>(ns.as_str());
                 let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-                let events = watcher(api.clone());
+                let events = watcher(api.view());
                 let seen = tokio::spawn(async move {
                     let mut events = std::pin::pin!(events);
                     let mut ready = Some(ready_tx);
@@ -208,7 +208,7 @@ fn store_benches(c: &mut Criterion) {
     });
 
     // Written once; every iteration watches them again from the start.
-    let replay = store.api::<ConfigMap>(Some("replay"));
+    let replay = store.api::<ConfigMap>("replay");
     let replay_from = rt.block_on(async {
         create_namespace(&store, "replay").await;
         let from = store.ping().await.expect("ping") + 1;

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use orca_core::api::{ConfigMap, Deployment, Kind, Pod};
+use orca_core::store::WatchEvent;
 use orca_core::store::{DeleteOptions, Deleted, Error, Guard, Store, StoreConfig};
 use orca_core::yaml;
 use orca_testkit::Etcd;
@@ -46,7 +48,7 @@ async fn seed_manifest_round_trips() {
             .is_some_and(|t| t.ends_with('Z'))
     );
 
-    let api = store.api::<Deployment>(Some("default"));
+    let api = store.api::<Deployment>("default");
     let read = api.get("nginx-deployment").await.expect("get");
     let spec = read.spec.as_ref().expect("spec");
     assert_eq!(spec.replicas, Some(3));
@@ -85,7 +87,7 @@ async fn seed_manifest_round_trips() {
 async fn stale_resource_version_is_a_conflict() {
     let etcd = Etcd::start();
     let store = connect(&etcd).await;
-    let api = store.api::<Deployment>(Some("default"));
+    let api = store.api::<Deployment>("default");
     seed(&store).await;
 
     let first = api.get("nginx-deployment").await.unwrap();
@@ -126,7 +128,7 @@ async fn stale_resource_version_is_a_conflict() {
 async fn status_and_spec_have_separate_owners() {
     let etcd = Etcd::start();
     let store = connect(&etcd).await;
-    let api = store.api::<Deployment>(Some("default"));
+    let api = store.api::<Deployment>("default");
     seed(&store).await;
 
     let mut d = api.get("nginx-deployment").await.unwrap();
@@ -216,7 +218,7 @@ async fn invalid_objects_write_nothing() {
 async fn finalizers_and_graceful_pod_deletion() {
     let etcd = Etcd::start();
     let store = connect(&etcd).await;
-    let cms = store.api::<ConfigMap>(Some("default"));
+    let cms = store.api::<ConfigMap>("default");
     let mut cm = ConfigMap::default();
     cm.metadata.name = Some("held".into());
     cm.metadata.finalizers = Some(vec!["orca.dev/test".into()]);
@@ -234,7 +236,7 @@ async fn finalizers_and_graceful_pod_deletion() {
         "gone once the last finalizer is"
     );
 
-    let pods = store.api::<Pod>(Some("default"));
+    let pods = store.api::<Pod>("default");
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "web"},
         "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "nginx:1.7.9"}]}
@@ -260,7 +262,7 @@ async fn finalizers_and_graceful_pod_deletion() {
 async fn lists_span_many_pages_at_one_revision() {
     let etcd = Etcd::start();
     let store = connect(&etcd).await;
-    let cms = store.api::<ConfigMap>(Some("default"));
+    let cms = store.api::<ConfigMap>("default");
     for i in 0..620 {
         let mut cm = ConfigMap::default();
         cm.metadata.name = Some(format!("cm-{i:04}"));
@@ -307,7 +309,7 @@ async fn a_deposed_leaders_writes_are_refused() {
         key: "/orca/leader/test".into(),
         create_revision: put.header().unwrap().revision(),
     };
-    let leader = store.with_guard(guard).api::<ConfigMap>(Some("default"));
+    let leader = store.with_guard(guard).api::<ConfigMap>("default");
     let mut cm = ConfigMap::default();
     cm.metadata.name = Some("a".into());
     leader.create(&cm).await.expect("the leader may write");
@@ -318,7 +320,7 @@ async fn a_deposed_leaders_writes_are_refused() {
     assert!(matches!(err, Error::NotLeader { .. }), "{err}");
     assert!(
         store
-            .api::<ConfigMap>(Some("default"))
+            .api::<ConfigMap>("default")
             .get_opt("b")
             .await
             .unwrap()
@@ -338,7 +340,7 @@ async fn corrupt_stored_values_are_reported_with_their_key() {
         .await
         .unwrap();
     let err = store
-        .api::<ConfigMap>(Some("default"))
+        .api::<ConfigMap>("default")
         .get("broken")
         .await
         .unwrap_err();
@@ -346,5 +348,438 @@ async fn corrupt_stored_values_are_reported_with_their_key() {
         err.to_string()
             .starts_with("stored object at /registry/configmaps/default/broken is corrupt"),
         "{err}"
+    );
+}
+
+fn pod_on(name: &str, node: Option<&str>) -> Value {
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+    });
+    if let Some(node) = node {
+        pod["spec"]["nodeName"] = json!(node);
+    }
+    pod
+}
+
+fn pods() -> &'static Kind {
+    Kind::lookup("pods").expect("pods kind")
+}
+
+fn rv(obj: &Value) -> &str {
+    obj["metadata"]["resourceVersion"].as_str().unwrap()
+}
+
+#[tokio::test]
+async fn a_pod_in_graceful_termination_survives_its_status_updates() {
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    store
+        .create_value(pods(), pod_on("p", Some("n1")))
+        .await
+        .unwrap();
+    let api = store.api::<Pod>("default");
+    let Deleted::Pending(pending) = api.delete("p", DeleteOptions::default()).await.unwrap() else {
+        panic!("a bound pod waits for its kubelet");
+    };
+    assert_eq!(pending.metadata.deletion_grace_period_seconds, Some(30));
+
+    // The kubelet reports the containers stopping: the pod stays.
+    let mut status = pending.clone();
+    status.status = Some(Default::default());
+    status.status.as_mut().unwrap().phase = Some("Running".into());
+    let written = api.update_status(&status).await.expect("status update");
+    assert!(
+        api.get_opt("p").await.unwrap().is_some(),
+        "status update removed the pod"
+    );
+    // So does a spec/metadata write that keeps no finalizers.
+    let mut labelled = written.clone();
+    labelled.metadata.labels = Some([("x".to_string(), "y".to_string())].into());
+    api.update(&labelled).await.expect("metadata update");
+    assert!(
+        api.get_opt("p").await.unwrap().is_some(),
+        "update removed the pod"
+    );
+
+    // The kubelet's final delete removes it.
+    let done = api
+        .delete(
+            "p",
+            DeleteOptions {
+                grace_period_seconds: Some(0),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(done, Deleted::Gone(_)));
+    assert!(api.get_opt("p").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn deleting_again_changes_nothing_but_a_shorter_grace_period() {
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let cms = store.api::<ConfigMap>("default");
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("held".into());
+    cm.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    cms.create(&cm).await.unwrap();
+    let Deleted::Pending(first) = cms.delete("held", DeleteOptions::default()).await.unwrap()
+    else {
+        panic!("finalizers hold the object");
+    };
+    for grace in [None, Some(0)] {
+        let again = cms
+            .delete(
+                "held",
+                DeleteOptions {
+                    grace_period_seconds: grace,
+                },
+            )
+            .await
+            .unwrap();
+        let Deleted::Pending(again) = again else {
+            panic!("still held")
+        };
+        assert_eq!(
+            again.metadata.resource_version, first.metadata.resource_version,
+            "a second delete (grace {grace:?}) wrote the object again"
+        );
+        assert_eq!(
+            again.metadata.deletion_timestamp,
+            first.metadata.deletion_timestamp
+        );
+    }
+
+    // A held, bound pod: grace 30, then 0 (shortened once), then 0 again (nothing).
+    let mut pod = pod_on("p", Some("n1"));
+    pod["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    store.create_value(pods(), pod).await.unwrap();
+    let delete = |grace| {
+        store.delete_value(
+            pods(),
+            Some("default"),
+            "p",
+            DeleteOptions {
+                grace_period_seconds: grace,
+            },
+        )
+    };
+    let Deleted::Pending(a) = delete(None).await.unwrap() else {
+        panic!()
+    };
+    let Deleted::Pending(b) = delete(Some(0)).await.unwrap() else {
+        panic!()
+    };
+    let Deleted::Pending(c) = delete(Some(0)).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(a["metadata"]["deletionGracePeriodSeconds"], 30);
+    assert_eq!(b["metadata"]["deletionGracePeriodSeconds"], 0);
+    assert_ne!(rv(&a), rv(&b), "the shorter grace period is recorded");
+    assert_eq!(rv(&b), rv(&c), "the same grace period again writes nothing");
+    assert!(
+        b["metadata"]["deletionTimestamp"].as_str() <= a["metadata"]["deletionTimestamp"].as_str()
+    );
+
+    // Removing the last finalizer of the pod (grace 0) removes it.
+    let api = store.api::<Pod>("default");
+    let mut held = api.get("p").await.unwrap();
+    held.metadata.finalizers = None;
+    api.update(&held).await.unwrap();
+    assert!(api.get_opt("p").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_namespaced_kind_is_never_addressed_without_a_namespace() {
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    seed(&store).await;
+    let err = store
+        .get_value(deployments(), None, "nginx-deployment")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NamespaceRequired { .. }), "{err}");
+    let err = store
+        .delete_value(
+            deployments(),
+            None,
+            "nginx-deployment",
+            DeleteOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NamespaceRequired { .. }), "{err}");
+    // Listing every namespace is a view of its own, and sees the object.
+    let all = store.all::<Deployment>().list().await.unwrap();
+    assert_eq!(all.items.len(), 1);
+}
+
+#[tokio::test]
+async fn one_undecodable_value_costs_only_its_own_object() {
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let metrics = orca_core::telemetry::Metrics::new();
+    store.register_metrics(&metrics);
+    let cms = store.api::<ConfigMap>("default");
+    for name in ["a", "c"] {
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some(name.into());
+        cms.create(&cm).await.unwrap();
+    }
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    client
+        .put("/registry/configmaps/default/b", "{not json", None)
+        .await
+        .unwrap();
+    let names = |list: &[ConfigMap]| -> Vec<String> {
+        list.iter()
+            .map(|c| c.metadata.name.clone().unwrap())
+            .collect()
+    };
+    let list = cms.list().await.expect("the list skips the bad value");
+    assert_eq!(names(&list.items), ["a", "c"]);
+
+    // The watch moves past a bad value to the next event.
+    let mut events = cms.watch(list.revision + 1).await.unwrap();
+    client
+        .put("/registry/configmaps/default/b", "[]", None)
+        .await
+        .unwrap();
+    let mut d = ConfigMap::default();
+    d.metadata.name = Some("d".into());
+    cms.create(&d).await.unwrap();
+    let event = loop {
+        match tokio::time::timeout(Duration::from_secs(20), events.next())
+            .await
+            .expect("an event in time")
+            .expect("the watch goes on")
+            .expect("no error for a bad value")
+        {
+            WatchEvent::Progress(_) => continue,
+            other => break other,
+        }
+    };
+    let WatchEvent::Added(added) = event else {
+        panic!("{event:?}")
+    };
+    assert_eq!(added.metadata.name.as_deref(), Some("d"));
+    let text = metrics.encode().unwrap();
+    assert!(
+        text.contains(r#"store_corrupt_objects_total{key="/registry/configmaps/default/b"} 2"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn explicit_nulls_are_stored_as_unset() {
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let docs: Vec<Value> = yaml::from_str_multi("seed", SEED).expect("seed parses");
+    let mut manifest = docs[0].clone();
+    manifest["metadata"]["creationTimestamp"] = Value::Null;
+    manifest["spec"]["template"]["metadata"]["creationTimestamp"] = Value::Null;
+    manifest["spec"]["paused"] = Value::Null;
+    let created = store.create_value(deployments(), manifest).await.unwrap();
+    assert!(
+        created["spec"]["template"]["metadata"]
+            .get("creationTimestamp")
+            .is_none()
+    );
+    assert!(created["spec"].get("paused").is_none());
+
+    // A typed read and write back is no spec change.
+    let api = store.api::<Deployment>("default");
+    let read = api.get("nginx-deployment").await.unwrap();
+    let written = api.update(&read).await.unwrap();
+    assert_eq!(written.metadata.generation, Some(1));
+}
+
+#[tokio::test]
+async fn modify_gives_up_on_endless_conflicts() {
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let cms = store.api::<ConfigMap>("default");
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("busy".into());
+    cms.create(&cm).await.unwrap();
+    let endpoint = etcd.endpoint();
+    let mut attempts = 0;
+    let result = cms
+        .modify("busy", false, |c| {
+            attempts += 1;
+            c.data = Some([("mine".to_string(), "1".to_string())].into());
+            // Another writer gets in between this attempt's read and write.
+            let endpoint = endpoint.clone();
+            let rival = attempts.to_string();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let store = Store::connect(StoreConfig::new(endpoint)).await.unwrap();
+                    let api = store.api::<ConfigMap>("default");
+                    let mut other = api.get("busy").await.unwrap();
+                    other.data = Some([("rival".to_string(), rival)].into());
+                    api.update(&other).await.unwrap();
+                });
+            })
+            .join()
+            .unwrap();
+        })
+        .await;
+    let err = result.unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err}");
+    assert_eq!(attempts, 8, "bounded attempts");
+}
+
+#[tokio::test]
+async fn generate_name_makes_a_unique_name() {
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let mut names = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let mut pod = pod_on("", None);
+        pod["metadata"].as_object_mut().unwrap().remove("name");
+        pod["metadata"]["generateName"] = json!("nginx-deployment-7d9c6b-");
+        let created = store.create_value(pods(), pod).await.expect("created");
+        let name = created["metadata"]["name"].as_str().unwrap().to_string();
+        assert!(name.starts_with("nginx-deployment-7d9c6b-"), "{name}");
+        assert_eq!(name.len(), "nginx-deployment-7d9c6b-".len() + 5, "{name}");
+        assert!(names.insert(name));
+    }
+    // Without name or generateName the error says so.
+    let mut pod = pod_on("", None);
+    pod["metadata"].as_object_mut().unwrap().remove("name");
+    let err = store.create_value(pods(), pod).await.unwrap_err();
+    assert!(
+        err.to_string().contains("name or generateName is required"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_watch_carries_only_that_nodes_pods() {
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let api = store.api::<Pod>("default");
+    // Created bound (as users do to bypass the scheduler), unbound, elsewhere.
+    store
+        .create_value(pods(), pod_on("direct", Some("n1")))
+        .await
+        .unwrap();
+    store
+        .create_value(pods(), pod_on("pending", None))
+        .await
+        .unwrap();
+    store
+        .create_value(pods(), pod_on("other", Some("n2")))
+        .await
+        .unwrap();
+
+    let view = store.pods_on_node("n1");
+    let list = view.list().await.unwrap();
+    let names: Vec<_> = list
+        .items
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["direct"]);
+    assert_eq!(
+        list.items[0].metadata.resource_version,
+        api.get("direct").await.unwrap().metadata.resource_version,
+        "the node's copy is written at the pod's own revision"
+    );
+
+    let mut events = view.watch(list.revision + 1).await.unwrap();
+    // The scheduler binds `pending` to n1: it arrives.
+    let mut pending = api.get("pending").await.unwrap();
+    pending.spec.as_mut().unwrap().node_name = Some("n1".into());
+    api.update(&pending).await.unwrap();
+    // Changes on n2 never reach n1.
+    let mut other = api.get("other").await.unwrap();
+    other.metadata.labels = Some([("v".to_string(), "2".to_string())].into());
+    api.update(&other).await.unwrap();
+    store
+        .create_value(pods(), pod_on("later", Some("n2")))
+        .await
+        .unwrap();
+    // n1's pods: a status update, then graceful deletion and the final delete.
+    let mut direct = api.get("direct").await.unwrap();
+    direct.status = Some(Default::default());
+    api.update_status(&direct).await.unwrap();
+    api.delete("direct", DeleteOptions::default())
+        .await
+        .unwrap();
+    api.delete(
+        "direct",
+        DeleteOptions {
+            grace_period_seconds: Some(0),
+        },
+    )
+    .await
+    .unwrap();
+
+    let mut seen = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(20), events.next())
+            .await
+            .expect("events in time")
+            .expect("the watch goes on")
+            .expect("no error");
+        let (what, pod) = match event {
+            WatchEvent::Added(p) => ("added", p),
+            WatchEvent::Modified(p) => ("modified", p),
+            WatchEvent::Deleted(p) => ("deleted", p),
+            WatchEvent::Progress(_) => continue,
+        };
+        assert_eq!(pod.spec.as_ref().unwrap().node_name.as_deref(), Some("n1"));
+        seen.push(format!("{what} {}", pod.metadata.name.unwrap()));
+        if what == "deleted" {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "added pending",
+            "modified direct",
+            "modified direct",
+            "deleted direct"
+        ]
+    );
+
+    // Nothing of a deleted pod is left in its node's view.
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    let keys = client
+        .get(
+            "/registry/podsbynode/",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only(),
+            ),
+        )
+        .await
+        .unwrap();
+    let keys: Vec<_> = keys
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "/registry/podsbynode/n1/default/pending",
+            "/registry/podsbynode/n2/default/later",
+            "/registry/podsbynode/n2/default/other",
+        ]
     );
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use orca_core::api::ConfigMap;
 use orca_core::store::{Api, DeleteOptions, Store, StoreConfig, WatchEvent};
-use orca_core::watch::{self, Action, Controller, Event, ObjectKey, reflector, watcher};
+use orca_core::telemetry::Metrics;
+use orca_core::watch::{self, Action, Controller, Event, Informers, ObjectKey, reflector, watcher};
 use orca_testkit::Etcd;
 use tokio::time::timeout;
 
@@ -74,7 +75,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 async fn watch_delivers_create_update_delete_in_order() {
     let etcd = Etcd::start();
     let store = connect(&etcd).await;
-    let api = store.api::<ConfigMap>(Some("default"));
+    let api = store.api::<ConfigMap>("default");
     let start = store.ping().await.unwrap() + 1;
     let mut events = api.watch(start).await.unwrap();
     put(&api, "a", "1").await;
@@ -102,12 +103,12 @@ async fn watch_delivers_create_update_delete_in_order() {
 async fn compaction_forces_a_relist_that_loses_nothing() {
     let etcd = Etcd::start();
     let store = connect(&etcd).await;
-    let api = store.api::<ConfigMap>(Some("default"));
+    let api = store.api::<ConfigMap>("default");
     put(&api, "kept", "1").await;
     put(&api, "removed", "1").await;
 
     let (reader, writer) = watch::store::<ConfigMap>();
-    let mut events = Box::pin(reflector(writer, watcher(api.clone())));
+    let mut events = Box::pin(reflector(writer, watcher(api.view())));
     // Consume the initial list only; the watch itself is not opened yet.
     let mut initial = Vec::new();
     loop {
@@ -175,13 +176,13 @@ async fn compaction_forces_a_relist_that_loses_nothing() {
 async fn a_watcher_survives_an_etcd_restart() {
     let mut etcd = Etcd::start();
     let store = connect(&etcd).await;
-    let api = store.api::<ConfigMap>(Some("default"));
+    let api = store.api::<ConfigMap>("default");
     put(&api, "before", "1").await;
 
     let (reader, writer) = watch::store::<ConfigMap>();
     let errors = Arc::new(Mutex::new(0usize));
     let counted = errors.clone();
-    let pipeline = tokio::spawn(reflector(writer, watcher(api.clone())).for_each(move |e| {
+    let pipeline = tokio::spawn(reflector(writer, watcher(api.view())).for_each(move |e| {
         if e.is_err() {
             *counted.lock().unwrap() += 1;
         }
@@ -198,7 +199,7 @@ async fn a_watcher_survives_an_etcd_restart() {
 
     // Written after the restart: reaches the cache through the resumed watch.
     let writer_store = connect(&etcd).await;
-    let api2 = writer_store.api::<ConfigMap>(Some("default"));
+    let api2 = writer_store.api::<ConfigMap>("default");
     put(&api2, "after", "1").await;
     put(&api2, "before", "2").await;
     eventually("changes after the restart", || {
@@ -216,10 +217,11 @@ async fn a_watcher_survives_an_etcd_restart() {
 async fn controller_reconciles_each_change_once_it_has_synced() {
     let etcd = Etcd::start();
     let store = connect(&etcd).await;
-    let api = store.api::<ConfigMap>(Some("default"));
+    let api = store.api::<ConfigMap>("default");
     put(&api, "one", "1").await;
 
-    let controller = Controller::new(api.clone());
+    let informers = Informers::new(store.clone(), &Metrics::new());
+    let controller = Controller::new(&informers.informer(api.view()));
     let reader = controller.reader();
     let log = Arc::new(Mutex::new(Vec::<String>::new()));
     let seen = log.clone();
@@ -281,10 +283,10 @@ async fn controller_reconciles_each_change_once_it_has_synced() {
 async fn a_list_longer_than_a_page_arrives_whole_then_the_watch_follows() {
     let etcd = Etcd::start();
     let store = connect(&etcd).await;
-    let api = store.api::<ConfigMap>(Some("default"));
+    let api = store.api::<ConfigMap>("default");
     // More than two pages of 500.
     create_numbered(&api, 1100).await;
-    let mut events = Box::pin(watcher(api.clone()));
+    let mut events = Box::pin(watcher(api.view()));
     let mut next = async || next_event(&mut events).await.expect("no error");
     assert_eq!(next().await, Event::Init);
     let mut names = Vec::new();
@@ -313,9 +315,9 @@ async fn a_list_longer_than_a_page_arrives_whole_then_the_watch_follows() {
 async fn a_list_broken_between_pages_starts_over_from_the_current_state() {
     let mut etcd = Etcd::start();
     let store = connect(&etcd).await;
-    let api = store.api::<ConfigMap>(Some("default"));
+    let api = store.api::<ConfigMap>("default");
     create_numbered(&api, 1100).await;
-    let mut events = Box::pin(watcher(api.clone()));
+    let mut events = Box::pin(watcher(api.view()));
     let mut next = async || next_event(&mut events).await;
     // The first page only: the next is read when this one is handed out.
     assert_eq!(next().await.unwrap(), Event::Init);
@@ -349,4 +351,287 @@ async fn a_list_broken_between_pages_starts_over_from_the_current_state() {
         .collect();
     want.push("cm-2000".into());
     assert_eq!(names, want, "every current object once, none deleted");
+}
+
+/// etcd's own count of open watchers, from its `/metrics`.
+fn etcd_watchers(etcd: &Etcd) -> u64 {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(etcd.client_addr()).expect("etcd metrics");
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+        .expect("etcd reports its watchers")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+type Log = Arc<Mutex<Vec<String>>>;
+
+/// Runs `controller`, logging `name state` per reconcile into the returned
+/// log, until the returned sender is dropped or sent to.
+fn run_logged(
+    controller: Controller<ConfigMap>,
+) -> (
+    Log,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let log: Log = Arc::default();
+    let seen = log.clone();
+    let reader = controller.reader();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(controller.run(
+        move |key: ObjectKey| {
+            let state = reader
+                .get(&key)
+                .map_or("gone".to_string(), |c| value(&c).to_string());
+            seen.lock().unwrap().push(format!("{} {state}", key.name));
+            async { Ok::<_, String>(Action::AwaitChange) }
+        },
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    (log, stop_tx, task)
+}
+
+fn logged(log: &Log, line: &str) -> bool {
+    log.lock().unwrap().iter().any(|l| l == line)
+}
+
+#[tokio::test]
+async fn controllers_sharing_a_cache_make_one_watch() {
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let api = store.api::<ConfigMap>("default");
+    put(&api, "one", "1").await;
+    let before = etcd_watchers(&etcd);
+
+    let metrics = Metrics::new();
+    let informers = Informers::new(store.clone(), &metrics);
+    let (a, _stop_a, _ta) = run_logged(Controller::new(&informers.all::<ConfigMap>()).named("a"));
+    let (b, _stop_b, _tb) = run_logged(Controller::new(&informers.all::<ConfigMap>()).named("b"));
+    eventually("both reconcile what was listed", || {
+        logged(&a, "one 1") && logged(&b, "one 1")
+    })
+    .await;
+    put(&api, "two", "1").await;
+    eventually("both reconcile a change", || {
+        logged(&a, "two 1") && logged(&b, "two 1")
+    })
+    .await;
+
+    assert_eq!(etcd_watchers(&etcd) - before, 1, "one watch for both");
+    let text = metrics.encode().unwrap();
+    assert!(
+        text.contains(r#"cache_lists_total{kind="ConfigMap",prefix="/registry/configmaps/"} 1"#),
+        "one list for both:\n{text}"
+    );
+    for name in ["a", "b"] {
+        assert!(
+            text.contains(&format!(
+                r#"controller_reconciles_total{{controller="{name}"}}"#
+            )),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_controller_waits_for_every_cache_it_reads() {
+    // The secondary cache follows a second etcd, down at first.
+    let etcd = Etcd::start();
+    let mut other = Etcd::start();
+    let store = connect(&etcd).await;
+    let other_store = connect(&other).await;
+    other.kill();
+    let api = store.api::<ConfigMap>("default");
+    put(&api, "one", "1").await;
+
+    let metrics = Metrics::new();
+    let informers = Informers::new(store.clone(), &metrics);
+    let secondary = Informers::new(other_store, &Metrics::new());
+    let primary = informers.all::<ConfigMap>();
+    let controller = Controller::new(&primary)
+        .named("waiting")
+        .reads(&secondary.all::<ConfigMap>());
+    let (log, _stop, _task) = run_logged(controller);
+
+    // The key is queued once the primary cache has listed, and waits.
+    eventually("the key queued", || {
+        primary.reader().has_synced()
+            && metrics
+                .encode()
+                .unwrap()
+                .contains(r#"controller_queue_depth{controller="waiting"} 1"#)
+    })
+    .await;
+    assert!(
+        log.lock().unwrap().is_empty(),
+        "reconciled before the secondary cache listed"
+    );
+
+    other.restart();
+    eventually("reconciled once every cache listed", || {
+        logged(&log, "one 1")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_object_deleted_while_the_watch_was_down_is_reconciled_as_deleted() {
+    let etcd = Etcd::start();
+    let relay = orca_testkit::Relay::start(etcd.client_addr());
+    let direct = connect(&etcd).await;
+    let relayed = Store::connect(StoreConfig::new(relay.endpoint()))
+        .await
+        .expect("connect through the relay");
+    let api = direct.api::<ConfigMap>("default");
+    put(&api, "kept", "1").await;
+    put(&api, "doomed", "1").await;
+
+    let metrics = Metrics::new();
+    let informers = Informers::new(relayed, &metrics);
+    let (log, _stop, _task) = run_logged(Controller::new(&informers.all::<ConfigMap>()));
+    eventually("first reconciles", || logged(&log, "doomed 1")).await;
+
+    // The watch goes down; meanwhile the object is deleted and the history
+    // compacted, so the watch cannot resume and the cache re-lists.
+    relay.cut();
+    api.delete("doomed", DeleteOptions::default())
+        .await
+        .unwrap();
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    let revision = client
+        .get("x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client.compact(revision, None).await.unwrap();
+    relay.restore();
+    eventually("the deletion reconciled", || logged(&log, "doomed gone")).await;
+    assert!(
+        metrics
+            .encode()
+            .unwrap()
+            .contains(r#"cache_lists_total{kind="ConfigMap",prefix="/registry/configmaps/"} 2"#),
+        "found through a re-list"
+    );
+}
+
+#[tokio::test]
+async fn owned_objects_requeue_their_owner() {
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let api = store.api::<ConfigMap>("default");
+    put(&api, "parent", "1").await;
+    let parent = api.get("parent").await.unwrap();
+
+    let informers = Informers::new(store.clone(), &Metrics::new());
+    let controller = Controller::new(&informers.all::<ConfigMap>())
+        .owns(&informers.all::<k8s_openapi::api::core::v1::Secret>());
+    let (log, _stop, _task) = run_logged(controller);
+    eventually("first reconcile", || logged(&log, "parent 1")).await;
+    let first = log.lock().unwrap().len();
+
+    let secrets = store.api::<k8s_openapi::api::core::v1::Secret>("default");
+    let mut child = k8s_openapi::api::core::v1::Secret::default();
+    child.metadata.name = Some("child".into());
+    child.metadata.owner_references = Some(vec![orca_core::api::OwnerReference {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        name: "parent".into(),
+        uid: parent.metadata.uid.clone().unwrap(),
+        ..Default::default()
+    }]);
+    secrets.create(&child).await.unwrap();
+    eventually("the owner requeued by its child", || {
+        log.lock().unwrap().len() > first
+    })
+    .await;
+    assert!(log.lock().unwrap()[first..].iter().all(|l| l == "parent 1"));
+}
+
+#[tokio::test]
+async fn failures_back_off_and_concurrency_is_bounded() {
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let api = store.api::<ConfigMap>("default");
+    for i in 0..6 {
+        put(&api, &format!("cm-{i}"), "1").await;
+    }
+    put(&api, "flaky", "1").await;
+
+    let informers = Informers::new(store.clone(), &Metrics::new());
+    let controller = Controller::new(&informers.all::<ConfigMap>())
+        .concurrency(2)
+        .error_backoff(Duration::from_millis(50), Duration::from_secs(1));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let inflight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let attempts: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let (gate2, inflight2, most2, done2, attempts2) = (
+        gate.clone(),
+        inflight.clone(),
+        most.clone(),
+        done.clone(),
+        attempts.clone(),
+    );
+    use std::sync::atomic::Ordering::SeqCst;
+    let _task = tokio::spawn(controller.run(
+        move |key: ObjectKey| {
+            let (gate, inflight, most, done, attempts) = (
+                gate2.clone(),
+                inflight2.clone(),
+                most2.clone(),
+                done2.clone(),
+                attempts2.clone(),
+            );
+            async move {
+                if key.name == "flaky" {
+                    let mut a = attempts.lock().unwrap();
+                    a.push(tokio::time::Instant::now());
+                    return if a.len() < 4 {
+                        Err("not yet".to_string())
+                    } else {
+                        Ok(Action::AwaitChange)
+                    };
+                }
+                let now = inflight.fetch_add(1, SeqCst) + 1;
+                most.fetch_max(now, SeqCst);
+                gate.acquire().await.unwrap().forget();
+                inflight.fetch_sub(1, SeqCst);
+                done.fetch_add(1, SeqCst);
+                Ok(Action::AwaitChange)
+            }
+        },
+        std::future::pending(),
+    ));
+    eventually("two reconciles held at once", || inflight.load(SeqCst) == 2).await;
+    gate.add_permits(6);
+    eventually("all reconciled", || done.load(SeqCst) == 6).await;
+    assert_eq!(most.load(SeqCst), 2, "never more than the limit at once");
+
+    eventually("the flaky key succeeds", || {
+        attempts.lock().unwrap().len() == 4
+    })
+    .await;
+    let at = attempts.lock().unwrap().clone();
+    for (i, pair) in at.windows(2).enumerate() {
+        let floor = Duration::from_millis(50) * 2u32.pow(i as u32);
+        assert!(
+            pair[1] - pair[0] >= floor,
+            "retry {i} came after {:?}, before its back-off of {floor:?}",
+            pair[1] - pair[0]
+        );
+    }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use orca_core::api::Kind;
+use orca_core::store::DEFAULT_NAMESPACE;
 use orca_core::yaml;
 use serde_json::Value;
 
@@ -143,9 +144,10 @@ fn document(origin: &str, mut object: Value, namespace: Option<&str>) -> anyhow:
             (Some(doc), Some(flag)) if doc != flag => bail!(
                 "the namespace from the provided object {doc:?} does not match the namespace {flag:?}; you must pass '--namespace={doc}' to perform this operation"
             ),
-            (None, Some(flag)) => {
+            (None, flag) => {
+                let ns = flag.unwrap_or(DEFAULT_NAMESPACE);
                 if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-                    meta.insert("namespace".into(), Value::String(flag.into()));
+                    meta.insert("namespace".into(), Value::String(ns.into()));
                 }
             }
             _ => {}

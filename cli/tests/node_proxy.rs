@@ -617,10 +617,12 @@ fn orca_node_runs_the_node_proxy_and_the_log_shipper_as_tasks() {
         slice("web", &[(&p1, true)])
     ));
 
-    // A pod with labels, and a log file where the kubelet writes its logs.
+    // A pod with labels, bound to this node (a node only watches its own
+    // pods), and a log file where the kubelet writes its logs.
     c.apply(
         "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: default, \
-         labels: {app: web, tier: front}}\nspec:\n  containers:\n  - {name: nginx, image: nginx}\n",
+         labels: {app: web, tier: front}}\nspec:\n  nodeName: node-1\n  \
+         containers:\n  - {name: nginx, image: nginx}\n",
     );
     let pod = run(
         ORCA,

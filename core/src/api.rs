@@ -3,6 +3,7 @@
 //! `deploy`) to where and how the object is stored.
 
 use std::any::TypeId;
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use k8s_openapi::{Metadata, NamespaceResourceScope, Resource};
@@ -17,7 +18,9 @@ pub use k8s_openapi::api::coordination::v1::Lease;
 pub use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service};
 pub use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub use k8s_openapi::api::networking::v1::Ingress;
-pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference, Time,
+};
 
 /// A kind Orca can store: a `k8s-openapi` type with metadata and validation.
 pub trait Object:
@@ -67,7 +70,7 @@ pub struct Kind {
     pub namespaced: bool,
     /// Whether the kind has a `status` written by its own owner.
     pub has_status: bool,
-    check: fn(&Value) -> Result<(), Invalid>,
+    normalize: fn(&Value) -> Result<Value, Invalid>,
 }
 
 impl Kind {
@@ -84,13 +87,20 @@ impl Kind {
             short_names,
             namespaced,
             has_status,
-            check: check::<K>,
+            normalize: normalize::<K>,
         }
     }
 
     /// Decodes `value` strictly as this kind and validates it.
     pub fn check(&self, value: &Value) -> Result<(), Invalid> {
-        (self.check)(value)
+        (self.normalize)(value).map(|_| ())
+    }
+
+    /// Decodes `value` strictly as this kind, validates it, and returns its
+    /// canonical form: what a typed writer would write, without explicit
+    /// `null`s, so stored objects compare equal however they were spelled.
+    pub fn normalize(&self, value: &Value) -> Result<Value, Invalid> {
+        (self.normalize)(value)
     }
 
     /// Finds a kind by a name a user types: kind, plural, singular or short
@@ -131,6 +141,30 @@ static KINDS: [Kind; 11] = [
     Kind::of::<Lease>("leases", &[], true, false),
 ];
 
+/// Whether `selector` matches `labels`, as Kubernetes reads a
+/// `LabelSelector`: every `matchLabels` pair and every `matchExpressions`
+/// requirement must hold (an empty selector matches everything; an unknown
+/// operator matches nothing).
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let pairs = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    pairs
+        && selector.match_expressions.iter().flatten().all(|req| {
+            let value = labels.get(&req.key);
+            let listed = |v: &String| req.values.iter().flatten().any(|x| x == v);
+            match req.operator.as_str() {
+                "In" => value.is_some_and(listed),
+                "NotIn" => !value.is_some_and(listed),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                _ => false,
+            }
+        })
+}
+
 /// The table entry of a typed kind.
 pub fn kind_of<K: Object>() -> &'static Kind {
     KINDS
@@ -139,8 +173,8 @@ pub fn kind_of<K: Object>() -> &'static Kind {
         .expect("every Object type is in the kind table")
 }
 
-fn check<K: Object>(value: &Value) -> Result<(), Invalid> {
-    decode::<K>(value).map(|_| ())
+fn normalize<K: Object>(value: &Value) -> Result<Value, Invalid> {
+    decode::<K>(value).map(|obj| serde_json::to_value(&obj).expect("k8s-openapi objects serialise"))
 }
 
 /// Decodes `value` as `K`, strictly: a field of the wrong type or a field the
@@ -240,6 +274,54 @@ mod tests {
         let err = decode::<ConfigMap>(&cm).unwrap_err();
         let fields: Vec<_> = err.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["extra", "metadata.labelz"]);
+    }
+
+    #[test]
+    fn selectors_match_as_kubernetes_reads_them() {
+        let labels: BTreeMap<String, String> = [("app", "web"), ("tier", "front")]
+            .map(|(k, v)| (k.into(), v.into()))
+            .into();
+        let req = |key: &str, op: &str, values: &[&str]| LabelSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: Some(values.iter().map(|v| v.to_string()).collect()),
+        };
+        let sel = |labels: &[(&str, &str)], exprs: Vec<LabelSelectorRequirement>| LabelSelector {
+            match_labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            match_expressions: Some(exprs),
+        };
+        assert!(selector_matches(&LabelSelector::default(), &labels));
+        assert!(selector_matches(&sel(&[("app", "web")], vec![]), &labels));
+        assert!(!selector_matches(&sel(&[("app", "db")], vec![]), &labels));
+        assert!(selector_matches(
+            &sel(&[], vec![req("tier", "In", &["front", "back"])]),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &sel(&[], vec![req("tier", "NotIn", &["front"])]),
+            &labels
+        ));
+        assert!(selector_matches(
+            &sel(&[], vec![req("zone", "NotIn", &["a"])]),
+            &labels
+        ));
+        assert!(selector_matches(
+            &sel(&[], vec![req("app", "Exists", &[])]),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &sel(&[], vec![req("app", "DoesNotExist", &[])]),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &sel(&[], vec![req("app", "Near", &["web"])]),
+            &labels
+        ));
     }
 
     #[test]

@@ -11,14 +11,18 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
-    TxnOp, TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
 };
 use futures::stream::BoxStream;
 use futures::{StreamExt, stream};
+use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde_json::{Map, Value};
 
-use crate::api::{Kind, Namespace, Object, kind_of};
+use crate::api::{Kind, Namespace, Object, Pod, kind_of};
+use crate::telemetry::Metrics;
 use crate::validation::{FieldError, Invalid};
 
 /// Namespace objects land in when a manifest names none.
@@ -27,8 +31,31 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// Root of every key Orca writes.
 const ROOT: &str = "/registry";
 
+/// Where the node view of bound pods lives: `{NODE_VIEW}/{node}/{ns}/{name}`
+/// holds a copy of each pod bound to `node`, written in the same
+/// transaction (so at the same revision) as the pod itself. etcd cannot
+/// filter a watch by `spec.nodeName`; a node watches this prefix instead of
+/// every pod of the cluster (see the README's storage contract).
+const NODE_VIEW: &str = "/registry/podsbynode";
+
 /// Objects fetched per etcd range request while listing.
 const LIST_PAGE: i64 = 500;
+
+/// Attempts of [`Api::modify`] before a conflict is given back to the caller.
+const MODIFY_ATTEMPTS: u32 = 8;
+/// First pause between [`Api::modify`] attempts; doubled per conflict.
+const MODIFY_FIRST_PAUSE: Duration = Duration::from_millis(10);
+
+/// Names tried for an object with `metadata.generateName` before giving up.
+const GENERATE_NAME_ATTEMPTS: usize = 8;
+/// The characters of a generated name's suffix, as Kubernetes picks them
+/// (no vowels, no look-alikes, so no words and no ambiguity).
+const SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+/// Length of a generated name's random suffix.
+const SUFFIX_LEN: usize = 5;
+/// Longest `generateName` prefix kept, so a generated name stays a valid
+/// DNS label (63 characters).
+const MAX_GENERATE_PREFIX: usize = 63 - SUFFIX_LEN;
 
 /// Errors of the store, named for what the caller can do about them.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +118,14 @@ pub enum Error {
         key: String,
         /// What failed to decode.
         message: String,
+    },
+    /// A namespaced kind was addressed without a namespace.
+    #[error("{plural} {name:?}: a namespace is required for a namespaced kind")]
+    NamespaceRequired {
+        /// Lower-case plural of the kind.
+        plural: String,
+        /// Object name.
+        name: String,
     },
     /// Any other error etcd reported.
     #[error("etcd at {endpoint}: {message}")]
@@ -203,6 +238,17 @@ pub struct Store {
     client: Client,
     config: StoreConfig,
     guard: Option<Guard>,
+    metrics: StoreMetrics,
+}
+
+/// Labels naming one stored key.
+type KeyLabels = Vec<(&'static str, String)>;
+
+/// What the store counts; clones share the counters.
+#[derive(Debug, Clone, Default)]
+struct StoreMetrics {
+    /// Stored values skipped because they did not decode, by key.
+    corrupt: Family<KeyLabels, Counter>,
 }
 
 impl std::fmt::Debug for Store {
@@ -214,12 +260,29 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Key of one object.
-pub fn object_key(kind: &Kind, namespace: Option<&str>, name: &str) -> String {
-    match namespace.filter(|_| kind.namespaced) {
-        Some(ns) => format!("{ROOT}/{}/{ns}/{name}", kind.plural),
-        None => format!("{ROOT}/{}/{name}", kind.plural),
+/// Key of one object. A namespaced kind needs its namespace: there is no
+/// silent default here.
+pub fn object_key(kind: &Kind, namespace: Option<&str>, name: &str) -> Result<String> {
+    match (kind.namespaced, namespace) {
+        (true, Some(ns)) => Ok(format!("{ROOT}/{}/{ns}/{name}", kind.plural)),
+        (true, None) => Err(Error::NamespaceRequired {
+            plural: kind.plural.into(),
+            name: name.into(),
+        }),
+        (false, _) => Ok(format!("{ROOT}/{}/{name}", kind.plural)),
     }
+}
+
+/// Key of a bound pod's copy in its node's view.
+fn node_view_key(node: &str, namespace: &str, name: &str) -> String {
+    format!("{NODE_VIEW}/{node}/{namespace}/{name}")
+}
+
+/// The node a stored pod is bound to.
+fn node_of(obj: &Value) -> Option<&str> {
+    obj.pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
 }
 
 /// Key prefix of a kind, or of a kind within one namespace.
@@ -241,7 +304,14 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 }
 
 fn now_rfc3339() -> String {
-    jiff::Timestamp::now()
+    rfc3339_after(0)
+}
+
+/// The time `seconds` from now, as Kubernetes writes timestamps.
+fn rfc3339_after(seconds: i64) -> String {
+    let now = jiff::Timestamp::now();
+    now.checked_add(jiff::SignedDuration::from_secs(seconds))
+        .unwrap_or(now)
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
 }
@@ -279,6 +349,57 @@ fn has_finalizers(obj: &Value) -> bool {
         .is_some_and(|f| !f.is_empty())
 }
 
+/// Whether a pod marked for deletion still waits for its kubelet's final
+/// delete (a grace period above zero).
+fn awaits_kubelet(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .is_some_and(|g| g > 0)
+}
+
+/// A name for an object with `generateName`: the prefix (cut so the name
+/// stays a DNS label) and five random characters, as Kubernetes makes them.
+fn generated_name(prefix: &str) -> String {
+    let cut = prefix
+        .char_indices()
+        .nth(MAX_GENERATE_PREFIX)
+        .map_or(prefix.len(), |(i, _)| i);
+    let random = uuid::Uuid::new_v4();
+    let suffix = random.as_bytes()[..SUFFIX_LEN]
+        .iter()
+        .map(|b| char::from(SUFFIX_ALPHABET[usize::from(*b) % SUFFIX_ALPHABET.len()]));
+    prefix[..cut].chars().chain(suffix).collect()
+}
+
+/// The operations that keep the node view of a pod in step with a write
+/// taking it from `before` to `after` (`None`: absent).
+fn node_view_ops(
+    kind: &Kind,
+    before: Option<&Value>,
+    after: Option<(&Value, &[u8])>,
+) -> Vec<TxnOp> {
+    if kind.plural != "pods" {
+        return Vec::new();
+    }
+    let view_key = |obj: &Value| {
+        Some(node_view_key(
+            node_of(obj)?,
+            meta_str(obj, "namespace")?,
+            meta_str(obj, "name")?,
+        ))
+    };
+    let old = before.and_then(view_key);
+    let new = after.and_then(|(obj, bytes)| Some((view_key(obj)?, bytes)));
+    let mut ops = Vec::new();
+    if let Some(old) = old.filter(|o| new.as_ref().is_none_or(|(n, _)| n != o)) {
+        ops.push(TxnOp::delete(old, None));
+    }
+    if let Some((key, bytes)) = new {
+        ops.push(TxnOp::put(key, bytes.to_vec(), None));
+    }
+    ops
+}
+
 impl Store {
     /// Connects to etcd. The connection itself is lazy; an unreachable
     /// endpoint is reported by the first request.
@@ -299,7 +420,30 @@ impl Store {
             client,
             config,
             guard: None,
+            metrics: StoreMetrics::default(),
         })
+    }
+
+    /// Registers the store's metrics (stored values skipped as corrupt, by
+    /// key) under `metrics`; once per process.
+    pub fn register_metrics(&self, metrics: &Metrics) {
+        metrics.register(
+            "store_corrupt_objects",
+            "Stored values skipped because they do not decode, by etcd key",
+            self.metrics.corrupt.clone(),
+        );
+    }
+
+    /// Logs and counts a stored value that does not decode, so one bad
+    /// value costs its own object, not the whole list or watch of its kind.
+    fn skip_corrupt(&self, error: &Error) {
+        if let Error::Corrupt { key, .. } = error {
+            self.metrics
+                .corrupt
+                .get_or_create(&vec![("key", key.clone())])
+                .inc();
+        }
+        tracing::error!(%error, "skipping a stored object that does not decode");
     }
 
     /// The endpoint this store talks to.
@@ -336,13 +480,48 @@ impl Store {
         Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
     }
 
-    /// Typed access to one kind, within `namespace` (ignored for
-    /// cluster-scoped kinds; `None` lists and watches every namespace).
-    pub fn api<K: Object>(&self, namespace: Option<&str>) -> Api<K> {
+    /// Typed access to the objects of a namespaced kind in `namespace`.
+    pub fn api<K: Object<Scope = NamespaceResourceScope>>(&self, namespace: &str) -> Api<K> {
         Api {
             store: self.clone(),
-            namespace: namespace.map(str::to_string),
+            namespace: Some(namespace.to_string()),
             kind: PhantomData,
+        }
+    }
+
+    /// Typed access to the objects of a cluster-scoped kind.
+    pub fn cluster_api<K: Object<Scope = ClusterResourceScope>>(&self) -> Api<K> {
+        Api {
+            store: self.clone(),
+            namespace: None,
+            kind: PhantomData,
+        }
+    }
+
+    /// Every object of a kind, in every namespace: to list and watch.
+    pub fn all<K: Object>(&self) -> View<K> {
+        View::typed(self.clone(), kind_prefix(kind_of::<K>(), None))
+    }
+
+    /// The pods bound to `node`, and only those: to list and watch. Backed
+    /// by the node view the store writes beside each bound pod.
+    pub fn pods_on_node(&self, node: &str) -> View<Pod> {
+        View::typed(self.clone(), format!("{NODE_VIEW}/{node}/"))
+    }
+
+    /// Objects of `kind` in `namespace` (every namespace with `None`), as
+    /// JSON: to list and watch without knowing the type.
+    pub fn view_values(&self, kind: &'static Kind, namespace: Option<&str>) -> View<Value> {
+        View {
+            store: self.clone(),
+            prefix: kind_prefix(kind, namespace),
+            decode: decode_value,
+            revision: |obj| {
+                obj.pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .and_then(|rv| rv.parse().ok())
+                    .unwrap_or_default()
+            },
         }
     }
 
@@ -429,11 +608,31 @@ impl Store {
         serde_json::to_vec(&stored).expect("JSON values serialise")
     }
 
-    /// Creates an object from its JSON form; fills in namespace, uid,
-    /// creationTimestamp and generation. Fails with [`Error::AlreadyExists`]
-    /// rather than replacing anything.
-    pub async fn create_value(&self, kind: &Kind, mut obj: Value) -> Result<Value> {
-        kind.check(&obj)?;
+    /// Creates an object from its JSON form; fills in namespace (`default`
+    /// when the object names none), uid, creationTimestamp and generation,
+    /// and a name from `metadata.generateName` when it has none. Fails with
+    /// [`Error::AlreadyExists`] rather than replacing anything.
+    pub async fn create_value(&self, kind: &Kind, obj: Value) -> Result<Value> {
+        let prefix = match (meta_str(&obj, "name"), meta_str(&obj, "generateName")) {
+            (None | Some(""), Some(prefix)) if !prefix.is_empty() => prefix.to_string(),
+            _ => return self.create_named(kind, obj).await,
+        };
+        let mut last = None;
+        for _ in 0..GENERATE_NAME_ATTEMPTS {
+            let mut attempt = obj.clone();
+            meta_mut(&mut attempt).insert("name".into(), Value::String(generated_name(&prefix)));
+            match self.create_named(kind, attempt).await {
+                Err(e @ Error::AlreadyExists { .. }) => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.expect("at least one attempt was made"))
+    }
+
+    async fn create_named(&self, kind: &Kind, obj: Value) -> Result<Value> {
+        // The canonical form: explicit nulls and other spellings of "unset"
+        // are gone, so a later typed update compares like with like.
+        let mut obj = kind.normalize(&obj)?;
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         let namespace = if kind.namespaced {
             Some(
@@ -450,8 +649,13 @@ impl Store {
                 Some(ns) => meta.insert("namespace".into(), Value::String(ns.clone())),
                 None => meta.remove("namespace"),
             };
-            meta.remove("resourceVersion");
-            meta.remove("deletionTimestamp");
+            for field in [
+                "resourceVersion",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+            ] {
+                meta.remove(field);
+            }
             meta.insert(
                 "uid".into(),
                 Value::String(uuid::Uuid::new_v4().to_string()),
@@ -459,19 +663,21 @@ impl Store {
             meta.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
             meta.insert("generation".into(), Value::from(1));
         }
-        let key = object_key(kind, namespace.as_deref(), &name);
+        let key = object_key(kind, namespace.as_deref(), &name)?;
         let value = Self::encode(&obj);
         // Two attempts: the second after creating the `default` namespace.
         for _ in 0..2 {
             let mut compares = vec![Compare::version(key.as_str(), CompareOp::Equal, 0)];
-            let ns_key = namespace
-                .as_deref()
-                .map(|ns| object_key(kind_of::<Namespace>(), None, ns));
+            let ns_key = match namespace.as_deref() {
+                Some(ns) => Some(object_key(kind_of::<Namespace>(), None, ns)?),
+                None => None,
+            };
             if let Some(ns_key) = &ns_key {
                 compares.push(Compare::version(ns_key.as_str(), CompareOp::Greater, 0));
             }
-            let put = TxnOp::put(key.as_str(), value.clone(), None);
-            if let Some(rev) = self.commit(compares, vec![put]).await? {
+            let mut ops = vec![TxnOp::put(key.as_str(), value.clone(), None)];
+            ops.extend(node_view_ops(kind, None, Some((&obj, &value))));
+            if let Some(rev) = self.commit(compares, ops).await? {
                 meta_mut(&mut obj).insert("resourceVersion".into(), Value::String(rev.to_string()));
                 return Ok(obj);
             }
@@ -516,7 +722,7 @@ impl Store {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<Value> {
-        let key = object_key(kind, namespace.or(Some(DEFAULT_NAMESPACE)), name);
+        let key = object_key(kind, namespace, name)?;
         match self.get_kv(&key).await? {
             Some(kv) => self.decode_kv(&kv),
             None => Err(Error::NotFound {
@@ -529,22 +735,18 @@ impl Store {
     /// Lists a kind (in one namespace, or all with `None`) at one revision,
     /// page by page so a large kind never arrives as one huge response.
     pub async fn list_values(&self, kind: &Kind, namespace: Option<&str>) -> Result<List<Value>> {
-        self.list_decoded(kind, namespace, decode_value).await
+        self.list_decoded(&kind_prefix(kind, namespace), decode_value)
+            .await
     }
 
-    /// [`Store::list_values`], each object decoded by `decode` as its page
-    /// arrives.
-    async fn list_decoded<T>(
-        &self,
-        kind: &Kind,
-        namespace: Option<&str>,
-        decode: Decoder<T>,
-    ) -> Result<List<T>> {
-        let mut page = self.page_decoded(kind, namespace, None, 0, decode).await?;
+    /// Every object under `prefix` at one revision, each decoded by
+    /// `decode` as its page arrives.
+    async fn list_decoded<T>(&self, prefix: &str, decode: Decoder<T>) -> Result<List<T>> {
+        let mut page = self.page_decoded(prefix, None, 0, decode).await?;
         let mut items = std::mem::take(&mut page.items);
         while let Some(from) = page.next {
             page = self
-                .page_decoded(kind, namespace, Some(from), page.revision, decode)
+                .page_decoded(prefix, Some(from), page.revision, decode)
                 .await?;
             items.append(&mut page.items);
         }
@@ -554,25 +756,27 @@ impl Store {
         })
     }
 
-    /// One page of a list: from the start of the kind's keys (`from` is
-    /// `None`) or from a previous page's `next`, at `revision` (0: now).
+    /// One page of a list: from the start of `prefix` (`from` is `None`) or
+    /// from a previous page's `next`, at `revision` (0: now). A value that
+    /// does not decode is skipped, logged and counted.
     async fn page_decoded<T>(
         &self,
-        kind: &Kind,
-        namespace: Option<&str>,
+        prefix: &str,
         from: Option<Vec<u8>>,
         revision: i64,
         decode: Decoder<T>,
     ) -> Result<Page<T>> {
-        let prefix = kind_prefix(kind, namespace);
         let mut options = GetOptions::new()
-            .with_range(prefix_end(&prefix))
+            .with_range(prefix_end(prefix))
             .with_limit(LIST_PAGE);
         if revision > 0 {
             options = options.with_revision(revision);
         }
         let mut resp = self
-            .range(from.unwrap_or_else(|| prefix.into_bytes()), Some(options))
+            .range(
+                from.unwrap_or_else(|| prefix.as_bytes().to_vec()),
+                Some(options),
+            )
             .await?;
         let revision = match revision {
             0 => resp.header().map(|h| h.revision()).unwrap_or_default(),
@@ -582,8 +786,14 @@ impl Store {
         let kvs = resp.take_kvs();
         let items = kvs
             .iter()
-            .map(|kv| decode(kv, kv.mod_revision()))
-            .collect::<Result<_>>()?;
+            .filter_map(|kv| match decode(kv, kv.mod_revision()) {
+                Ok(obj) => Some(obj),
+                Err(e) => {
+                    self.skip_corrupt(&e);
+                    None
+                }
+            })
+            .collect();
         let next = kvs.last().filter(|_| more).map(|last| {
             let mut next = last.key().to_vec();
             next.push(0);
@@ -599,21 +809,20 @@ impl Store {
     /// Replaces an object's spec and metadata, guarded by its
     /// `metadata.resourceVersion`; the stored status is kept.
     pub async fn update_value(&self, kind: &Kind, obj: Value) -> Result<Value> {
-        kind.check(&obj)?;
+        let obj = kind.normalize(&obj)?;
         self.write_guarded(kind, obj, false).await
     }
 
     /// Replaces an object's status only, guarded by its resourceVersion; the
     /// stored spec and metadata are kept.
     pub async fn update_status_value(&self, kind: &Kind, obj: Value) -> Result<Value> {
-        kind.check(&obj)?;
+        let obj = kind.normalize(&obj)?;
         self.write_guarded(kind, obj, true).await
     }
 
     async fn write_guarded(&self, kind: &Kind, obj: Value, status_only: bool) -> Result<Value> {
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
-        let namespace = meta_str(&obj, "namespace").unwrap_or(DEFAULT_NAMESPACE);
-        let key = object_key(kind, Some(namespace), &name);
+        let key = object_key(kind, meta_str(&obj, "namespace"), &name)?;
         let invalid_rv = || {
             Error::Invalid(Invalid {
                 kind: kind.kind.into(),
@@ -684,16 +893,26 @@ impl Store {
             merged
         };
         let guard = vec![Compare::mod_revision(key.as_str(), CompareOp::Equal, rv)];
-        // An object being deleted leaves the store when its last finalizer goes.
-        if merged.pointer("/metadata/deletionTimestamp").is_some() && !has_finalizers(&merged) {
-            let op = TxnOp::delete(key.as_str(), None);
-            return match self.commit(guard, vec![op]).await? {
+        // Only the write that removes the last finalizer of an object being
+        // deleted removes it (a bound pod waits for its kubelet's final
+        // delete as well); any other write to it, a status update above
+        // all, keeps it.
+        let removes = merged.pointer("/metadata/deletionTimestamp").is_some()
+            && has_finalizers(&current)
+            && !has_finalizers(&merged)
+            && !awaits_kubelet(&merged);
+        if removes {
+            let mut ops = vec![TxnOp::delete(key.as_str(), None)];
+            ops.extend(node_view_ops(kind, Some(&current), None));
+            return match self.commit(guard, ops).await? {
                 Some(_) => Ok(merged),
                 None => Err(conflict()),
             };
         }
-        let put = TxnOp::put(key.as_str(), Self::encode(&merged), Some(PutOptions::new()));
-        match self.commit(guard, vec![put]).await? {
+        let value = Self::encode(&merged);
+        let mut ops = vec![TxnOp::put(key.as_str(), value.clone(), None)];
+        ops.extend(node_view_ops(kind, Some(&current), Some((&merged, &value))));
+        match self.commit(guard, ops).await? {
             Some(rev) => {
                 let mut merged = merged;
                 meta_mut(&mut merged)
@@ -706,7 +925,8 @@ impl Store {
 
     /// Deletes an object. Objects with finalizers, and pods bound to a node
     /// (unless the grace period is zero), are marked with
-    /// `deletionTimestamp` and left for their owners to finish.
+    /// `deletionTimestamp` and left for their owners to finish; deleting
+    /// them again changes nothing but a shorter grace period.
     pub async fn delete_value(
         &self,
         kind: &Kind,
@@ -714,7 +934,7 @@ impl Store {
         name: &str,
         options: DeleteOptions,
     ) -> Result<Deleted<Value>> {
-        let key = object_key(kind, namespace.or(Some(DEFAULT_NAMESPACE)), name);
+        let key = object_key(kind, namespace, name)?;
         loop {
             let kv = self.get_kv(&key).await?.ok_or_else(|| Error::NotFound {
                 plural: kind.plural.into(),
@@ -726,51 +946,62 @@ impl Store {
                 CompareOp::Equal,
                 kv.mod_revision(),
             )];
+            let current = obj.clone();
             let grace = self.grace_period(kind, &obj, options);
-            if has_finalizers(&obj) || grace.is_some() {
-                if obj.pointer("/metadata/deletionTimestamp").is_some() && grace != Some(0) {
-                    return Ok(Deleted::Pending(obj));
-                }
-                let meta = meta_mut(&mut obj);
-                meta.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
-                if let Some(g) = grace {
-                    meta.insert("deletionGracePeriodSeconds".into(), Value::from(g));
-                }
-                let put = TxnOp::put(key.as_str(), Self::encode(&obj), None);
-                if let Some(rev) = self.commit(guard, vec![put]).await? {
-                    meta_mut(&mut obj)
-                        .insert("resourceVersion".into(), Value::String(rev.to_string()));
-                    return Ok(Deleted::Pending(obj));
+            let waits = has_finalizers(&obj) || grace.is_some_and(|g| g > 0);
+            if !waits {
+                let mut ops = vec![TxnOp::delete(key.as_str(), None)];
+                ops.extend(node_view_ops(kind, Some(&current), None));
+                if self.commit(guard, ops).await?.is_some() {
+                    return Ok(Deleted::Gone(obj));
                 }
                 continue;
             }
-            if self
-                .commit(guard, vec![TxnOp::delete(key.as_str(), None)])
-                .await?
-                .is_some()
-            {
-                return Ok(Deleted::Gone(obj));
+            let marked = obj.pointer("/metadata/deletionTimestamp").is_some();
+            let granted = obj
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64);
+            // A second delete may shorten a pod's grace period, never
+            // lengthen it, and never moves the deletion of an object that
+            // only waits for its finalizers.
+            let shortens = grace.is_some_and(|g| granted.is_none_or(|had| g < had));
+            if marked && !shortens {
+                return Ok(Deleted::Pending(obj));
+            }
+            let meta = meta_mut(&mut obj);
+            meta.insert(
+                "deletionTimestamp".into(),
+                Value::String(rfc3339_after(grace.unwrap_or(0))),
+            );
+            if let Some(g) = grace {
+                meta.insert("deletionGracePeriodSeconds".into(), Value::from(g));
+            }
+            let value = Self::encode(&obj);
+            let mut ops = vec![TxnOp::put(key.as_str(), value.clone(), None)];
+            ops.extend(node_view_ops(kind, Some(&current), Some((&obj, &value))));
+            if let Some(rev) = self.commit(guard, ops).await? {
+                meta_mut(&mut obj).insert("resourceVersion".into(), Value::String(rev.to_string()));
+                return Ok(Deleted::Pending(obj));
             }
         }
     }
 
-    /// The grace period a pod gets, or `None` when it is deleted at once:
-    /// only pods already bound to a node need their kubelet to stop them.
+    /// The grace period a pod gets, or `None` for any other object: only
+    /// pods already bound to a node need their kubelet to stop them.
     fn grace_period(&self, kind: &Kind, obj: &Value, options: DeleteOptions) -> Option<i64> {
-        if kind.plural != "pods"
-            || obj
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .is_none()
-        {
+        if kind.plural != "pods" || node_of(obj).is_none() {
             return None;
         }
-        let grace = options.grace_period_seconds.unwrap_or_else(|| {
-            obj.pointer("/spec/terminationGracePeriodSeconds")
-                .and_then(Value::as_i64)
-                .unwrap_or(30)
-        });
-        (grace > 0 || has_finalizers(obj)).then_some(grace)
+        Some(
+            options
+                .grace_period_seconds
+                .unwrap_or_else(|| {
+                    obj.pointer("/spec/terminationGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(30)
+                })
+                .max(0),
+        )
     }
 
     /// Watches a kind (in one namespace, or all) from `from_revision`
@@ -782,21 +1013,19 @@ impl Store {
         namespace: Option<&str>,
         from_revision: i64,
     ) -> Result<BoxStream<'static, Result<WatchEvent<Value>>>> {
-        self.watch_decoded(kind, namespace, from_revision, decode_value)
+        self.watch_decoded(&kind_prefix(kind, namespace), from_revision, decode_value)
             .await
     }
 
-    /// [`Store::watch_values`], each object decoded by `decode`.
+    /// Watches every key under `prefix`, each object decoded by `decode`.
     async fn watch_decoded<T: Send + 'static>(
         &self,
-        kind: &Kind,
-        namespace: Option<&str>,
+        prefix: &str,
         from_revision: i64,
         decode: Decoder<T>,
     ) -> Result<BoxStream<'static, Result<WatchEvent<T>>>> {
-        let prefix = kind_prefix(kind, namespace);
         let options = WatchOptions::new()
-            .with_range(prefix_end(&prefix))
+            .with_range(prefix_end(prefix))
             .with_start_revision(from_revision)
             .with_prev_key()
             .with_progress_notify();
@@ -826,7 +1055,7 @@ impl Store {
                         };
                         return Some((vec![Err(err)], None));
                     }
-                    let events = watch_events(&resp, decode);
+                    let events = store.watch_events(&resp, decode);
                     Some((events, Some((watch, store))))
                 }
                 Ok(None) => {
@@ -840,6 +1069,54 @@ impl Store {
             }
         });
         Ok(responses.flat_map(stream::iter).boxed())
+    }
+
+    /// The events of one watch response. A value that does not decode is
+    /// skipped (logged and counted) and reported as progress to its
+    /// revision, so a watcher moves past it instead of resuming onto it.
+    fn watch_events<T>(
+        &self,
+        resp: &etcd_client::WatchResponse,
+        decode: Decoder<T>,
+    ) -> Vec<Result<WatchEvent<T>>> {
+        if resp.events().is_empty() {
+            if resp.created() {
+                return Vec::new();
+            }
+            let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+            return vec![Ok(WatchEvent::Progress(revision))];
+        }
+        resp.events()
+            .iter()
+            .filter_map(|event| {
+                let kv = event.kv()?;
+                let decoded = match event.event_type() {
+                    EventType::Put => decode(kv, kv.mod_revision()).map(|obj| {
+                        if kv.create_revision() == kv.mod_revision() {
+                            WatchEvent::Added(obj)
+                        } else {
+                            WatchEvent::Modified(obj)
+                        }
+                    }),
+                    // The last state, as of the deletion. Without the previous
+                    // value (compacted meanwhile) the object cannot be named
+                    // to the watcher, so it must re-list to learn what went.
+                    EventType::Delete => match event.prev_kv() {
+                        Some(prev) => decode(prev, kv.mod_revision()).map(WatchEvent::Deleted),
+                        None => {
+                            return Some(Err(Error::Compacted {
+                                requested: kv.mod_revision(),
+                                compacted: kv.mod_revision(),
+                            }));
+                        }
+                    },
+                };
+                Some(decoded.or_else(|e| {
+                    self.skip_corrupt(&e);
+                    Ok(WatchEvent::Progress(kv.mod_revision()))
+                }))
+            })
+            .collect()
     }
 }
 
@@ -875,37 +1152,13 @@ fn decode_object<K: Object>(kv: &KeyValue, resource_version: i64) -> Result<K> {
     Ok(obj)
 }
 
-fn watch_events<T>(
-    resp: &etcd_client::WatchResponse,
-    decode: Decoder<T>,
-) -> Vec<Result<WatchEvent<T>>> {
-    if resp.events().is_empty() {
-        if resp.created() {
-            return Vec::new();
-        }
-        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        return vec![Ok(WatchEvent::Progress(revision))];
-    }
-    resp.events()
-        .iter()
-        .filter_map(|event| {
-            let kv = event.kv()?;
-            Some(match event.event_type() {
-                EventType::Put => decode(kv, kv.mod_revision()).map(|obj| {
-                    if kv.create_revision() == kv.mod_revision() {
-                        WatchEvent::Added(obj)
-                    } else {
-                        WatchEvent::Modified(obj)
-                    }
-                }),
-                // The last state, as of the deletion. Without the previous
-                // value (compacted) there is nothing to report.
-                EventType::Delete => {
-                    decode(event.prev_kv()?, kv.mod_revision()).map(WatchEvent::Deleted)
-                }
-            })
-        })
-        .collect()
+/// A typed object's resourceVersion as a revision (0 when absent).
+fn revision_of<K: Object>(obj: &K) -> i64 {
+    obj.metadata()
+        .resource_version
+        .as_deref()
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or_default()
 }
 
 fn map_err(endpoint: &str, e: etcd_client::Error) -> Error {
@@ -916,11 +1169,13 @@ fn map_err(endpoint: &str, e: etcd_client::Error) -> Error {
     };
     match &e {
         E::TransportError(_) | E::IoError(_) => unavailable(root_cause(&e)),
+        // A status that carries a transport error as its source is a
+        // broken connection whatever its code (a cut stream says Unknown).
         E::GRpcStatus(status)
             if matches!(
                 status.code(),
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-            ) =>
+            ) || std::error::Error::source(status).is_some() =>
         {
             // tonic's status carries the transport error as its source; its
             // innermost cause is the line a person needs.
@@ -950,10 +1205,12 @@ fn root_cause(e: &dyn std::error::Error) -> String {
     cause.to_string()
 }
 
-/// Typed access to one kind in one namespace.
+/// Typed access to one kind: the objects of one namespace, or of a
+/// cluster-scoped kind. Made by [`Store::api`] or [`Store::cluster_api`].
 #[derive(Debug, Clone)]
 pub struct Api<K> {
     store: Store,
+    /// `None` only for cluster-scoped kinds.
     namespace: Option<String>,
     kind: PhantomData<fn() -> K>,
 }
@@ -974,6 +1231,13 @@ fn to_value<K: Object>(obj: &K) -> Value {
     serde_json::to_value(obj).expect("k8s-openapi objects serialise")
 }
 
+/// A pause of `base` plus up to half of it again, at random, so writers
+/// that collided do not collide again in step.
+pub(crate) fn jittered(base: Duration) -> Duration {
+    let random = uuid::Uuid::new_v4().as_u128() % 1024;
+    base + base.mul_f64(random as f64 / 2048.0)
+}
+
 impl<K: Object> Api<K> {
     fn kind(&self) -> &'static Kind {
         kind_of::<K>()
@@ -988,15 +1252,21 @@ impl<K: Object> Api<K> {
         &self.store
     }
 
+    /// The objects this API reaches, to list and watch.
+    pub fn view(&self) -> View<K> {
+        View::typed(
+            self.store.clone(),
+            kind_prefix(self.kind(), self.namespace()),
+        )
+    }
+
     /// Creates `obj` (in this API's namespace unless it names its own).
     pub async fn create(&self, obj: &K) -> Result<K> {
-        let mut value = to_value(obj);
-        if let (Some(ns), true) = (self.namespace(), self.kind().namespaced)
-            && meta_str(&value, "namespace").is_none()
-        {
-            meta_mut(&mut value).insert("namespace".into(), Value::String(ns.into()));
-        }
-        from_value(self.store.create_value(self.kind(), value).await?)
+        from_value(
+            self.store
+                .create_value(self.kind(), self.scoped(obj))
+                .await?,
+        )
     }
 
     /// Reads one object by name.
@@ -1017,25 +1287,9 @@ impl<K: Object> Api<K> {
         }
     }
 
-    /// One page of [`Api::list`]: the first (`from` is `None`, `revision`
-    /// 0) or the one a previous page's `next` and `revision` name.
-    pub async fn list_page(&self, from: Option<Vec<u8>>, revision: i64) -> Result<Page<K>> {
-        self.store
-            .page_decoded(
-                self.kind(),
-                self.namespace(),
-                from,
-                revision,
-                decode_object::<K>,
-            )
-            .await
-    }
-
-    /// Lists every object of the kind in this API's namespace (or all).
+    /// Lists every object this API reaches.
     pub async fn list(&self) -> Result<List<K>> {
-        self.store
-            .list_decoded(self.kind(), self.namespace(), decode_object::<K>)
-            .await
+        self.view().list().await
     }
 
     /// Updates spec and metadata, guarded by `obj`'s resourceVersion.
@@ -1066,14 +1320,18 @@ impl<K: Object> Api<K> {
         value
     }
 
-    /// Reads, changes with `change` and writes back, retrying on conflict:
-    /// the way a controller changes an object it does not own alone.
+    /// Reads, changes with `change` and writes back, retrying a conflict a
+    /// few times with a growing, jittered pause: the way a controller
+    /// changes an object it does not own alone. A conflict that outlasts
+    /// the attempts is returned, for the caller to requeue.
     pub async fn modify(
         &self,
         name: &str,
         status: bool,
         mut change: impl FnMut(&mut K),
     ) -> Result<K> {
+        let mut pause = MODIFY_FIRST_PAUSE;
+        let mut attempt = 1;
         loop {
             let mut obj = self.get(name).await?;
             change(&mut obj);
@@ -1083,7 +1341,11 @@ impl<K: Object> Api<K> {
                 self.update(&obj).await
             };
             match written {
-                Err(Error::Conflict { .. }) => continue,
+                Err(Error::Conflict { .. }) if attempt < MODIFY_ATTEMPTS => {
+                    tokio::time::sleep(jittered(pause)).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
                 other => return other,
             }
         }
@@ -1103,18 +1365,93 @@ impl<K: Object> Api<K> {
         )
     }
 
-    /// Watches the kind from `from_revision` (inclusive).
+    /// Watches the objects this API reaches from `from_revision` (inclusive).
     pub async fn watch(
         &self,
         from_revision: i64,
     ) -> Result<BoxStream<'static, Result<WatchEvent<K>>>> {
+        self.view().watch(from_revision).await
+    }
+}
+
+/// A set of stored objects to list and watch: one namespace, every
+/// namespace, the pods of one node, or (as JSON) any kind. Made by
+/// [`Store::all`], [`Store::pods_on_node`], [`Store::view_values`] and
+/// [`Api::view`]; the watcher runs on one.
+pub struct View<T> {
+    store: Store,
+    prefix: String,
+    decode: Decoder<T>,
+    revision: fn(&T) -> i64,
+}
+
+impl<T> Clone for View<T> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            prefix: self.prefix.clone(),
+            decode: self.decode,
+            revision: self.revision,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for View<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("View")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl<K: Object> View<K> {
+    fn typed(store: Store, prefix: String) -> Self {
+        Self {
+            store,
+            prefix,
+            decode: decode_object::<K>,
+            revision: revision_of::<K>,
+        }
+    }
+}
+
+impl<T: Send + 'static> View<T> {
+    /// The etcd key prefix this view covers; one view per prefix is what a
+    /// shared cache is keyed by.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The store this view reads.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The revision an object of this view was read at.
+    pub fn revision_of(&self, obj: &T) -> i64 {
+        (self.revision)(obj)
+    }
+
+    /// One page of [`View::list`]: the first (`from` is `None`, `revision`
+    /// 0) or the one a previous page's `next` and `revision` name.
+    pub async fn list_page(&self, from: Option<Vec<u8>>, revision: i64) -> Result<Page<T>> {
         self.store
-            .watch_decoded(
-                self.kind(),
-                self.namespace(),
-                from_revision,
-                decode_object::<K>,
-            )
+            .page_decoded(&self.prefix, from, revision, self.decode)
+            .await
+    }
+
+    /// Every object of the view, at one revision.
+    pub async fn list(&self) -> Result<List<T>> {
+        self.store.list_decoded(&self.prefix, self.decode).await
+    }
+
+    /// Watches the view from `from_revision` (inclusive).
+    pub async fn watch(
+        &self,
+        from_revision: i64,
+    ) -> Result<BoxStream<'static, Result<WatchEvent<T>>>> {
+        self.store
+            .watch_decoded(&self.prefix, from_revision, self.decode)
             .await
     }
 }

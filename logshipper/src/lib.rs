@@ -90,6 +90,15 @@ impl Drop for ExitNotice {
     }
 }
 
+/// The cluster a shipper enriches pod logs from.
+#[derive(Debug, Clone, Copy)]
+pub struct Cluster<'a> {
+    /// The cluster's store.
+    pub store: &'a orca_core::store::Store,
+    /// The node the shipper runs on: only its pods are watched.
+    pub node: &'a str,
+}
+
 /// Runs the shipper until `shutdown` resolves, then stops reading, lets the
 /// outputs deliver what was read (for at most `shutdown_grace`) and writes
 /// a last checkpoint. Serves `/metrics` and `/healthz` on `admin.address`.
@@ -97,7 +106,7 @@ impl Drop for ExitNotice {
 /// With `cluster`, events of pod log files carry the pod's labels.
 pub async fn run(
     config: Config,
-    cluster: Option<&orca_core::store::Store>,
+    cluster: Option<Cluster<'_>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ShipperError> {
     let mut shutdown = pin!(shutdown);
@@ -153,12 +162,12 @@ pub async fn run(
     }
 
     let pods = match cluster {
-        Some(store) => {
-            let (pods, driver) = metadata::PodMetadata::follow(store);
+        Some(cluster) => {
+            let (pods, driver) = metadata::PodMetadata::follow(cluster.store, cluster.node);
             let follow = tokio::spawn(driver);
             if !pods.wait_synced(CLUSTER_WAIT).await {
                 tracing::warn!(
-                    "the cluster's pods are not listed yet; files found meanwhile carry no labels"
+                    "this node's pods are not listed yet; lines read meanwhile carry no labels"
                 );
             }
             Some((pods, follow))

@@ -1,5 +1,6 @@
-//! Pod metadata from the cluster: each pod's labels, followed through the
-//! core watch pipeline, for the events of its log files.
+//! Pod metadata from the cluster: the labels of the pods bound to this
+//! node (and only those: a node never lists the cluster's pods), followed
+//! through the core watch pipeline, for the events of their log files.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -12,18 +13,19 @@ use orca_core::watch::{self, ObjectKey, Reader};
 
 use crate::event::PodRef;
 
-/// The pods of the cluster, as the watch last saw them.
+/// The pods bound to this node, as the watch last saw them.
 #[derive(Clone)]
 pub struct PodMetadata {
     pods: Reader<Pod>,
 }
 
 impl PodMetadata {
-    /// Starts following the pods in `store`; the returned future drives the
-    /// watch and must be polled (spawned) for the cache to fill.
-    pub fn follow(store: &Store) -> (Self, impl Future<Output = ()> + Send + 'static) {
+    /// Starts following the pods bound to `node` in `store`; the returned
+    /// future drives the watch and must be polled (spawned) for the cache
+    /// to fill.
+    pub fn follow(store: &Store, node: &str) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let (reader, writer) = watch::store::<Pod>();
-        let events = watch::reflector(writer, watch::watcher(store.api::<Pod>(None)));
+        let events = watch::reflector(writer, watch::watcher(store.pods_on_node(node)));
         let driver = events.for_each(|event| async move {
             if let Err(e) = event {
                 tracing::warn!(error = %e, "pod watch failed; retrying");

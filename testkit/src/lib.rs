@@ -2,10 +2,14 @@
 //!
 //! [`Etcd`] runs the real `etcd` server (Debian's `etcd-server`) on free
 //! loopback ports with a temporary data directory. Tests never replace etcd
-//! with an in-memory map. [`netns`] gives tests network namespaces of their
+//! with an in-memory map. [`Relay`] lets a test cut a client off a server
+//! that stays up. [`netns`] gives tests network namespaces of their
 //! own.
 
 pub mod netns;
+mod relay;
+
+pub use relay::Relay;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -70,6 +74,11 @@ impl Etcd {
     /// The client URL, e.g. `http://127.0.0.1:40123`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The client address, for a [`Relay`] in front of it.
+    pub fn client_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.client_port))
     }
 
     /// The data directory.

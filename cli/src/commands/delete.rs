@@ -48,7 +48,10 @@ pub async fn run(store: &Store, args: Args, docs: Option<Vec<Document>>) -> anyh
             }
             args.names
                 .iter()
-                .map(|n| (kind, args.namespace.clone(), n.clone()))
+                .map(|n| {
+                    let ns = super::namespace_arg(kind, args.namespace.as_deref());
+                    (kind, ns.map(str::to_string), n.clone())
+                })
                 .collect()
         }
     };

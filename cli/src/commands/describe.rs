@@ -24,7 +24,11 @@ pub struct Args {
 pub async fn run(store: &Store, args: Args) -> anyhow::Result<bool> {
     let kind = super::kind_arg(&args.kind)?;
     let obj = store
-        .get_value(kind, args.namespace.as_deref(), &args.name)
+        .get_value(
+            kind,
+            super::namespace_arg(kind, args.namespace.as_deref()),
+            &args.name,
+        )
         .await?;
     print!("{}", describe(&obj));
     Ok(true)

@@ -1,8 +1,12 @@
 //! `orca get KIND [NAME] [-n NS | -A] [-o wide|yaml|json] [-w]`.
 
+use std::collections::HashMap;
+use std::pin::pin;
+
 use futures::StreamExt;
 use orca_core::api::Kind;
-use orca_core::store::{DEFAULT_NAMESPACE, Store, WatchEvent};
+use orca_core::store::{DEFAULT_NAMESPACE, Store};
+use orca_core::watch::{Event, watcher};
 use orca_core::yaml;
 use serde_json::{Value, json};
 
@@ -49,20 +53,9 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<bool> {
         (None, false) => Some(DEFAULT_NAMESPACE),
     };
     let show_namespace = args.all_namespaces && kind.namespaced;
-    let (objects, revision) = match &args.name {
-        Some(name) => {
-            let obj = store.get_value(kind, namespace, name).await?;
-            let rv = obj
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .and_then(|r| r.parse().ok())
-                .unwrap_or_default();
-            (vec![obj], rv)
-        }
-        None => {
-            let list = store.list_values(kind, namespace).await?;
-            (list.items, list.revision)
-        }
+    let objects = match &args.name {
+        Some(name) => vec![store.get_value(kind, namespace, name).await?],
+        None => store.list_values(kind, namespace).await?.items,
     };
     match args.output {
         Some(Output::Yaml) => print!("{}", yaml::to_string(&as_output(&args, objects))),
@@ -91,7 +84,7 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<bool> {
                     kind,
                     namespace,
                     args.name.as_deref(),
-                    revision,
+                    objects,
                     wide,
                     show_namespace,
                 )
@@ -130,28 +123,83 @@ fn cells(kind: &Kind, obj: &Value, wide: bool, show_namespace: bool) -> Vec<Stri
     r
 }
 
+/// Where an object is, for comparing one list with the next.
+fn object_id(obj: &Value) -> (String, String) {
+    let field = |f: &str| {
+        obj.pointer(&format!("/metadata/{f}"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    (field("namespace"), field("name"))
+}
+
+fn version(obj: &Value) -> Option<&Value> {
+    obj.pointer("/metadata/resourceVersion")
+}
+
+/// Prints a row for every change after the objects already shown, through
+/// the core watcher: it resumes a dropped watch, and after a re-list the
+/// objects changed or gone meanwhile are printed as well.
 async fn watch(
     store: &Store,
     kind: &'static Kind,
     namespace: Option<&str>,
     name: Option<&str>,
-    revision: i64,
+    shown: Vec<Value>,
     wide: bool,
     show_namespace: bool,
 ) -> anyhow::Result<()> {
-    let mut events = store.watch_values(kind, namespace, revision + 1).await?;
-    while let Some(event) = events.next().await {
-        let obj = match event? {
-            WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) => o,
-            WatchEvent::Progress(_) => continue,
-        };
-        if name.is_some_and(|n| obj.pointer("/metadata/name").and_then(Value::as_str) != Some(n)) {
-            continue;
-        }
+    let wanted = |obj: &Value| {
+        name.is_none_or(|n| obj.pointer("/metadata/name").and_then(Value::as_str) == Some(n))
+    };
+    let print = |obj: &Value| {
         print!(
             "{}",
-            render(None, &[cells(kind, &obj, wide, show_namespace)])
+            render(None, &[cells(kind, obj, wide, show_namespace)])
         );
+    };
+    let mut known: HashMap<(String, String), Value> =
+        shown.into_iter().map(|o| (object_id(&o), o)).collect();
+    let mut listing: Option<HashMap<(String, String), Value>> = None;
+    let mut events = pin!(watcher(store.view_values(kind, namespace)));
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Init) => listing = Some(HashMap::new()),
+            Ok(Event::InitApply(obj)) => {
+                if let Some(listing) = &mut listing
+                    && wanted(&obj)
+                {
+                    listing.insert(object_id(&obj), obj);
+                }
+            }
+            Ok(Event::InitDone) => {
+                let Some(listed) = listing.take() else {
+                    continue;
+                };
+                for (id, obj) in &known {
+                    if !listed.contains_key(id) {
+                        print(obj);
+                    }
+                }
+                for (id, obj) in &listed {
+                    if known.get(id).is_none_or(|k| version(k) != version(obj)) {
+                        print(obj);
+                    }
+                }
+                known = listed;
+            }
+            Ok(Event::Apply(obj)) if wanted(&obj) => {
+                print(&obj);
+                known.insert(object_id(&obj), obj);
+            }
+            Ok(Event::Delete(obj)) if wanted(&obj) => {
+                print(&obj);
+                known.remove(&object_id(&obj));
+            }
+            Ok(Event::Apply(_) | Event::Delete(_)) => {}
+            Err(e) => eprintln!("warning: {e}; retrying"),
+        }
     }
     Ok(())
 }

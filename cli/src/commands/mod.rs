@@ -12,6 +12,7 @@ pub mod node_proxy;
 
 use anyhow::Context;
 use orca_core::api::Kind;
+use orca_core::store::DEFAULT_NAMESPACE;
 
 /// The kind a user named on the command line.
 pub fn kind_arg(name: &str) -> anyhow::Result<&'static Kind> {
@@ -22,4 +23,22 @@ pub fn kind_arg(name: &str) -> anyhow::Result<&'static Kind> {
             known.join(", ")
         )
     })
+}
+
+/// The namespace a command addresses: the one given, else `default` for a
+/// namespaced kind (as kubectl's context does); none for a cluster-scoped one.
+pub fn namespace_arg<'a>(kind: &Kind, given: Option<&'a str>) -> Option<&'a str> {
+    kind.namespaced.then(|| given.unwrap_or(DEFAULT_NAMESPACE))
+}
+
+/// This node's name: the one given, else the host name.
+pub fn node_name(given: Option<String>) -> anyhow::Result<String> {
+    given
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        })
+        .context("--node is required: the host name is unknown")
 }

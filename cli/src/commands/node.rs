@@ -39,6 +39,7 @@ pub async fn run(
         .as_deref()
         .map(|path| orca_core::config::load(Some(path), |_| {}))
         .transpose()?;
+    let node = super::node_name(args.proxy.node.clone())?;
     let store = store.await?;
     let metrics = Metrics::new();
     let synced = Arc::new(AtomicBool::new(false));
@@ -59,7 +60,11 @@ pub async fn run(
     let shipper = async {
         match shipper_config {
             Some(config) => {
-                orca_logshipper::run(config, Some(&store), telemetry::shutdown_signal())
+                let cluster = orca_logshipper::Cluster {
+                    store: &store,
+                    node: &node,
+                };
+                orca_logshipper::run(config, Some(cluster), telemetry::shutdown_signal())
                     .await
                     .context("log shipper")
             }

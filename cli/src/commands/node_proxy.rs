@@ -78,13 +78,6 @@ fn parse_cidrs(flag: &str, list: &str) -> anyhow::Result<Vec<(IpAddr, u8)>> {
     Ok(out)
 }
 
-fn host_name() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
 fn open(netns: Option<&std::path::Path>, family: Family) -> anyhow::Result<Kernel> {
     Kernel::open(netns, family).with_context(|| match netns {
         Some(ns) => format!("opening netlink in {}", ns.display()),
@@ -176,10 +169,7 @@ pub async fn serve(
         };
         kernels.push((family, options, open(flags.netns.as_deref(), family)?));
     }
-    let node = flags
-        .node
-        .or_else(host_name)
-        .context("--node is required: the host name is unknown")?;
+    let node = super::node_name(flags.node)?;
     let sync_metrics = SyncMetrics::new(&metrics.registry_with_prefix("orca_node_proxy"));
     let settings = Settings {
         node,

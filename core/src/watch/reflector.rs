@@ -1,16 +1,20 @@
 //! The in-memory cache every component reads: a [`Writer`] applies watcher
 //! events, [`Reader`]s see either the previous complete list or the new one,
-//! never half of a re-list.
+//! never half of a re-list. The cache keeps indexes by namespace, by owner
+//! uid and (for pods) by node, and reports each change it makes, re-lists
+//! included: an object gone while the watch was down is reported deleted.
 
-use std::collections::HashMap;
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use tokio::sync::watch;
 
 use super::watcher::Event;
-use crate::api::Object;
+use crate::api::{Object, Pod, selector_matches};
 use crate::store::Error;
 
 /// Identifies an object within its kind: namespace (for namespaced kinds) and name.
@@ -50,18 +54,134 @@ impl fmt::Display for ObjectKey {
     }
 }
 
-type Map<K> = HashMap<ObjectKey, Arc<K>>;
+/// One change the cache made, as its subscribers see it.
+#[derive(Debug)]
+pub enum Change<K> {
+    /// An object was added or changed: by the watch, or found new or
+    /// different by a re-list.
+    Applied(Arc<K>),
+    /// An object was deleted: by the watch, or missing from a re-list.
+    /// This is the last state the cache knew.
+    Deleted(Arc<K>),
+    /// A complete list is in the cache (after the first list and after
+    /// every re-list).
+    Synced,
+}
+
+impl<K> Clone for Change<K> {
+    fn clone(&self) -> Self {
+        match self {
+            Change::Applied(o) => Change::Applied(Arc::clone(o)),
+            Change::Deleted(o) => Change::Deleted(Arc::clone(o)),
+            Change::Synced => Change::Synced,
+        }
+    }
+}
+
+type Index = HashMap<String, HashSet<ObjectKey>>;
+
+/// The objects and their indexes; replaced whole when a re-list completes.
+struct Cache<K> {
+    objects: HashMap<ObjectKey, Arc<K>>,
+    by_namespace: Index,
+    by_owner: Index,
+    by_node: Index,
+}
+
+impl<K> Default for Cache<K> {
+    fn default() -> Self {
+        Self {
+            objects: HashMap::new(),
+            by_namespace: Index::new(),
+            by_owner: Index::new(),
+            by_node: Index::new(),
+        }
+    }
+}
+
+/// The node a pod is bound to; `None` for any other kind.
+fn node_of<K: Object>(obj: &K) -> Option<&str> {
+    (obj as &dyn Any)
+        .downcast_ref::<Pod>()?
+        .spec
+        .as_ref()?
+        .node_name
+        .as_deref()
+}
+
+fn index_add(index: &mut Index, value: &str, key: &ObjectKey) {
+    index
+        .entry(value.to_string())
+        .or_default()
+        .insert(key.clone());
+}
+
+fn index_remove(index: &mut Index, value: &str, key: &ObjectKey) {
+    if let Some(keys) = index.get_mut(value) {
+        keys.remove(key);
+        if keys.is_empty() {
+            index.remove(value);
+        }
+    }
+}
+
+impl<K: Object> Cache<K> {
+    fn from_objects(objects: HashMap<ObjectKey, Arc<K>>) -> Self {
+        let mut cache = Self::default();
+        for (key, obj) in &objects {
+            cache.index(key, obj, index_add);
+        }
+        cache.objects = objects;
+        cache
+    }
+
+    /// Adds (or removes) `key`'s entries in every index, as `obj` names them.
+    fn index(&mut self, key: &ObjectKey, obj: &K, op: fn(&mut Index, &str, &ObjectKey)) {
+        let meta = obj.metadata();
+        if let Some(ns) = &meta.namespace {
+            op(&mut self.by_namespace, ns, key);
+        }
+        for owner in meta.owner_references.iter().flatten() {
+            op(&mut self.by_owner, &owner.uid, key);
+        }
+        if let Some(node) = node_of(obj) {
+            op(&mut self.by_node, node, key);
+        }
+    }
+
+    fn insert(&mut self, key: ObjectKey, obj: Arc<K>) -> Option<Arc<K>> {
+        let old = self.remove(&key);
+        self.index(&key, &obj, index_add);
+        self.objects.insert(key, obj);
+        old
+    }
+
+    fn remove(&mut self, key: &ObjectKey) -> Option<Arc<K>> {
+        let old = self.objects.remove(key)?;
+        self.index(key, &old, index_remove);
+        Some(old)
+    }
+
+    fn lookup(&self, index: &Index, value: &str) -> Vec<Arc<K>> {
+        index
+            .get(value)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.objects.get(k).cloned())
+            .collect()
+    }
+}
 
 /// Read side of the cache; cheap to clone.
 pub struct Reader<K> {
-    objects: Arc<RwLock<Map<K>>>,
+    cache: Arc<RwLock<Cache<K>>>,
     synced: watch::Receiver<bool>,
 }
 
 impl<K> Clone for Reader<K> {
     fn clone(&self) -> Self {
         Self {
-            objects: self.objects.clone(),
+            cache: self.cache.clone(),
             synced: self.synced.clone(),
         }
     }
@@ -70,27 +190,54 @@ impl<K> Clone for Reader<K> {
 impl<K: Object> Reader<K> {
     /// One object, if known.
     pub fn get(&self, key: &ObjectKey) -> Option<Arc<K>> {
-        self.read().get(key).cloned()
+        self.read().objects.get(key).cloned()
     }
 
     /// Every known object, in no particular order.
     pub fn list(&self) -> Vec<Arc<K>> {
-        self.read().values().cloned().collect()
+        self.read().objects.values().cloned().collect()
     }
 
     /// Every known key.
     pub fn keys(&self) -> Vec<ObjectKey> {
-        self.read().keys().cloned().collect()
+        self.read().objects.keys().cloned().collect()
+    }
+
+    /// The objects of one namespace.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<K>> {
+        let cache = self.read();
+        cache.lookup(&cache.by_namespace, namespace)
+    }
+
+    /// The objects one of whose `ownerReferences` names `uid`.
+    pub fn owned_by(&self, uid: &str) -> Vec<Arc<K>> {
+        let cache = self.read();
+        cache.lookup(&cache.by_owner, uid)
+    }
+
+    /// The pods whose `spec.nodeName` is `node` (nothing for other kinds).
+    pub fn on_node(&self, node: &str) -> Vec<Arc<K>> {
+        let cache = self.read();
+        cache.lookup(&cache.by_node, node)
+    }
+
+    /// The objects of `namespace` whose labels `selector` matches.
+    pub fn selected(&self, namespace: &str, selector: &LabelSelector) -> Vec<Arc<K>> {
+        let empty = BTreeMap::new();
+        self.in_namespace(namespace)
+            .into_iter()
+            .filter(|o| selector_matches(selector, o.metadata().labels.as_ref().unwrap_or(&empty)))
+            .collect()
     }
 
     /// Number of known objects.
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.read().objects.len()
     }
 
     /// Whether no object is known.
     pub fn is_empty(&self) -> bool {
-        self.read().is_empty()
+        self.read().objects.is_empty()
     }
 
     /// Whether the first complete list has arrived.
@@ -108,25 +255,37 @@ impl<K: Object> Reader<K> {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Map<K>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Cache<K>> {
         // A panic while holding the lock cannot leave the map half-updated
         // (each write is one insert, remove or swap), so poison is ignored.
-        self.objects.read().unwrap_or_else(|e| e.into_inner())
+        self.cache.read().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 /// Write side of the cache: owned by the one task that applies events.
 pub struct Writer<K> {
-    objects: Arc<RwLock<Map<K>>>,
+    cache: Arc<RwLock<Cache<K>>>,
     synced: watch::Sender<bool>,
-    buffer: Option<Map<K>>,
+    buffer: Option<HashMap<ObjectKey, Arc<K>>>,
+}
+
+fn same_version<K: Object>(a: &K, b: &K) -> bool {
+    a.metadata().resource_version == b.metadata().resource_version
 }
 
 impl<K: Object> Writer<K> {
     /// Applies one watcher event.
     pub fn apply(&mut self, event: &Event<K>) {
+        self.apply_with(event, |_| {});
+    }
+
+    /// Applies one watcher event and hands each change it makes to
+    /// `changed`. A completed re-list is compared with what the cache held:
+    /// objects missing from it are reported deleted, new or changed ones
+    /// applied, then [`Change::Synced`].
+    pub fn apply_with(&mut self, event: &Event<K>, mut changed: impl FnMut(Change<K>)) {
         match event {
-            Event::Init => self.buffer = Some(Map::new()),
+            Event::Init => self.buffer = Some(HashMap::new()),
             Event::InitApply(obj) => {
                 if let Some(buffer) = &mut self.buffer {
                     buffer.insert(ObjectKey::of(obj), Arc::new(obj.clone()));
@@ -134,36 +293,62 @@ impl<K: Object> Writer<K> {
             }
             Event::InitDone => {
                 if let Some(buffer) = self.buffer.take() {
-                    *self.write() = buffer;
+                    let new = Cache::from_objects(buffer);
+                    let old = std::mem::replace(&mut *self.write(), new);
+                    let cache = self.read();
+                    for (key, obj) in &old.objects {
+                        if !cache.objects.contains_key(key) {
+                            changed(Change::Deleted(Arc::clone(obj)));
+                        }
+                    }
+                    for (key, obj) in &cache.objects {
+                        if old
+                            .objects
+                            .get(key)
+                            .is_none_or(|o| !same_version(&**o, &**obj))
+                        {
+                            changed(Change::Applied(Arc::clone(obj)));
+                        }
+                    }
                 }
                 self.synced.send_replace(true);
+                changed(Change::Synced);
             }
             Event::Apply(obj) => {
-                self.write()
-                    .insert(ObjectKey::of(obj), Arc::new(obj.clone()));
+                let obj = Arc::new(obj.clone());
+                self.write().insert(ObjectKey::of(&*obj), Arc::clone(&obj));
+                changed(Change::Applied(obj));
             }
             Event::Delete(obj) => {
-                self.write().remove(&ObjectKey::of(obj));
+                let last = self
+                    .write()
+                    .remove(&ObjectKey::of(obj))
+                    .unwrap_or_else(|| Arc::new(obj.clone()));
+                changed(Change::Deleted(last));
             }
         }
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Map<K>> {
-        self.objects.write().unwrap_or_else(|e| e.into_inner())
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Cache<K>> {
+        self.cache.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Cache<K>> {
+        self.cache.read().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 /// A new empty cache: the reader to share, the writer to feed.
 pub fn store<K: Object>() -> (Reader<K>, Writer<K>) {
-    let objects = Arc::new(RwLock::new(Map::new()));
+    let cache = Arc::new(RwLock::new(Cache::default()));
     let (synced_tx, synced_rx) = watch::channel(false);
     (
         Reader {
-            objects: objects.clone(),
+            cache: cache.clone(),
             synced: synced_rx,
         },
         Writer {
-            objects,
+            cache,
             synced: synced_tx,
             buffer: None,
         },
@@ -187,13 +372,31 @@ pub fn reflector<K: Object>(
 mod tests {
     use super::*;
     use crate::api::ConfigMap;
+    use k8s_openapi::api::core::v1::PodSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     fn cm(name: &str, value: &str) -> ConfigMap {
         let mut c = ConfigMap::default();
         c.metadata.name = Some(name.into());
         c.metadata.namespace = Some("default".into());
+        c.metadata.resource_version = Some(value.into());
         c.data = Some([("v".to_string(), value.to_string())].into());
         c
+    }
+
+    fn changes(writer: &mut Writer<ConfigMap>, events: Vec<Event<ConfigMap>>) -> Vec<String> {
+        let mut seen = Vec::new();
+        for e in events {
+            writer.apply_with(&e, |c| {
+                seen.push(match c {
+                    Change::Applied(o) => format!("+{}", o.metadata.name.as_deref().unwrap()),
+                    Change::Deleted(o) => format!("-{}", o.metadata.name.as_deref().unwrap()),
+                    Change::Synced => "synced".into(),
+                });
+            });
+        }
+        seen.sort();
+        seen
     }
 
     #[test]
@@ -229,6 +432,34 @@ mod tests {
     }
 
     #[test]
+    fn a_relist_reports_what_it_changed() {
+        let (_reader, mut writer) = store::<ConfigMap>();
+        let first = changes(
+            &mut writer,
+            vec![
+                Event::Init,
+                Event::InitApply(cm("a", "1")),
+                Event::InitApply(cm("b", "1")),
+                Event::InitApply(cm("c", "1")),
+                Event::InitDone,
+            ],
+        );
+        assert_eq!(first, ["+a", "+b", "+c", "synced"]);
+        // While the watch was down: b deleted, c changed, d created.
+        let relist = changes(
+            &mut writer,
+            vec![
+                Event::Init,
+                Event::InitApply(cm("a", "1")),
+                Event::InitApply(cm("c", "2")),
+                Event::InitApply(cm("d", "1")),
+                Event::InitDone,
+            ],
+        );
+        assert_eq!(relist, ["+c", "+d", "-b", "synced"]);
+    }
+
+    #[test]
     fn apply_and_delete() {
         let (reader, mut writer) = store::<ConfigMap>();
         writer.apply(&Event::Init);
@@ -238,5 +469,70 @@ mod tests {
         writer.apply(&Event::Delete(cm("x", "1")));
         assert!(reader.is_empty());
         assert_eq!(ObjectKey::new(Some("ns"), "n").to_string(), "ns/n");
+    }
+
+    fn pod(name: &str, ns: &str, node: Option<&str>, owner: Option<&str>, app: &str) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = Some(name.into());
+        p.metadata.namespace = Some(ns.into());
+        p.metadata.labels = Some([("app".to_string(), app.to_string())].into());
+        p.metadata.owner_references = owner.map(|uid| {
+            vec![OwnerReference {
+                uid: uid.into(),
+                ..OwnerReference::default()
+            }]
+        });
+        p.spec = Some(PodSpec {
+            node_name: node.map(String::from),
+            ..PodSpec::default()
+        });
+        p
+    }
+
+    fn names(pods: Vec<Arc<Pod>>) -> Vec<String> {
+        let mut n: Vec<_> = pods
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn indexes_follow_every_change() {
+        let (reader, mut writer) = store::<Pod>();
+        writer.apply(&Event::Init);
+        writer.apply(&Event::InitApply(pod(
+            "a",
+            "x",
+            Some("n1"),
+            Some("rs1"),
+            "web",
+        )));
+        writer.apply(&Event::InitApply(pod("b", "x", None, Some("rs1"), "db")));
+        writer.apply(&Event::InitDone);
+        writer.apply(&Event::Apply(pod("c", "y", Some("n1"), None, "web")));
+        assert_eq!(names(reader.in_namespace("x")), ["a", "b"]);
+        assert_eq!(names(reader.owned_by("rs1")), ["a", "b"]);
+        assert_eq!(names(reader.on_node("n1")), ["a", "c"]);
+        let web = LabelSelector {
+            match_labels: Some([("app".to_string(), "web".to_string())].into()),
+            ..LabelSelector::default()
+        };
+        assert_eq!(names(reader.selected("x", &web)), ["a"]);
+
+        // b is bound and loses its owner; a is deleted.
+        writer.apply(&Event::Apply(pod("b", "x", Some("n2"), None, "db")));
+        writer.apply(&Event::Delete(pod(
+            "a",
+            "x",
+            Some("n1"),
+            Some("rs1"),
+            "web",
+        )));
+        assert!(reader.owned_by("rs1").is_empty());
+        assert_eq!(names(reader.on_node("n1")), ["c"]);
+        assert_eq!(names(reader.on_node("n2")), ["b"]);
+        assert_eq!(names(reader.in_namespace("x")), ["b"]);
     }
 }

@@ -9,8 +9,7 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, stream};
 
-use crate::api::Object;
-use crate::store::{Api, Error, WatchEvent};
+use crate::store::{Error, View, WatchEvent};
 
 /// What the watcher reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,21 +49,13 @@ enum State<K> {
     },
 }
 
-struct Machine<K: Object> {
-    api: Api<K>,
+struct Machine<K> {
+    view: View<K>,
     state: State<K>,
     backoff: Duration,
 }
 
-fn revision_of<K: Object>(obj: &K) -> i64 {
-    obj.metadata()
-        .resource_version
-        .as_deref()
-        .and_then(|rv| rv.parse().ok())
-        .unwrap_or_default()
-}
-
-impl<K: Object> Machine<K> {
+impl<K: Send + 'static> Machine<K> {
     async fn pause(&mut self) {
         tokio::time::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
@@ -74,7 +65,7 @@ impl<K: Object> Machine<K> {
     async fn step(&mut self) -> Result<Event<K>, Error> {
         loop {
             match std::mem::replace(&mut self.state, State::Listing) {
-                State::Listing => match self.api.list_page(None, 0).await {
+                State::Listing => match self.view.list_page(None, 0).await {
                     Ok(page) => {
                         self.backoff = FIRST_BACKOFF;
                         self.state = State::Initialising {
@@ -102,7 +93,7 @@ impl<K: Object> Machine<K> {
                         };
                         return Ok(Event::InitApply(obj));
                     }
-                    (None, Some(from)) => match self.api.list_page(Some(from), revision).await {
+                    (None, Some(from)) => match self.view.list_page(Some(from), revision).await {
                         Ok(page) => {
                             self.state = State::Initialising {
                                 items: page.items.into(),
@@ -122,7 +113,7 @@ impl<K: Object> Machine<K> {
                         return Ok(Event::InitDone);
                     }
                 },
-                State::Connecting { revision } => match self.api.watch(revision + 1).await {
+                State::Connecting { revision } => match self.view.watch(revision + 1).await {
                     Ok(events) => {
                         self.state = State::Watching { events, revision };
                     }
@@ -140,9 +131,11 @@ impl<K: Object> Machine<K> {
                         self.backoff = FIRST_BACKOFF;
                         let (revision, out) = match event {
                             WatchEvent::Added(o) | WatchEvent::Modified(o) => {
-                                (revision_of(&o), Some(Event::Apply(o)))
+                                (self.view.revision_of(&o), Some(Event::Apply(o)))
                             }
-                            WatchEvent::Deleted(o) => (revision_of(&o), Some(Event::Delete(o))),
+                            WatchEvent::Deleted(o) => {
+                                (self.view.revision_of(&o), Some(Event::Delete(o)))
+                            }
                             WatchEvent::Progress(r) => (r.max(revision), None),
                         };
                         self.state = State::Watching { events, revision };
@@ -166,11 +159,13 @@ impl<K: Object> Machine<K> {
     }
 }
 
-/// Watches every object `api` can see, forever: errors are reported in the
+/// Watches every object of `view`, forever: errors are reported in the
 /// stream and followed by a retry with back-off, never by the end of it.
-pub fn watcher<K: Object>(api: Api<K>) -> impl Stream<Item = Result<Event<K>, Error>> + Send {
+pub fn watcher<K: Send + 'static>(
+    view: View<K>,
+) -> impl Stream<Item = Result<Event<K>, Error>> + Send {
     let machine = Machine {
-        api,
+        view,
         state: State::Listing,
         backoff: FIRST_BACKOFF,
     };

@@ -358,6 +358,19 @@ impl Watcher {
         if n == 0 {
             return Ok(Turn::End);
         }
+        // A pod log found before the cluster's pods were listed gets its
+        // labels as soon as they are known, from its next lines on.
+        if let (Some(pods), Some(pod), None) =
+            (&self.wiring.pods, &file.source.pod, &file.source.labels)
+            && let Some(labels) = pods.labels(pod)
+        {
+            file.source = Arc::new(Source::with_labels(
+                Arc::clone(&file.source.input),
+                file.source.path.clone(),
+                self.file_field,
+                |_| Some(labels),
+            ));
+        }
         if file.fingerprint.head_is_short() {
             let grown = Fingerprint::of(&file.file)?;
             if grown != file.fingerprint && file.fingerprint.head_matches(&file.file)? {

@@ -47,7 +47,7 @@ fn follow<K: Object>(
     changed: Arc<Notify>,
 ) -> (Reader<K>, impl Stream<Item = ()> + Send) {
     let (reader, writer) = watch::store::<K>();
-    let events = watch::reflector(writer, watch::watcher(store.api::<K>(None))).map(move |event| {
+    let events = watch::reflector(writer, watch::watcher(store.all::<K>())).map(move |event| {
         if let Err(e) = event {
             tracing::warn!(kind = K::KIND, error = %e, "watch failed; retrying");
         }

@@ -392,9 +392,8 @@ pub async fn run<B: Backend>(
     mut on_sync: impl FnMut(&Plan),
     shutdown: impl Future<Output = ()>,
 ) {
-    let services = watch::watcher(store.api::<Service>(None)).map(|e| Change::Service(Box::new(e)));
-    let slices =
-        watch::watcher(store.api::<EndpointSlice>(None)).map(|e| Change::Slice(Box::new(e)));
+    let services = watch::watcher(store.all::<Service>()).map(|e| Change::Service(Box::new(e)));
+    let slices = watch::watcher(store.all::<EndpointSlice>()).map(|e| Change::Slice(Box::new(e)));
     let mut events = std::pin::pin!(futures::stream::select(services, slices));
     let mut tracker = Tracker::new(&settings.node);
     let mut tables: Vec<(Proxier, &mut B)> = tables
