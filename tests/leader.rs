@@ -81,3 +81,86 @@ async fn resigning_hands_over_at_once_and_deleting_the_key_is_noticed() {
         .expect("loss noticed");
     assert!(leader_b.is_lost());
 }
+
+#[tokio::test]
+async fn a_deposed_leaders_controller_is_refused_and_stops() {
+    use std::sync::{Arc, Mutex};
+
+    use orca_core::api::ConfigMap;
+    use orca_core::store::Error;
+    use orca_core::telemetry::Metrics;
+    use orca_core::watch::{Action, Controller, Informers, ObjectKey};
+
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let leadership = campaign(&store, &config("master-a")).await.expect("leads");
+    // Every write of the loop carries the leadership's guard.
+    let fenced = store.with_guard(leadership.guard());
+    let cms = store.api::<ConfigMap>("default");
+    let mut trigger = ConfigMap::default();
+    trigger.metadata.name = Some("trigger".into());
+    cms.create(&trigger).await.unwrap();
+
+    let informers = Informers::new(store.clone(), &Metrics::new());
+    let controller = Controller::new(&informers.all::<ConfigMap>());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let results: Arc<Mutex<Vec<Result<(), String>>>> = Arc::default();
+    let (gate2, results2) = (gate.clone(), results.clone());
+    let lost = async move { leadership.lost().await };
+    let started = Arc::new(tokio::sync::Notify::new());
+    let started2 = started.clone();
+    let run = controller.run(
+        move |key: ObjectKey| {
+            let (gate, results, fenced) = (gate2.clone(), results2.clone(), fenced.clone());
+            let started = started2.clone();
+            async move {
+                if key.name != "trigger" {
+                    return Ok::<_, String>(Action::AwaitChange);
+                }
+                started.notify_one();
+                gate.acquire().await.unwrap().forget();
+                let mut made = ConfigMap::default();
+                made.metadata.name = Some("made-by-leader".into());
+                let written = fenced.api::<ConfigMap>("default").create(&made).await;
+                results.lock().unwrap().push(match written {
+                    Ok(_) => Ok(()),
+                    Err(e @ Error::NotLeader { .. }) => Err(e.to_string()),
+                    Err(e) => Err(format!("not the refusal expected: {e}")),
+                });
+                Ok(Action::AwaitChange)
+            }
+        },
+        lost,
+    );
+    let run = tokio::spawn(async move {
+        run.await;
+    });
+
+    // The reconcile is under way; the leader is deposed (its key deleted,
+    // as another master's takeover would leave it) before it writes.
+    timeout(TTL * 3, started.notified())
+        .await
+        .expect("the reconcile starts");
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    client
+        .delete("/orca/leader/controllers", None)
+        .await
+        .unwrap();
+    gate.add_permits(1);
+
+    timeout(TTL * 3, run)
+        .await
+        .expect("the loop stops once leadership is lost")
+        .unwrap();
+    let results = results.lock().unwrap().clone();
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert!(
+        results[0]
+            .as_ref()
+            .is_err_and(|e| e.contains("not the leader any more")),
+        "{results:?}"
+    );
+    assert!(cms.get_opt("made-by-leader").await.unwrap().is_none());
+}

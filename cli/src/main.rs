@@ -32,6 +32,10 @@ enum Command {
     Delete(commands::delete::Args),
     /// Show one object in detail.
     Describe(commands::describe::Args),
+    /// Set the number of replicas of a Deployment or ReplicaSet.
+    Scale(commands::scale::Args),
+    /// Change an object with a JSON merge patch.
+    Patch(commands::patch::Args),
     /// Run the ingress proxy alone, from a configuration file; given
     /// `--etcd` (or `ORCA_ETCD`), its routes follow the cluster's Ingresses.
     Ingress(commands::ingress::Args),
@@ -80,6 +84,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             commands::delete::run(&connect(&cli.etcd).await?, args, docs).await
         }
         Command::Describe(args) => commands::describe::run(&connect(&cli.etcd).await?, args).await,
+        Command::Scale(args) => commands::scale::run(&connect(&cli.etcd).await?, args).await,
+        Command::Patch(args) => commands::patch::run(&connect(&cli.etcd).await?, args).await,
         Command::Ingress(args) => {
             let cluster = cli.etcd.is_some().then(|| connect_checked(&cli.etcd));
             commands::ingress::run(args, cluster).await

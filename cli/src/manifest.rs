@@ -49,42 +49,26 @@ impl fmt::Display for Problems {
 
 /// Reads `source` (a file, a directory of `.yaml`/`.yml`/`.json` files, or
 /// `-`), decodes and validates every document, and fails if any is bad.
+/// Files are read as streams: however many documents a file holds, only the
+/// decoded objects are kept.
 pub fn load(source: &str, namespace: Option<&str>) -> anyhow::Result<Vec<Document>> {
-    let mut texts = Vec::new();
-    if source == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading manifests from standard input")?;
-        texts.push(("-".to_string(), text));
-    } else {
-        for path in files(Path::new(source))? {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            texts.push((path.display().to_string(), text));
-        }
-    }
     let mut docs = Vec::new();
     let mut problems = Vec::new();
-    for (origin, text) in texts {
-        let values: Vec<Value> = match yaml::from_str_multi(&origin, &text) {
-            Ok(v) => v,
-            Err(e) => {
-                problems.push(e.to_string());
-                continue;
-            }
-        };
-        let many = values.len() > 1;
-        for (i, value) in values.into_iter().enumerate() {
-            let origin = if many {
-                format!("{origin} (document {})", i + 1)
-            } else {
-                origin.clone()
-            };
-            match document(&origin, value, namespace) {
-                Ok(d) => docs.push(d),
-                Err(e) => problems.push(format!("{origin}: {e}")),
-            }
+    if source == "-" {
+        read_stream(
+            "-",
+            std::io::stdin().lock(),
+            namespace,
+            &mut docs,
+            &mut problems,
+        );
+    } else {
+        for path in files(Path::new(source))? {
+            let file = std::fs::File::open(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let reader = std::io::BufReader::with_capacity(1 << 16, file);
+            let origin = path.display().to_string();
+            read_stream(&origin, reader, namespace, &mut docs, &mut problems);
         }
     }
     if !problems.is_empty() {
@@ -94,6 +78,59 @@ pub fn load(source: &str, namespace: Option<&str>) -> anyhow::Result<Vec<Documen
         bail!("no objects found in {source}");
     }
     Ok(docs)
+}
+
+/// Decodes every document of one stream into `docs`, or its problem into
+/// `problems`. Documents are named by number (`FILE (document 7)`) when
+/// the stream holds more than one.
+fn read_stream(
+    origin: &str,
+    reader: impl Read,
+    namespace: Option<&str>,
+    docs: &mut Vec<Document>,
+    problems: &mut Vec<String>,
+) {
+    let first_doc = docs.len();
+    let first_problem = problems.len();
+    let mut index = 0;
+    // Read as a problem without a document number, then numbered below
+    // once the stream's length is known.
+    let mut numbered: Vec<(usize, bool)> = Vec::new();
+    yaml::for_each_document::<Value>(origin, reader, |value| {
+        index += 1;
+        match value
+            .map_err(anyhow::Error::from)
+            .and_then(|v| document(v, namespace))
+        {
+            Ok(d) => {
+                docs.push(d);
+                numbered.push((index, true));
+            }
+            Err(e) => {
+                problems.push(e.to_string());
+                numbered.push((index, false));
+            }
+        }
+    });
+    let many = index > 1;
+    let (mut d, mut p) = (first_doc, first_problem);
+    for (i, ok) in numbered {
+        let label = if many {
+            format!("{origin} (document {i})")
+        } else {
+            origin.to_string()
+        };
+        if ok {
+            docs[d].origin = label;
+            d += 1;
+        } else {
+            // A YAML error already names the file and line.
+            if !problems[p].starts_with(origin) {
+                problems[p] = format!("{label}: {}", problems[p]);
+            }
+            p += 1;
+        }
+    }
 }
 
 fn files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -118,7 +155,7 @@ fn files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn document(origin: &str, mut object: Value, namespace: Option<&str>) -> anyhow::Result<Document> {
+fn document(mut object: Value, namespace: Option<&str>) -> anyhow::Result<Document> {
     if !object.is_object() {
         bail!("expected a YAML mapping with apiVersion and kind");
     }
@@ -155,7 +192,8 @@ fn document(origin: &str, mut object: Value, namespace: Option<&str>) -> anyhow:
     }
     kind.check(&object)?;
     Ok(Document {
-        origin: origin.to_string(),
+        // Named by the caller, who knows the stream's length.
+        origin: String::new(),
         kind,
         object,
     })

@@ -215,6 +215,7 @@ fn unreachable_etcd_is_one_line_and_a_failure() {
 
 #[test]
 fn get_watch_prints_changes() {
+    use std::io::BufRead;
     let etcd = Etcd::start();
     let ep = etcd.endpoint();
     orca(&ep, &["apply", "-f", SEED]);
@@ -224,25 +225,207 @@ fn get_watch_prints_changes() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let scaled = std::fs::read_to_string(SEED)
-        .unwrap()
-        .replace("replicas: 3", "replicas: 5");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    let next = || {
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("a line in time")
+    };
+    assert!(next().starts_with("NAME"));
+    assert!(next().contains("0/3"));
+    // Whether the change lands before or after the watch opens, it is shown.
+    let out = orca(
+        &ep,
+        &["scale", "deploy", "nginx-deployment", "--replicas", "5"],
+    );
+    assert_eq!(stdout(&out), "deployment.apps/nginx-deployment scaled\n");
+    assert!(next().contains("0/5"));
+    orca(&ep, &["delete", "deploy", "nginx-deployment"]);
+    assert!(
+        next().starts_with("nginx-deployment"),
+        "a deletion prints its last row"
+    );
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn json(etcd: &str, args: &[&str]) -> serde_json::Value {
+    let out = orca(etcd, &[args, &["-o", "json"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn apply_keeps_what_others_wrote_and_removes_what_the_manifest_dropped() {
+    let etcd = Etcd::start();
+    let ep = etcd.endpoint();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("scaled.yaml");
-    std::fs::write(&path, scaled).unwrap();
-    let out = orca(&ep, &["apply", "-f", path.to_str().unwrap()]);
+    let pod = write(
+        &dir,
+        "pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {app: web, tier: front}}\n\
+         spec: {containers: [{name: c, image: nginx}]}\n",
+    );
+    assert_eq!(
+        stdout(&orca(&ep, &["apply", "-f", &pod])),
+        "pod/p created\n"
+    );
+    // A scheduler binds it; the user applies the same manifest again.
+    let out = orca(
+        &ep,
+        &["patch", "pod", "p", "-p", r#"{"spec": {"nodeName": "n1"}}"#],
+    );
+    assert_eq!(stdout(&out), "pod/p patched\n", "{}", stderr(&out));
+    assert_eq!(
+        stdout(&orca(&ep, &["apply", "-f", &pod])),
+        "pod/p unchanged\n"
+    );
+    assert_eq!(json(&ep, &["get", "pod", "p"])["spec"]["nodeName"], "n1");
+    // A label dropped from the manifest goes; one added by hand stays.
+    orca(
+        &ep,
+        &[
+            "patch",
+            "pod",
+            "p",
+            "-p",
+            r#"{"metadata": {"labels": {"by-hand": "1"}}}"#,
+        ],
+    );
+    let pod = write(
+        &dir,
+        "pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {app: web}}\n\
+         spec: {containers: [{name: c, image: nginx}]}\n",
+    );
+    assert_eq!(
+        stdout(&orca(&ep, &["apply", "-f", &pod])),
+        "pod/p configured\n"
+    );
+    let live = json(&ep, &["get", "pod", "p"]);
+    assert_eq!(
+        live["metadata"]["labels"],
+        serde_json::json!({"app": "web", "by-hand": "1"})
+    );
+    assert_eq!(live["spec"]["nodeName"], "n1");
+
+    // Replicas the manifest never set survive `orca scale` and a re-apply.
+    let deploy = write(
+        &dir,
+        "deploy.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  \
+         selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    \
+         spec: {containers: [{name: c, image: nginx}]}\n",
+    );
+    orca(&ep, &["apply", "-f", &deploy]);
+    let out = orca(&ep, &["scale", "deploy", "web", "--replicas", "4"]);
     assert_eq!(
         stdout(&out),
-        "deployment.apps/nginx-deployment configured\n"
+        "deployment.apps/web scaled\n",
+        "{}",
+        stderr(&out)
     );
-    std::thread::sleep(Duration::from_millis(500));
-    watch.kill().unwrap();
-    let out = watch.wait_with_output().unwrap();
-    let text = stdout(&out);
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 3, "header, initial row, one change: {text}");
-    assert!(lines[2].contains("0/5"), "{text}");
+    assert_eq!(
+        stdout(&orca(&ep, &["apply", "-f", &deploy])),
+        "deployment.apps/web unchanged\n"
+    );
+    assert_eq!(json(&ep, &["get", "deploy", "web"])["spec"]["replicas"], 4);
+
+    // Errors a person reads, and nothing written.
+    let out = orca(&ep, &["scale", "cm", "x", "--replicas", "2"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("configmaps cannot be scaled"),
+        "{}",
+        stderr(&out)
+    );
+    let out = orca(&ep, &["patch", "pod", "p", "-p", "{not json"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).starts_with("error: the patch is not valid JSON or YAML"),
+        "{}",
+        stderr(&out)
+    );
+    let out = orca(
+        &ep,
+        &["patch", "pod", "p", "-p", r#"{"spec": {"containers": 5}}"#],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("spec.containers"), "{}", stderr(&out));
+    let out = orca(&ep, &["patch", "pod", "missing", "-p", "{}"]);
+    assert!(
+        stderr(&out).contains(r#"pods "missing" not found"#),
+        "{}",
+        stderr(&out)
+    );
+    let generated = write(
+        &dir,
+        "gen.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata: {generateName: x-}\n",
+    );
+    let out = orca(&ep, &["apply", "-f", &generated]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("gen.yaml (document 2): metadata.name: Required value"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        orca(&ep, &["get", "cm", "ok"]).status.code() != Some(0),
+        "nothing written"
+    );
+}
+
+#[test]
+fn apply_streams_a_file_of_thousands_of_documents() {
+    let etcd = Etcd::start();
+    let ep = etcd.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let doc = |i: usize| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i}}}\ndata: {{i: \"{i}\"}}\n"
+        )
+    };
+    let many: String = (0..3000).map(doc).collect::<Vec<_>>().join("---\n");
+    // One bad document at the end: nothing is written.
+    let bad = write(
+        &dir,
+        "bad.yaml",
+        &format!("{many}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: Bad_Name}}\n"),
+    );
+    let out = orca(&ep, &["apply", "-f", &bad]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("bad.yaml (document 3001): The ConfigMap \"Bad_Name\" is invalid"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(orca(&ep, &["get", "cm", "cm-0"]).status.code() != Some(0));
+
+    let good = write(&dir, "many.yaml", &many);
+    let out = orca(&ep, &["apply", "-f", &good]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<String> = stdout(&out).lines().map(String::from).collect();
+    assert_eq!(lines.len(), 3000);
+    assert_eq!(lines[0], "configmap/cm-0 created");
+    assert_eq!(
+        lines[2999], "configmap/cm-2999 created",
+        "printed in the file's order"
+    );
+    let listed = json(&ep, &["get", "cm"]);
+    assert_eq!(listed["items"].as_array().unwrap().len(), 3000);
 }
 
 /// Five consecutive free loopback ports, the first of them returned: the

@@ -81,6 +81,27 @@ pub fn from_str_multi<T: DeserializeOwned>(origin: &str, text: &str) -> Result<V
         .map_err(|e| YamlError::from_parser(origin, e))
 }
 
+/// Parses the documents of a multi-document YAML stream as they are read,
+/// handing each (or its error) to `each`, so a file of any number of
+/// documents is never held whole, neither as text nor as values. Each
+/// document keeps the parser's limits (depth, nodes, sizes); only their
+/// number is unbounded. A document of the wrong shape is reported and the
+/// next one read; a syntax error ends the stream.
+pub fn for_each_document<T: DeserializeOwned>(
+    origin: &str,
+    mut reader: impl std::io::Read,
+    mut each: impl FnMut(Result<T, YamlError>),
+) {
+    let mut options = options();
+    let mut budget = options.budget.take().unwrap_or_default();
+    budget.max_documents = usize::MAX;
+    budget.max_reader_input_bytes = None;
+    options.budget = Some(budget);
+    for document in serde_saphyr::read_with_options(&mut reader, options) {
+        each(document.map_err(|e| YamlError::from_parser(origin, e)));
+    }
+}
+
 /// Renders a value as one YAML document.
 pub fn to_string<T: Serialize>(value: &T) -> String {
     // Serialising plain data (maps, strings, numbers) into a String cannot
@@ -90,6 +111,31 @@ pub fn to_string<T: Serialize>(value: &T) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_stream_of_any_number_of_documents_is_read() {
+        let text = "a: 1\n---\n".repeat(5000);
+        let mut n = 0;
+        super::for_each_document::<serde_json::Value>("many", text.as_bytes(), |doc| {
+            assert_eq!(doc.expect("document")["a"], 1);
+            n += 1;
+        });
+        assert_eq!(n, 5000);
+
+        // A bad document is named and the ones after it still read.
+        let mut seen = Vec::new();
+        super::for_each_document::<std::collections::BTreeMap<String, u32>>(
+            "m.yaml",
+            "a: 1\n---\na: [x]\n---\na: 3\n".as_bytes(),
+            |doc| seen.push(doc.map_err(|e| e.to_string())),
+        );
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(
+            seen[1].as_ref().unwrap_err().starts_with("m.yaml:"),
+            "{seen:?}"
+        );
+        assert_eq!(seen[2].as_ref().unwrap()["a"], 3);
+    }
+
     use super::*;
     use serde_json::Value;
 

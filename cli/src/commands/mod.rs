@@ -1,6 +1,7 @@
 //! One file per verb.
 
 pub mod apply;
+mod change;
 pub mod delete;
 pub mod describe;
 pub mod get;
@@ -9,6 +10,8 @@ pub mod logshipper;
 pub mod master;
 pub mod node;
 pub mod node_proxy;
+pub mod patch;
+pub mod scale;
 
 use anyhow::Context;
 use orca_core::api::Kind;

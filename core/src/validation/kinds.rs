@@ -485,12 +485,14 @@ fn go_service_port(protocol: &str, port: i32) -> String {
 // ---------------------------------------------------------------------------
 
 fn validate_meta(meta: &ObjectMeta, name_rule: Rule, namespaced: bool, errs: &mut Errors) {
-    match given(&meta.name) {
-        None => errs.push(required_because(
+    match (given(&meta.name), given(&meta.generate_name)) {
+        // The store makes the name from the prefix on create.
+        (None, Some(_)) => {}
+        (None, None) => errs.push(required_because(
             "metadata.name",
             "name or generateName is required",
         )),
-        Some(name) => check(errs, "metadata.name", name, name_rule),
+        (Some(name), _) => check(errs, "metadata.name", name, name_rule),
     }
     // A cluster-scoped object's namespace is dropped by the API server, not refused.
     if let Some(namespace) = given(&meta.namespace).filter(|_| namespaced) {
