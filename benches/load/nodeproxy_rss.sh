@@ -68,43 +68,8 @@ done
 export ORCA_ETCD="http://127.0.0.1:$port"
 
 echo "== writing $services Services and EndpointSlices"
-python3 - "$services" "$work" <<'EOF'
-import sys
-n, work = int(sys.argv[1]), sys.argv[2]
-docs = []
-for i in range(n):
-    docs.append(f"""apiVersion: v1
-kind: Service
-metadata: {{name: s{i}, namespace: default}}
-spec:
-  clusterIP: 10.{96 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}
-  selector: {{app: s{i}}}
-  ports: [{{name: http, port: 80, targetPort: 8080}}]
-""")
-    eps = "".join(
-        f"""- addresses: ["10.{128 + (i * 10 + j) // 65536}.{((i * 10 + j) >> 8) & 255}.{(i * 10 + j) & 255}"]
-  conditions: {{ready: true, serving: true, terminating: false}}
-  nodeName: node-{j % 3}
-  targetRef: {{kind: Pod, namespace: default, name: s{i}-{j}, uid: 0b5f6a9e-1c2d-4e5f-8a9b-{i:06d}{j:06d}}}
-""" for j in range(10))
-    docs.append(f"""apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: s{i}-abcde
-  namespace: default
-  labels: {{kubernetes.io/service-name: s{i}}}
-addressType: IPv4
-ports: [{{name: http, port: 8080, protocol: TCP}}]
-endpoints:
-{eps}""")
-# orca apply takes at most 1024 documents per file.
-for k in range(0, len(docs), 1000):
-    with open(f"{work}/part{k // 1000:04d}.yaml", "w") as f:
-        f.write("---\n".join(docs[k:k + 1000]))
-EOF
-for f in "$work"/part*.yaml; do
-    "$orca" apply -f "$f" >/dev/null
-done
+python3 benches/load/services.py "$services" >"$work/services.yaml"
+"$orca" apply -f "$work/services.yaml" >/dev/null
 
 ip netns add "$netns"
 ip -n "$netns" link set lo up

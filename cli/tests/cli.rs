@@ -500,3 +500,99 @@ fn the_demo_runs_end_to_end_and_leaves_nothing_behind() {
         );
     }
 }
+
+#[test]
+fn pod_logs_found_before_the_pods_were_listed_get_their_labels() {
+    let etcd = Etcd::start();
+    let relay = orca_testkit::Relay::start(etcd.client_addr());
+    let dir = tempfile::tempdir().unwrap();
+    let pod = write(
+        &dir,
+        "pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, labels: {app: web}}\n\
+         spec: {nodeName: n1, containers: [{name: c, image: nginx}]}\n",
+    );
+    let out = orca(&etcd.endpoint(), &["apply", "-f", &pod]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let uid = json(&etcd.endpoint(), &["get", "pod", "web-0"])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let logs = dir.path().join("pods");
+    let container = logs.join(format!("default_web-0_{uid}")).join("c");
+    std::fs::create_dir_all(&container).unwrap();
+    let log = container.join("0.log");
+    let shipped = dir.path().join("shipped.jsonl");
+    let config = write(
+        &dir,
+        "shipper.yaml",
+        &format!(
+            "inputs:\n  - {{name: pods, paths: [\"{}/*/*/*.log\"], format: cri, poll_interval: 20ms}}\n\
+             checkpoint_dir: {}\noutputs:\n  - name: out\n    type: file\n    path: {}\n    \
+             batch: {{max_events: 1, max_bytes: 1MiB, max_wait: 10ms}}\n\
+             admin: {{address: \"127.0.0.1:{}\"}}\n",
+            logs.display(),
+            dir.path().join("checkpoints").display(),
+            shipped.display(),
+            orca_testkit::closed_port(),
+        ),
+    );
+    // The cluster is out of reach when the shipper starts.
+    relay.cut();
+    let mut shipper = Command::new(env!("CARGO_BIN_EXE_orca"))
+        .args(["--etcd", &relay.endpoint(), "logshipper", "--node", "n1"])
+        .args(["--config", &config])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = |n: usize| format!("2026-12-06T10:00:00.{n:09}Z stdout F line {n}\n");
+    let append = |n: usize| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        f.write_all(line(n).as_bytes()).unwrap();
+    };
+    let shipped_line = |n: usize| -> Option<serde_json::Value> {
+        std::fs::read_to_string(&shipped)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["line"] == format!("line {n}"))
+    };
+    let wait_shipped = |n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(v) = shipped_line(n) {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "line {n} never shipped"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    append(0);
+    let first = wait_shipped(0);
+    assert_eq!(first["pod"], "web-0");
+    assert!(first.get("labels").is_none(), "{first}");
+
+    // The cluster comes back: a later line of the same file has the labels.
+    relay.restore();
+    let mut n = 1;
+    let labelled = loop {
+        append(n);
+        let v = wait_shipped(n);
+        if v.get("labels").is_some() {
+            break v;
+        }
+        assert!(n < 500, "labels never arrived");
+        n += 1;
+    };
+    assert_eq!(labelled["labels"], serde_json::json!({"app": "web"}));
+    shipper.kill().unwrap();
+    shipper.wait().unwrap();
+}

@@ -108,7 +108,7 @@ pub async fn run(store: &Store, docs: Vec<Document>) -> anyhow::Result<bool> {
 }
 
 async fn apply_one(store: &Store, doc: &Document) -> Result<Outcome, Error> {
-    let new = recorded(&doc.object);
+    let new = recorded(&doc.object());
     loop {
         let current = match store.get_value(doc.kind, doc.namespace(), doc.name()).await {
             Err(Error::NotFound { .. }) => match store.create_value(doc.kind, new.clone()).await {
