@@ -1454,4 +1454,22 @@ impl<T: Send + 'static> View<T> {
             .watch_decoded(&self.prefix, from_revision, self.decode)
             .await
     }
+
+    /// Whether etcd has compacted its history up to or past `revision`:
+    /// a watch resumed after it could miss a deletion.
+    pub async fn compacted_past(&self, revision: i64) -> Result<bool> {
+        let options = GetOptions::new()
+            .with_range(prefix_end(&self.prefix))
+            .with_revision(revision)
+            .with_count_only();
+        match self
+            .store
+            .range(self.prefix.as_bytes().to_vec(), Some(options))
+            .await
+        {
+            Ok(_) => Ok(false),
+            Err(Error::Etcd { message, .. }) if message.contains("compacted") => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
 }

@@ -113,16 +113,37 @@ impl<K: Send + 'static> Machine<K> {
                         return Ok(Event::InitDone);
                     }
                 },
-                State::Connecting { revision } => match self.view.watch(revision + 1).await {
-                    Ok(events) => {
-                        self.state = State::Watching { events, revision };
+                State::Connecting { revision } => {
+                    // etcd drops a deletion made at exactly the revision it
+                    // compacts to from a watch that starts there, so a
+                    // watch that would start at or below the compaction
+                    // re-lists instead.
+                    match self.view.compacted_past(revision).await {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            self.state = State::Listing;
+                            return Err(Error::Compacted {
+                                requested: revision + 1,
+                                compacted: revision + 1,
+                            });
+                        }
+                        Err(e) => {
+                            self.state = State::Connecting { revision };
+                            self.pause().await;
+                            return Err(e);
+                        }
                     }
-                    Err(e) => {
-                        self.state = State::Connecting { revision };
-                        self.pause().await;
-                        return Err(e);
+                    match self.view.watch(revision + 1).await {
+                        Ok(events) => {
+                            self.state = State::Watching { events, revision };
+                        }
+                        Err(e) => {
+                            self.state = State::Connecting { revision };
+                            self.pause().await;
+                            return Err(e);
+                        }
                     }
-                },
+                }
                 State::Watching {
                     mut events,
                     revision,
