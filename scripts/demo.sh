@@ -91,7 +91,7 @@ node_healthy() {
 # Exit status 0 when the node proxy's table names the Service's ClusterIP.
 # /healthz answers after the first sync, which may come before the Service.
 cluster_ip_programmed() {
-    ip netns exec "$netns" nft list table ip orca 2>/dev/null | grep -q '10\.96\.0\.80'
+    ip netns exec "$netns" nft list table ip orca 2>/dev/null | grep -qF "$cluster_ip "
 }
 
 echo "== starting etcd on 127.0.0.1:$port (data in $work)"
@@ -137,6 +137,8 @@ run() { echo; echo "\$ orca $*"; "$orca" "$@"; }
 run apply -f examples/
 run get deployments -o wide
 run get services -o wide
+# The store allocated the Service's ClusterIP when it was created.
+cluster_ip=$("$orca" get service nginx -o json | sed -n 's/^    "clusterIP": "\(.*\)",$/\1/p')
 run get ingresses
 run get endpointslices
 echo "(none: no scheduler, controllers or kubelet run yet, so no pod exists and the Service has no endpoints)"
@@ -147,7 +149,7 @@ echo "== waiting for the master to serve the Ingress's route${node_pid:+ and the
 wait_for "the master's /routes to show nginx.local" "$master_pid" "$work/master.log" route_served
 if $root; then
     wait_for "the node's /healthz to answer 200" "$node_pid" "$work/node.log" node_healthy
-    wait_for "the node proxy to program ClusterIP 10.96.0.80" "$node_pid" "$work/node.log" cluster_ip_programmed
+    wait_for "the node proxy to program ClusterIP $cluster_ip" "$node_pid" "$work/node.log" cluster_ip_programmed
 fi
 echo "\$ curl -s http://127.0.0.1:$master_admin/routes"
 curl -s "http://127.0.0.1:$master_admin/routes"
@@ -161,13 +163,13 @@ curl -s -i -H 'Host: nginx.local' "http://127.0.0.1:$listener/"
 
 if $root; then
     echo
-    echo "== the node proxy's rules for ClusterIP 10.96.0.80 in $netns"
+    echo "== the node proxy's rules for ClusterIP $cluster_ip in $netns"
     echo "(programmed, and rejecting new connections while the Service has no endpoints;"
     echo " the table's blocks that name it, and the reject chain)"
     echo "\$ ip netns exec $netns nft list table ip orca"
     # nft separates blocks by blank lines: awk's paragraph mode keeps whole ones.
     ip netns exec "$netns" nft list table ip orca |
-        awk -v RS= '/10\.96\.0\.80|chain reject-chain/ { print sep $0; sep = "\n" }'
+        awk -v RS= -v ip="$cluster_ip " 'index($0, ip) || /chain reject-chain/ { print sep $0; sep = "\n" }'
 fi
 echo
 echo "== done; everything stops now"

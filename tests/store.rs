@@ -783,3 +783,99 @@ async fn a_node_watch_carries_only_that_nodes_pods() {
         ]
     );
 }
+
+fn services() -> &'static Kind {
+    Kind::lookup("svc").expect("services kind")
+}
+
+fn service(name: &str, spec: Value) -> Value {
+    let mut spec = spec;
+    spec["ports"] = json!([{"port": 80}]);
+    json!({"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+}
+
+#[tokio::test]
+async fn cluster_ips_are_unique_under_concurrent_creates_and_released_on_delete() {
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    // A small range, so concurrent creates really compete for addresses.
+    let network = orca_core::store::Network {
+        service_cidrs: vec!["10.96.0.0/26".parse().unwrap()],
+        ..Default::default()
+    };
+    store.set_network(&network).await.unwrap();
+    let creates = (0..50).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .create_value(
+                    services(),
+                    service(&format!("s{i}"), json!({"type": "NodePort"})),
+                )
+                .await
+        }
+    });
+    let created = futures::future::join_all(creates).await;
+    let mut ips = std::collections::HashSet::new();
+    let mut ports = std::collections::HashSet::new();
+    for svc in created {
+        let svc = svc.expect("every create gets an address");
+        assert!(ips.insert(svc["spec"]["clusterIP"].as_str().unwrap().to_string()));
+        assert!(ports.insert(svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap()));
+    }
+    assert_eq!(ips.len(), 50);
+
+    // An address that is taken, or outside the range, is an error naming it.
+    let taken = ips.iter().next().unwrap().clone();
+    let err = store
+        .create_value(services(), service("dup", json!({"clusterIP": taken})))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("provided IP is already allocated"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("spec.clusterIPs[0]"), "{err}");
+    let err = store
+        .create_value(
+            services(),
+            service("far", json!({"clusterIP": "10.97.0.1"})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("The range of valid IPs is 10.96.0.0/26"),
+        "{err}"
+    );
+
+    // Deleting the holder releases it.
+    let holder = store
+        .list_values(services(), Some("default"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|s| s["spec"]["clusterIP"] == taken.as_str())
+        .unwrap();
+    let holder_name = holder["metadata"]["name"].as_str().unwrap();
+    store
+        .delete_value(
+            services(),
+            Some("default"),
+            holder_name,
+            DeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let reused = store
+        .create_value(services(), service("dup", json!({"clusterIP": taken})))
+        .await
+        .expect("a released address can be had again");
+    assert_eq!(reused["spec"]["clusterIP"], taken.as_str());
+
+    // The ranges a cluster started with stay.
+    let err = store.set_network(&Default::default()).await.unwrap_err();
+    assert!(err.to_string().contains("cannot change"), "{err}");
+}

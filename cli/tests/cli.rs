@@ -472,10 +472,21 @@ fn the_demo_runs_end_to_end_and_leaves_nothing_behind() {
         "\"host\":\"nginx.local\"",
         "HTTP/1.1 503 Service Unavailable",
         "no healthy upstream endpoint",
-        "elements = { 10.96.0.80 . tcp . 80 : goto reject-chain }",
     ] {
         assert!(text.contains(shown), "{shown:?} missing from:\n{text}");
     }
+    // The ClusterIP the store allocated, programmed by the node proxy.
+    let ip = text
+        .split_once("rules for ClusterIP ")
+        .and_then(|(_, rest)| rest.split_once(' '))
+        .map(|(ip, _)| ip.to_string())
+        .unwrap_or_else(|| panic!("no ClusterIP in:\n{text}"));
+    assert!(ip.starts_with("10."), "{ip}");
+    let programmed = format!("elements = {{ {ip} . tcp . 80 : goto reject-chain }}");
+    assert!(
+        text.contains(&programmed),
+        "{programmed:?} missing from:\n{text}"
+    );
 
     let work = text
         .split_once("(data in ")

@@ -7,6 +7,8 @@
 //! transaction guarded by it, so a stale writer gets a conflict instead of
 //! overwriting someone else's change.
 
+mod services;
+
 use std::marker::PhantomData;
 use std::time::Duration;
 
@@ -20,6 +22,8 @@ use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde_json::{Map, Value};
+
+pub use services::{Cidr, NETWORK_KEY, Network};
 
 use crate::api::{Kind, Namespace, Object, Pod, kind_of};
 use crate::telemetry::Metrics;
@@ -40,6 +44,10 @@ const NODE_VIEW: &str = "/registry/podsbynode";
 
 /// Objects fetched per etcd range request while listing.
 const LIST_PAGE: i64 = 500;
+
+/// Random Service addresses tried before a create gives up (each attempt
+/// collides only if another Service holds every address drawn).
+const ALLOCATION_ATTEMPTS: usize = 16;
 
 /// Attempts of [`Api::modify`] before a conflict is given back to the caller.
 const MODIFY_ATTEMPTS: u32 = 8;
@@ -273,6 +281,14 @@ pub fn object_key(kind: &Kind, namespace: Option<&str>, name: &str) -> Result<St
     }
 }
 
+fn join(cidrs: &[Cidr]) -> String {
+    cidrs
+        .iter()
+        .map(Cidr::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Key of a bound pod's copy in its node's view.
 fn node_view_key(node: &str, namespace: &str, name: &str) -> String {
     format!("{NODE_VIEW}/{node}/{namespace}/{name}")
@@ -369,6 +385,15 @@ fn generated_name(prefix: &str) -> String {
         .iter()
         .map(|b| char::from(SUFFIX_ALPHABET[usize::from(*b) % SUFFIX_ALPHABET.len()]));
     prefix[..cut].chars().chain(suffix).collect()
+}
+
+/// The deletes that release the addresses an object removed from the store
+/// held (a Service's ClusterIPs and NodePorts).
+fn release_ops(kind: &Kind, removed: &Value) -> Vec<TxnOp> {
+    match kind.plural {
+        "services" => services::release(removed),
+        _ => Vec::new(),
+    }
 }
 
 /// The operations that keep the node view of a pod in step with a write
@@ -664,19 +689,31 @@ impl Store {
             meta.insert("generation".into(), Value::from(1));
         }
         let key = object_key(kind, namespace.as_deref(), &name)?;
-        let value = Self::encode(&obj);
-        // Two attempts: the second after creating the `default` namespace.
-        for _ in 0..2 {
-            let mut compares = vec![Compare::version(key.as_str(), CompareOp::Equal, 0)];
-            let ns_key = match namespace.as_deref() {
-                Some(ns) => Some(object_key(kind_of::<Namespace>(), None, ns)?),
-                None => None,
+        let network = match kind.plural {
+            "services" => Some(self.network().await?),
+            _ => None,
+        };
+        let ns_key = match namespace.as_deref() {
+            Some(ns) => Some(object_key(kind_of::<Namespace>(), None, ns)?),
+            None => None,
+        };
+        let mut made_default = false;
+        let mut taken = None;
+        for _ in 0..ALLOCATION_ATTEMPTS {
+            let mut obj = obj.clone();
+            let plan = match &network {
+                Some(network) => services::plan(network, None, &mut obj, taken.as_ref())?,
+                None => services::Plan::default(),
             };
+            let value = Self::encode(&obj);
+            let mut compares = vec![Compare::version(key.as_str(), CompareOp::Equal, 0)];
             if let Some(ns_key) = &ns_key {
                 compares.push(Compare::version(ns_key.as_str(), CompareOp::Greater, 0));
             }
+            compares.extend(plan.compares);
             let mut ops = vec![TxnOp::put(key.as_str(), value.clone(), None)];
             ops.extend(node_view_ops(kind, None, Some((&obj, &value))));
+            ops.extend(plan.ops);
             if let Some(rev) = self.commit(compares, ops).await? {
                 meta_mut(&mut obj).insert("resourceVersion".into(), Value::String(rev.to_string()));
                 return Ok(obj);
@@ -687,19 +724,102 @@ impl Store {
                     name,
                 });
             }
-            let ns = namespace.as_deref().unwrap_or_default();
-            if ns != DEFAULT_NAMESPACE {
-                return Err(Error::NotFound {
-                    plural: "namespaces".into(),
-                    name: ns.into(),
-                });
+            if let Some(ns_key) = &ns_key
+                && self.get_kv(ns_key).await?.is_none()
+            {
+                let ns = namespace.as_deref().unwrap_or_default();
+                if ns != DEFAULT_NAMESPACE || made_default {
+                    return Err(Error::NotFound {
+                        plural: "namespaces".into(),
+                        name: ns.into(),
+                    });
+                }
+                self.ensure_default_namespace().await?;
+                made_default = true;
+                continue;
             }
-            self.ensure_default_namespace().await?;
+            self.check_requested(kind, &name, plan.requested).await?;
+            // A random address was taken meanwhile: draw again, among the
+            // ones still free.
+            taken = Some(self.taken_addresses().await?);
         }
         Err(Error::Conflict {
             plural: kind.plural.into(),
             name,
         })
+    }
+
+    /// After a failed write: an error naming the first address the object
+    /// asked for by value that another object holds.
+    async fn check_requested(
+        &self,
+        kind: &Kind,
+        name: &str,
+        requested: Vec<(String, FieldError)>,
+    ) -> Result<()> {
+        for (key, error) in requested {
+            if self.get_kv(&key).await?.is_some() {
+                return Err(Error::Invalid(Invalid {
+                    kind: kind.kind.into(),
+                    name: name.into(),
+                    errors: vec![error],
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// The Service addresses held now, from the allocation keys' names.
+    async fn taken_addresses(&self) -> Result<services::Taken> {
+        let options = GetOptions::new()
+            .with_range(prefix_end(services::RANGES))
+            .with_keys_only();
+        let resp = self
+            .range(services::RANGES.as_bytes().to_vec(), Some(options))
+            .await?;
+        Ok(services::Taken::from_keys(
+            resp.kvs().iter().filter_map(|kv| kv.key_str().ok()),
+        ))
+    }
+
+    /// The cluster's address ranges: as `orca master` recorded them, else
+    /// the defaults.
+    pub async fn network(&self) -> Result<Network> {
+        match self.get_kv(NETWORK_KEY).await? {
+            Some(kv) => serde_json::from_slice(kv.value()).map_err(|e| corrupt(&kv, e.to_string())),
+            None => Ok(Network::default()),
+        }
+    }
+
+    /// Records the cluster's address ranges, once: a cluster keeps the
+    /// ranges it started with, and a different `network` is an error naming
+    /// both.
+    pub async fn set_network(&self, network: &Network) -> Result<()> {
+        let value = serde_json::to_vec(network).expect("plain data serialises");
+        let compare = vec![Compare::version(NETWORK_KEY, CompareOp::Equal, 0)];
+        if self
+            .commit(compare, vec![TxnOp::put(NETWORK_KEY, value, None)])
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let stored = self.network().await?;
+        if &stored == network {
+            return Ok(());
+        }
+        Err(Error::Invalid(Invalid {
+            kind: "Cluster".into(),
+            name: "network".into(),
+            errors: vec![FieldError::forbidden(
+                "network",
+                format!(
+                    "the cluster was set up with service CIDRs {} and cluster CIDRs {}; they cannot change",
+                    join(&stored.service_cidrs),
+                    join(&stored.cluster_cidrs)
+                ),
+            )],
+        }))
     }
 
     async fn ensure_default_namespace(&self) -> Result<()> {
@@ -892,7 +1012,14 @@ impl Store {
             }
             merged
         };
-        let guard = vec![Compare::mod_revision(key.as_str(), CompareOp::Equal, rv)];
+        let mut merged = merged;
+        let plan = match (kind.plural, status_only) {
+            ("services", false) => {
+                services::plan(&self.network().await?, Some(&current), &mut merged, None)?
+            }
+            _ => services::Plan::default(),
+        };
+        let mut guard = vec![Compare::mod_revision(key.as_str(), CompareOp::Equal, rv)];
         // Only the write that removes the last finalizer of an object being
         // deleted removes it (a bound pod waits for its kubelet's final
         // delete as well); any other write to it, a status update above
@@ -904,6 +1031,7 @@ impl Store {
         if removes {
             let mut ops = vec![TxnOp::delete(key.as_str(), None)];
             ops.extend(node_view_ops(kind, Some(&current), None));
+            ops.extend(release_ops(kind, &current));
             return match self.commit(guard, ops).await? {
                 Some(_) => Ok(merged),
                 None => Err(conflict()),
@@ -912,14 +1040,18 @@ impl Store {
         let value = Self::encode(&merged);
         let mut ops = vec![TxnOp::put(key.as_str(), value.clone(), None)];
         ops.extend(node_view_ops(kind, Some(&current), Some((&merged, &value))));
+        guard.extend(plan.compares);
+        ops.extend(plan.ops);
         match self.commit(guard, ops).await? {
             Some(rev) => {
-                let mut merged = merged;
                 meta_mut(&mut merged)
                     .insert("resourceVersion".into(), Value::String(rev.to_string()));
                 Ok(merged)
             }
-            None => Err(conflict()),
+            None => {
+                self.check_requested(kind, &name, plan.requested).await?;
+                Err(conflict())
+            }
         }
     }
 
@@ -952,6 +1084,7 @@ impl Store {
             if !waits {
                 let mut ops = vec![TxnOp::delete(key.as_str(), None)];
                 ops.extend(node_view_ops(kind, Some(&current), None));
+                ops.extend(release_ops(kind, &current));
                 if self.commit(guard, ops).await?.is_some() {
                     return Ok(Deleted::Gone(obj));
                 }
