@@ -249,6 +249,7 @@ async fn finalizers_and_graceful_pod_deletion() {
     assert_eq!(p.metadata.deletion_grace_period_seconds, Some(30));
     let forced = DeleteOptions {
         grace_period_seconds: Some(0),
+        ..Default::default()
     };
     assert!(matches!(
         pods.delete("web", forced).await.unwrap(),
@@ -409,6 +410,7 @@ async fn a_pod_in_graceful_termination_survives_its_status_updates() {
             "p",
             DeleteOptions {
                 grace_period_seconds: Some(0),
+                ..Default::default()
             },
         )
         .await
@@ -436,6 +438,7 @@ async fn deleting_again_changes_nothing_but_a_shorter_grace_period() {
                 "held",
                 DeleteOptions {
                     grace_period_seconds: grace,
+                    ..Default::default()
                 },
             )
             .await
@@ -464,6 +467,7 @@ async fn deleting_again_changes_nothing_but_a_shorter_grace_period() {
             "p",
             DeleteOptions {
                 grace_period_seconds: grace,
+                ..Default::default()
             },
         )
     };
@@ -720,6 +724,7 @@ async fn a_node_watch_carries_only_that_nodes_pods() {
         "direct",
         DeleteOptions {
             grace_period_seconds: Some(0),
+            ..Default::default()
         },
     )
     .await

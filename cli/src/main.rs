@@ -41,9 +41,16 @@ enum Command {
     Ingress(commands::ingress::Args),
     /// Run the log shipper alone, from a configuration file.
     Logshipper(commands::logshipper::Args),
-    /// Run a master: the ingress proxy in cluster mode (the scheduler and
-    /// controllers are yet to come) as tasks of one process.
+    /// Run a master: the ingress proxy in cluster mode and, while this
+    /// master leads, the scheduler and the controllers, as tasks of one process.
     Master(commands::master::Args),
+    /// Run the scheduler alone (leader-elected).
+    Scheduler(commands::master::AloneArgs),
+    /// Run the controllers alone (leader-elected).
+    ControllerManager(commands::master::AloneArgs),
+    /// Run hollow nodes: registered, heartbeating, reporting their pods
+    /// running, without running anything (for tests and benchmarks).
+    HollowNode(commands::hollow_node::Args),
     /// Run a node: the node proxy and the log shipper as tasks of one process.
     Node(commands::node::Args),
     /// Run the node proxy (nftables Service load balancing) alone.
@@ -98,7 +105,18 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             commands::logshipper::run(args, cluster).await
         }
         Command::Master(args) => commands::master::run(args, connect_checked(&cli.etcd)).await,
+        Command::Scheduler(args) => {
+            let loops = commands::master::Loops::Scheduler;
+            commands::master::run_alone(args, connect_checked(&cli.etcd), loops).await
+        }
+        Command::ControllerManager(args) => {
+            let loops = commands::master::Loops::Controllers;
+            commands::master::run_alone(args, connect_checked(&cli.etcd), loops).await
+        }
         Command::Node(args) => commands::node::run(args, connect(&cli.etcd)).await,
+        Command::HollowNode(args) => {
+            commands::hollow_node::run(args, connect_checked(&cli.etcd)).await
+        }
         Command::NodeProxy(args) => commands::node_proxy::run(args, connect(&cli.etcd)).await,
     }
 }

@@ -1,1 +1,562 @@
 //! Orca's scheduler: filter, score and bind pods to nodes.
+//!
+//! Each pending pod is checked against every node (resources against what
+//! the node can allocate less what its pods request, `nodeSelector`,
+//! required node affinity, taints and tolerations, host ports, readiness,
+//! `unschedulable`); the nodes that pass are scored (least allocated,
+//! balanced allocation, spreading one owner's pods, preferred affinity);
+//! the best gets the pod: `spec.nodeName` written in a transaction guarded
+//! by the pod's resourceVersion (and the leader's guard), which also
+//! writes the pod into the node's view. A pod that fits nowhere gets
+//! `PodScheduled=False` with the reason per filter, as kubectl users know
+//! it, and is tried again when nodes or pods change.
+
+pub mod resources;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    NodeSelectorRequirement, NodeSelectorTerm, PodCondition, Taint, Toleration,
+};
+use orca_core::api::{Node, Pod, Time};
+use orca_core::store::{Error, Store};
+use orca_core::watch::{Action, Controller, Informers, ObjectKey, Reader};
+
+use resources::Resources;
+
+/// The names a pod may give in `schedulerName` for this scheduler.
+const NAMES: [&str; 2] = ["default-scheduler", "orca"];
+/// How long an unschedulable pod waits before it is tried again even if
+/// nothing changes (node and pod changes try it at once).
+const RETRY: Duration = Duration::from_secs(10);
+
+/// The scheduling loop.
+pub struct Scheduler {
+    store: Store,
+    pods: Reader<Pod>,
+    nodes: Reader<Node>,
+    /// Pods bound by this scheduler that the pod cache does not show bound
+    /// yet: counted on their node, so the next pod sees the room they took
+    /// (kube-scheduler's assumed pods).
+    assumed: Mutex<HashMap<ObjectKey, Arc<Pod>>>,
+}
+
+fn node_name(pod: &Pod) -> Option<&str> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .filter(|n| !n.is_empty())
+}
+
+fn pending(pod: &Pod) -> bool {
+    node_name(pod).is_none()
+        && pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.scheduler_name.as_deref())
+            .is_none_or(|n| NAMES.contains(&n))
+}
+
+fn occupies(pod: &Pod) -> bool {
+    !matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+impl Scheduler {
+    /// The loop and its controller on the shared caches, binding through
+    /// `store`. A node's change, or a bound pod's (which may free room),
+    /// tries every pending pod again.
+    pub fn new(informers: &Informers, store: Store) -> (Arc<Self>, Controller<Pod>) {
+        let pods = informers.all::<Pod>();
+        let nodes = informers.all::<Node>();
+        let this = Arc::new(Self {
+            store,
+            pods: pods.reader(),
+            nodes: nodes.reader(),
+            assumed: Mutex::new(HashMap::new()),
+        });
+        let all_pending = {
+            let pods = pods.reader();
+            move || -> Vec<ObjectKey> {
+                pods.list()
+                    .iter()
+                    .filter(|p| pending(p))
+                    .map(|p| ObjectKey::of(&**p))
+                    .collect()
+            }
+        };
+        let after_node = all_pending.clone();
+        let controller = Controller::new(&pods)
+            .watches(&nodes, move |_: &Node| after_node())
+            .watches(&pods, move |pod: &Pod| {
+                if node_name(pod).is_some() {
+                    all_pending()
+                } else {
+                    Vec::new()
+                }
+            })
+            .named("scheduler");
+        (this, controller)
+    }
+
+    /// Places one pod, if it is pending.
+    pub async fn reconcile(&self, key: ObjectKey) -> Result<Action, Error> {
+        let Some(pod) = self.pods.get(&key) else {
+            return Ok(Action::AwaitChange);
+        };
+        if !pending(&pod) {
+            return Ok(Action::AwaitChange);
+        }
+        let nodes = self.nodes.list();
+        let wants = Resources::requested_by(&pod);
+        let assumed = self.assumed_pods();
+        let owner = pod
+            .metadata
+            .owner_references
+            .as_ref()
+            .and_then(|r| r.iter().find(|o| o.controller == Some(true)))
+            .map(|o| o.uid.clone());
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        let mut best: Vec<(f64, &str)> = Vec::new();
+        let mut spread: Vec<(usize, &str, f64)> = Vec::new();
+        for node in &nodes {
+            let name = node.metadata.name.as_deref().unwrap_or_default();
+            let on_node: Vec<Arc<Pod>> = self
+                .pods
+                .on_node(name)
+                .into_iter()
+                .chain(
+                    assumed
+                        .iter()
+                        .filter(|p| node_name(p) == Some(name))
+                        .cloned(),
+                )
+                .filter(|p| occupies(p))
+                .collect();
+            match fits(&pod, node, &on_node, wants) {
+                Err(why) => {
+                    for reason in why {
+                        *reasons.entry(reason).or_default() += 1;
+                    }
+                }
+                Ok(score) => {
+                    let siblings = owner.as_ref().map_or(0, |uid| {
+                        on_node
+                            .iter()
+                            .filter(|p| {
+                                p.metadata
+                                    .owner_references
+                                    .iter()
+                                    .flatten()
+                                    .any(|o| &o.uid == uid)
+                            })
+                            .count()
+                    });
+                    spread.push((siblings, name, score));
+                }
+            }
+        }
+        if spread.is_empty() {
+            let summary: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+            let message = format!(
+                "0/{} nodes are available: {}.",
+                nodes.len(),
+                if summary.is_empty() {
+                    "no nodes are registered".to_string()
+                } else {
+                    summary.join(", ")
+                }
+            );
+            self.unschedulable(&pod, &message).await?;
+            return Ok(Action::Requeue(RETRY));
+        }
+        // Spreading: fewer of the owner's pods on a node scores higher.
+        let most = spread.iter().map(|(n, _, _)| *n).max().unwrap_or(0);
+        for (siblings, name, score) in spread {
+            let spread_score = if most == 0 {
+                100.0
+            } else {
+                100.0 * (1.0 - siblings as f64 / (most as f64 + 1.0))
+            };
+            best.push((score + spread_score, name));
+        }
+        let top = best.iter().map(|(s, _)| *s).fold(f64::MIN, f64::max);
+        let ties: Vec<&str> = best
+            .iter()
+            .filter(|(s, _)| (*s - top).abs() < 1e-9)
+            .map(|(_, n)| *n)
+            .collect();
+        let pick =
+            ties[usize::try_from(uuid::Uuid::new_v4().as_u128() % ties.len() as u128).unwrap_or(0)];
+        self.bind(&pod, pick).await
+    }
+
+    /// The assumed pods the cache does not show bound yet (the others are
+    /// forgotten).
+    fn assumed_pods(&self) -> Vec<Arc<Pod>> {
+        let mut assumed = self.assumed.lock().unwrap_or_else(PoisonError::into_inner);
+        assumed.retain(|key, _| self.pods.get(key).is_some_and(|p| node_name(&p).is_none()));
+        assumed.values().cloned().collect()
+    }
+
+    async fn bind(&self, pod: &Pod, node: &str) -> Result<Action, Error> {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let mut bound = pod.clone();
+        bound.spec.get_or_insert_with(Default::default).node_name = Some(node.to_string());
+        match self.store.api::<Pod>(&namespace).update(&bound).await {
+            Ok(written) => {
+                tracing::debug!(pod = %ObjectKey::of(pod), node, "bound");
+                self.assumed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(ObjectKey::of(pod), Arc::new(written));
+                Ok(Action::AwaitChange)
+            }
+            // Changed or gone meanwhile: its event brings it back.
+            Err(Error::Conflict { .. } | Error::NotFound { .. }) => Ok(Action::AwaitChange),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn unschedulable(&self, pod: &Pod, message: &str) -> Result<(), Error> {
+        let current = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"));
+        if current.is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(message)) {
+            return Ok(());
+        }
+        tracing::debug!(pod = %ObjectKey::of(pod), message, "unschedulable");
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let condition = PodCondition {
+            type_: "PodScheduled".into(),
+            status: "False".into(),
+            reason: Some("Unschedulable".into()),
+            message: Some(message.to_string()),
+            last_transition_time: Some(Time(k8s_openapi::jiff::Timestamp::now())),
+            ..PodCondition::default()
+        };
+        let result = self
+            .store
+            .api::<Pod>(&namespace)
+            .modify(&name, true, |fresh| {
+                let status = fresh.status.get_or_insert_with(Default::default);
+                status.phase.get_or_insert_with(|| "Pending".into());
+                let conditions = status.conditions.get_or_insert_with(Vec::new);
+                conditions.retain(|c| c.type_ != "PodScheduled");
+                conditions.push(condition.clone());
+            })
+            .await;
+        match result {
+            Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True")
+}
+
+/// Whether `pod` fits `node` (holding `on_node`): its score, or every
+/// reason it does not.
+fn fits(
+    pod: &Pod,
+    node: &Node,
+    on_node: &[Arc<Pod>],
+    wants: Resources,
+) -> Result<f64, Vec<String>> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let mut why = Vec::new();
+    let empty = BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
+    if node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+    {
+        why.push("node(s) were unschedulable".to_string());
+    }
+    if !is_ready(node) {
+        why.push("node(s) were not ready".to_string());
+    }
+    let selector_ok = spec
+        .node_selector
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let affinity = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref());
+    let required_ok = affinity
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .is_none_or(|r| {
+            r.node_selector_terms
+                .iter()
+                .any(|t| term_matches(t, labels))
+        });
+    if !selector_ok || !required_ok {
+        why.push("node(s) didn't match Pod's node affinity/selector".to_string());
+    }
+    let tolerations = spec.tolerations.clone().unwrap_or_default();
+    for taint in node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        if matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute")
+            && !tolerations.iter().any(|t| tolerates(t, taint))
+        {
+            why.push(format!(
+                "node(s) had untolerated taint {{{}: {}}}",
+                taint.key,
+                taint.value.clone().unwrap_or_default()
+            ));
+        }
+    }
+    let host_ports: Vec<(i32, String)> = host_ports_of(pod);
+    if !host_ports.is_empty() {
+        let used: Vec<(i32, String)> = on_node.iter().flat_map(|p| host_ports_of(p)).collect();
+        if host_ports.iter().any(|p| used.contains(p)) {
+            why.push("node(s) didn't have free ports for the requested pod ports".to_string());
+        }
+    }
+    let allocatable = Resources::from_map(
+        node.status
+            .as_ref()
+            .and_then(|s| s.allocatable.as_ref().or(s.capacity.as_ref())),
+    );
+    let used = on_node
+        .iter()
+        .map(|p| Resources::requested_by(p))
+        .fold(Resources::default(), Resources::plus);
+    let after = used.plus(wants);
+    if after.cpu > allocatable.cpu && wants.cpu > 0.0 {
+        why.push("Insufficient cpu".to_string());
+    }
+    if after.memory > allocatable.memory && wants.memory > 0.0 {
+        why.push("Insufficient memory".to_string());
+    }
+    if after.pods > allocatable.pods {
+        why.push("Too many pods".to_string());
+    }
+    if !why.is_empty() {
+        return Err(why);
+    }
+    // Least allocated and balanced allocation, as kube-scheduler scores them.
+    let fraction = |used: f64, total: f64| {
+        if total > 0.0 {
+            (used / total).min(1.0)
+        } else {
+            0.0
+        }
+    };
+    let cpu = fraction(after.cpu, allocatable.cpu);
+    let memory = fraction(after.memory, allocatable.memory);
+    let least = ((1.0 - cpu) + (1.0 - memory)) * 50.0;
+    let balanced = (1.0 - (cpu - memory).abs()) * 100.0;
+    let preferred: f64 = affinity
+        .and_then(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .into_iter()
+        .flatten()
+        .filter(|p| term_matches(&p.preference, labels))
+        .map(|p| f64::from(p.weight))
+        .sum();
+    Ok(least + balanced + preferred)
+}
+
+fn host_ports_of(pod: &Pod) -> Vec<(i32, String)> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            Some((
+                p.host_port.filter(|h| *h > 0)?,
+                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            ))
+        })
+        .collect()
+}
+
+fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+    let effect_ok = t
+        .effect
+        .as_deref()
+        .is_none_or(|e| e.is_empty() || e == taint.effect);
+    let key_ok = t
+        .key
+        .as_deref()
+        .is_none_or(|k| k.is_empty() || k == taint.key);
+    let value_ok = match t.operator.as_deref() {
+        Some("Exists") => true,
+        _ => t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default(),
+    };
+    effect_ok && key_ok && value_ok
+}
+
+fn term_matches(term: &NodeSelectorTerm, labels: &BTreeMap<String, String>) -> bool {
+    let expressions = term.match_expressions.iter().flatten();
+    // Fields other than metadata.name are not tracked; a node's name is.
+    expressions
+        .clone()
+        .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
+        && term.match_fields.iter().flatten().all(|r| {
+            r.key == "metadata.name"
+                && requirement_matches(r, labels.get("kubernetes.io/hostname").map(String::as_str))
+        })
+}
+
+fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
+    let values = r.values.clone().unwrap_or_default();
+    let number = |s: &str| s.parse::<i64>().ok();
+    match r.operator.as_str() {
+        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+        "NotIn" => !value.is_some_and(|v| values.iter().any(|x| x == v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" => {
+            matches!((value.and_then(number), values.first().and_then(|x| number(x))), (Some(a), Some(b)) if a > b)
+        }
+        "Lt" => {
+            matches!((value.and_then(number), values.first().and_then(|x| number(x))), (Some(a), Some(b)) if a < b)
+        }
+        _ => false,
+    }
+}
+
+/// Runs the scheduler until `shutdown` resolves.
+pub async fn run(
+    informers: &Informers,
+    store: Store,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let (this, controller) = Scheduler::new(informers, store);
+    // One pod at a time, as kube-scheduler's scheduling cycle: each sees
+    // the room the one before took.
+    controller
+        .concurrency(1)
+        .run(
+            move |key| {
+                let this = Arc::clone(&this);
+                async move { this.reconcile(key).await }
+            },
+            shutdown,
+        )
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        Container, NodeCondition, NodeSpec, NodeStatus, PodSpec, ResourceRequirements,
+    };
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn node(name: &str, memory: &str, labels: &[(&str, &str)]) -> Node {
+        let mut n = Node::default();
+        n.metadata.name = Some(name.into());
+        n.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        n.spec = Some(NodeSpec::default());
+        n.status = Some(NodeStatus {
+            allocatable: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("4".into())),
+                ("memory".to_string(), Quantity(memory.into())),
+                ("pods".to_string(), Quantity("110".into())),
+            ])),
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..NodeCondition::default()
+            }]),
+            ..NodeStatus::default()
+        });
+        n
+    }
+
+    fn pod(memory: &str) -> Pod {
+        Pod {
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "c".into(),
+                    resources: Some(ResourceRequirements {
+                        requests: Some(BTreeMap::from([(
+                            "memory".to_string(),
+                            Quantity(memory.into()),
+                        )])),
+                        ..ResourceRequirements::default()
+                    }),
+                    ..Container::default()
+                }],
+                ..PodSpec::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn filters_give_kubectls_reasons() {
+        let small = node("a", "1Gi", &[]);
+        let want = pod("2Gi");
+        let why = fits(&want, &small, &[], Resources::requested_by(&want)).unwrap_err();
+        assert_eq!(why, ["Insufficient memory"]);
+        let big = node("b", "4Gi", &[("disk", "ssd")]);
+        assert!(fits(&want, &big, &[], Resources::requested_by(&want)).is_ok());
+        // Room taken by the pods already there.
+        let there = Arc::new(pod("3Gi"));
+        let why = fits(&want, &big, &[there], Resources::requested_by(&want)).unwrap_err();
+        assert_eq!(why, ["Insufficient memory"]);
+        // nodeSelector.
+        let mut picky = pod("1Gi");
+        picky.spec.as_mut().unwrap().node_selector =
+            Some(BTreeMap::from([("disk".to_string(), "hdd".to_string())]));
+        let why = fits(&picky, &big, &[], Resources::requested_by(&picky)).unwrap_err();
+        assert_eq!(why, ["node(s) didn't match Pod's node affinity/selector"]);
+        // Taints.
+        let mut tainted = node("c", "4Gi", &[]);
+        tainted.spec.as_mut().unwrap().taints = Some(vec![Taint {
+            key: "node.kubernetes.io/unreachable".into(),
+            effect: "NoExecute".into(),
+            ..Taint::default()
+        }]);
+        let why = fits(&want, &tainted, &[], Resources::requested_by(&want)).unwrap_err();
+        assert_eq!(
+            why,
+            ["node(s) had untolerated taint {node.kubernetes.io/unreachable: }"]
+        );
+        let mut tolerant = want.clone();
+        tolerant.spec.as_mut().unwrap().tolerations = Some(vec![Toleration {
+            key: Some("node.kubernetes.io/unreachable".into()),
+            operator: Some("Exists".into()),
+            ..Toleration::default()
+        }]);
+        assert!(fits(&tolerant, &tainted, &[], Resources::requested_by(&tolerant)).is_ok());
+    }
+}

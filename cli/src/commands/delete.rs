@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 use orca_core::api::Kind;
-use orca_core::store::{DeleteOptions, Deleted, Error, Store};
+use orca_core::store::{DeleteOptions, Deleted, Error, Propagation, Store};
 
 use crate::manifest::Document;
 use crate::printer::resource_name;
@@ -23,6 +23,22 @@ pub struct Args {
     /// Seconds a pod gets to stop; 0 deletes it at once.
     #[arg(long)]
     pub grace_period: Option<i64>,
+    /// What happens to the objects' dependents: `background` (the object
+    /// goes now, its dependents after it), `foreground` (the object waits
+    /// until its dependents are gone) or `orphan` (they stay, unowned).
+    #[arg(long, value_enum, default_value = "background")]
+    pub cascade: Cascade,
+}
+
+/// `--cascade` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Cascade {
+    /// Delete the object now and its dependents after it.
+    Background,
+    /// Delete the dependents first, then the object.
+    Foreground,
+    /// Keep the dependents, without their owner.
+    Orphan,
 }
 
 /// Deletes each named object; prints one line per object.
@@ -57,6 +73,11 @@ pub async fn run(store: &Store, args: Args, docs: Option<Vec<Document>>) -> anyh
     };
     let options = DeleteOptions {
         grace_period_seconds: args.grace_period,
+        propagation: Some(match args.cascade {
+            Cascade::Background => Propagation::Background,
+            Cascade::Foreground => Propagation::Foreground,
+            Cascade::Orphan => Propagation::Orphan,
+        }),
     };
     let mut all_ok = true;
     for (kind, namespace, name) in targets {

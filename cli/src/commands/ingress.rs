@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use orca_core::store::Store;
+use orca_core::telemetry::Metrics;
 use orca_proxy::ingress::server;
 
 /// Arguments of `orca ingress`.
@@ -25,6 +26,18 @@ pub async fn run(
     args: Args,
     cluster: Option<impl Future<Output = anyhow::Result<Store>>>,
 ) -> anyhow::Result<bool> {
+    run_with(args, cluster, Metrics::new(), |_| {}).await
+}
+
+/// [`run`], with the proxy's metrics in `metrics`, and `with_store` given
+/// the cluster's store once it answers (the master starts its control
+/// loops there).
+pub async fn run_with(
+    args: Args,
+    cluster: Option<impl Future<Output = anyhow::Result<Store>>>,
+    metrics: Metrics,
+    with_store: impl FnOnce(&Store),
+) -> anyhow::Result<bool> {
     // rustls warns on every client that sends an IP address as SNI.
     orca_core::telemetry::init_tracing("info,rustls=error");
     let config =
@@ -33,7 +46,10 @@ pub async fn run(
         Some(store) => Some(store.await?),
         None => None,
     };
-    server::run(&args.config, config, store)
+    if let Some(store) = &store {
+        with_store(store);
+    }
+    server::run(&args.config, config, store, metrics)
         .await
         .context("ingress proxy")?;
     Ok(true)

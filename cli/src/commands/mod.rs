@@ -5,6 +5,7 @@ mod change;
 pub mod delete;
 pub mod describe;
 pub mod get;
+pub mod hollow_node;
 pub mod ingress;
 pub mod logshipper;
 pub mod master;

@@ -189,11 +189,42 @@ pub struct Guard {
     pub create_revision: i64,
 }
 
+/// The finalizer that holds an owner deleted with `--cascade=orphan` until
+/// its dependents no longer name it.
+pub const FINALIZER_ORPHAN: &str = "orphan";
+/// The finalizer that holds an owner deleted with `--cascade=foreground`
+/// until its dependents are gone.
+pub const FINALIZER_FOREGROUND: &str = "foregroundDeletion";
+
+/// What happens to an object's dependents (by `ownerReferences`) when it is
+/// deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// The object goes at once; the garbage collector deletes its dependents.
+    Background,
+    /// The object stays (marked for deletion) until its dependents are gone.
+    Foreground,
+    /// The dependents stay, no longer owned; then the object goes.
+    Orphan,
+}
+
+impl Propagation {
+    fn finalizer(self) -> Option<&'static str> {
+        match self {
+            Propagation::Background => None,
+            Propagation::Foreground => Some(FINALIZER_FOREGROUND),
+            Propagation::Orphan => Some(FINALIZER_ORPHAN),
+        }
+    }
+}
+
 /// Options of a delete.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DeleteOptions {
     /// Grace period for pods on a node; `Some(0)` deletes at once.
     pub grace_period_seconds: Option<i64>,
+    /// What happens to the object's dependents (default: background).
+    pub propagation: Option<Propagation>,
 }
 
 /// What a delete did.
@@ -532,6 +563,13 @@ impl Store {
     /// by the node view the store writes beside each bound pod.
     pub fn pods_on_node(&self, node: &str) -> View<Pod> {
         View::typed(self.clone(), format!("{NODE_VIEW}/{node}/"))
+    }
+
+    /// The pods bound to any node, through the node views: for a process
+    /// that stands in for many nodes (hollow nodes), one watch instead of
+    /// one per node.
+    pub fn bound_pods(&self) -> View<Pod> {
+        View::typed(self.clone(), format!("{NODE_VIEW}/"))
     }
 
     /// Objects of `kind` in `namespace` (every namespace with `None`), as
@@ -1079,6 +1117,22 @@ impl Store {
                 kv.mod_revision(),
             )];
             let current = obj.clone();
+            // A cascade other than background holds the object with a
+            // finalizer the garbage collector removes.
+            let cascade = options.propagation.and_then(Propagation::finalizer);
+            if let Some(finalizer) = cascade
+                && obj.pointer("/metadata/deletionTimestamp").is_none()
+            {
+                let meta = meta_mut(&mut obj);
+                let list = meta
+                    .entry("finalizers")
+                    .or_insert_with(|| Value::Array(Vec::new()));
+                if let Some(list) = list.as_array_mut()
+                    && !list.iter().any(|f| f == finalizer)
+                {
+                    list.push(Value::String(finalizer.into()));
+                }
+            }
             let grace = self.grace_period(kind, &obj, options);
             let waits = has_finalizers(&obj) || grace.is_some_and(|g| g > 0);
             if !waits {

@@ -83,6 +83,8 @@ type Index = HashMap<String, HashSet<ObjectKey>>;
 /// The objects and their indexes; replaced whole when a re-list completes.
 struct Cache<K> {
     objects: HashMap<ObjectKey, Arc<K>>,
+    /// The highest resourceVersion the cache has applied.
+    revision: i64,
     by_namespace: Index,
     by_owner: Index,
     by_node: Index,
@@ -92,11 +94,20 @@ impl<K> Default for Cache<K> {
     fn default() -> Self {
         Self {
             objects: HashMap::new(),
+            revision: 0,
             by_namespace: Index::new(),
             by_owner: Index::new(),
             by_node: Index::new(),
         }
     }
+}
+
+fn revision_of<K: Object>(obj: &K) -> i64 {
+    obj.metadata()
+        .resource_version
+        .as_deref()
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or_default()
 }
 
 /// The node a pod is bound to; `None` for any other kind.
@@ -130,6 +141,7 @@ impl<K: Object> Cache<K> {
         let mut cache = Self::default();
         for (key, obj) in &objects {
             cache.index(key, obj, index_add);
+            cache.revision = cache.revision.max(revision_of(&**obj));
         }
         cache.objects = objects;
         cache
@@ -230,6 +242,12 @@ impl<K: Object> Reader<K> {
             .collect()
     }
 
+    /// The highest resourceVersion the cache has applied (an object's, or a
+    /// deletion's): a write made at or below it is in the cache.
+    pub fn revision(&self) -> i64 {
+        self.read().revision
+    }
+
     /// Number of known objects.
     pub fn len(&self) -> usize {
         self.read().objects.len()
@@ -293,8 +311,11 @@ impl<K: Object> Writer<K> {
             }
             Event::InitDone => {
                 if let Some(buffer) = self.buffer.take() {
-                    let new = Cache::from_objects(buffer);
-                    let old = std::mem::replace(&mut *self.write(), new);
+                    let mut new = Cache::from_objects(buffer);
+                    let mut cache = self.write();
+                    new.revision = new.revision.max(cache.revision);
+                    let old = std::mem::replace(&mut *cache, new);
+                    drop(cache);
                     let cache = self.read();
                     for (key, obj) in &old.objects {
                         if !cache.objects.contains_key(key) {
@@ -316,14 +337,20 @@ impl<K: Object> Writer<K> {
             }
             Event::Apply(obj) => {
                 let obj = Arc::new(obj.clone());
-                self.write().insert(ObjectKey::of(&*obj), Arc::clone(&obj));
+                let mut cache = self.write();
+                cache.revision = cache.revision.max(revision_of(&*obj));
+                cache.insert(ObjectKey::of(&*obj), Arc::clone(&obj));
+                drop(cache);
                 changed(Change::Applied(obj));
             }
             Event::Delete(obj) => {
-                let last = self
-                    .write()
+                let mut cache = self.write();
+                // A deletion carries the revision it happened at.
+                cache.revision = cache.revision.max(revision_of(obj));
+                let last = cache
                     .remove(&ObjectKey::of(obj))
                     .unwrap_or_else(|| Arc::new(obj.clone()));
+                drop(cache);
                 changed(Change::Deleted(last));
             }
         }

@@ -564,11 +564,13 @@ pub fn load(
 /// SIGINT/SIGTERM; SIGHUP or a change of the file reloads it. With a
 /// `cluster` store, routes and certificates follow the cluster's Ingress
 /// objects instead of the file, and `/healthz` fails until they are first
-/// listed.
+/// listed. Its metrics go into `metrics`, which the admin server serves
+/// (with whatever else the process registered there).
 pub async fn run(
     path: &Path,
     config: IngressConfig,
     cluster: Option<Store>,
+    metrics: Metrics,
 ) -> Result<(), ServeError> {
     // A reload keeps what the command line decided.
     let (workers, cluster_mode) = (config.workers, config.cluster);
@@ -576,7 +578,6 @@ pub async fn run(
         c.workers = workers;
         c.cluster = cluster_mode;
     };
-    let metrics = Metrics::new();
     let mut ingress = Ingress::new(config.clone(), &metrics)?;
     let workers = match config.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

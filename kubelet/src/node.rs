@@ -1,0 +1,144 @@
+//! A node's presence in the cluster: its Node object (capacity, addresses,
+//! the Ready condition) and the Lease in `kube-node-lease` it renews, which
+//! the master's node lifecycle controller watches.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::LeaseSpec;
+use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use orca_core::api::{Lease, Namespace, Node, ObjectMeta, Time};
+use orca_core::store::{Error, Store};
+
+/// The namespace node Leases live in.
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// What a node offers.
+#[derive(Debug, Clone)]
+pub struct Capacity {
+    /// CPU cores.
+    pub cpu: String,
+    /// Memory, as a quantity (`16Gi`).
+    pub memory: String,
+    /// Pods.
+    pub pods: u32,
+}
+
+fn ready_condition(now: &Time) -> NodeCondition {
+    NodeCondition {
+        type_: "Ready".into(),
+        status: "True".into(),
+        reason: Some("KubeletReady".into()),
+        message: Some("kubelet is posting ready status".into()),
+        last_heartbeat_time: Some(now.clone()),
+        last_transition_time: Some(now.clone()),
+    }
+}
+
+/// Registers `name` (or refreshes its status when it exists): capacity,
+/// its address, Ready. Keeps what the master set (`spec.podCIDR`, taints).
+pub async fn register(
+    store: &Store,
+    name: &str,
+    address: &str,
+    capacity: &Capacity,
+    version: &str,
+) -> Result<Node, Error> {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let resources = BTreeMap::from([
+        ("cpu".to_string(), Quantity(capacity.cpu.clone())),
+        ("memory".to_string(), Quantity(capacity.memory.clone())),
+        ("pods".to_string(), Quantity(capacity.pods.to_string())),
+    ]);
+    let status = NodeStatus {
+        capacity: Some(resources.clone()),
+        allocatable: Some(resources),
+        addresses: Some(vec![
+            NodeAddress {
+                type_: "InternalIP".into(),
+                address: address.into(),
+            },
+            NodeAddress {
+                type_: "Hostname".into(),
+                address: name.into(),
+            },
+        ]),
+        conditions: Some(vec![ready_condition(&now)]),
+        node_info: Some(NodeSystemInfo {
+            kubelet_version: version.into(),
+            operating_system: "linux".into(),
+            architecture: "amd64".into(),
+            ..NodeSystemInfo::default()
+        }),
+        ..NodeStatus::default()
+    };
+    let api = store.cluster_api::<Node>();
+    let node = Node {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(BTreeMap::from([
+                ("kubernetes.io/hostname".to_string(), name.to_string()),
+                ("kubernetes.io/os".to_string(), "linux".to_string()),
+            ])),
+            ..ObjectMeta::default()
+        },
+        ..Node::default()
+    };
+    if let Err(e) = api.create(&node).await
+        && !matches!(e, Error::AlreadyExists { .. })
+    {
+        return Err(e);
+    }
+    api.modify(name, true, |fresh| fresh.status = Some(status.clone()))
+        .await
+}
+
+/// Makes sure the Lease namespace exists.
+pub async fn lease_namespace(store: &Store) -> Result<(), Error> {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(LEASE_NAMESPACE.into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    match store.cluster_api::<Namespace>().create(&ns).await {
+        Ok(_) | Err(Error::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Renews `node`'s Lease once (creating it on first use).
+pub async fn renew(store: &Store, node: &str, duration: Duration) -> Result<(), Error> {
+    let api = store.api::<Lease>(LEASE_NAMESPACE);
+    let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+    let seconds = i32::try_from(duration.as_secs()).unwrap_or(i32::MAX);
+    let spec = LeaseSpec {
+        holder_identity: Some(node.into()),
+        lease_duration_seconds: Some(seconds),
+        renew_time: Some(now),
+        ..LeaseSpec::default()
+    };
+    match api.get_opt(node).await? {
+        Some(mut lease) => {
+            lease.spec = Some(spec);
+            api.update(&lease).await.map(|_| ())
+        }
+        None => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(node.into()),
+                    namespace: Some(LEASE_NAMESPACE.into()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(spec),
+            };
+            match api.create(&lease).await {
+                Ok(_) | Err(Error::AlreadyExists { .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
