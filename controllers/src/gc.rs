@@ -281,8 +281,15 @@ impl Cascades {
                     Err(e) => return Err(e),
                 }
             } else {
+                // Owners among the dependents wait for theirs in turn; a
+                // leaf (a pod) has nothing to wait for.
+                let owns = matches!(kind.kind, "Deployment" | "ReplicaSet" | "Service");
                 let options = DeleteOptions {
-                    propagation: Some(orca_core::store::Propagation::Foreground),
+                    propagation: Some(if owns {
+                        orca_core::store::Propagation::Foreground
+                    } else {
+                        orca_core::store::Propagation::Background
+                    }),
                     ..DeleteOptions::default()
                 };
                 match self

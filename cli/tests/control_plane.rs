@@ -1,0 +1,550 @@
+//! The control plane as operators run it: `orca master` (one or two) and
+//! hollow nodes (`orca hollow-node`, one process per node, so a node can be
+//! stopped) against a real etcd, driven with the `orca` CLI. Nothing here
+//! sends traffic anywhere: hollow nodes run no containers.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::TcpListener;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use orca_testkit::Etcd;
+use serde_json::{Value, json};
+
+const ORCA: &str = env!("CARGO_BIN_EXE_orca");
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+/// Far above what any wait here takes; only a hang reaches it.
+const WAIT: Duration = Duration::from_secs(90);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// etcd, masters and hollow nodes, all stopped on drop.
+struct Plane {
+    etcd: Etcd,
+    dir: tempfile::TempDir,
+    masters: Vec<Option<Child>>,
+    nodes: HashMap<String, Child>,
+}
+
+impl Plane {
+    fn start(masters: usize, nodes: &[&str]) -> Self {
+        let mut plane = Self {
+            etcd: Etcd::start(),
+            dir: tempfile::tempdir().unwrap(),
+            masters: Vec::new(),
+            nodes: HashMap::new(),
+        };
+        for i in 0..masters {
+            plane.start_master(i);
+        }
+        for node in nodes {
+            plane.start_node(node);
+        }
+        plane.wait_for("every node ready", |p| {
+            let ready = p.json(&["get", "nodes"])["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| {
+                    condition(n, "Ready") == Some("True") && n["spec"]["podCIDR"].is_string()
+                })
+                .count();
+            ready == nodes.len()
+        });
+        plane
+    }
+
+    fn start_master(&mut self, i: usize) {
+        let config = self.dir.path().join(format!("master-{i}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "listeners:\n  - {{name: web, address: \"127.0.0.1:{}\"}}\nadmin: {{address: \"127.0.0.1:{}\"}}\n",
+                free_port(),
+                free_port()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(self.dir.path().join(format!("master-{i}.log"))).unwrap();
+        let child = Command::new(ORCA)
+            .args(["--etcd", &self.etcd.endpoint(), "master"])
+            .args(["--config", config.to_str().unwrap(), "--workers", "1"])
+            .args(["--identity", &format!("master-{i}"), "--leader-ttl", "3s"])
+            .args([
+                "--node-monitor-grace-period",
+                "3s",
+                "--pod-eviction-timeout",
+                "2s",
+            ])
+            .args(["--node-monitor-period", "500ms"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start orca master");
+        if self.masters.len() <= i {
+            self.masters.resize_with(i + 1, || None);
+        }
+        self.masters[i] = Some(child);
+    }
+
+    fn start_node(&mut self, name: &str) {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        let child = Command::new(ORCA)
+            .args([
+                "--etcd",
+                &self.etcd.endpoint(),
+                "hollow-node",
+                "--count",
+                "1",
+            ])
+            .args(["--prefix", &format!("{name}-"), "--heartbeat", "500ms"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start orca hollow-node");
+        self.nodes.insert(format!("{name}-0"), child);
+    }
+
+    /// SIGKILLs the process of node `name` (its Lease goes silent).
+    fn kill_node(&mut self, name: &str) {
+        let mut child = self.nodes.remove(name).expect("a node of this plane");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGKILLs master `i`.
+    fn kill_master(&mut self, i: usize) {
+        let mut child = self.masters[i].take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn orca(&self, args: &[&str]) -> Output {
+        Command::new(ORCA)
+            .args(["--etcd", &self.etcd.endpoint()])
+            .args(args)
+            .output()
+            .expect("run orca")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.orca(args);
+        assert!(
+            out.status.success(),
+            "orca {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn apply(&self, manifest: &str) {
+        let path = self.dir.path().join("manifest.yaml");
+        std::fs::write(&path, manifest).unwrap();
+        self.ok(&["apply", "-f", path.to_str().unwrap()]);
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(&[args, &["-o", "json"]].concat())).unwrap()
+    }
+
+    fn pods(&self) -> Vec<Value> {
+        self.json(&["get", "pods"])["items"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn wait_for(&self, what: &str, mut check: impl FnMut(&Self) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !check(self) {
+            if Instant::now() > deadline {
+                let logs: Vec<String> = std::fs::read_dir(self.dir.path())
+                    .unwrap()
+                    .flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                    .map(|e| {
+                        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                        format!(
+                            "{}:\n{}",
+                            e.path().display(),
+                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                        )
+                    })
+                    .collect();
+                panic!("timed out waiting for: {what}\n{}", logs.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn available(&self, deployment: &str) -> i64 {
+        self.json(&["get", "deploy", deployment])["status"]["availableReplicas"]
+            .as_i64()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Plane {
+    fn drop(&mut self) {
+        for child in self
+            .masters
+            .iter_mut()
+            .flatten()
+            .chain(self.nodes.values_mut())
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a str> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?["status"]
+        .as_str()
+}
+
+fn running_on(pod: &Value) -> Option<String> {
+    (pod["status"]["phase"] == "Running" && pod["metadata"]["deletionTimestamp"].is_null()).then(
+        || {
+            pod["spec"]["nodeName"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        },
+    )
+}
+
+fn deployment(name: &str, replicas: u32, image: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  replicas: {replicas}\n{extra_spec}  \
+         selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    \
+         spec: {{containers: [{{name: c, image: \"{image}\", ports: [{{containerPort: 80}}]}}]}}\n"
+    )
+}
+
+#[test]
+fn the_example_deployment_runs_spread_over_three_nodes_behind_its_service() {
+    let plane = Plane::start(1, &["n1", "n2", "n3"]);
+    plane.ok(&["apply", "-f", EXAMPLES]);
+    plane.wait_for("3 available replicas", |p| {
+        p.available("nginx-deployment") == 3
+    });
+
+    let pods = plane.pods();
+    let nodes: BTreeSet<String> = pods.iter().filter_map(running_on).collect();
+    assert_eq!(pods.len(), 3);
+    assert_eq!(nodes.len(), 3, "one pod a node: {nodes:?}");
+    for pod in &pods {
+        assert!(
+            pod["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("nginx-deployment-")
+        );
+        assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet");
+        let ip = pod["status"]["podIP"].as_str().unwrap();
+        assert!(ip.starts_with("10.244."), "{ip}");
+    }
+
+    // The Service got an address, and its slice lists the pods, ready.
+    let svc = plane.json(&["get", "svc", "nginx"]);
+    assert!(
+        svc["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .starts_with("10."),
+        "{svc}"
+    );
+    plane.wait_for("the Service's endpoints", |p| {
+        let slices = p.json(&["get", "endpointslices"]);
+        let endpoints: Vec<&Value> = slices["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == "nginx")
+            .flat_map(|s| s["endpoints"].as_array().unwrap().iter())
+            .filter(|e| e["conditions"]["ready"] == true)
+            .collect();
+        endpoints.len() == 3
+    });
+    let deploy = plane.json(&["get", "deploy", "nginx-deployment"]);
+    assert_eq!(condition(&deploy, "Available"), Some("True"));
+    assert_eq!(condition(&deploy, "Progressing"), Some("True"));
+}
+
+#[test]
+fn a_rolling_update_never_drops_below_the_available_minimum() {
+    let plane = Plane::start(1, &["n1", "n2", "n3"]);
+    let strategy =
+        "  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 1}}\n";
+    plane.apply(&deployment("web", 4, "nginx:1.7.9", strategy));
+    plane.wait_for("4 available", |p| p.available("web") == 4);
+
+    // Every pod change, in etcd's order, through the core watcher.
+    let endpoint = plane.etcd.endpoint();
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, usize)>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            use futures::StreamExt;
+            use orca_core::watch::{Event, watcher};
+            let store =
+                orca_core::store::Store::connect(orca_core::store::StoreConfig::new(endpoint))
+                    .await
+                    .unwrap();
+            let events = watcher(store.all::<orca_core::api::Pod>());
+            let mut events = std::pin::pin!(events);
+            let mut stop = std::pin::pin!(stop_rx);
+            let mut state: HashMap<String, (bool, bool)> = HashMap::new();
+            loop {
+                let event = tokio::select! {
+                    _ = &mut stop => return,
+                    e = events.next() => e,
+                };
+                let (pod, gone) = match event {
+                    Some(Ok(Event::Apply(p) | Event::InitApply(p))) => (p, false),
+                    Some(Ok(Event::Delete(p))) => (p, true),
+                    _ => continue,
+                };
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                if gone {
+                    state.remove(&name);
+                } else {
+                    let ready = pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| {
+                            c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        });
+                    let new = pod
+                        .spec
+                        .as_ref()
+                        .is_some_and(|s| s.containers[0].image.as_deref() == Some("nginx:1.9.1"));
+                    state.insert(
+                        name,
+                        (ready && pod.metadata.deletion_timestamp.is_none(), new),
+                    );
+                }
+                let available = state.values().filter(|(a, _)| *a).count();
+                let updated = state.values().filter(|(a, new)| *a && *new).count();
+                let _ = tx.send((available, updated));
+            }
+        });
+    });
+    // The watcher has listed once it reports the 4 pods.
+    let deadline = Instant::now() + WAIT;
+    while rx.recv_timeout(WAIT).expect("the watcher reports").0 < 4 {
+        assert!(Instant::now() < deadline);
+    }
+
+    plane.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-p",
+        r#"{"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "nginx:1.9.1", "ports": [{"containerPort": 80}]}]}}}}"#,
+    ]);
+    let mut fewest = usize::MAX;
+    loop {
+        let (available, updated) = rx.recv_timeout(WAIT).expect("the rollout goes on");
+        fewest = fewest.min(available);
+        if updated == 4 && available == 4 {
+            break;
+        }
+    }
+    let _ = stop_tx.send(());
+    watcher.join().unwrap();
+    assert!(
+        fewest >= 3,
+        "available fell to {fewest}, below replicas - maxUnavailable = 3"
+    );
+    plane.wait_for("the rollout complete", |p| {
+        let d = p.json(&["get", "deploy", "web"]);
+        d["status"]["updatedReplicas"] == 4 && d["status"]["replicas"] == 4
+    });
+    let sets = plane.json(&["get", "rs"]);
+    let sizes: Vec<i64> = sets["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rs| rs["spec"]["replicas"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        sizes.iter().sum::<i64>(),
+        4,
+        "the old set scaled to 0: {sizes:?}"
+    );
+    assert_eq!(sizes.len(), 2, "the old set is kept for history");
+}
+
+#[test]
+fn pods_of_a_stopped_node_run_on_the_others_after_the_eviction_time() {
+    let mut plane = Plane::start(1, &["n1", "n2", "n3"]);
+    plane.apply(&deployment("web", 3, "nginx:1.7.9", ""));
+    plane.wait_for("3 available", |p| p.available("web") == 3);
+
+    plane.kill_node("n1-0");
+    plane.wait_for("n1 unreachable and tainted", |p| {
+        let node = p.json(&["get", "node", "n1-0"]);
+        condition(&node, "Ready") == Some("Unknown")
+            && node["spec"]["taints"][0]["key"] == "node.kubernetes.io/unreachable"
+    });
+    plane.wait_for("3 pods running on the other nodes", |p| {
+        let running: Vec<String> = p.pods().iter().filter_map(running_on).collect();
+        running.len() == 3 && running.iter().all(|n| n != "n1-0")
+    });
+    plane.wait_for("3 available again", |p| p.available("web") == 3);
+
+    // The node comes back: untainted, Ready, and its evicted pod finished.
+    plane.start_node("n1");
+    plane.wait_for("n1 back", |p| {
+        let node = p.json(&["get", "node", "n1-0"]);
+        condition(&node, "Ready") == Some("True") && node["spec"]["taints"].is_null()
+    });
+    plane.wait_for("no pod left on n1", |p| {
+        p.pods().iter().all(|pod| pod["spec"]["nodeName"] != "n1-0")
+    });
+}
+
+#[test]
+fn an_unschedulable_pod_says_why() {
+    let plane = Plane::start(1, &["n1", "n2", "n3"]);
+    plane.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: big}\nspec:\n  containers:\n  - name: c\n    image: nginx\n    \
+         resources: {requests: {memory: 100Gi}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: picky}\nspec:\n  nodeSelector: {disk: ssd}\n  \
+         containers: [{name: c, image: nginx}]\n",
+    );
+    for (pod, message) in [
+        ("big", "0/3 nodes are available: 3 Insufficient memory."),
+        (
+            "picky",
+            "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.",
+        ),
+    ] {
+        plane.wait_for(&format!("{pod} unschedulable"), |p| {
+            let got = p.json(&["get", "pod", pod]);
+            got["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "PodScheduled" && c["message"] == message)
+            })
+        });
+        assert!(plane.json(&["get", "pod", pod])["spec"]["nodeName"].is_null());
+    }
+    // Once a node fits, the pod goes there.
+    plane.ok(&[
+        "patch",
+        "node",
+        "n2-0",
+        "-p",
+        r#"{"metadata": {"labels": {"disk": "ssd"}}}"#,
+    ]);
+    plane.wait_for("picky bound to n2", |p| {
+        p.json(&["get", "pod", "picky"])["spec"]["nodeName"] == "n2-0"
+    });
+}
+
+#[test]
+fn the_other_master_takes_over_and_nothing_is_created_twice() {
+    let mut plane = Plane::start(2, &["n1", "n2", "n3"]);
+    plane.apply(&deployment("web", 3, "nginx:1.7.9", ""));
+    plane.wait_for("3 available", |p| p.available("web") == 3);
+    // The election key holds the leader's identity.
+    let mut client_out = None;
+    let deadline = Instant::now() + WAIT;
+    while client_out.is_none() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let endpoint = plane.etcd.endpoint();
+        client_out = runtime.block_on(async move {
+            let mut client = etcd_client::Client::connect([endpoint], None).await.ok()?;
+            let got = client.get("/orca/leader/control-plane", None).await.ok()?;
+            got.kvs()
+                .first()
+                .map(|kv| kv.value_str().unwrap().to_string())
+        });
+        assert!(Instant::now() < deadline, "no leader");
+    }
+    let leader = client_out.unwrap();
+    let index: usize = leader.trim_start_matches("master-").parse().unwrap();
+    plane.kill_master(index);
+
+    // The survivor takes over and scales: 6 pods, no more.
+    plane.ok(&["scale", "deploy", "web", "--replicas", "6"]);
+    plane.wait_for("6 available", |p| p.available("web") == 6);
+    let pods = plane.pods();
+    assert_eq!(
+        pods.len(),
+        6,
+        "{:?}",
+        pods.iter()
+            .map(|p| &p["metadata"]["name"])
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn deleting_with_a_cascade_orphans_or_waits_for_dependents() {
+    let plane = Plane::start(1, &["n1"]);
+    plane.apply(&deployment("kept", 1, "nginx:1.7.9", ""));
+    plane.apply(&deployment("gone", 1, "nginx:1.7.9", ""));
+    plane.wait_for("both available", |p| {
+        p.available("kept") == 1 && p.available("gone") == 1
+    });
+
+    // Orphan: the ReplicaSet stays, unowned, with its pod.
+    plane.ok(&["delete", "deploy", "kept", "--cascade", "orphan"]);
+    plane.wait_for("kept deleted", |p| {
+        !p.orca(&["get", "deploy", "kept"]).status.success()
+    });
+    let sets = plane.json(&["get", "rs"]);
+    let kept: Vec<&Value> = sets["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|rs| {
+            rs["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("kept-")
+        })
+        .collect();
+    assert_eq!(kept.len(), 1);
+    assert!(
+        kept[0]["metadata"]["ownerReferences"].is_null()
+            || kept[0]["metadata"]["ownerReferences"] == json!([])
+    );
+
+    // Foreground: the Deployment goes only after its ReplicaSet and pod.
+    plane.ok(&["delete", "deploy", "gone", "--cascade", "foreground"]);
+    plane.wait_for("gone, with everything it owned", |p| {
+        !p.orca(&["get", "deploy", "gone"]).status.success()
+            && p.pods().iter().all(|pod| {
+                !pod["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("gone-")
+            })
+    });
+    // Background (the default): the pod of the orphaned set goes with it.
+    let set = kept[0]["metadata"]["name"].as_str().unwrap().to_string();
+    plane.ok(&["delete", "rs", &set]);
+    plane.wait_for("the orphaned set's pod collected", |p| p.pods().is_empty());
+}
