@@ -36,6 +36,8 @@ enum Command {
     Scale(commands::scale::Args),
     /// Change an object with a JSON merge patch.
     Patch(commands::patch::Args),
+    /// Follow and steer a Deployment's rollout.
+    Rollout(commands::rollout::Args),
     /// Run the ingress proxy alone, from a configuration file; given
     /// `--etcd` (or `ORCA_ETCD`), its routes follow the cluster's Ingresses.
     Ingress(commands::ingress::Args),
@@ -93,6 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Describe(args) => commands::describe::run(&connect(&cli.etcd).await?, args).await,
         Command::Scale(args) => commands::scale::run(&connect(&cli.etcd).await?, args).await,
         Command::Patch(args) => commands::patch::run(&connect(&cli.etcd).await?, args).await,
+        Command::Rollout(args) => commands::rollout::run(&connect(&cli.etcd).await?, args).await,
         Command::Ingress(args) => {
             let cluster = cli.etcd.is_some().then(|| connect_checked(&cli.etcd));
             commands::ingress::run(args, cluster).await

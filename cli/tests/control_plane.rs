@@ -548,3 +548,97 @@ fn deleting_with_a_cascade_orphans_or_waits_for_dependents() {
     plane.ok(&["delete", "rs", &set]);
     plane.wait_for("the orphaned set's pod collected", |p| p.pods().is_empty());
 }
+
+#[test]
+fn rollout_commands_follow_and_steer_a_deployment() {
+    let plane = Plane::start(1, &["n1", "n2"]);
+    plane.apply(&deployment("web", 2, "nginx:1.7.9", ""));
+    let out = plane.ok(&["rollout", "status", "deployment/web", "--timeout", "60s"]);
+    assert!(
+        out.ends_with("deployment \"web\" successfully rolled out\n"),
+        "{out}"
+    );
+
+    // A new template, then back to the first.
+    plane.ok(&["patch", "deploy", "web", "-p", r#"{"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "nginx:1.9.1"}]}}}}"#]);
+    plane.ok(&["rollout", "status", "deploy", "web", "--timeout", "60s"]);
+    let history = plane.ok(&["rollout", "history", "deploy/web"]);
+    assert_eq!(history.lines().skip(2).count(), 2, "{history}");
+    assert_eq!(
+        plane.ok(&["rollout", "undo", "deploy/web"]),
+        "deployment.apps/web rolled back\n"
+    );
+    plane.ok(&["rollout", "status", "deploy/web", "--timeout", "60s"]);
+    let image = |p: &Plane| {
+        p.json(&["get", "deploy", "web"])["spec"]["template"]["spec"]["containers"][0]["image"]
+            .clone()
+    };
+    assert_eq!(image(&plane), "nginx:1.7.9");
+    let history = plane.ok(&["rollout", "history", "deploy/web"]);
+    assert!(
+        history.lines().last().unwrap().starts_with('3'),
+        "the old template is revision 3 now: {history}"
+    );
+
+    // Restart replaces every pod.
+    let before: BTreeSet<String> = plane
+        .pods()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        plane.ok(&["rollout", "restart", "deploy/web"]),
+        "deployment.apps/web restarted\n"
+    );
+    plane.ok(&["rollout", "status", "deploy/web", "--timeout", "60s"]);
+    plane.wait_for("every pod replaced", |p| {
+        let now: BTreeSet<String> = p
+            .pods()
+            .iter()
+            .filter(|x| running_on(x).is_some())
+            .map(|x| x["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        now.len() == 2 && now.is_disjoint(&before)
+    });
+
+    // Paused: a template change waits for resume.
+    let sets = |p: &Plane| p.json(&["get", "rs"])["items"].as_array().unwrap().len();
+    let before = sets(&plane);
+    assert_eq!(
+        plane.ok(&["rollout", "pause", "deploy/web"]),
+        "deployment.apps/web paused\n"
+    );
+    plane.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-p",
+        r#"{"spec": {"template": {"metadata": {"labels": {"app": "web", "v": "2"}}}}}"#,
+    ]);
+    plane.wait_for("the paused deployment observed", |p| {
+        let d = p.json(&["get", "deploy", "web"]);
+        d["status"]["observedGeneration"] == d["metadata"]["generation"]
+    });
+    assert_eq!(sets(&plane), before, "no new ReplicaSet while paused");
+    assert_eq!(
+        plane.ok(&["rollout", "resume", "deploy/web"]),
+        "deployment.apps/web resumed\n"
+    );
+    plane.ok(&["rollout", "status", "deploy/web", "--timeout", "60s"]);
+
+    // A rollout that cannot progress fails `rollout status` past its deadline.
+    plane.apply(
+        &deployment("stuck", 1, "nginx:1.7.9", "  progressDeadlineSeconds: 2\n").replace(
+            "ports: [{containerPort: 80}]",
+            "ports: [{containerPort: 80}], resources: {requests: {memory: 100Gi}}",
+        ),
+    );
+    let out = plane.orca(&["rollout", "status", "deploy/stuck", "--timeout", "60s"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("deployment \"stuck\" exceeded its progress deadline"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

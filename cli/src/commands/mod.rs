@@ -12,6 +12,7 @@ pub mod master;
 pub mod node;
 pub mod node_proxy;
 pub mod patch;
+pub mod rollout;
 pub mod scale;
 
 use anyhow::Context;
