@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Brings up a local Orca cluster, as much of it as exists: etcd, a master (the
-# ingress proxy in cluster mode) and, as root, a node (the node proxy) whose
-# nftables live in a network namespace of its own. Then it runs the main job:
-# apply examples/ (the nginx Deployment, its Service and Ingress) and show what
-# each component made of it. No scheduler, controllers or kubelet exist yet,
-# so no pod runs and the Service has no endpoints: the demo shows the route and
-# the ClusterIP in place, answering "unavailable" as they must until then.
+# ingress proxy in cluster mode, the scheduler and the controllers) and, as
+# root, a node (the node proxy) whose nftables live in a network namespace of
+# its own. Then it runs the main job: apply examples/ (the nginx Deployment,
+# its Service and Ingress) and show what each component made of it. The
+# controllers make the Deployment's ReplicaSet and its three pods, but no
+# kubelet exists yet to register a node and run them, so they stay Pending
+# and the Service has no endpoints: the demo shows the route and the
+# ClusterIP in place, answering "unavailable" as they must until then.
 # Everything listens on loopback; the namespace's only routes are blackholes,
 # so no packet leaves it. Every process, the namespace and the temp dir go on
 # exit, whatever the exit.
@@ -93,6 +95,14 @@ node_healthy() {
 cluster_ip_programmed() {
     ip netns exec "$netns" nft list table ip orca 2>/dev/null | grep -qF "$cluster_ip "
 }
+# Exit status 0 once the scheduler has written why $pod waits.
+pod_says_why() {
+    "$orca" get pod "$pod" -o json 2>/dev/null | grep -q 'nodes are available'
+}
+# Exit status 0 once the Deployment's ReplicaSet has made its three pods.
+pods_made() {
+    [ "$("$orca" get pods 2>/dev/null | grep -c '^nginx-deployment-')" = 3 ]
+}
 
 echo "== starting etcd on 127.0.0.1:$port (data in $work)"
 etcd --name orca-demo --data-dir "$work/etcd" \
@@ -140,8 +150,18 @@ run get services -o wide
 # The store allocated the Service's ClusterIP when it was created.
 cluster_ip=$("$orca" get service nginx -o json | sed -n 's/^    "clusterIP": "\(.*\)",$/\1/p')
 run get ingresses
+
+echo
+echo "== waiting for the master's controllers to make the Deployment's pods"
+wait_for "the ReplicaSet's three pods" "$master_pid" "$work/master.log" pods_made
+run get replicasets
+run get pods -o wide
+pod=$("$orca" get pods | awk '/^nginx-deployment-/ { print $1; exit }')
+wait_for "the scheduler's verdict on $pod" "$master_pid" "$work/master.log" pod_says_why
+echo "(Pending: no kubelet runs yet to register a node; the scheduler says why on each pod:)"
+"$orca" get pod "$pod" -o json | sed -n 's/^ *"message": "\(.*nodes are available.*\)",\{0,1\}$/  \1/p'
 run get endpointslices
-echo "(none: no scheduler, controllers or kubelet run yet, so no pod exists and the Service has no endpoints)"
+echo "(none: no pod runs, so the Service has no endpoints)"
 run describe deployment nginx-deployment
 
 echo

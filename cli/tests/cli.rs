@@ -472,6 +472,7 @@ fn the_demo_runs_end_to_end_and_leaves_nothing_behind() {
         "\"host\":\"nginx.local\"",
         "HTTP/1.1 503 Service Unavailable",
         "no healthy upstream endpoint",
+        "0/0 nodes are available: no nodes are registered.",
     ] {
         assert!(text.contains(shown), "{shown:?} missing from:\n{text}");
     }
