@@ -15,14 +15,18 @@ pub mod resources;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
     NodeSelectorRequirement, NodeSelectorTerm, PodCondition, Taint, Toleration,
 };
 use orca_core::api::{Node, Pod, Time};
 use orca_core::store::{Error, Store};
+use orca_core::telemetry::Metrics;
 use orca_core::watch::{Action, Controller, Informers, ObjectKey, Reader};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Unit;
 
 use resources::Resources;
 
@@ -31,6 +35,55 @@ const NAMES: [&str; 2] = ["default-scheduler", "orca"];
 /// How long an unschedulable pod waits before it is tried again even if
 /// nothing changes (node and pod changes try it at once).
 const RETRY: Duration = Duration::from_secs(10);
+/// Binding writes in flight at once.
+const BINDS_IN_FLIGHT: usize = 64;
+/// Below this many nodes every node is checked; above it, a share of
+/// them, as kube-scheduler's `percentageOfNodesToScore`.
+const MIN_NODES_TO_FIND: usize = 100;
+
+/// How many feasible nodes to look for among `all`: every node in a small
+/// cluster, then kube-scheduler's adaptive share (50% less 1% per 125
+/// nodes, at least 5%).
+fn nodes_to_find(all: usize) -> usize {
+    if all <= MIN_NODES_TO_FIND {
+        return all;
+    }
+    let percent = (50 - all / 125).max(5);
+    (all * percent / 100).max(MIN_NODES_TO_FIND)
+}
+
+/// The scheduler's metrics.
+#[derive(Clone)]
+struct SchedulerMetrics {
+    /// From the pod first seen pending to its binding stored.
+    latency: Histogram,
+    bound: Counter,
+    unschedulable: Counter,
+}
+
+impl SchedulerMetrics {
+    fn register(metrics: &Metrics) -> Self {
+        let this = Self {
+            latency: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            bound: Counter::default(),
+            unschedulable: Counter::default(),
+        };
+        let m = metrics.registry_with_prefix("orca_scheduler");
+        m.register_with_unit(
+            "pod_scheduling_duration",
+            "Time from a pod first seen pending to its binding stored",
+            Unit::Seconds,
+            this.latency.clone(),
+        );
+        m.register("bindings", "Pods bound to a node", this.bound.clone());
+        m.register(
+            "unschedulable",
+            "Attempts that found no node for a pod",
+            this.unschedulable.clone(),
+        );
+        this
+    }
+}
 
 /// The scheduling loop.
 pub struct Scheduler {
@@ -41,6 +94,16 @@ pub struct Scheduler {
     /// yet: counted on their node, so the next pod sees the room they took
     /// (kube-scheduler's assumed pods).
     assumed: Mutex<HashMap<ObjectKey, Arc<Pod>>>,
+    /// Binding writes in flight.
+    binds: Arc<tokio::sync::Semaphore>,
+    /// Pods whose binding failed, to try again.
+    retry: tokio::sync::mpsc::UnboundedSender<ObjectKey>,
+    /// When each pending pod was first seen, for the latency histogram.
+    first_seen: Mutex<HashMap<ObjectKey, Instant>>,
+    /// Where the next search through the nodes starts, so sampled searches
+    /// spread over all of them.
+    next_start: Mutex<usize>,
+    metrics: SchedulerMetrics,
 }
 
 fn node_name(pod: &Pod) -> Option<&str> {
@@ -71,14 +134,24 @@ impl Scheduler {
     /// The loop and its controller on the shared caches, binding through
     /// `store`. A node's change, or a bound pod's (which may free room),
     /// tries every pending pod again.
-    pub fn new(informers: &Informers, store: Store) -> (Arc<Self>, Controller<Pod>) {
+    pub fn new(
+        informers: &Informers,
+        store: Store,
+        metrics: &Metrics,
+    ) -> (Arc<Self>, Controller<Pod>) {
         let pods = informers.all::<Pod>();
         let nodes = informers.all::<Node>();
+        let (retry, retries) = tokio::sync::mpsc::unbounded_channel();
         let this = Arc::new(Self {
             store,
             pods: pods.reader(),
             nodes: nodes.reader(),
             assumed: Mutex::new(HashMap::new()),
+            binds: Arc::new(tokio::sync::Semaphore::new(BINDS_IN_FLIGHT)),
+            retry,
+            first_seen: Mutex::new(HashMap::new()),
+            next_start: Mutex::new(0),
+            metrics: SchedulerMetrics::register(metrics),
         });
         let all_pending = {
             let pods = pods.reader();
@@ -100,19 +173,42 @@ impl Scheduler {
                     Vec::new()
                 }
             })
+            .trigger(futures::stream::unfold(retries, |mut rx| async move {
+                rx.recv().await.map(|key| (key, rx))
+            }))
             .named("scheduler");
         (this, controller)
     }
 
     /// Places one pod, if it is pending.
-    pub async fn reconcile(&self, key: ObjectKey) -> Result<Action, Error> {
+    pub async fn reconcile(self: &Arc<Self>, key: ObjectKey) -> Result<Action, Error> {
         let Some(pod) = self.pods.get(&key) else {
+            self.lock(&self.first_seen).remove(&key);
             return Ok(Action::AwaitChange);
         };
         if !pending(&pod) {
+            self.lock(&self.first_seen).remove(&key);
             return Ok(Action::AwaitChange);
         }
-        let nodes = self.nodes.list();
+        if self.lock(&self.assumed).contains_key(&key) {
+            // Its binding is being written.
+            return Ok(Action::AwaitChange);
+        }
+        self.lock(&self.first_seen)
+            .entry(key.clone())
+            .or_insert_with(Instant::now);
+        let mut nodes = self.nodes.list();
+        // Nodes in a stable order, searched from a rotating start.
+        nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        let wanted = nodes_to_find(nodes.len());
+        let start = {
+            let mut next = self.lock(&self.next_start);
+            let start = *next % nodes.len().max(1);
+            *next = start + 1;
+            start
+        };
+        nodes.rotate_left(start);
+        let mut checked = 0;
         let wants = Resources::requested_by(&pod);
         let assumed = self.assumed_pods();
         let owner = pod
@@ -125,6 +221,10 @@ impl Scheduler {
         let mut best: Vec<(f64, &str)> = Vec::new();
         let mut spread: Vec<(usize, &str, f64)> = Vec::new();
         for node in &nodes {
+            if spread.len() >= wanted {
+                break;
+            }
+            checked += 1;
             let name = node.metadata.name.as_deref().unwrap_or_default();
             let on_node: Vec<Arc<Pod>> = self
                 .pods
@@ -163,9 +263,10 @@ impl Scheduler {
         }
         if spread.is_empty() {
             let summary: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+            self.metrics.unschedulable.inc();
             let message = format!(
                 "0/{} nodes are available: {}.",
-                nodes.len(),
+                checked,
                 if summary.is_empty() {
                     "no nodes are registered".to_string()
                 } else {
@@ -196,6 +297,10 @@ impl Scheduler {
         self.bind(&pod, pick).await
     }
 
+    fn lock<'a, T>(&self, m: &'a Mutex<T>) -> std::sync::MutexGuard<'a, T> {
+        m.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The assumed pods the cache does not show bound yet (the others are
     /// forgotten).
     fn assumed_pods(&self) -> Vec<Arc<Pod>> {
@@ -204,23 +309,46 @@ impl Scheduler {
         assumed.values().cloned().collect()
     }
 
-    async fn bind(&self, pod: &Pod, node: &str) -> Result<Action, Error> {
+    /// Assumes `pod` on `node` at once and writes the binding in the
+    /// background (kube-scheduler's binding cycle), so the next pod is
+    /// placed while this write is in flight; at most [`BINDS_IN_FLIGHT`]
+    /// at a time. A failed write forgets the assumption and tries the pod
+    /// again.
+    async fn bind(self: &Arc<Self>, pod: &Pod, node: &str) -> Result<Action, Error> {
+        let key = ObjectKey::of(pod);
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let mut bound = pod.clone();
         bound.spec.get_or_insert_with(Default::default).node_name = Some(node.to_string());
-        match self.store.api::<Pod>(&namespace).update(&bound).await {
-            Ok(written) => {
-                tracing::debug!(pod = %ObjectKey::of(pod), node, "bound");
-                self.assumed
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(ObjectKey::of(pod), Arc::new(written));
-                Ok(Action::AwaitChange)
+        let bound = Arc::new(bound);
+        self.lock(&self.assumed)
+            .insert(key.clone(), Arc::clone(&bound));
+        let permit = Arc::clone(&self.binds)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let this = Arc::clone(self);
+        let node = node.to_string();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match this.store.api::<Pod>(&namespace).update(&bound).await {
+                Ok(_) => {
+                    tracing::debug!(pod = %key, node, "bound");
+                    if let Some(seen) = this.lock(&this.first_seen).remove(&key) {
+                        this.metrics.latency.observe(seen.elapsed().as_secs_f64());
+                    }
+                    this.metrics.bound.inc();
+                }
+                Err(e) => {
+                    this.lock(&this.assumed).remove(&key);
+                    // Changed or gone meanwhile: its own event brings it back.
+                    if !matches!(e, Error::Conflict { .. } | Error::NotFound { .. }) {
+                        tracing::warn!(pod = %key, node, error = %e, "binding failed; trying again");
+                        let _ = this.retry.send(key);
+                    }
+                }
             }
-            // Changed or gone meanwhile: its event brings it back.
-            Err(Error::Conflict { .. } | Error::NotFound { .. }) => Ok(Action::AwaitChange),
-            Err(e) => Err(e),
-        }
+        });
+        Ok(Action::AwaitChange)
     }
 
     async fn unschedulable(&self, pod: &Pod, message: &str) -> Result<(), Error> {
@@ -446,13 +574,15 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool
     }
 }
 
-/// Runs the scheduler until `shutdown` resolves.
+/// Runs the scheduler until `shutdown` resolves; its metrics go into
+/// `metrics`.
 pub async fn run(
     informers: &Informers,
     store: Store,
+    metrics: &Metrics,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let (this, controller) = Scheduler::new(informers, store);
+    let (this, controller) = Scheduler::new(informers, store, metrics);
     // One pod at a time, as kube-scheduler's scheduling cycle: each sees
     // the room the one before took.
     controller

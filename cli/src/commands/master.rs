@@ -182,7 +182,7 @@ pub async fn control_plane(
             match loops {
                 Loops::All => {
                     tokio::join!(
-                        orca_scheduler::run(&informers, fenced.clone(), stopped()),
+                        orca_scheduler::run(&informers, fenced.clone(), &metrics, stopped()),
                         orca_controllers::run(
                             &informers,
                             fenced.clone(),
@@ -192,7 +192,7 @@ pub async fn control_plane(
                     );
                 }
                 Loops::Scheduler => {
-                    orca_scheduler::run(&informers, fenced.clone(), stopped()).await
+                    orca_scheduler::run(&informers, fenced.clone(), &metrics, stopped()).await
                 }
                 Loops::Controllers => {
                     orca_controllers::run(&informers, fenced.clone(), settings.clone(), stopped())

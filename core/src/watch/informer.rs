@@ -115,10 +115,11 @@ impl Informers {
     /// The factory for `store`, registering the pipeline's metrics (and the
     /// store's) in `metrics`. Make one per process.
     pub fn new(store: Store, metrics: &Metrics) -> Self {
-        store.register_metrics(metrics);
+        let metrics = metrics.registry_with_prefix("orca");
+        store.register_metrics(&metrics);
         Self {
             store,
-            metrics: Arc::new(PipelineMetrics::register(metrics)),
+            metrics: Arc::new(PipelineMetrics::register(&metrics)),
             started: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
         }

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The control plane at scale: N hollow nodes (`orca hollow-node`, one
+# process) and P pending pods of three shapes against one etcd and one
+# `orca master`: pods bound per second end to end (from the first create to
+# the last binding stored), the per-pod scheduling latency (first seen
+# pending to bound, p50/p99 from the scheduler's histogram), the master's
+# RSS; then a 1,000-replica Deployment from apply to all available; beside
+# them, etcd's own write rate on this machine (the pods' creates, 32 at a
+# time through `orca apply`), which bounds everything else.
+#
+# Usage: benches/load/scheduler.sh [NODES] [PODS]   (default 5000 10000)
+# Needs: etcd (etcd-server), python3, curl; builds the release binary.
+# Only loopback is touched; hollow nodes run nothing.
+#
+# Latest figures: see the end of this header, written after each run.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+nodes=${1:-5000}
+pods=${2:-10000}
+for tool in etcd python3 curl; do
+    command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }
+done
+cargo build --release --locked --bin orca
+orca=$PWD/target/release/orca
+work=$(mktemp -d -t orca-scheduler-XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+port=$(free_port) peer=$(free_port) admin=$(free_port) web=$(free_port)
+etcd --name bench --data-dir "$work/etcd" --quota-backend-bytes 8589934592 \
+    --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+    --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+    --initial-cluster "bench=http://127.0.0.1:$peer" --logger zap --log-level warn >"$work/etcd.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.1
+done
+export ORCA_ETCD="http://127.0.0.1:$port"
+printf 'workers: 1\nlisteners: [{name: web, address: "127.0.0.1:%s"}]\nadmin: {address: "127.0.0.1:%s"}\n' \
+    "$web" "$admin" >"$work/master.yaml"
+# A /9 of pod CIDRs: 32,768 nodes' worth of /24s (the default /16 has 256).
+"$orca" master --config "$work/master.yaml" --cluster-cidr 10.128.0.0/9 >"$work/master.log" 2>&1 &
+pids+=($!)
+master_pid=$!
+metric() {
+    curl -s "http://127.0.0.1:$admin/metrics" | awk -v m="$1" '$1 == m { print $2; exit }'
+}
+now() { date +%s.%N; }
+
+echo "== registering $nodes hollow nodes"
+start=$(now)
+"$orca" hollow-node --count "$nodes" --heartbeat 10s >"$work/hollow.log" 2>&1 &
+pids+=($!)
+until [ "$("$orca" get nodes -o json | grep -c '"podCIDR"')" -ge "$nodes" ]; do
+    kill -0 "$master_pid" || { tail "$work/master.log"; exit 1; }
+    sleep 1
+done
+awk -v a="$start" -v b="$(now)" -v n="$nodes" 'BEGIN { printf "nodes registered with pod CIDRs  %.1f s\n", b - a }'
+
+echo "== $pods pending pods of three shapes"
+python3 - "$pods" >"$work/pods.yaml" <<'PY'
+import sys
+shapes = [("100m", "128Mi"), ("250m", "256Mi"), ("500m", "512Mi")]
+out = []
+for i in range(int(sys.argv[1])):
+    cpu, mem = shapes[i % 3]
+    out.append(f"""apiVersion: v1
+kind: Pod
+metadata: {{name: p{i}, labels: {{shape: s{i % 3}}}}}
+spec:
+  containers: [{{name: c, image: nginx, resources: {{requests: {{cpu: {cpu}, memory: {mem}}}}}}}]
+""")
+print("---\n".join(out))
+PY
+before=$(metric orca_scheduler_bindings_total); before=${before:-0}
+start=$(now)
+"$orca" apply -f "$work/pods.yaml" >/dev/null
+created=$(now)
+until [ "$(metric orca_scheduler_bindings_total | cut -d. -f1)" -ge $((before + pods)) ]; do
+    kill -0 "$master_pid" || { tail "$work/master.log"; exit 1; }
+    sleep 0.2
+done
+bound=$(now)
+awk -v a="$start" -v c="$created" -v b="$bound" -v p="$pods" 'BEGIN {
+    printf "etcd floor: %d creates          %.1f s  %6.0f pods/s\n", p, c - a, p / (c - a)
+    printf "created to all bound            %.1f s  %6.0f pods/s\n", b - a, p / (b - a) }'
+curl -s "http://127.0.0.1:$admin/metrics" | awk '
+    /^orca_scheduler_pod_scheduling_duration_seconds_bucket/ {
+        match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5); n++; les[n] = le; counts[n] = $2 }
+    /^orca_scheduler_pod_scheduling_duration_seconds_count/ { total = $2 }
+    END {
+        for (i = 1; i <= n; i++) { if (!p50 && counts[i] >= total * 0.5) p50 = les[i]; if (!p99 && counts[i] >= total * 0.99) p99 = les[i] }
+        printf "per pod, first seen to bound    p50 <= %s s, p99 <= %s s (histogram buckets)\n", p50, p99 }'
+rss() { awk -v k="$1" '$1 == k":" { printf "%.1f", $2 / 1024 }' "/proc/$master_pid/status"; }
+echo "master RSS                       peak $(rss VmHWM) MiB, now $(rss VmRSS) MiB"
+
+echo "== a 1000-replica Deployment"
+"$orca" delete -f "$work/pods.yaml" >/dev/null
+cat >"$work/deploy.yaml" <<'YAML'
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: big}
+spec:
+  replicas: 1000
+  selector: {matchLabels: {app: big}}
+  template:
+    metadata: {labels: {app: big}}
+    spec: {containers: [{name: c, image: nginx, resources: {requests: {cpu: 10m, memory: 16Mi}}}]}
+YAML
+start=$(now)
+"$orca" apply -f "$work/deploy.yaml" >/dev/null
+"$orca" rollout status deploy/big --timeout 600s >/dev/null
+awk -v a="$start" -v b="$(now)" 'BEGIN { printf "apply to 1000 available          %.1f s\n", b - a }'
+echo "master RSS                       peak $(rss VmHWM) MiB, now $(rss VmRSS) MiB"
