@@ -642,3 +642,38 @@ fn rollout_commands_follow_and_steer_a_deployment() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn deleting_a_namespace_deletes_everything_in_it_first() {
+    let plane = Plane::start(1, &["n1"]);
+    plane.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n");
+    let web = deployment("web", 2, "nginx:1.7.9", "").replace(
+        "metadata: {name: web}",
+        "metadata: {name: web, namespace: team}",
+    );
+    plane.apply(&format!(
+        "{web}---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: team}}\n\
+         spec: {{selector: {{app: web}}, ports: [{{port: 80}}]}}\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings, namespace: team}}\ndata: {{a: b}}\n"
+    ));
+    plane.wait_for("2 pods in team", |p| {
+        p.json(&["get", "pods", "-n", "team"])["items"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    });
+    plane.ok(&["delete", "namespace", "team"]);
+    let ns = plane.json(&["get", "ns", "team"]);
+    assert!(ns["metadata"]["deletionTimestamp"].is_string(), "{ns}");
+    plane.wait_for("the namespace and everything in it gone", |p| {
+        !p.orca(&["get", "ns", "team"]).status.success()
+    });
+    for kind in ["pods", "deploy", "rs", "svc", "cm", "endpointslices"] {
+        let left = plane.json(&["get", kind, "-n", "team"]);
+        assert!(
+            left["items"].as_array().unwrap().is_empty(),
+            "{kind} left: {left}"
+        );
+    }
+}

@@ -1,12 +1,13 @@
 //! Orca's control loops, run by the leading master on the process's shared
 //! caches: ReplicaSets, Deployments, EndpointSlices, and nodes (pod CIDRs
-//! and lifecycle), and garbage collection. Every write goes
+//! and lifecycle), Namespace deletion and garbage collection. Every write goes
 //! through the store the caller gives, which for a leader carries its
 //! leadership's guard.
 
 pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
+pub mod namespaces;
 pub mod nodes;
 mod pods;
 pub mod replicaset;
@@ -52,6 +53,12 @@ impl<D: Object> Reconcile for gc::Collector<D> {
 impl<K: Object> Reconcile for gc::CascadeOf<K> {
     fn reconcile(&self, key: ObjectKey) -> impl Future<Output = Result<Action, Error>> + Send {
         gc::CascadeOf::reconcile(self, key)
+    }
+}
+
+impl Reconcile for namespaces::Namespaces {
+    fn reconcile(&self, key: ObjectKey) -> impl Future<Output = Result<Action, Error>> + Send {
+        namespaces::Namespaces::reconcile(self, key)
     }
 }
 
@@ -110,6 +117,7 @@ pub async fn run(
     let (gc_sets, gc_set_loop) = gc::Collector::<ReplicaSet>::new(informers, store.clone());
     let (gc_pods, gc_pod_loop) = gc::Collector::<Pod>::new(informers, store.clone());
     let (gc_slices, gc_slice_loop) = gc::Collector::<EndpointSlice>::new(informers, store.clone());
+    let (namespaces, namespace_loop) = namespaces::Namespaces::new(informers, store.clone());
     let cascades = gc::Cascades::new(informers, store);
     let loops = async {
         tokio::join!(
@@ -117,6 +125,7 @@ pub async fn run(
             drive(deployment_loop, deployments, stopped.clone()),
             drive(slice_loop, slices, stopped.clone()),
             drive(node_loop, node_work, stopped.clone()),
+            drive(namespace_loop, namespaces, stopped.clone()),
             drive(gc_set_loop, gc_sets, stopped.clone()),
             drive(gc_pod_loop, gc_pods, stopped.clone()),
             drive(gc_slice_loop, gc_slices, stopped.clone()),

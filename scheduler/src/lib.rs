@@ -123,6 +123,17 @@ fn pending(pod: &Pod) -> bool {
             .is_none_or(|n| NAMES.contains(&n))
 }
 
+/// Whether the scheduler already found no node for the pod.
+fn found_unschedulable(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "PodScheduled" && c.status == "False")
+        })
+}
+
 fn occupies(pod: &Pod) -> bool {
     !matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -153,22 +164,27 @@ impl Scheduler {
             next_start: Mutex::new(0),
             metrics: SchedulerMetrics::register(metrics),
         });
-        let all_pending = {
+        // Pods already found unschedulable are tried again when room may
+        // have appeared: a node changed, or a bound pod is going. (Pods
+        // not yet tried are queued already; waking every pending pod on
+        // every binding would cost the square of the backlog.)
+        let unschedulable = {
             let pods = pods.reader();
             move || -> Vec<ObjectKey> {
                 pods.list()
                     .iter()
-                    .filter(|p| pending(p))
+                    .filter(|p| pending(p) && found_unschedulable(p))
                     .map(|p| ObjectKey::of(&**p))
                     .collect()
             }
         };
-        let after_node = all_pending.clone();
+        let after_node = unschedulable.clone();
         let controller = Controller::new(&pods)
             .watches(&nodes, move |_: &Node| after_node())
             .watches(&pods, move |pod: &Pod| {
-                if node_name(pod).is_some() {
-                    all_pending()
+                let freeing = pod.metadata.deletion_timestamp.is_some() || !occupies(pod);
+                if node_name(pod).is_some() && freeing {
+                    unschedulable()
                 } else {
                     Vec::new()
                 }
@@ -197,9 +213,9 @@ impl Scheduler {
         self.lock(&self.first_seen)
             .entry(key.clone())
             .or_insert_with(Instant::now);
+        // Searched from a rotating start, so sampled searches spread over
+        // every node (the cache's order is stable while nodes do not change).
         let mut nodes = self.nodes.list();
-        // Nodes in a stable order, searched from a rotating start.
-        nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         let wanted = nodes_to_find(nodes.len());
         let start = {
             let mut next = self.lock(&self.next_start);

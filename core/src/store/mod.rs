@@ -196,6 +196,10 @@ pub const FINALIZER_ORPHAN: &str = "orphan";
 /// until its dependents are gone.
 pub const FINALIZER_FOREGROUND: &str = "foregroundDeletion";
 
+/// The finalizer that holds a Namespace being deleted until everything in
+/// it is gone.
+pub const FINALIZER_NAMESPACE: &str = "kubernetes";
+
 /// What happens to an object's dependents (by `ownerReferences`) when it is
 /// deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1118,8 +1122,12 @@ impl Store {
             )];
             let current = obj.clone();
             // A cascade other than background holds the object with a
-            // finalizer the garbage collector removes.
-            let cascade = options.propagation.and_then(Propagation::finalizer);
+            // finalizer the garbage collector removes; a Namespace waits
+            // for its contents to go.
+            let cascade = match kind.plural {
+                "namespaces" => Some(FINALIZER_NAMESPACE),
+                _ => options.propagation.and_then(Propagation::finalizer),
+            };
             if let Some(finalizer) = cascade
                 && obj.pointer("/metadata/deletionTimestamp").is_none()
             {
