@@ -42,15 +42,7 @@ pub async fn run(
     telemetry::init_tracing("info");
     let store = store.await?;
     let metrics = Metrics::new();
-    if let Some(addr) = args.admin {
-        let listener = telemetry::bind_admin(addr).await?;
-        let admin = telemetry::Admin::new(metrics.clone());
-        tokio::spawn(telemetry::serve_admin(
-            listener,
-            admin,
-            telemetry::shutdown_signal(),
-        ));
-    }
+    super::serve_metrics(args.admin, &metrics).await?;
     let settings = hollow::Settings {
         count: args.count,
         prefix: args.prefix,

@@ -234,15 +234,7 @@ pub async fn run_alone(
     let network = args.control.network()?;
     let store = store.await?;
     let metrics = Metrics::new();
-    if let Some(addr) = args.admin {
-        let listener = telemetry::bind_admin(addr).await?;
-        let admin = telemetry::Admin::new(metrics.clone());
-        tokio::spawn(telemetry::serve_admin(
-            listener,
-            admin,
-            telemetry::shutdown_signal(),
-        ));
-    }
+    super::serve_metrics(args.admin, &metrics).await?;
     control_plane(store, args.control, network, metrics, loops).await?;
     Ok(true)
 }

@@ -47,3 +47,22 @@ pub fn node_name(given: Option<String>) -> anyhow::Result<String> {
         })
         .context("--node is required: the host name is unknown")
 }
+
+/// Serves the process's `/metrics` and `/healthz` on `addr`, if given,
+/// until SIGINT or SIGTERM.
+pub async fn serve_metrics(
+    addr: Option<std::net::SocketAddr>,
+    metrics: &orca_core::telemetry::Metrics,
+) -> anyhow::Result<()> {
+    use orca_core::telemetry;
+    if let Some(addr) = addr {
+        let listener = telemetry::bind_admin(addr).await?;
+        let admin = telemetry::Admin::new(metrics.clone());
+        tokio::spawn(telemetry::serve_admin(
+            listener,
+            admin,
+            telemetry::shutdown_signal(),
+        ));
+    }
+    Ok(())
+}

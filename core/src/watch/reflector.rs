@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::watcher::Event;
 use crate::api::{Object, Pod, selector_matches};
-use crate::store::Error;
+use crate::store::{Error, revision_of};
 
 /// Identifies an object within its kind: namespace (for namespaced kinds) and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -100,14 +100,6 @@ impl<K> Default for Cache<K> {
             by_node: Index::new(),
         }
     }
-}
-
-fn revision_of<K: Object>(obj: &K) -> i64 {
-    obj.metadata()
-        .resource_version
-        .as_deref()
-        .and_then(|rv| rv.parse().ok())
-        .unwrap_or_default()
 }
 
 /// The node a pod is bound to; `None` for any other kind.
