@@ -543,10 +543,34 @@ fn deleting_with_a_cascade_orphans_or_waits_for_dependents() {
                     .starts_with("gone-")
             })
     });
-    // Background (the default): the pod of the orphaned set goes with it.
+    // The same Deployment made again adopts the orphaned set: no new pods.
     let set = kept[0]["metadata"]["name"].as_str().unwrap().to_string();
-    plane.ok(&["delete", "rs", &set]);
-    plane.wait_for("the orphaned set's pod collected", |p| p.pods().is_empty());
+    let kept_pods: BTreeSet<String> = plane
+        .pods()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    plane.apply(&deployment("kept", 1, "nginx:1.7.9", ""));
+    plane.wait_for("the set adopted", |p| {
+        p.json(&["get", "rs", &set])["metadata"]["ownerReferences"][0]["kind"] == "Deployment"
+    });
+    plane.wait_for("kept available", |p| p.available("kept") == 1);
+    let now: BTreeSet<String> = plane
+        .pods()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(now, kept_pods, "the adopted set's pod stays");
+
+    // Background (the default): the set and its pod go with the Deployment.
+    plane.ok(&["delete", "deploy", "kept"]);
+    plane.wait_for("everything collected", |p| {
+        p.pods().is_empty()
+            && p.json(&["get", "rs"])["items"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+    });
 }
 
 #[test]

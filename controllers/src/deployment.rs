@@ -276,9 +276,31 @@ impl Deployments {
             status: None,
         };
         let namespace = d.metadata.namespace.clone().unwrap_or_default();
-        match self.store.api::<ReplicaSet>(&namespace).create(&rs).await {
-            // Made by an earlier pass the cache has not shown yet.
-            Ok(_) | Err(Error::AlreadyExists { .. }) => Ok(()),
+        let api = self.store.api::<ReplicaSet>(&namespace);
+        let name = rs.metadata.name.clone().unwrap_or_default();
+        match api.create(&rs).await {
+            Ok(_) => Ok(()),
+            // Made by an earlier pass the cache has not shown yet, or left
+            // without an owner (`--cascade=orphan`): a set of this template
+            // that no controller owns is adopted, as Kubernetes does.
+            Err(Error::AlreadyExists { .. }) => {
+                let owner = owner_reference("apps/v1", "Deployment", &d.metadata);
+                let adopted = api
+                    .modify(&name, false, |existing| {
+                        let refs = existing
+                            .metadata
+                            .owner_references
+                            .get_or_insert_with(Vec::new);
+                        if !refs.iter().any(|r| r.controller == Some(true)) {
+                            refs.push(owner.clone());
+                        }
+                    })
+                    .await;
+                match adopted {
+                    Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
             Err(e) => Err(e),
         }
     }
