@@ -17,6 +17,9 @@ use orca_core::watch::Informers;
 
 use super::ingress;
 
+/// The pause before campaigning again after etcd failed to answer.
+const CAMPAIGN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Which control loops a process runs when it leads.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Loops {
@@ -160,7 +163,17 @@ pub async fn control_plane(
     loop {
         let leadership = tokio::select! {
             () = &mut shutdown => return Ok(()),
-            won = campaign(&store, &election) => won.context("leader election")?,
+            won = campaign(&store, &election) => match won {
+                Ok(leadership) => leadership,
+                // etcd away: the ingress goes on serving; campaign again.
+                Err(e) => {
+                    tracing::warn!(error = %e, "leader election failed; retrying");
+                    tokio::select! {
+                        () = &mut shutdown => return Ok(()),
+                        () = tokio::time::sleep(CAMPAIGN_RETRY) => continue,
+                    }
+                }
+            },
         };
         tracing::info!(%identity, "leading: control loops start");
         let fenced = store.with_guard(leadership.guard());
