@@ -884,3 +884,31 @@ async fn cluster_ips_are_unique_under_concurrent_creates_and_released_on_delete(
     let err = store.set_network(&Default::default()).await.unwrap_err();
     assert!(err.to_string().contains("cannot change"), "{err}");
 }
+
+#[tokio::test]
+async fn only_owners_the_collector_follows_are_held_for_a_cascade() {
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let cms = store.api::<ConfigMap>("default");
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("plain".into());
+    cms.create(&cm).await.unwrap();
+    let foreground = DeleteOptions {
+        propagation: Some(orca_core::store::Propagation::Foreground),
+        ..Default::default()
+    };
+    // Nothing would ever remove the finalizer from a ConfigMap: it goes now.
+    let gone = cms.delete("plain", foreground).await.unwrap();
+    assert!(matches!(gone, Deleted::Gone(_)));
+    // A Deployment waits for the collector.
+    let held = seed(&store).await;
+    let name = held["metadata"]["name"].as_str().unwrap();
+    let pending = store
+        .delete_value(deployments(), Some("default"), name, foreground)
+        .await
+        .unwrap();
+    let Deleted::Pending(obj) = pending else {
+        panic!("held")
+    };
+    assert_eq!(obj["metadata"]["finalizers"], json!(["foregroundDeletion"]));
+}

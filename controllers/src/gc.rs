@@ -12,7 +12,9 @@
 use std::sync::Arc;
 
 use orca_core::api::{Deployment, Object, OwnerReference, ReplicaSet, Service, kind_of};
-use orca_core::store::{DeleteOptions, Error, FINALIZER_FOREGROUND, FINALIZER_ORPHAN, Store};
+use orca_core::store::{
+    CASCADE_OWNERS, DeleteOptions, Error, FINALIZER_FOREGROUND, FINALIZER_ORPHAN, Store,
+};
 use orca_core::watch::{Action, Controller, Informers, ObjectKey, Reader};
 
 /// The owner kinds whose dependents are collected, and their caches.
@@ -283,7 +285,7 @@ impl Cascades {
             } else {
                 // Owners among the dependents wait for theirs in turn; a
                 // leaf (a pod) has nothing to wait for.
-                let owns = matches!(kind.kind, "Deployment" | "ReplicaSet" | "Service");
+                let owns = CASCADE_OWNERS.contains(&kind.plural);
                 let options = DeleteOptions {
                     propagation: Some(if owns {
                         orca_core::store::Propagation::Foreground

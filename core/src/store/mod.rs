@@ -196,6 +196,10 @@ pub const FINALIZER_ORPHAN: &str = "orphan";
 /// until its dependents are gone.
 pub const FINALIZER_FOREGROUND: &str = "foregroundDeletion";
 
+/// The kinds whose dependents the garbage collector follows; only their
+/// deletion can be held for a foreground or orphan cascade.
+pub const CASCADE_OWNERS: [&str; 3] = ["deployments", "replicasets", "services"];
+
 /// The finalizer that holds a Namespace being deleted until everything in
 /// it is gone.
 pub const FINALIZER_NAMESPACE: &str = "kubernetes";
@@ -1126,7 +1130,12 @@ impl Store {
             // for its contents to go.
             let cascade = match kind.plural {
                 "namespaces" => Some(FINALIZER_NAMESPACE),
-                _ => options.propagation.and_then(Propagation::finalizer),
+                plural if CASCADE_OWNERS.contains(&plural) => {
+                    options.propagation.and_then(Propagation::finalizer)
+                }
+                // No dependents the collector knows of: every cascade is
+                // the same, and nothing would remove a finalizer.
+                _ => None,
             };
             if let Some(finalizer) = cascade
                 && obj.pointer("/metadata/deletionTimestamp").is_none()
