@@ -912,3 +912,55 @@ async fn only_owners_the_collector_follows_are_held_for_a_cascade() {
     };
     assert_eq!(obj["metadata"]["finalizers"], json!(["foregroundDeletion"]));
 }
+
+#[tokio::test]
+async fn pods_bound_in_one_transaction_or_not_at_all() {
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let api = store.api::<Pod>("default");
+    for name in ["a", "b", "c"] {
+        store
+            .create_value(pods(), pod_on(name, None))
+            .await
+            .unwrap();
+    }
+    let read = |name: &'static str| api.get(name);
+    let (a, b) = (read("a").await.unwrap(), read("b").await.unwrap());
+    let bound = api
+        .bind_all(&[(a, "n1".to_string()), (b, "n2".to_string())])
+        .await
+        .unwrap();
+    assert!(bound);
+    let on_n1 = store.pods_on_node("n1").list().await.unwrap();
+    assert_eq!(on_n1.items.len(), 1);
+    assert_eq!(
+        read("b").await.unwrap().spec.unwrap().node_name.as_deref(),
+        Some("n2")
+    );
+
+    // One pod changed since it was read: nothing of the batch is written.
+    let stale = read("c").await.unwrap();
+    let mut changed = stale.clone();
+    changed.metadata.labels = Some([("x".to_string(), "y".to_string())].into());
+    api.update(&changed).await.unwrap();
+    let a_again = read("a").await.unwrap();
+    let bound = api
+        .bind_all(&[(stale, "n3".to_string()), (a_again, "n3".to_string())])
+        .await
+        .unwrap();
+    assert!(!bound);
+    assert_eq!(read("c").await.unwrap().spec.unwrap().node_name, None);
+    assert_eq!(
+        read("a").await.unwrap().spec.unwrap().node_name.as_deref(),
+        Some("n1")
+    );
+    assert!(
+        store
+            .pods_on_node("n3")
+            .list()
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}

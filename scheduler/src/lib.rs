@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::{
     NodeSelectorRequirement, NodeSelectorTerm, PodCondition, Taint, Toleration,
 };
 use orca_core::api::{Node, Pod, Time};
-use orca_core::store::{Error, Store};
+use orca_core::store::{BIND_BATCH, Error, Store};
 use orca_core::telemetry::Metrics;
 use orca_core::watch::{Action, Controller, Informers, ObjectKey, Reader};
 use prometheus_client::metrics::counter::Counter;
@@ -35,8 +35,18 @@ const NAMES: [&str; 2] = ["default-scheduler", "orca"];
 /// How long an unschedulable pod waits before it is tried again even if
 /// nothing changes (node and pod changes try it at once).
 const RETRY: Duration = Duration::from_secs(10);
-/// Binding writes in flight at once.
-const BINDS_IN_FLIGHT: usize = 64;
+/// Bindings assumed and not yet written, at most.
+const BINDS_IN_FLIGHT: usize = 256;
+
+/// One binding on its way to the store.
+struct Binding {
+    key: ObjectKey,
+    /// The pod as read, with `spec.nodeName` set.
+    pod: Arc<Pod>,
+    node: String,
+    /// Its place among [`BINDS_IN_FLIGHT`].
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
 /// Below this many nodes every node is checked; above it, a share of
 /// them, as kube-scheduler's `percentageOfNodesToScore`.
 const MIN_NODES_TO_FIND: usize = 100;
@@ -94,8 +104,12 @@ pub struct Scheduler {
     /// yet: counted on their node, so the next pod sees the room they took
     /// (kube-scheduler's assumed pods).
     assumed: Mutex<HashMap<ObjectKey, Arc<Pod>>>,
-    /// Binding writes in flight.
+    /// Bindings waiting to be written.
     binds: Arc<tokio::sync::Semaphore>,
+    /// The bindings the binder writes next.
+    to_bind: Mutex<Vec<Binding>>,
+    /// Wakes the binder.
+    wake_binder: tokio::sync::Notify,
     /// Pods whose binding failed, to try again.
     retry: tokio::sync::mpsc::UnboundedSender<ObjectKey>,
     /// When each pending pod was first seen, for the latency histogram.
@@ -159,6 +173,8 @@ impl Scheduler {
             nodes: nodes.reader(),
             assumed: Mutex::new(HashMap::new()),
             binds: Arc::new(tokio::sync::Semaphore::new(BINDS_IN_FLIGHT)),
+            to_bind: Mutex::new(Vec::new()),
+            wake_binder: tokio::sync::Notify::new(),
             retry,
             first_seen: Mutex::new(HashMap::new()),
             next_start: Mutex::new(0),
@@ -325,14 +341,11 @@ impl Scheduler {
         assumed.values().cloned().collect()
     }
 
-    /// Assumes `pod` on `node` at once and writes the binding in the
-    /// background (kube-scheduler's binding cycle), so the next pod is
-    /// placed while this write is in flight; at most [`BINDS_IN_FLIGHT`]
-    /// at a time. A failed write forgets the assumption and tries the pod
-    /// again.
+    /// Assumes `pod` on `node` at once and hands the binding to the
+    /// binder (kube-scheduler's binding cycle), so the next pod is placed
+    /// while it is written; at most [`BINDS_IN_FLIGHT`] wait at a time.
     async fn bind(self: &Arc<Self>, pod: &Pod, node: &str) -> Result<Action, Error> {
         let key = ObjectKey::of(pod);
-        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let mut bound = pod.clone();
         bound.spec.get_or_insert_with(Default::default).node_name = Some(node.to_string());
         let bound = Arc::new(bound);
@@ -342,29 +355,77 @@ impl Scheduler {
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        let this = Arc::clone(self);
-        let node = node.to_string();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match this.store.api::<Pod>(&namespace).update(&bound).await {
-                Ok(_) => {
-                    tracing::debug!(pod = %key, node, "bound");
-                    if let Some(seen) = this.lock(&this.first_seen).remove(&key) {
-                        this.metrics.latency.observe(seen.elapsed().as_secs_f64());
+        self.lock(&self.to_bind).push(Binding {
+            key,
+            pod: bound,
+            node: node.to_string(),
+            _permit: permit,
+        });
+        self.wake_binder.notify_one();
+        Ok(Action::AwaitChange)
+    }
+
+    /// Writes the bindings handed over, many pods a transaction; a batch
+    /// that conflicts is written pod by pod. Runs until `stopped`.
+    async fn binder(self: Arc<Self>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            let batch: Vec<Binding> = {
+                let mut queue = self.lock(&self.to_bind);
+                let n = queue.len().min(BIND_BATCH);
+                queue.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                tokio::select! {
+                    () = self.wake_binder.notified() => continue,
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
+            }
+            let pairs: Vec<(Pod, String)> = batch
+                .iter()
+                .map(|b| ((*b.pod).clone(), b.node.clone()))
+                .collect();
+            let api = self.store.api::<Pod>("default");
+            match api.bind_all(&pairs).await {
+                Ok(true) => {
+                    for b in &batch {
+                        self.bound(b);
                     }
-                    this.metrics.bound.inc();
+                }
+                Ok(false) => {
+                    // One of them changed: each on its own, so the others bind.
+                    for b in &batch {
+                        let namespace = b.key.namespace.clone().unwrap_or_default();
+                        match self.store.api::<Pod>(&namespace).update(&b.pod).await {
+                            Ok(_) => self.bound(b),
+                            Err(e) => self.unbound(b, &e),
+                        }
+                    }
                 }
                 Err(e) => {
-                    this.lock(&this.assumed).remove(&key);
-                    // Changed or gone meanwhile: its own event brings it back.
-                    if !matches!(e, Error::Conflict { .. } | Error::NotFound { .. }) {
-                        tracing::warn!(pod = %key, node, error = %e, "binding failed; trying again");
-                        let _ = this.retry.send(key);
+                    for b in &batch {
+                        self.unbound(b, &e);
                     }
                 }
             }
-        });
-        Ok(Action::AwaitChange)
+        }
+    }
+
+    fn bound(&self, b: &Binding) {
+        tracing::debug!(pod = %b.key, node = %b.node, "bound");
+        if let Some(seen) = self.lock(&self.first_seen).remove(&b.key) {
+            self.metrics.latency.observe(seen.elapsed().as_secs_f64());
+        }
+        self.metrics.bound.inc();
+    }
+
+    /// Forgets a binding that failed and tries the pod again, unless it
+    /// changed or went (its own event brings it back).
+    fn unbound(&self, b: &Binding, e: &Error) {
+        self.lock(&self.assumed).remove(&b.key);
+        if !matches!(e, Error::Conflict { .. } | Error::NotFound { .. }) {
+            tracing::warn!(pod = %b.key, node = %b.node, error = %e, "binding failed; trying again");
+            let _ = self.retry.send(b.key.clone());
+        }
     }
 
     async fn unschedulable(&self, pod: &Pod, message: &str) -> Result<(), Error> {
@@ -599,6 +660,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let (this, controller) = Scheduler::new(informers, store, metrics);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let binder = tokio::spawn(Arc::clone(&this).binder(stopped));
     // One pod at a time, as kube-scheduler's scheduling cycle: each sees
     // the room the one before took.
     controller
@@ -611,6 +674,8 @@ pub async fn run(
             shutdown,
         )
         .await;
+    let _ = stop.send(true);
+    let _ = binder.await;
 }
 
 #[cfg(test)]

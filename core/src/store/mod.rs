@@ -49,6 +49,10 @@ const LIST_PAGE: i64 = 500;
 /// collides only if another Service holds every address drawn).
 const ALLOCATION_ATTEMPTS: usize = 16;
 
+/// Pods one [`Api::bind_all`] transaction takes at most (etcd allows 128
+/// operations a transaction; a binding is two).
+pub const BIND_BATCH: usize = 60;
+
 /// Attempts of [`Api::modify`] before a conflict is given back to the caller.
 const MODIFY_ATTEMPTS: u32 = 8;
 /// First pause between [`Api::modify`] attempts; doubled per conflict.
@@ -1503,6 +1507,43 @@ impl<K: Object> Api<K> {
                 .update_value(self.kind(), self.scoped(obj))
                 .await?,
         )
+    }
+
+    /// Binds pods to nodes in one transaction: each pod as read (its
+    /// resourceVersion guards the write, so the cached object is the stored
+    /// one) with `spec.nodeName` set, written with its node-view copy, and
+    /// no read first. All or nothing: `Ok(false)` when any pod changed
+    /// since it was read, and the caller binds them one by one instead.
+    /// etcd takes at most 128 operations a transaction (two a pod here):
+    /// give it at most [`BIND_BATCH`] pods.
+    pub async fn bind_all(&self, bindings: &[(K, String)]) -> Result<bool> {
+        let kind = self.kind();
+        let mut compares = Vec::new();
+        let mut ops = Vec::new();
+        for (pod, node) in bindings {
+            let mut value = to_value(pod);
+            let name = meta_str(&value, "name").unwrap_or_default().to_string();
+            let key = object_key(
+                kind,
+                meta_str(&value, "namespace").or(self.namespace()),
+                &name,
+            )?;
+            let rv: i64 = meta_str(&value, "resourceVersion")
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0);
+            let before = value.clone();
+            value["spec"]["nodeName"] = Value::String(node.clone());
+            let generation = before
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            meta_mut(&mut value).insert("generation".into(), Value::from(generation + 1));
+            let bytes = Store::encode(&value);
+            compares.push(Compare::mod_revision(key.as_str(), CompareOp::Equal, rv));
+            ops.push(TxnOp::put(key.as_str(), bytes.clone(), None));
+            ops.extend(node_view_ops(kind, Some(&before), Some((&value, &bytes))));
+        }
+        Ok(self.store.commit(compares, ops).await?.is_some())
     }
 
     /// Updates status only, guarded by `obj`'s resourceVersion.
