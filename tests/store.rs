@@ -964,3 +964,32 @@ async fn pods_bound_in_one_transaction_or_not_at_all() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn changing_or_deleting_what_is_gone_is_nothing_to_do() {
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let cms = store.api::<ConfigMap>("default");
+    let changed = cms
+        .modify_if_exists("missing", false, |c| c.data = None)
+        .await
+        .unwrap();
+    assert!(changed.is_none());
+    let deleted = cms
+        .delete_if_exists("missing", DeleteOptions::default())
+        .await
+        .unwrap();
+    assert!(deleted.is_none());
+    // An object that is there is changed as by `modify`.
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("here".into());
+    cms.create(&cm).await.unwrap();
+    let changed = cms
+        .modify_if_exists("here", false, |c| {
+            c.data = Some([("k".to_string(), "v".to_string())].into())
+        })
+        .await
+        .unwrap()
+        .expect("there");
+    assert_eq!(changed.data.unwrap()["k"], "v");
+}

@@ -93,6 +93,20 @@ impl Plane {
         self.masters[i] = Some(child);
     }
 
+    /// Starts `orca scheduler` or `orca controller-manager` alone, kept
+    /// with the masters.
+    fn start_alone(&mut self, command: &str) {
+        let log = std::fs::File::create(self.dir.path().join(format!("{command}.log"))).unwrap();
+        let child = Command::new(ORCA)
+            .args(["--etcd", &self.etcd.endpoint(), command])
+            .args(["--identity", command, "--leader-ttl", "3s"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the control loop");
+        self.masters.push(Some(child));
+    }
+
     fn start_node(&mut self, name: &str) {
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
         let child = Command::new(ORCA)
@@ -700,4 +714,26 @@ fn deleting_a_namespace_deletes_everything_in_it_first() {
             "{kind} left: {left}"
         );
     }
+}
+
+#[test]
+fn the_scheduler_and_the_controllers_also_run_as_processes_of_their_own() {
+    let mut plane = Plane::start(0, &[]);
+    plane.start_alone("controller-manager");
+    plane.start_alone("scheduler");
+    plane.start_node("n1");
+    plane.start_node("n2");
+    plane.wait_for("both nodes with pod CIDRs", |p| {
+        p.json(&["get", "nodes"])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["spec"]["podCIDR"].is_string())
+            .count()
+            == 2
+    });
+    plane.apply(&deployment("web", 2, "nginx:1.7.9", ""));
+    plane.wait_for("2 available", |p| p.available("web") == 2);
+    let nodes: BTreeSet<String> = plane.pods().iter().filter_map(running_on).collect();
+    assert_eq!(nodes.len(), 2, "spread: {nodes:?}");
 }

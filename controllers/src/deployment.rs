@@ -285,21 +285,17 @@ impl Deployments {
             // that no controller owns is adopted, as Kubernetes does.
             Err(Error::AlreadyExists { .. }) => {
                 let owner = owner_reference("apps/v1", "Deployment", &d.metadata);
-                let adopted = api
-                    .modify(&name, false, |existing| {
-                        let refs = existing
-                            .metadata
-                            .owner_references
-                            .get_or_insert_with(Vec::new);
-                        if !refs.iter().any(|r| r.controller == Some(true)) {
-                            refs.push(owner.clone());
-                        }
-                    })
-                    .await;
-                match adopted {
-                    Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
-                    Err(e) => Err(e),
-                }
+                api.modify_if_exists(&name, false, |existing| {
+                    let refs = existing
+                        .metadata
+                        .owner_references
+                        .get_or_insert_with(Vec::new);
+                    if !refs.iter().any(|r| r.controller == Some(true)) {
+                        refs.push(owner.clone());
+                    }
+                })
+                .await
+                .map(|_| ())
             }
             Err(e) => Err(e),
         }
@@ -310,7 +306,7 @@ impl Deployments {
         let name = rs.metadata.name.clone().unwrap_or_default();
         self.store
             .api::<ReplicaSet>(&namespace)
-            .modify(&name, false, |fresh| {
+            .modify_if_exists(&name, false, |fresh| {
                 fresh.spec.get_or_insert_with(Default::default).replicas = Some(replicas);
             })
             .await
@@ -322,7 +318,7 @@ impl Deployments {
         let name = rs.metadata.name.clone().unwrap_or_default();
         self.store
             .api::<ReplicaSet>(&namespace)
-            .modify(&name, false, |fresh| {
+            .modify_if_exists(&name, false, |fresh| {
                 fresh
                     .metadata
                     .annotations
@@ -454,15 +450,10 @@ impl Deployments {
         for rs in empty.into_iter().take(excess) {
             let namespace = rs.metadata.namespace.clone().unwrap_or_default();
             let name = rs.metadata.name.clone().unwrap_or_default();
-            match self
-                .store
+            self.store
                 .api::<ReplicaSet>(&namespace)
-                .delete(&name, DeleteOptions::default())
-                .await
-            {
-                Ok(_) | Err(Error::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
+                .delete_if_exists(&name, DeleteOptions::default())
+                .await?;
         }
         Ok(())
     }
@@ -606,15 +597,10 @@ impl Deployments {
         };
         if d.status.as_ref() != Some(&status) {
             let namespace = d.metadata.namespace.clone().unwrap_or_default();
-            match self
-                .store
+            self.store
                 .api::<Deployment>(&namespace)
-                .modify(&name, true, |fresh| fresh.status = Some(status.clone()))
-                .await
-            {
-                Ok(_) | Err(Error::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
+                .modify_if_exists(&name, true, |fresh| fresh.status = Some(status.clone()))
+                .await?;
         }
         // An unfinished rollout is looked at again when its deadline may
         // have passed, whatever else happens.

@@ -229,10 +229,9 @@ async fn delete(
     slice: &EndpointSlice,
 ) -> Result<(), Error> {
     let name = slice.metadata.name.clone().unwrap_or_default();
-    match api.delete(&name, DeleteOptions::default()).await {
-        Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
-        Err(e) => Err(e),
-    }
+    api.delete_if_exists(&name, DeleteOptions::default())
+        .await
+        .map(|_| ())
 }
 
 /// A Service port as one pod serves it: name, number, protocol.

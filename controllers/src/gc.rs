@@ -158,9 +158,6 @@ impl<D: Object> Collector<D> {
 /// `--cascade=foreground`.
 pub struct Cascades {
     store: Store,
-    deployments: Reader<Deployment>,
-    sets: Reader<ReplicaSet>,
-    services: Reader<Service>,
     dependents: Dependents,
 }
 
@@ -197,9 +194,6 @@ impl Cascades {
     pub fn new(informers: &Informers, store: Store) -> Arc<Self> {
         Arc::new(Self {
             store,
-            deployments: informers.all::<Deployment>().reader(),
-            sets: informers.all::<ReplicaSet>().reader(),
-            services: informers.all::<Service>().reader(),
             dependents: Dependents {
                 sets: informers.all::<ReplicaSet>().reader(),
                 pods: informers.all::<orca_core::api::Pod>().reader(),
@@ -241,16 +235,8 @@ impl Cascades {
 
     /// Orphans or waits for the dependents of an owner being deleted, then
     /// lets it go.
-    pub async fn reconcile_owner<K: Object>(&self, key: ObjectKey) -> Result<Action, Error> {
-        let owner = match K::KIND {
-            "Deployment" => self.deployments.get(&key).map(|o| o.metadata.clone()),
-            "ReplicaSet" => self.sets.get(&key).map(|o| o.metadata.clone()),
-            "Service" => self.services.get(&key).map(|o| o.metadata.clone()),
-            _ => None,
-        };
-        let Some(meta) = owner else {
-            return Ok(Action::AwaitChange);
-        };
+    async fn reconcile_owner<K: Object>(&self, key: ObjectKey, owner: &K) -> Result<Action, Error> {
+        let meta = owner.metadata();
         let deleting = meta.deletion_timestamp.is_some();
         let finalizers = meta.finalizers.clone().unwrap_or_default();
         let orphan = finalizers.iter().any(|f| f == FINALIZER_ORPHAN);
@@ -334,20 +320,24 @@ impl Cascades {
 /// [`Cascades`] for the owners of kind `K`.
 pub struct CascadeOf<K> {
     cascades: Arc<Cascades>,
-    kind: std::marker::PhantomData<fn() -> K>,
+    owners: Reader<K>,
 }
 
 impl<K: Object> CascadeOf<K> {
-    /// The loop for `K`'s owners.
-    pub fn new(cascades: &Arc<Cascades>) -> Arc<Self> {
+    /// The loop for `K`'s owners, on the shared cache of them.
+    pub fn new(cascades: &Arc<Cascades>, informers: &Informers) -> Arc<Self> {
         Arc::new(Self {
             cascades: Arc::clone(cascades),
-            kind: std::marker::PhantomData,
+            owners: informers.all::<K>().reader(),
         })
     }
 
-    /// See [`Cascades::reconcile_owner`].
+    /// Orphans or waits for the dependents of an owner being deleted with
+    /// such a cascade, then lets it go.
     pub async fn reconcile(&self, key: ObjectKey) -> Result<Action, Error> {
-        self.cascades.reconcile_owner::<K>(key).await
+        match self.owners.get(&key) {
+            Some(owner) => self.cascades.reconcile_owner(key, &*owner).await,
+            None => Ok(Action::AwaitChange),
+        }
     }
 }

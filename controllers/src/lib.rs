@@ -131,17 +131,17 @@ pub async fn run(
             drive(gc_slice_loop, gc_slices, stopped.clone()),
             drive(
                 gc::Cascades::controller::<Deployment>(informers),
-                gc::CascadeOf::<Deployment>::new(&cascades),
+                gc::CascadeOf::<Deployment>::new(&cascades, informers),
                 stopped.clone(),
             ),
             drive(
                 gc::Cascades::controller::<ReplicaSet>(informers),
-                gc::CascadeOf::<ReplicaSet>::new(&cascades),
+                gc::CascadeOf::<ReplicaSet>::new(&cascades, informers),
                 stopped.clone(),
             ),
             drive(
                 gc::Cascades::controller::<Service>(informers),
-                gc::CascadeOf::<Service>::new(&cascades),
+                gc::CascadeOf::<Service>::new(&cascades, informers),
                 stopped.clone(),
             ),
         );

@@ -145,21 +145,17 @@ impl Nodes {
             assigned.insert(name.to_string(), cidr.clone());
             cidr
         };
-        let result = self
-            .store
+        self.store
             .cluster_api::<Node>()
-            .modify(name, false, |fresh| {
+            .modify_if_exists(name, false, |fresh| {
                 let spec = fresh.spec.get_or_insert_with(Default::default);
                 if spec.pod_cidr.is_none() {
                     spec.pod_cidr = Some(cidr.clone());
                     spec.pod_cidrs = Some(vec![cidr.clone()]);
                 }
             })
-            .await;
-        match result {
-            Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+            .await
+            .map(|_| ())
     }
 
     /// The node's last sign of life: its Lease's renewal, else its creation.
@@ -254,10 +250,9 @@ impl Nodes {
     }
 
     async fn set_taint(&self, name: &str, on: bool) -> Result<(), Error> {
-        let result = self
-            .store
+        self.store
             .cluster_api::<Node>()
-            .modify(name, false, |fresh| {
+            .modify_if_exists(name, false, |fresh| {
                 let spec = fresh.spec.get_or_insert_with(Default::default);
                 let taints = spec.taints.get_or_insert_with(Vec::new);
                 taints.retain(|t| t.key != UNREACHABLE);
@@ -273,19 +268,15 @@ impl Nodes {
                     spec.taints = None;
                 }
             })
-            .await;
-        match result {
-            Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+            .await
+            .map(|_| ())
     }
 
     async fn mark_unknown(&self, name: &str) -> Result<(), Error> {
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let result = self
-            .store
+        self.store
             .cluster_api::<Node>()
-            .modify(name, true, |fresh| {
+            .modify_if_exists(name, true, |fresh| {
                 let status = fresh.status.get_or_insert_with(Default::default);
                 let conditions = status.conditions.get_or_insert_with(Vec::new);
                 conditions.retain(|c| c.type_ != "Ready");
@@ -298,11 +289,8 @@ impl Nodes {
                     last_transition_time: Some(now.clone()),
                 });
             })
-            .await;
-        match result {
-            Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+            .await
+            .map(|_| ())
     }
 
     async fn mark_not_ready(&self, pod: &Pod) -> Result<(), Error> {
@@ -318,10 +306,9 @@ impl Nodes {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let result = self
-            .store
+        self.store
             .api::<Pod>(&namespace)
-            .modify(&name, true, |fresh| {
+            .modify_if_exists(&name, true, |fresh| {
                 let status = fresh.status.get_or_insert_with(Default::default);
                 for c in status.conditions.iter_mut().flatten() {
                     if c.type_ == "Ready" || c.type_ == "ContainersReady" {
@@ -331,25 +318,18 @@ impl Nodes {
                     }
                 }
             })
-            .await;
-        match result {
-            Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+            .await
+            .map(|_| ())
     }
 
     async fn evict(&self, pod: &Pod) -> Result<(), Error> {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         tracing::info!(pod = %ObjectKey::of(pod), "evicting from an unreachable node");
-        match self
-            .store
+        self.store
             .api::<Pod>(&namespace)
-            .delete(&name, DeleteOptions::default())
+            .delete_if_exists(&name, DeleteOptions::default())
             .await
-        {
-            Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+            .map(|_| ())
     }
 }

@@ -178,10 +178,10 @@ impl ReplicaSets {
             .map(|name| {
                 let api = api.clone();
                 async move {
-                    let result = match api.delete(&name, DeleteOptions::default()).await {
-                        Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
-                        Err(e) => Err(e),
-                    };
+                    let result = api
+                        .delete_if_exists(&name, DeleteOptions::default())
+                        .await
+                        .map(|_| ());
                     (name, result)
                 }
             })
@@ -240,13 +240,8 @@ impl ReplicaSets {
             let namespace = rs.metadata.namespace.clone().unwrap_or_default();
             let name = rs.metadata.name.clone().unwrap_or_default();
             let api = self.store.api::<ReplicaSet>(&namespace);
-            match api
-                .modify(&name, true, |fresh| fresh.status = Some(status.clone()))
-                .await
-            {
-                Ok(_) | Err(Error::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
+            api.modify_if_exists(&name, true, |fresh| fresh.status = Some(status.clone()))
+                .await?;
         }
         // Pods ready but not yet for minReadySeconds become available later
         // without any event: look again then.

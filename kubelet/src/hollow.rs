@@ -190,19 +190,12 @@ impl Hollow {
         let api = self.store.api::<Pod>(&namespace);
         if pod.metadata.deletion_timestamp.is_some() {
             // Nothing runs: the kubelet's final delete follows at once.
-            return match api
-                .delete(
-                    &key.name,
-                    DeleteOptions {
-                        grace_period_seconds: Some(0),
-                        ..Default::default()
-                    },
-                )
-                .await
-            {
-                Ok(_) | Err(Error::NotFound { .. }) => Ok(Action::AwaitChange),
-                Err(e) => Err(e),
+            let now = DeleteOptions {
+                grace_period_seconds: Some(0),
+                ..Default::default()
             };
+            api.delete_if_exists(&key.name, now).await?;
+            return Ok(Action::AwaitChange);
         }
         let status = pod.status.clone().unwrap_or_default();
         if let Some(ip) = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok()) {

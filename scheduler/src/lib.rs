@@ -448,21 +448,17 @@ impl Scheduler {
             last_transition_time: Some(Time(k8s_openapi::jiff::Timestamp::now())),
             ..PodCondition::default()
         };
-        let result = self
-            .store
+        self.store
             .api::<Pod>(&namespace)
-            .modify(&name, true, |fresh| {
+            .modify_if_exists(&name, true, |fresh| {
                 let status = fresh.status.get_or_insert_with(Default::default);
                 status.phase.get_or_insert_with(|| "Pending".into());
                 let conditions = status.conditions.get_or_insert_with(Vec::new);
                 conditions.retain(|c| c.type_ != "PodScheduled");
                 conditions.push(condition.clone());
             })
-            .await;
-        match result {
-            Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+            .await
+            .map(|_| ())
     }
 }
 

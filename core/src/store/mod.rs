@@ -1596,6 +1596,22 @@ impl<K: Object> Api<K> {
         }
     }
 
+    /// [`Api::modify`] of an object that may have gone meanwhile: `None`
+    /// then, as a control loop whose object was deleted has nothing left
+    /// to change.
+    pub async fn modify_if_exists(
+        &self,
+        name: &str,
+        status: bool,
+        change: impl FnMut(&mut K),
+    ) -> Result<Option<K>> {
+        match self.modify(name, status, change).await {
+            Ok(obj) => Ok(Some(obj)),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Deletes by name (see [`Store::delete_value`]).
     pub async fn delete(&self, name: &str, options: DeleteOptions) -> Result<Deleted<K>> {
         Ok(
@@ -1608,6 +1624,19 @@ impl<K: Object> Api<K> {
                 Deleted::Pending(v) => Deleted::Pending(from_value(v)?),
             },
         )
+    }
+
+    /// [`Api::delete`] of an object that may be gone already: `None` then.
+    pub async fn delete_if_exists(
+        &self,
+        name: &str,
+        options: DeleteOptions,
+    ) -> Result<Option<Deleted<K>>> {
+        match self.delete(name, options).await {
+            Ok(deleted) => Ok(Some(deleted)),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Watches the objects this API reaches from `from_revision` (inclusive).
