@@ -14,6 +14,11 @@ packages=(
     openssl           # TLS certificates for the ingress and log shipper tests
     socat             # TLS terminator in the log shipper HTTPS test; the raw copy in its load bench
     curl              # the demo asks the ingress proxy and the admin servers
+    runc              # the kubelet's OCI runtime
+    docker-registry   # the real registry images are pulled from in tests and the demo
+    umoci             # tests build their OCI images with umoci ...
+    skopeo            # ... and push them to the registry with skopeo
+    busybox-static    # the one binary test images are made of (sh, httpd, sleep)
 )
 
 missing=()

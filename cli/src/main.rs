@@ -53,8 +53,15 @@ enum Command {
     /// Run hollow nodes: registered, heartbeating, reporting their pods
     /// running, without running anything (for tests and benchmarks).
     HollowNode(commands::hollow_node::Args),
-    /// Run a node: the node proxy and the log shipper as tasks of one process.
+    /// Run a node: the kubelet, the node proxy and the log shipper as tasks
+    /// of one process.
     Node(commands::node::Args),
+    /// Run the kubelet alone: the pods bound to this node.
+    Kubelet(commands::kubelet::Args),
+    /// Print a container's logs (from its node's kubelet).
+    Logs(commands::logs::Args),
+    /// Run a command in a container (non-interactive).
+    Exec(commands::logs::ExecArgs),
     /// Run the node proxy (nftables Service load balancing) alone.
     NodeProxy(commands::node_proxy::Args),
 }
@@ -117,6 +124,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             commands::master::run_alone(args, connect_checked(&cli.etcd), loops).await
         }
         Command::Node(args) => commands::node::run(args, connect(&cli.etcd)).await,
+        Command::Kubelet(args) => commands::kubelet::run(args, connect(&cli.etcd)).await,
+        Command::Logs(args) => commands::logs::logs(args, connect_checked(&cli.etcd).await?).await,
+        Command::Exec(args) => commands::logs::exec(args, connect_checked(&cli.etcd).await?).await,
         Command::HollowNode(args) => {
             commands::hollow_node::run(args, connect_checked(&cli.etcd)).await
         }

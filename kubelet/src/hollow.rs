@@ -20,7 +20,7 @@ use orca_core::store::{Cidr, DeleteOptions, Error, Store};
 use orca_core::telemetry::Metrics;
 use orca_core::watch::{Action, Controller, Informers, ObjectKey, Reader};
 
-use crate::node::{Capacity, lease_namespace, register, renew};
+use crate::node::{Capacity, Registration, lease_namespace, register, renew};
 
 /// What a hollow node process stands in for.
 #[derive(Debug, Clone)]
@@ -62,11 +62,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     lease_namespace(&store).await?;
+    let registration = Registration {
+        address: "127.0.0.1".into(),
+        capacity: settings.capacity.clone(),
+        version: "orca-hollow".into(),
+        runtime: "hollow://".into(),
+        port: None,
+    };
     let names: Vec<String> = (0..settings.count)
         .map(|i| format!("{}{i}", settings.prefix))
         .collect();
     let registered: Vec<Result<Node, Error>> = stream::iter(&names)
-        .map(|name| register(&store, name, "127.0.0.1", &settings.capacity, "orca-hollow"))
+        .map(|name| register(&store, name, &registration))
         .buffer_unordered(PARALLEL)
         .collect()
         .await;
@@ -103,7 +110,7 @@ pub async fn run(
         let mut stopped = stopped.clone();
         let period = settings.heartbeat;
         let node_cache = nodes.reader();
-        let capacity = settings.capacity.clone();
+        let registration = registration.clone();
         async move {
             let lease = (period * 4).max(Duration::from_secs(1));
             loop {
@@ -128,8 +135,7 @@ pub async fn run(
                             .map(|c| c.status == "True")
                     });
                     if ready == Some(false)
-                        && let Err(e) =
-                            register(&store, name, "127.0.0.1", &capacity, "orca-hollow").await
+                        && let Err(e) = register(&store, name, &registration).await
                     {
                         tracing::warn!(node = %name, error = %e, "status update failed; retrying");
                     }

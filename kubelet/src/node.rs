@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::LeaseSpec;
-use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo};
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus, NodeSystemInfo,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use orca_core::api::{Lease, Namespace, Node, ObjectMeta, Time};
@@ -37,43 +39,82 @@ fn ready_condition(now: &Time) -> NodeCondition {
     }
 }
 
-/// Registers `name` (or refreshes its status when it exists): capacity,
-/// its address, Ready. Keeps what the master set (`spec.podCIDR`, taints).
-pub async fn register(
-    store: &Store,
-    name: &str,
-    address: &str,
-    capacity: &Capacity,
-    version: &str,
-) -> Result<Node, Error> {
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
+/// What a kubelet reports of its node.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The node's address (InternalIP).
+    pub address: String,
+    /// What it offers.
+    pub capacity: Capacity,
+    /// The kubelet's version.
+    pub version: String,
+    /// The container runtime's version (`runc://1.1.5`).
+    pub runtime: String,
+    /// The port of the kubelet's server, as `daemonEndpoints` says.
+    pub port: Option<u16>,
+}
+
+fn node_status(registration: &Registration, name: &str, now: &Time) -> NodeStatus {
+    let capacity = &registration.capacity;
     let resources = BTreeMap::from([
         ("cpu".to_string(), Quantity(capacity.cpu.clone())),
         ("memory".to_string(), Quantity(capacity.memory.clone())),
         ("pods".to_string(), Quantity(capacity.pods.to_string())),
     ]);
-    let status = NodeStatus {
+    NodeStatus {
         capacity: Some(resources.clone()),
         allocatable: Some(resources),
         addresses: Some(vec![
             NodeAddress {
                 type_: "InternalIP".into(),
-                address: address.into(),
+                address: registration.address.clone(),
             },
             NodeAddress {
                 type_: "Hostname".into(),
                 address: name.into(),
             },
         ]),
-        conditions: Some(vec![ready_condition(&now)]),
+        conditions: Some(vec![
+            ready_condition(now),
+            quiet_condition("MemoryPressure", "KubeletHasSufficientMemory", now),
+            quiet_condition("DiskPressure", "KubeletHasNoDiskPressure", now),
+        ]),
+        daemon_endpoints: registration.port.map(|port| NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(port),
+            }),
+        }),
         node_info: Some(NodeSystemInfo {
-            kubelet_version: version.into(),
+            kubelet_version: registration.version.clone(),
+            container_runtime_version: registration.runtime.clone(),
             operating_system: "linux".into(),
             architecture: "amd64".into(),
             ..NodeSystemInfo::default()
         }),
         ..NodeStatus::default()
-    };
+    }
+}
+
+fn quiet_condition(type_: &str, reason: &str, now: &Time) -> NodeCondition {
+    NodeCondition {
+        type_: type_.into(),
+        status: "False".into(),
+        reason: Some(reason.into()),
+        message: None,
+        last_heartbeat_time: Some(now.clone()),
+        last_transition_time: Some(now.clone()),
+    }
+}
+
+/// Registers `name` (or refreshes its status when it exists): capacity,
+/// its address, Ready. Keeps what the master set (`spec.podCIDR`, taints).
+pub async fn register(
+    store: &Store,
+    name: &str,
+    registration: &Registration,
+) -> Result<Node, Error> {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let status = node_status(registration, name, &now);
     let api = store.cluster_api::<Node>();
     let node = Node {
         metadata: ObjectMeta {
@@ -93,6 +134,29 @@ pub async fn register(
     }
     api.modify(name, true, |fresh| fresh.status = Some(status.clone()))
         .await
+}
+
+/// Writes the node's status again when it is not what the kubelet reports
+/// (the master marked it NotReady while the kubelet was away, or the
+/// address changed); otherwise writes nothing: the Lease is the heartbeat.
+pub async fn refresh(store: &Store, name: &str, registration: &Registration) -> Result<(), Error> {
+    let api = store.cluster_api::<Node>();
+    let node = api.get(name).await?;
+    let status = node.status.unwrap_or_default();
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let address = status
+        .addresses
+        .iter()
+        .flatten()
+        .any(|a| a.type_ == "InternalIP" && a.address == registration.address);
+    if !(ready && address) {
+        register(store, name, registration).await?;
+    }
+    Ok(())
 }
 
 /// Makes sure the Lease namespace exists.

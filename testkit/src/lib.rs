@@ -4,9 +4,11 @@
 //! loopback ports with a temporary data directory. Tests never replace etcd
 //! with an in-memory map. [`Relay`] lets a test cut a client off a server
 //! that stays up. [`netns`] gives tests network namespaces of their
-//! own.
+//! own. [`registry`] runs a real container registry (Debian's
+//! `docker-registry`) and pushes busybox test images to it.
 
 pub mod netns;
+pub mod registry;
 mod relay;
 
 pub use relay::Relay;

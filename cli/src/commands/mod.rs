@@ -7,6 +7,8 @@ pub mod describe;
 pub mod get;
 pub mod hollow_node;
 pub mod ingress;
+pub mod kubelet;
+pub mod logs;
 pub mod logshipper;
 pub mod master;
 pub mod node;

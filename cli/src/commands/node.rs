@@ -1,5 +1,6 @@
 //! `orca node --node NAME`: the per-node agent, its components as tasks of
-//! one process: the node proxy and, given a configuration, the log shipper.
+//! one process: the kubelet, the node proxy and, given a configuration, the
+//! log shipper.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,13 +11,15 @@ use anyhow::Context;
 use orca_core::store::Store;
 use orca_core::telemetry::{self, Metrics};
 
-use super::node_proxy;
+use super::{kubelet, node_proxy};
 
 /// Arguments of `orca node`.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     proxy: node_proxy::Flags,
+    #[command(flatten)]
+    kubelet: kubelet::Flags,
     /// The log shipper's configuration file; without one no logs are shipped.
     #[arg(long)]
     pub logshipper_config: Option<PathBuf>,
@@ -39,7 +42,10 @@ pub async fn run(
         .as_deref()
         .map(|path| orca_core::config::load(Some(path), |_| {}))
         .transpose()?;
+    let kubelet_config = kubelet::load(args.kubelet.config.as_deref())?;
     let node = super::node_name(args.proxy.node.clone())?;
+    let kubelet_settings =
+        kubelet::settings(node.clone(), kubelet_config, args.proxy.netns.clone())?;
     let store = store.await?;
     let metrics = Metrics::new();
     let synced = Arc::new(AtomicBool::new(false));
@@ -71,6 +77,16 @@ pub async fn run(
             None => Ok(()),
         }
     };
-    tokio::try_join!(proxy, shipper)?;
+    let kubelet = async {
+        orca_kubelet::agent::run(
+            store.clone(),
+            kubelet_settings,
+            &metrics,
+            telemetry::shutdown_signal(),
+        )
+        .await
+        .context("kubelet")
+    };
+    tokio::try_join!(kubelet, proxy, shipper)?;
     Ok(true)
 }

@@ -374,7 +374,7 @@ fn check_non_special_ip(errs: &mut Errors, path: &str, text: &str, ip: IpAddr) {
 
 /// Reads a resource quantity (`500m`, `1.5Gi`, `2e3`) as a number, or `None`
 /// where Kubernetes would refuse to parse it.
-fn parse_quantity(text: &str) -> Option<f64> {
+pub fn parse_quantity(text: &str) -> Option<f64> {
     let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
     let split = unsigned
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

@@ -159,3 +159,5 @@ pub trait Validate {
 }
 
 mod kinds;
+
+pub use kinds::parse_quantity;

@@ -1,0 +1,579 @@
+//! The kubelet running real pods: `orca kubelet` against a real etcd, with
+//! images built by the test (Debian's busybox-static, umoci, skopeo) and
+//! pulled from a real registry (Debian's docker-registry) on loopback,
+//! containers run by runc under `orca-monitor`. Each node's bridge and pods
+//! live in a network namespace the test creates, whose only routes are its
+//! own pod CIDR: no packet leaves it. Pods are bound to the node directly
+//! (no scheduler), as a DaemonSet's are.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use orca_testkit::Etcd;
+use orca_testkit::netns::{Netns, require_root};
+use orca_testkit::registry::{ImageSpec, Registry};
+use serde_json::{Value, json};
+
+const ORCA: &str = env!("CARGO_BIN_EXE_orca");
+/// Far above what any wait here takes; only a hang reaches it.
+const WAIT: Duration = Duration::from_secs(120);
+const NODE: &str = "kubelet-node";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// etcd, a registry with a busybox image, a node namespace and a kubelet;
+/// all of it removed on drop (the kubelet's own `--cleanup` included).
+struct Node {
+    etcd: Etcd,
+    registry: Registry,
+    netns: Netns,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    kubelet: Option<Child>,
+    image: String,
+    cgroup: String,
+}
+
+impl Node {
+    fn start() -> Self {
+        require_root("the kubelet's tests (namespaces, mounts, cgroups, runc)");
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{n}", std::process::id());
+        let etcd = Etcd::start();
+        let registry = Registry::start();
+        let image = registry.push_busybox("bb:1", &ImageSpec::default());
+        let netns = Netns::new(format!("orca-kl-{id}"));
+        let dir = tempfile::tempdir().unwrap();
+        let cgroup = format!("orca-test-{id}");
+        let config = dir.path().join("kubelet.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir: {state}\nlog_dir: {logs}\npod_cidr: 10.244.1.0/24\n\
+                 cgroup_parent: {cgroup}\nport: {port}\nheartbeat: 1s\n\
+                 restart_backoff: 1s\nrestart_backoff_max: 4s\npull_backoff: 1s\n\
+                 registries:\n  \"{addr}\": {{insecure: true}}\n\
+                 images:\n  allow: [\"{addr}/*\"]\n",
+                state = dir.path().join("state").display(),
+                logs = dir.path().join("logs").display(),
+                port = free_port(),
+                addr = registry.addr(),
+            ),
+        )
+        .unwrap();
+        let mut node = Self {
+            etcd,
+            registry,
+            netns,
+            dir,
+            config,
+            kubelet: None,
+            image,
+            cgroup,
+        };
+        node.start_kubelet();
+        node.wait_for("the node to register", |n| {
+            n.orca(&["get", "node", NODE, "-o", "json"])
+                .status
+                .success()
+        });
+        node
+    }
+
+    fn start_kubelet(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("kubelet.log"))
+            .unwrap();
+        let child = Command::new(ORCA)
+            .args(["--etcd", &self.etcd.endpoint(), "kubelet", "--node", NODE])
+            .args(["--config", self.config.to_str().unwrap()])
+            .args(["--netns", &self.netns.path()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start orca kubelet");
+        self.kubelet = Some(child);
+    }
+
+    fn kill_kubelet(&mut self) {
+        if let Some(mut child) = self.kubelet.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn logs(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    fn orca(&self, args: &[&str]) -> Output {
+        Command::new(ORCA)
+            .args(["--etcd", &self.etcd.endpoint()])
+            .args(args)
+            .output()
+            .expect("run orca")
+    }
+
+    fn apply(&self, object: &Value) {
+        let mut child = Command::new(ORCA)
+            .args(["--etcd", &self.etcd.endpoint(), "apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), object.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn pod(&self, name: &str) -> Option<Value> {
+        let out = self.orca(&["get", "pod", name, "-o", "json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    fn wait_for(&self, what: &str, mut check: impl FnMut(&Self) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !check(self) {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.path().join("kubelet.log"))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "timed out waiting for {what}; kubelet log:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until pod `name`'s status satisfies `check`; that status.
+    fn wait_pod(&self, name: &str, what: &str, mut check: impl FnMut(&Value) -> bool) -> Value {
+        let mut seen = Value::Null;
+        self.wait_for(what, |n| {
+            seen = n.pod(name).unwrap_or(Value::Null);
+            check(&seen)
+        });
+        seen
+    }
+
+    fn pod_manifest(&self, name: &str, containers: Value, extra: Value) -> Value {
+        let mut spec = json!({
+            "nodeName": NODE,
+            "terminationGracePeriodSeconds": 5,
+            "containers": containers,
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            spec[k] = v.clone();
+        }
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": spec,
+        })
+    }
+
+    /// Deletes pod `name` and waits until the kubelet's final delete.
+    fn delete_pod(&self, name: &str) {
+        let out = self.orca(&["delete", "pod", name]);
+        assert!(
+            out.status.success(),
+            "delete: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.wait_for("the pod's final delete", |n| n.pod(name).is_none());
+    }
+
+    /// Runs a command in the node's network namespace.
+    fn in_node(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self
+                    .netns
+                    .path()
+                    .trim_start_matches("/run/netns/")
+                    .to_string(),
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill_kubelet();
+        let _ = Command::new(ORCA)
+            .args([
+                "kubelet",
+                "--cleanup",
+                "--config",
+                self.config.to_str().unwrap(),
+            ])
+            .args(["--netns", &self.netns.path()])
+            .output();
+    }
+}
+
+fn container_status<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+fn condition<'a>(pod: &'a Value, type_: &str) -> Option<&'a str> {
+    pod["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?["status"]
+        .as_str()
+}
+
+fn uid(pod: &Value) -> String {
+    pod["metadata"]["uid"].as_str().unwrap().to_string()
+}
+
+/// Processes whose command line mentions `text` (zombies aside: they hold
+/// nothing and are their parent's to reap).
+fn processes_mentioning(text: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+            !status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+        })
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(text).then_some(cmdline)
+        })
+        .collect()
+}
+
+fn mounts_mentioning(text: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(text))
+        .map(str::to_string)
+        .collect()
+}
+
+fn cgroup_dirs(parent: &str, uid: &str) -> Vec<PathBuf> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join(parent).join(format!("pod{uid}")))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn two_containers_talk_over_localhost_and_a_deleted_pod_leaves_nothing_behind() {
+    let node = Node::start();
+    let containers = json!([
+        {
+            "name": "web",
+            "image": node.image,
+            "command": ["sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www"],
+        },
+        {
+            "name": "client",
+            "image": node.image,
+            "command": ["sh", "-c", "while true; do wget -q -O - http://127.0.0.1:8080/ && sleep 0.5; done"],
+        },
+    ]);
+    node.apply(&node.pod_manifest("pair", containers, json!({})));
+    let pod = node.wait_pod("pair", "both containers running and the pod Ready", |p| {
+        p["status"]["phase"] == "Running" && condition(p, "Ready") == Some("True")
+    });
+    let ip = pod["status"]["podIP"].as_str().unwrap().to_string();
+    assert!(
+        ip.starts_with("10.244.1."),
+        "an address from the node's pod CIDR: {ip}"
+    );
+    assert_eq!(container_status(&pod, "web")["restartCount"], 0);
+    assert!(
+        container_status(&pod, "web")["containerID"]
+            .as_str()
+            .unwrap()
+            .starts_with("runc://")
+    );
+    let uid = uid(&pod);
+
+    // The client's log (CRI format, where the log shipper reads) shows the
+    // page it fetched over the pod's loopback.
+    let log = node.logs().join(format!("default_pair_{uid}/client/0.log"));
+    node.wait_for("the client's log to show the page", |_| {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains(" stdout F hello-from-web"))
+    });
+    // `orca logs` reads the same through the kubelet's server.
+    let out = node.orca(&["logs", "pair", "-c", "client", "--tail", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello-from-web\n");
+    // `orca exec` runs in the container.
+    let out = node.orca(&["exec", "pair", "-c", "web", "--", "cat", "/www/index.html"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello-from-web\n");
+    // The node reaches the pod at its address through the bridge.
+    let out = node.in_node(&[
+        "busybox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        &format!("http://{ip}:8080/"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello-from-web\n");
+
+    node.delete_pod("pair");
+    assert!(
+        processes_mentioning(&uid).is_empty(),
+        "{:?}",
+        processes_mentioning(&uid)
+    );
+    assert!(
+        mounts_mentioning(&uid).is_empty(),
+        "{:?}",
+        mounts_mentioning(&uid)
+    );
+    assert!(cgroup_dirs(&node.cgroup, &uid).is_empty());
+    let links = node.in_node(&["ip", "-o", "link"]);
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("veth"),
+        "a veth is left"
+    );
+    assert!(
+        files_under(&node.state().join("ipam")).is_empty(),
+        "an address is still allocated"
+    );
+    assert!(!node.state().join("pods").join(&uid).exists());
+    assert!(!node.logs().join(format!("default_pair_{uid}")).exists());
+}
+
+#[test]
+fn a_crash_loop_backs_off_longer_each_time_and_keeps_the_last_exit() {
+    let node = Node::start();
+    let containers = json!([{
+        "name": "crash",
+        "image": node.image,
+        "command": ["sh", "-c", "echo about to fail; exit 3"],
+    }]);
+    node.apply(&node.pod_manifest("crasher", containers, json!({})));
+    let mut messages = Vec::new();
+    let pod = node.wait_pod("crasher", "three restarts", |p| {
+        let c = container_status(p, "crash");
+        if let Some(m) = c["state"]["waiting"]["message"].as_str()
+            && !messages.contains(&m.to_string())
+        {
+            messages.push(m.to_string());
+        }
+        c["restartCount"].as_i64().unwrap_or(0) >= 3
+            && c["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    });
+    let c = container_status(&pod, "crash");
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 3);
+    assert_eq!(c["lastState"]["terminated"]["reason"], "Error");
+    assert_eq!(pod["status"]["phase"], "Running");
+    // The delay doubles (1s, 2s, 4s with this node's settings), capped.
+    let delays: Vec<&str> = messages
+        .iter()
+        .filter_map(|m| m.strip_prefix("back-off ")?.split(' ').next())
+        .collect();
+    let mut expected = vec!["1s", "2s", "4s"];
+    expected.retain(|d| delays.contains(d));
+    assert!(expected.len() >= 2, "delays seen: {messages:?}");
+    // Each attempt has its own log file; --previous reads the last one.
+    let out = node.orca(&["logs", "crasher", "--previous"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "about to fail\n");
+}
+
+#[test]
+fn a_missing_image_and_a_refused_image_say_why_in_the_status() {
+    let node = Node::start();
+    let missing = format!("{}/nothing-here:1", node.registry.addr());
+    node.apply(&node.pod_manifest(
+        "missing",
+        json!([{"name": "c", "image": missing}]),
+        json!({}),
+    ));
+    let pod = node.wait_pod("missing", "ImagePullBackOff", |p| {
+        container_status(p, "c")["state"]["waiting"]["reason"] == "ImagePullBackOff"
+    });
+    let message = container_status(&pod, "c")["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("manifest unknown") || message.contains("name unknown"),
+        "{message}"
+    );
+    assert_eq!(pod["status"]["phase"], "Pending");
+
+    node.apply(&node.pod_manifest(
+        "refused",
+        json!([{"name": "c", "image": "docker.io/library/nginx:1.7.9"}]),
+        json!({}),
+    ));
+    let pod = node.wait_pod("refused", "the refusal", |p| {
+        container_status(p, "c")["state"]["waiting"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("allow"))
+    });
+    let message = container_status(&pod, "c")["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap();
+    assert!(
+        message.contains(&format!("{}/*", node.registry.addr())),
+        "names the rule: {message}"
+    );
+}
+
+#[test]
+fn a_memory_limit_ends_in_oom_killed() {
+    let node = Node::start();
+    let containers = json!([{
+        "name": "hog",
+        "image": node.image,
+        "command": ["sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=1; echo survived"],
+        "resources": {"limits": {"memory": "16Mi"}},
+    }]);
+    node.apply(&node.pod_manifest("hog", containers, json!({"restartPolicy": "Never"})));
+    let pod = node.wait_pod("hog", "the container to end", |p| {
+        container_status(p, "hog")["state"]["terminated"].is_object()
+    });
+    let terminated = &container_status(&pod, "hog")["state"]["terminated"];
+    assert_eq!(terminated["reason"], "OOMKilled", "{terminated}");
+    assert_eq!(terminated["exitCode"], 137);
+    assert_eq!(pod["status"]["phase"], "Failed");
+}
+
+#[test]
+fn a_restarted_kubelet_adopts_its_running_containers_and_logs_follow_on() {
+    let mut node = Node::start();
+    let containers = json!([{
+        "name": "counter",
+        "image": node.image,
+        "command": ["sh", "-c", "i=0; while true; do i=$((i+1)); echo line-$i; sleep 0.1; done"],
+    }]);
+    node.apply(&node.pod_manifest("counter", containers, json!({})));
+    let pod = node.wait_pod("counter", "the pod Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let uid = uid(&pod);
+    let record = node
+        .state()
+        .join(format!("pods/{uid}/containers/counter/0/container.json"));
+    let before: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let pid = before["pid"].as_i64().unwrap();
+
+    // `orca logs -f` follows the running container.
+    let mut follow = Command::new(ORCA)
+        .args(["--etcd", &node.etcd.endpoint(), "logs", "-f", "counter"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(follow.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut first).unwrap();
+    assert!(first.starts_with("line-"), "{first}");
+
+    node.kill_kubelet();
+    let log = node
+        .logs()
+        .join(format!("default_counter_{uid}/counter/0.log"));
+    let lines_then = std::fs::read_to_string(&log).unwrap().lines().count();
+    node.wait_for("the container to keep writing with no kubelet", |_| {
+        std::fs::read_to_string(&log).unwrap().lines().count() > lines_then + 5
+    });
+    node.start_kubelet();
+    // The restarted kubelet's status write shows it adopted the container.
+    let restarted_at = std::fs::read_to_string(node.dir.path().join("kubelet.log"))
+        .unwrap()
+        .lines()
+        .count();
+    node.wait_for("the restarted kubelet to adopt the container", |n| {
+        let log = std::fs::read_to_string(n.dir.path().join("kubelet.log")).unwrap();
+        log.lines()
+            .skip(restarted_at)
+            .any(|l| l.contains("adopted a running container"))
+    });
+    let pod = node.pod("counter").unwrap();
+    assert_eq!(container_status(&pod, "counter")["restartCount"], 0);
+    let after: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(after["pid"].as_i64(), Some(pid), "the same process runs on");
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    assert!(
+        !node
+            .state()
+            .join(format!("pods/{uid}/containers/counter/1"))
+            .exists()
+    );
+
+    // The log has every line once, in order, across the restart.
+    let numbers: Vec<u64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.rsplit("line-").next()?.parse().ok())
+        .collect();
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "a gap or a repeat in the log"
+    );
+
+    // Deleting the pod ends the follower with the container.
+    node.delete_pod("counter");
+    let status = follow.wait().unwrap();
+    assert!(status.success());
+    assert!(processes_mentioning(&uid).is_empty());
+}
