@@ -92,7 +92,7 @@ pub fn cri(seq: u64, split: u64) -> String {
         seq
     );
     let text = text(seq);
-    if split > 0 && seq % split == 0 {
+    if split > 0 && seq.is_multiple_of(split) {
         let (a, b) = text.split_at(20);
         format!("{ts} stdout P {a}\n{ts} stdout F {b}\n")
     } else {
