@@ -215,10 +215,7 @@ impl Node {
             .args([
                 "netns",
                 "exec",
-                self
-                    .netns
-                    .path()
-                    .trim_start_matches("/run/netns/"),
+                self.netns.path().trim_start_matches("/run/netns/"),
             ])
             .args(args)
             .output()
@@ -598,4 +595,118 @@ fn a_restarted_kubelet_adopts_its_running_containers_and_logs_follow_on() {
     let status = follow.wait().unwrap();
     assert!(status.success());
     assert!(processes_mentioning(&uid).is_empty());
+}
+
+#[test]
+fn a_failing_liveness_probe_restarts_its_container_and_readiness_gates_ready() {
+    let node = Node::start();
+    let containers = json!([{
+        "name": "web",
+        "image": node.image,
+        "command": ["sh", "-c", "mkdir -p /www && echo ok > /www/healthz && exec httpd -f -p 8080 -h /www"],
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 1,
+            "failureThreshold": 2,
+        },
+        "readinessProbe": {
+            "exec": {"command": ["cat", "/www/ready"]},
+            "periodSeconds": 1,
+        },
+    }]);
+    node.apply(&node.pod_manifest(
+        "probed",
+        containers,
+        json!({"terminationGracePeriodSeconds": 2}),
+    ));
+    let pod = node.wait_pod("probed", "the container running, not ready", |p| {
+        p["status"]["phase"] == "Running" && container_status(p, "web")["started"] == true
+    });
+    assert_eq!(condition(&pod, "Ready"), Some("False"));
+    assert_eq!(container_status(&pod, "web")["ready"], false);
+
+    // Readiness follows the probe both ways.
+    let out = node.orca(&["exec", "probed", "--", "touch", "/www/ready"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node.wait_pod("probed", "Ready", |p| condition(p, "Ready") == Some("True"));
+    node.orca(&["exec", "probed", "--", "rm", "/www/ready"]);
+    node.wait_pod("probed", "not Ready again", |p| {
+        condition(p, "Ready") == Some("False")
+    });
+
+    // The liveness probe failing twice restarts the container.
+    node.orca(&["exec", "probed", "--", "rm", "/www/healthz"]);
+    let pod = node.wait_pod("probed", "a restart", |p| {
+        container_status(p, "web")["restartCount"] == 1 && p["status"]["phase"] == "Running"
+    });
+    let last = &container_status(&pod, "web")["lastState"]["terminated"];
+    assert!(
+        last.is_object(),
+        "the killed attempt is the last state: {pod}"
+    );
+    let log = std::fs::read_to_string(node.dir.path().join("kubelet.log")).unwrap();
+    assert!(
+        log.contains("Liveness probe failed"),
+        "the kubelet says why"
+    );
+}
+
+#[test]
+fn init_containers_volumes_and_environment_reach_the_container() {
+    let node = Node::start();
+    node.apply(&json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "settings", "namespace": "default"},
+        "data": {"greeting": "hello", "file.txt": "from-a-configmap"},
+    }));
+    let pod = node.pod_manifest(
+        "init",
+        json!([{
+            "name": "main",
+            "image": node.image,
+            "command": ["sh", "-c", "echo $GREETING $POD_NAME $(cat /work/made-by-init) $(cat /config/file.txt); sleep 3600"],
+            "env": [
+                {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            ],
+            "volumeMounts": [
+                {"name": "work", "mountPath": "/work"},
+                {"name": "config", "mountPath": "/config", "readOnly": true},
+            ],
+        }]),
+        json!({
+            "initContainers": [
+                {"name": "first", "image": node.image, "command": ["sh", "-c", "echo one > /work/order"],
+                 "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+                {"name": "second", "image": node.image,
+                 "command": ["sh", "-c", "test -f /work/order && echo init-was-here > /work/made-by-init"],
+                 "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+            ],
+            "volumes": [
+                {"name": "work", "emptyDir": {}},
+                {"name": "config", "configMap": {"name": "settings"}},
+            ],
+        }),
+    );
+    node.apply(&pod);
+    let pod = node.wait_pod("init", "the main container running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    assert_eq!(condition(&pod, "Initialized"), Some("True"));
+    let inits = pod["status"]["initContainerStatuses"].as_array().unwrap();
+    assert!(
+        inits
+            .iter()
+            .all(|c| c["state"]["terminated"]["reason"] == "Completed")
+    );
+    node.wait_for("the main container's line", |n| {
+        let out = n.orca(&["logs", "init", "-c", "main"]);
+        String::from_utf8_lossy(&out.stdout) == "hello init init-was-here from-a-configmap\n"
+    });
 }

@@ -28,6 +28,7 @@ use crate::container::{self, Lookup};
 use crate::image::{Credential, Image, Images, PullError, PullPolicy};
 use crate::network::{self, Network};
 use crate::node::{self, Capacity};
+use crate::probe;
 use crate::runtime::bundle::{self, Bind, Limits};
 use crate::runtime::monitor::{ExitRecord, MonitorSpec};
 use crate::runtime::{self, ProcessWatch, Running, Runtime, cgroup};
@@ -72,7 +73,9 @@ pub(crate) struct Kubelet {
     pub(crate) pods: Reader<Pod>,
     /// Exits of containers, as the keys of their pods.
     exits: mpsc::UnboundedSender<ObjectKey>,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
+    /// The node's network namespace, where probes connect from.
+    netns: Option<PathBuf>,
 }
 
 /// What is kept in memory only: it may be lost with a restart.
@@ -87,6 +90,17 @@ struct State {
     /// The status last written per pod uid, so one the cache has not
     /// caught up with is not written again.
     written: HashMap<String, PodStatus>,
+    /// What the probes of each running container attempt found.
+    health: HashMap<PathBuf, Health>,
+}
+
+/// What a running container's probes found.
+#[derive(Debug, Clone, Copy, Default)]
+struct Health {
+    /// Its startup probe passed (or it has none).
+    started: bool,
+    /// Its readiness probe passed (or it has none).
+    ready: bool,
 }
 
 impl Kubelet {
@@ -152,7 +166,8 @@ pub async fn run(
         network,
         pods: pods.reader(),
         exits,
-        state: Mutex::new(State::default()),
+        state: Arc::new(Mutex::new(State::default())),
+        netns: settings.netns.clone(),
     });
     let controller = Controller::new(&pods)
         .trigger(tokio_stream_of(exited))
@@ -610,12 +625,12 @@ impl Kubelet {
         let previous = previous_exit(dir, &container.name, attempt);
         match disk {
             Disk::Running(path, running) => {
-                if self.watch(&pod_key(pod), &path, &running) {
+                if self.watch(pod, container, &path, &running) {
                     // Running, yet not followed: started by an earlier
                     // kubelet process, adopted rather than started again.
                     tracing::info!(pod = %pod_key(pod), container = %running.id, pid = running.pid, "adopted a running container");
                 }
-                ContainerView::running(container, attempt, &path, &running, previous)
+                self.running_view(container, attempt, &path, &running, previous)
             }
             Disk::Exited(path, running, exit) => {
                 if !restarts(policy, exit.exit_code) {
@@ -676,17 +691,20 @@ impl Kubelet {
 
     /// Follows a running container's monitor: its end brings the pod back.
     /// Whether it was not followed before.
-    fn watch(&self, key: &ObjectKey, path: &Path, running: &Running) -> bool {
+    fn watch(&self, pod: &Pod, container: &Container, path: &Path, running: &Running) -> bool {
         if !self.state().watched.insert(path.to_path_buf()) {
             return false;
         }
         let exits = self.exits.clone();
-        let key = key.clone();
+        let key = pod_key(pod);
         let path = path.to_path_buf();
+        let (end, ended) = tokio::sync::watch::channel(false);
+        self.probe(pod, container, &path, running, ended);
         match ProcessWatch::monitor(running.monitor_pid, &path) {
             Some(watch) => {
                 tokio::spawn(async move {
                     watch.ended().await;
+                    let _ = end.send(true);
                     let _ = exits.send(key);
                 });
             }
@@ -696,6 +714,7 @@ impl Kubelet {
                 let runtime = self.runtime.clone();
                 let id = running.id.clone();
                 tokio::spawn(async move {
+                    let _ = end.send(true);
                     let _ = runtime.kill(&id, "KILL").await;
                     if runtime::exit_record(&path).is_none() {
                         let record = ExitRecord {
@@ -719,6 +738,86 @@ impl Kubelet {
             }
         }
         true
+    }
+
+    /// A running container's view, with what its probes found.
+    fn running_view(
+        &self,
+        container: &Container,
+        attempt: u32,
+        path: &Path,
+        running: &Running,
+        previous: Option<(ExitRecord, Option<Running>)>,
+    ) -> ContainerView {
+        let mut view = ContainerView::running(container, attempt, path, running, previous);
+        let health = self.state().health.get(path).copied().unwrap_or_default();
+        view.set_health(health.started, health.ready);
+        view
+    }
+
+    /// Starts the probes of a running container; what they find lands in
+    /// the kubelet's state and brings the pod back to be synced.
+    fn probe(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        path: &Path,
+        running: &Running,
+        ended: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let probed = container.startup_probe.is_some()
+            || container.liveness_probe.is_some()
+            || container.readiness_probe.is_some();
+        let health = Health {
+            started: container.startup_probe.is_none(),
+            ready: container.readiness_probe.is_none(),
+        };
+        self.state().health.insert(path.to_path_buf(), health);
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let (true, Some(pod_ip)) = (probed, self.network.allocated_address(uid)) else {
+            return;
+        };
+        let target = probe::Target {
+            pod_ip: std::net::IpAddr::V4(pod_ip),
+            netns: self.netns.clone(),
+            id: running.id.clone(),
+        };
+        let state = Arc::clone(&self.state);
+        let exits = self.exits.clone();
+        let key = pod_key(pod);
+        let path = path.to_path_buf();
+        let runtime = self.runtime.clone();
+        let grace = Duration::from_secs(
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30)
+                .max(0) as u64,
+        );
+        let id = running.id.clone();
+        let container = container.clone();
+        let report = move |report: probe::Report| {
+            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let health = state.health.entry(path.clone()).or_default();
+            match &report {
+                probe::Report::Started => health.started = true,
+                probe::Report::Ready(ready) => health.ready = *ready,
+                probe::Report::Failed(..) => {}
+            }
+            drop(state);
+            let _ = exits.send(key.clone());
+            if let probe::Report::Failed(kind, why) = report {
+                tracing::info!(pod = %key, container = %id, ?kind, reason = %why, "restarting the container: its probe failed");
+                tokio::spawn(stop(runtime.clone(), id.clone(), path.clone(), grace));
+            }
+        };
+        tokio::spawn(probe::supervise(
+            container,
+            target,
+            self.runtime.clone(),
+            ended,
+            report,
+        ));
     }
 
     /// Pulls the image and starts attempt `attempt` of `container`; a view
@@ -749,11 +848,9 @@ impl Kubelet {
             .await
         {
             Ok(running) => {
-                self.watch(&pod_key(pod), &path, &running);
+                self.watch(pod, container, &path, &running);
                 let previous = previous_exit(dir, &container.name, attempt);
-                Ok(ContainerView::running(
-                    container, attempt, &path, &running, previous,
-                ))
+                Ok(self.running_view(container, attempt, &path, &running, previous))
             }
             Err(CreateError::Config(message)) => {
                 soonest(self.config.pull_backoff.0);
@@ -1101,6 +1198,9 @@ impl Kubelet {
             let _ = std::fs::remove_dir_all(logs);
         }
         self.state().watched.retain(|p| !p.starts_with(dir.path()));
+        self.state()
+            .health
+            .retain(|p, _| !p.starts_with(dir.path()));
         self.state().pulls.retain(|(u, _), _| u != uid);
         self.state().written.remove(uid);
         Ok(())
@@ -1174,6 +1274,19 @@ impl Kubelet {
             Ok(freed) => tracing::info!(bytes = freed, "removed unused images"),
             Err(e) => tracing::warn!(error = %e, "image garbage collection failed"),
         }
+    }
+}
+
+/// Stops one container: SIGTERM, then SIGKILL once `grace` has passed
+/// without its monitor recording the exit.
+async fn stop(runtime: Runtime, id: String, path: PathBuf, grace: Duration) {
+    let _ = runtime.kill(&id, "TERM").await;
+    let deadline = Instant::now() + grace;
+    while runtime::exit_record(&path).is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if runtime::exit_record(&path).is_none() {
+        let _ = runtime.kill(&id, "KILL").await;
     }
 }
 

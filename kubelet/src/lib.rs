@@ -12,6 +12,7 @@ pub mod hollow;
 pub mod image;
 pub mod network;
 pub mod node;
+pub mod probe;
 pub mod runtime;
 pub mod sandbox;
 mod server;

@@ -198,13 +198,12 @@ pub fn prepare_volume(
             let host = PathBuf::from(host);
             match kind.unwrap_or("") {
                 "DirectoryOrCreate" => fs::create_dir_all(&host)?,
-                "FileOrCreate"
-                    if !host.exists() => {
-                        if let Some(parent) = host.parent() {
-                            fs::create_dir_all(parent)?;
-                        }
-                        fs::File::create(&host)?;
+                "FileOrCreate" if !host.exists() => {
+                    if let Some(parent) = host.parent() {
+                        fs::create_dir_all(parent)?;
                     }
+                    fs::File::create(&host)?;
+                }
                 "Directory" if !host.is_dir() => {
                     return Err(io::Error::other(format!(
                         "hostPath {} is not a directory",

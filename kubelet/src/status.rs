@@ -215,9 +215,11 @@ impl ContainerView {
         }
     }
 
-    /// Sets whether the container is ready (its readiness probe).
-    pub fn set_ready(&mut self, ready: bool) {
-        self.status.ready = self.running && ready;
+    /// Sets what the container's probes found: `started` (the startup
+    /// probe passed) and `ready` (the readiness probe passed).
+    pub fn set_health(&mut self, started: bool, ready: bool) {
+        self.status.started = Some(self.running && started);
+        self.status.ready = self.running && started && ready;
     }
 
     fn waiting_now(&self) -> bool {

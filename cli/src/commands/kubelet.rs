@@ -11,7 +11,7 @@ use orca_kubelet::config::Config;
 
 /// The kubelet's settings, shared by `orca kubelet` and `orca node`.
 #[derive(clap::Args)]
-pub struct Flags {
+pub struct KubeletFlags {
     /// The kubelet's configuration file (state and log directories, pod
     /// CIDR, registries, image allow-list); defaults apply without one.
     #[arg(long = "kubelet-config")]

@@ -19,7 +19,7 @@ pub struct Args {
     #[command(flatten)]
     proxy: node_proxy::Flags,
     #[command(flatten)]
-    kubelet: kubelet::Flags,
+    kubelet: kubelet::KubeletFlags,
     /// The log shipper's configuration file; without one no logs are shipped.
     #[arg(long)]
     pub logshipper_config: Option<PathBuf>,
