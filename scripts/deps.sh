@@ -19,6 +19,7 @@ packages=(
     umoci             # tests build their OCI images with umoci ...
     skopeo            # ... and push them to the registry with skopeo
     busybox-static    # the one binary test images are made of (sh, httpd, sleep)
+    nginx-light       # the demo's nginx image is built from Debian's nginx
 )
 
 missing=()

@@ -470,9 +470,16 @@ fn the_demo_runs_end_to_end_and_leaves_nothing_behind() {
         "service/nginx created",
         "ingress.networking.k8s.io/nginx created",
         "\"host\":\"nginx.local\"",
-        "HTTP/1.1 503 Service Unavailable",
-        "no healthy upstream endpoint",
-        "0/0 nodes are available: no nodes are registered.",
+        "deployment \"nginx-deployment\" successfully rolled out",
+        "nginx-deployment   3/3     3            3",
+        // Through the master's ingress by host name: the page and nginx's
+        // own Server header.
+        "HTTP/1.1 200 OK\r\nServer: nginx/",
+        "<h1>Welcome to nginx!</h1>",
+        // Through the ClusterIP from the node.
+        "<title>Welcome to nginx!</title>",
+        // The pods' access log, through the kubelet.
+        "\"GET / HTTP/1.1\" 200 615",
     ] {
         assert!(text.contains(shown), "{shown:?} missing from:\n{text}");
     }
@@ -483,7 +490,7 @@ fn the_demo_runs_end_to_end_and_leaves_nothing_behind() {
         .map(|(ip, _)| ip.to_string())
         .unwrap_or_else(|| panic!("no ClusterIP in:\n{text}"));
     assert!(ip.starts_with("10."), "{ip}");
-    let programmed = format!("elements = {{ {ip} . tcp . 80 : goto reject-chain }}");
+    let programmed = format!("elements = {{ {ip} . tcp . 80 : goto svc-default/nginx/tcp/80 }}");
     assert!(
         text.contains(&programmed),
         "{programmed:?} missing from:\n{text}"
@@ -499,8 +506,21 @@ fn the_demo_runs_end_to_end_and_leaves_nothing_behind() {
         !std::path::Path::new("/run/netns").join(&netns).exists(),
         "{netns} is left"
     );
-    // etcd and the master name the temp dir in their arguments, the node
-    // its namespace.
+    let pid = netns.trim_start_matches("orca-demo-");
+    let cgroups: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|c| c.path().join(format!("orca-demo-{pid}")))
+        .filter(|c| c.exists())
+        .collect();
+    assert!(
+        cgroups.is_empty(),
+        "the pods' cgroups are left: {cgroups:?}"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&work), "a mount under {work} is left");
+    // etcd, the master and the node name the temp dir in their arguments,
+    // the pods' monitors their directories under it.
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
