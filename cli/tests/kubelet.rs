@@ -710,3 +710,47 @@ fn init_containers_volumes_and_environment_reach_the_container() {
         String::from_utf8_lossy(&out.stdout) == "hello init init-was-here from-a-configmap\n"
     });
 }
+
+#[test]
+fn a_pod_deleted_while_the_kubelet_is_down_is_cleaned_up_when_it_returns() {
+    let mut node = Node::start();
+    let containers = json!([{
+        "name": "sleeper",
+        "image": node.image,
+        "command": ["sleep", "3600"],
+    }]);
+    node.apply(&node.pod_manifest("orphan", containers, json!({})));
+    let pod = node.wait_pod("orphan", "the pod Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let uid = uid(&pod);
+    assert!(!processes_mentioning(&uid).is_empty(), "its monitor runs");
+
+    node.kill_kubelet();
+    let out = node.orca(&["delete", "pod", "orphan", "--grace-period", "0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(node.pod("orphan").is_none());
+    // Nothing stops it while the kubelet is away.
+    assert!(!processes_mentioning(&uid).is_empty());
+
+    node.start_kubelet();
+    node.wait_for("the returning kubelet to remove the pod", |n| {
+        processes_mentioning(&uid).is_empty() && !n.state().join("pods").join(&uid).exists()
+    });
+    assert!(
+        mounts_mentioning(&uid).is_empty(),
+        "{:?}",
+        mounts_mentioning(&uid)
+    );
+    assert!(cgroup_dirs(&node.cgroup, &uid).is_empty());
+    assert!(files_under(&node.state().join("ipam")).is_empty());
+    let links = node.in_node(&["ip", "-o", "link"]);
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("veth"),
+        "a veth is left"
+    );
+}

@@ -603,7 +603,7 @@ fn a_missing_namespace_is_a_clear_error() {
 }
 
 #[test]
-fn orca_node_runs_the_node_proxy_and_the_log_shipper_as_tasks() {
+fn orca_node_runs_the_kubelet_the_node_proxy_and_the_log_shipper_as_tasks() {
     let mut c = Cluster::new("node", 1);
     c.kill_proxy();
     run(
@@ -662,10 +662,27 @@ fn orca_node_runs_the_node_proxy_and_the_log_shipper_as_tasks() {
         ),
     )
     .unwrap();
+    // The kubelet task keeps its state in the test's directory; with no
+    // master to give the node a pod CIDR it runs no pod, and its allow-list
+    // admits no image, so nothing is ever pulled.
+    let kubelet = c.dir.path().join("kubelet.yaml");
+    std::fs::write(
+        &kubelet,
+        format!(
+            "state_dir: {}\nlog_dir: {}\ncgroup_parent: orca-node-test-{}\nport: {}\n\
+             images: {{allow: [\"127.0.0.1:1/*\"]}}\n",
+            c.dir.path().join("kubelet-state").display(),
+            c.dir.path().join("kubelet-logs").display(),
+            std::process::id(),
+            orca_testkit::closed_port(),
+        ),
+    )
+    .unwrap();
     let mut node = Command::new(ORCA)
         .args(["--etcd", &c.etcd.endpoint(), "node", "--node", "node-1"])
         .args(["--netns", &c.node.path(), "--min-sync-period", "10ms"])
         .args(["--logshipper-config", config.to_str().unwrap()])
+        .args(["--kubelet-config", kubelet.to_str().unwrap()])
         .stdout(Stdio::null())
         .spawn()
         .expect("start orca node");
@@ -682,7 +699,14 @@ fn orca_node_runs_the_node_proxy_and_the_log_shipper_as_tasks() {
             && line.contains(r#""labels":{"app":"web","tier":"front"}"#),
         "{line}"
     );
-    // SIGTERM stops both and the process exits cleanly.
+    // The kubelet task registered the node.
+    c.wait_for("the kubelet task", |c| {
+        Command::new(ORCA)
+            .args(["--etcd", &c.etcd.endpoint(), "get", "node", "node-1"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    // SIGTERM stops all three and the process exits cleanly.
     run("kill", &["-TERM", &node.id().to_string()]);
     let status = node.wait().unwrap();
     assert!(status.success(), "{status}");

@@ -117,58 +117,14 @@ pub async fn run(
     metrics: &Metrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    let mut shutdown = std::pin::pin!(shutdown);
     let config = settings.config.clone();
-    let setup = |what: &str, e: io::Error| Error::Setup(format!("{what}: {e}"));
-    for dir in [&config.state_dir, &config.log_dir] {
-        std::fs::create_dir_all(dir).map_err(|e| setup(&dir.display().to_string(), e))?;
-    }
-    node::lease_namespace(&store).await?;
-    let host_ip = config.address.to_string();
-    let registration = node::Registration {
-        address: host_ip.clone(),
-        capacity: capacity(&config),
-        version: settings.version.clone(),
-        runtime: runtime_version(&config.runc).await,
-        port: Some(config.port),
+    // Registering and waiting for the pod CIDR give way to a shutdown.
+    // The factory lives as long as the caches it started.
+    let (kubelet, _informers, pods, exited, registration, listener) = tokio::select! {
+        started = start(store, &settings, metrics) => started?,
+        () = &mut shutdown => return Ok(()),
     };
-    node::register(&store, &settings.node, &registration).await?;
-    let cidr = pod_cidr(&store, &settings.node, config.pod_cidr).await?;
-    tracing::info!(node = %settings.node, pod_cidr = %cidr, address = %host_ip, "node registered");
-    let network = Network::open(
-        settings.netns.as_deref(),
-        &config.bridge,
-        cidr,
-        config.state_dir.join("ipam"),
-    )
-    .await
-    .map_err(|e| setup("pod network", e))?;
-    let images = Images::new(
-        config.state_dir.join("images"),
-        config.registries.clone(),
-        config.images.allow.clone(),
-    )
-    .map_err(|e| setup("image store", e))?;
-    let runtime = Runtime {
-        runc: config.runc.clone(),
-        root: config.state_dir.join("runc"),
-        monitor: settings.monitor.clone(),
-    };
-    let informers = Informers::new(store.clone(), metrics);
-    let pods = informers.pods_on_node(&settings.node);
-    let (exits, exited) = mpsc::unbounded_channel();
-    let kubelet = Arc::new(Kubelet {
-        store: store.clone(),
-        node: settings.node.clone(),
-        config: config.clone(),
-        host_ip,
-        images,
-        runtime,
-        network,
-        pods: pods.reader(),
-        exits,
-        state: Arc::new(Mutex::new(State::default())),
-        netns: settings.netns.clone(),
-    });
     let controller = Controller::new(&pods)
         .trigger(tokio_stream_of(exited))
         .concurrency(64)
@@ -223,13 +179,85 @@ pub async fn run(
             },
         )
     };
-    let server = crate::server::serve(Arc::clone(&kubelet), stopped.clone());
+    let server = crate::server::serve(Arc::clone(&kubelet), listener, stopped.clone());
     let signal = async {
         shutdown.await;
         let _ = stop.send(true);
     };
-    let (_, _, _, served, ()) = tokio::join!(heartbeat, housekeeping, pods_loop, server, signal);
-    served.map_err(|e| setup("kubelet server", e))
+    tokio::join!(heartbeat, housekeeping, pods_loop, server, signal);
+    Ok(())
+}
+
+/// What a started kubelet runs on: its state, its pods' cache, the exits
+/// of its containers and what it reports of its node.
+type Started = (
+    Arc<Kubelet>,
+    Informers,
+    orca_core::watch::Informer<Pod>,
+    mpsc::UnboundedReceiver<ObjectKey>,
+    node::Registration,
+    tokio::net::TcpListener,
+);
+
+/// Registers the node, waits for its pod CIDR, opens the pod network and
+/// the image store.
+async fn start(store: Store, settings: &Settings, metrics: &Metrics) -> Result<Started, Error> {
+    let config = settings.config.clone();
+    let setup = |what: &str, e: io::Error| Error::Setup(format!("{what}: {e}"));
+    for dir in [&config.state_dir, &config.log_dir] {
+        std::fs::create_dir_all(dir).map_err(|e| setup(&dir.display().to_string(), e))?;
+    }
+    node::lease_namespace(&store).await?;
+    let host_ip = config.address.to_string();
+    let registration = node::Registration {
+        address: host_ip.clone(),
+        capacity: capacity(&config),
+        version: settings.version.clone(),
+        runtime: runtime_version(&config.runc).await,
+        port: Some(config.port),
+    };
+    node::register(&store, &settings.node, &registration).await?;
+    let cidr = pod_cidr(&store, &settings.node, config.pod_cidr).await?;
+    tracing::info!(node = %settings.node, pod_cidr = %cidr, address = %host_ip, "node registered");
+    let network = Network::open(
+        settings.netns.as_deref(),
+        &config.bridge,
+        cidr,
+        config.state_dir.join("ipam"),
+    )
+    .await
+    .map_err(|e| setup("pod network", e))?;
+    let images = Images::new(
+        config.state_dir.join("images"),
+        config.registries.clone(),
+        config.images.allow.clone(),
+    )
+    .map_err(|e| setup("image store", e))?;
+    let runtime = Runtime {
+        runc: config.runc.clone(),
+        root: config.state_dir.join("runc"),
+        monitor: settings.monitor.clone(),
+    };
+    let informers = Informers::new(store.clone(), metrics);
+    let pods = informers.pods_on_node(&settings.node);
+    let (exits, exited) = mpsc::unbounded_channel();
+    let kubelet = Arc::new(Kubelet {
+        store: store.clone(),
+        node: settings.node.clone(),
+        config: config.clone(),
+        host_ip,
+        images,
+        runtime,
+        network,
+        pods: pods.reader(),
+        exits,
+        state: Arc::new(Mutex::new(State::default())),
+        netns: settings.netns.clone(),
+    });
+    let listener = crate::server::bind(std::net::SocketAddr::new(config.address, config.port))
+        .await
+        .map_err(|e| setup("kubelet server", e))?;
+    Ok((kubelet, informers, pods, exited, registration, listener))
 }
 
 fn tokio_stream_of(
@@ -1371,17 +1399,24 @@ fn mount_overlay(layers: &[PathBuf], path: &Path) -> io::Result<()> {
 /// with them their veths), address allocations, the bridge in `netns`,
 /// the cgroups under the parent, and the state but the image cache.
 pub async fn cleanup(config: &Config, netns: Option<&Path>) -> Result<(), Error> {
-    let setup = |what: &str, e: io::Error| Error::Setup(format!("{what}: {e}"));
+    // Each step runs whatever failed before it, so one stuck piece does not
+    // leave the rest behind; the failures are reported together.
+    let mut failed: Vec<String> = Vec::new();
+    let mut note = |what: String, result: io::Result<()>| {
+        if let Err(e) = result {
+            failed.push(format!("{what}: {e}"));
+        }
+    };
     let runtime = Runtime {
         runc: config.runc.clone(),
         root: config.state_dir.join("runc"),
         monitor: PathBuf::new(),
     };
     for id in runtime.list().await.unwrap_or_default() {
-        runtime
-            .delete(&id)
-            .await
-            .map_err(|e| setup(&format!("removing container {id}"), e))?;
+        note(
+            format!("removing container {id}"),
+            runtime.delete(&id).await,
+        );
     }
     for (dir, _) in PodDir::all(&config.state_dir) {
         for name in dir.containers() {
@@ -1390,21 +1425,32 @@ pub async fn cleanup(config: &Config, netns: Option<&Path>) -> Result<(), Error>
                 let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
             }
         }
-        network::remove_netns(&dir.netns()).map_err(|e| setup("pod network namespace", e))?;
+        note(
+            format!("pod network namespace {}", dir.netns().display()),
+            network::remove_netns(&dir.netns()),
+        );
     }
     for sub in ["pods", "ipam", "runc"] {
-        match std::fs::remove_dir_all(config.state_dir.join(sub)) {
+        let path = config.state_dir.join(sub);
+        match std::fs::remove_dir_all(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(setup(&config.state_dir.join(sub).display().to_string(), e));
+                note(path.display().to_string(), Err(e))
             }
             _ => {}
         }
     }
-    cgroup::remove(&format!("/{}", config.cgroup_parent.trim_matches('/')))
-        .map_err(|e| setup("cgroups", e))?;
-    let handle = network::connect(netns).map_err(|e| setup("node network namespace", e))?;
-    network::remove_link(&handle, &config.bridge)
-        .await
-        .map_err(|e| setup("bridge", e))?;
-    Ok(())
+    let parent = format!("/{}", config.cgroup_parent.trim_matches('/'));
+    note(format!("cgroup {parent}"), cgroup::remove(&parent));
+    match network::connect(netns) {
+        Ok(handle) => note(
+            format!("bridge {}", config.bridge),
+            network::remove_link(&handle, &config.bridge).await,
+        ),
+        Err(e) => note("node network namespace".into(), Err(e)),
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Setup(format!("cleanup left: {}", failed.join("; "))))
+    }
 }

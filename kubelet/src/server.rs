@@ -31,16 +31,21 @@ type Body = BoxBody<Bytes, Infallible>;
 /// How long an exec'd command may run.
 const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Serves until `stopped` turns true.
-pub(crate) async fn serve(
-    kubelet: Arc<Kubelet>,
-    mut stopped: watch::Receiver<bool>,
-) -> io::Result<()> {
-    let addr = SocketAddr::new(kubelet.config.address, kubelet.config.port);
+/// Binds the server's address, so a port in use stops the kubelet at start.
+pub(crate) async fn bind(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| io::Error::new(e.kind(), format!("listening on {addr}: {e}")))?;
     tracing::info!(%addr, "kubelet server listening");
+    Ok(listener)
+}
+
+/// Serves on `listener` until `stopped` turns true.
+pub(crate) async fn serve(
+    kubelet: Arc<Kubelet>,
+    listener: tokio::net::TcpListener,
+    mut stopped: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -56,7 +61,7 @@ pub(crate) async fn serve(
                         .await;
                 });
             }
-            _ = stopped.wait_for(|s| *s) => return Ok(()),
+            _ = stopped.wait_for(|s| *s) => return,
         }
     }
 }

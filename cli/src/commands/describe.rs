@@ -114,6 +114,9 @@ fn describe(obj: &Value) -> String {
             n("/status/unavailableReplicas"),
         );
     }
+    if s("/kind") == "Pod" {
+        pod_summary(&mut out, obj);
+    }
     if let Some(d) = obj
         .pointer("/metadata/deletionTimestamp")
         .and_then(Value::as_str)
@@ -126,10 +129,93 @@ fn describe(obj: &Value) -> String {
     out
 }
 
+/// A pod's node, phase and address, and each container's state as kubectl
+/// shows it: the reason and message of a waiting or ended one (an image
+/// the registry refused says so here).
+fn pod_summary(out: &mut String, pod: &Value) {
+    let s = |v: &Value, p: &str| {
+        v.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let _ = writeln!(out, "{:<19}{}", "Node:", s(pod, "/spec/nodeName"));
+    let _ = writeln!(out, "{:<19}{}", "Status:", s(pod, "/status/phase"));
+    let _ = writeln!(out, "{:<19}{}", "IP:", s(pod, "/status/podIP"));
+    for (title, field) in [
+        ("Init Containers:", "initContainerStatuses"),
+        ("Containers:", "containerStatuses"),
+    ] {
+        let Some(statuses) = pod
+            .pointer(&format!("/status/{field}"))
+            .and_then(Value::as_array)
+        else {
+            continue;
+        };
+        let _ = writeln!(out, "{title}");
+        for c in statuses {
+            let _ = writeln!(out, "  {}:", s(c, "/name"));
+            let _ = writeln!(out, "    {:<15}{}", "Image:", s(c, "/image"));
+            let _ = writeln!(out, "    {:<15}{}", "Container ID:", s(c, "/containerID"));
+            for (label, pointer) in [("State:", "/state"), ("Last State:", "/lastState")] {
+                let Some((state, detail)) = c
+                    .pointer(pointer)
+                    .and_then(Value::as_object)
+                    .and_then(|m| m.iter().next())
+                else {
+                    continue;
+                };
+                let _ = writeln!(
+                    out,
+                    "    {label:<15}{}{}",
+                    state[..1].to_uppercase(),
+                    &state[1..]
+                );
+                for key in ["reason", "message", "exitCode", "startedAt", "finishedAt"] {
+                    if let Some(v) = detail.get(key) {
+                        let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                        let mut name = key.to_string();
+                        name[..1].make_ascii_uppercase();
+                        let _ = writeln!(out, "      {:<13}{text}", format!("{name}:"));
+                    }
+                }
+            }
+            let _ = writeln!(
+                out,
+                "    {:<15}{}",
+                "Ready:",
+                c.get("ready").and_then(Value::as_bool).unwrap_or(false)
+            );
+            let _ = writeln!(
+                out,
+                "    {:<15}{}",
+                "Restart Count:",
+                c.get("restartCount").and_then(Value::as_i64).unwrap_or(0)
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn pod_summary_shows_why_a_container_waits() {
+        let pod = json!({
+            "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "default", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "spec": {"nodeName": "n1"},
+            "status": {"phase": "Pending", "containerStatuses": [{
+                "name": "c", "image": "bb:1", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ErrImagePull", "message": "manifest unknown"}},
+            }]},
+        });
+        let text = describe(&pod);
+        assert!(text.contains("    State:         Waiting\n      Reason:      ErrImagePull\n      Message:     manifest unknown\n"), "{text}");
+        assert!(text.contains("Node:              n1"), "{text}");
+    }
 
     #[test]
     fn deployment_summary() {
