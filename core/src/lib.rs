@@ -7,6 +7,7 @@ pub mod config;
 pub mod leader;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod validation;
 pub mod watch;
 pub mod yaml;

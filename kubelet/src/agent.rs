@@ -661,40 +661,35 @@ impl Kubelet {
                 self.running_view(container, attempt, &path, &running, previous)
             }
             Disk::Exited(path, running, exit) => {
-                if !restarts(policy, exit.exit_code) {
-                    return ContainerView::exited(
-                        container,
-                        attempt,
-                        &path,
-                        running.as_ref(),
-                        &exit,
-                        previous,
-                        None,
-                    );
-                }
-                let delay = self.restart_delay(attempt + 1);
-                let finished = exit
-                    .finished_at
-                    .parse::<jiff::Timestamp>()
-                    .unwrap_or_else(|_| jiff::Timestamp::now());
-                let elapsed = jiff::Timestamp::now().duration_since(finished);
-                let elapsed = Duration::try_from(elapsed).unwrap_or_default();
-                if elapsed < delay {
+                // Waiting out the back-off before a restart, or ended for good.
+                let mut backoff = None;
+                if restarts(policy, exit.exit_code) {
+                    let delay = self.restart_delay(attempt + 1);
+                    let finished = exit
+                        .finished_at
+                        .parse::<jiff::Timestamp>()
+                        .unwrap_or_else(|_| jiff::Timestamp::now());
+                    let elapsed = jiff::Timestamp::now().duration_since(finished);
+                    let elapsed = Duration::try_from(elapsed).unwrap_or_default();
+                    if elapsed >= delay {
+                        self.retire(&path, &running).await;
+                        return self
+                            .start(pod, dir, container, attempt + 1, etc, lookup, soonest)
+                            .await
+                            .unwrap_or_else(|view| *view);
+                    }
                     soonest(delay - elapsed);
-                    return ContainerView::exited(
-                        container,
-                        attempt,
-                        &path,
-                        running.as_ref(),
-                        &exit,
-                        previous,
-                        Some(delay),
-                    );
+                    backoff = Some(delay);
                 }
-                self.retire(&path, &running).await;
-                self.start(pod, dir, container, attempt + 1, etc, lookup, soonest)
-                    .await
-                    .unwrap_or_else(|view| *view)
+                ContainerView::exited(
+                    container,
+                    attempt,
+                    &path,
+                    running.as_ref(),
+                    &exit,
+                    previous,
+                    backoff,
+                )
             }
             Disk::NotStarted => self
                 .start(pod, dir, container, attempt, etc, lookup, soonest)

@@ -2,7 +2,6 @@
 //! over a kept-alive HTTP/1.1 connection; a 2xx answer is the ack.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full};
@@ -11,8 +10,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -84,27 +82,9 @@ const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// A TLS client trusting the authorities in the PEM file at `path`.
 fn tls_connector(path: &Path) -> Result<TlsConnector, SinkError> {
-    let err = |what: String| SinkError::Config(format!("{}: {what}", path.display()));
-    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| err(format!("not a PEM certificate file: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| err(format!("unusable certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(err("holds no certificate".to_string()));
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| err(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
+    orca_core::tls::client_trusting(path, &[b"http/1.1"])
+        .map(TlsConnector::from)
+        .map_err(SinkError::Config)
 }
 
 /// POSTs batches to one URL.
