@@ -116,15 +116,16 @@ def apply(objs):
 
 # One watcher stamps each pod's first Running row and first 1/1 row.
 running, ready, cond = {}, {}, threading.Condition()
+watcher = subprocess.Popen([orca, "get", "pods", "-w"], stdout=subprocess.PIPE, text=True)
 def watch():
-    proc = subprocess.Popen([orca, "get", "pods", "-w"], stdout=subprocess.PIPE, text=True)
-    for line in proc.stdout:
+    for line in watcher.stdout:
         now = time.monotonic()
         f = line.split()
         if len(f) < 3 or f[0] == "NAME":
             continue
         with cond:
-            if f[2] == "Running":
+            # A status may go from Pending to Running and ready at once.
+            if f[2] == "Running" or f[1] == "1/1":
                 running.setdefault(f[0], now)
             if f[1] == "1/1":
                 ready.setdefault(f[0], now)
@@ -208,6 +209,7 @@ for d in os.listdir("/sys/fs/cgroup"):
     except OSError:
         pass
 
+watcher.terminate()
 ms = lambda s: f"{s * 1000:7.0f} ms"
 print()
 print(f"one pod at a time ({single}), bound to Running   p50 {ms(pct(to_running, 50))}   p99 {ms(pct(to_running, 99))}")

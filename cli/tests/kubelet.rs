@@ -754,3 +754,20 @@ fn a_pod_deleted_while_the_kubelet_is_down_is_cleaned_up_when_it_returns() {
         "a veth is left"
     );
 }
+
+#[test]
+fn a_tcp_readiness_probe_that_passes_at_once_makes_the_pod_ready() {
+    let node = Node::start();
+    for i in 0..3 {
+        let name = format!("ready-{i}");
+        let containers = json!([{
+            "name": "web",
+            "image": node.image,
+            "command": ["httpd", "-f", "-p", "8080"],
+            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+        }]);
+        node.apply(&node.pod_manifest(&name, containers, json!({})));
+        node.wait_pod(&name, "Ready", |p| condition(p, "Ready") == Some("True"));
+        node.delete_pod(&name);
+    }
+}

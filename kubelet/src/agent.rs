@@ -588,29 +588,30 @@ impl Kubelet {
         let status = status::pod_status(pod, &observed);
         let unchanged =
             pod.status.as_ref() == Some(&status) || self.state().written.get(uid) == Some(&status);
-        if !unchanged {
-            self.write_status(key, pod, status.clone()).await?;
+        // Only a status that was stored counts as written: after a
+        // conflict the cache's next event brings the pod back to be synced.
+        if !unchanged && self.write_status(key, pod, status.clone()).await? {
             self.state().written.insert(uid.to_string(), status);
         }
         Ok(next)
     }
 
+    /// Stores `status` as the pod's; whether it was stored (a conflict is
+    /// no error: the cache is behind, and its next event syncs the pod again).
     async fn write_status(
         &self,
         key: &ObjectKey,
         pod: &Pod,
         status: PodStatus,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let api = self
             .store
             .api::<Pod>(key.namespace.as_deref().unwrap_or("default"));
         let mut updated = pod.clone();
         updated.status = Some(status);
         match api.update_status(&updated).await {
-            Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
-            // The cache's next event brings the pod back with its new
-            // version.
-            Err(StoreError::Conflict { .. }) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => Ok(false),
             Err(e) => Err(format!("writing the pod's status: {e}")),
         }
     }
@@ -820,6 +821,9 @@ impl Kubelet {
         let id = running.id.clone();
         let container = container.clone();
         let report = move |report: probe::Report| {
+            if let probe::Report::Ready(ready) = report {
+                tracing::info!(pod = %key, container = %id, ready, "readiness changed");
+            }
             let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
             let health = state.health.entry(path.clone()).or_default();
             match &report {

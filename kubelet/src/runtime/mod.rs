@@ -20,6 +20,8 @@ use self::monitor::{EXIT_FILE, ExitRecord, MonitorSpec, SPEC_FILE};
 
 /// How long `runc` may take for a kill, a delete or a state query.
 const RUNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `runc create` and `runc start` may take together.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The runc binary, its state root and the monitor binary.
 #[derive(Debug, Clone)]
@@ -77,7 +79,22 @@ impl Runtime {
             let _ = child.wait().await;
         });
         let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line).await;
+        let mut stdout = BufReader::new(stdout);
+        let handshake = stdout.read_line(&mut line);
+        if tokio::time::timeout(START_TIMEOUT, handshake)
+            .await
+            .is_err()
+        {
+            // runc hangs: the container is given up, its monitor with it.
+            if let Some(pid) = rustix::process::Pid::from_raw(monitor_pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            let _ = self.delete(&spec.id).await;
+            return Err(format!(
+                "runc did not start the container within {}s",
+                START_TIMEOUT.as_secs()
+            ));
+        }
         let started_at = jiff::Timestamp::now().to_string();
         match line.trim().split_once(' ') {
             Some(("started", pid)) => Ok(Running {
