@@ -338,6 +338,36 @@ fn two_containers_talk_over_localhost_and_a_deleted_pod_leaves_nothing_behind() 
             .starts_with("runc://")
     );
     let uid = uid(&pod);
+    // The node reports what it has and how it fares.
+    let out = node.orca(&["get", "node", NODE, "-o", "json"]);
+    let node_object: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status = &node_object["status"];
+    assert!(
+        status["capacity"]["memory"]
+            .as_str()
+            .unwrap()
+            .ends_with("Ki")
+    );
+    assert!(
+        status["nodeInfo"]["containerRuntimeVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("runc://1.")
+    );
+    for (type_, reason) in [
+        ("Ready", "KubeletReady"),
+        ("MemoryPressure", "KubeletHasSufficientMemory"),
+        ("DiskPressure", "KubeletHasNoDiskPressure"),
+    ] {
+        let found = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == type_ && c["reason"] == reason);
+        assert!(found, "{type_} {reason} in {status}");
+    }
+    // Kubernetes spells this one field with a capital.
+    assert!(status["daemonEndpoints"]["kubeletEndpoint"]["Port"].is_number());
 
     // The client's log (CRI format, where the log shipper reads) shows the
     // page it fetched over the pod's loopback.

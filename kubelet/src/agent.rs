@@ -135,9 +135,10 @@ pub async fn run(
         let kubelet = Arc::clone(&kubelet);
         let mut stopped = stopped.clone();
         let period = config.heartbeat.0;
-        let registration = registration.clone();
+        let mut registration = registration.clone();
         async move {
             loop {
+                registration.pressure = node::Pressure::measure(&kubelet.config.state_dir);
                 if let Err(e) = node::renew(&kubelet.store, &kubelet.node, period * 4).await {
                     tracing::warn!(error = %e, "lease renewal failed; retrying");
                 }
@@ -215,6 +216,7 @@ async fn start(store: Store, settings: &Settings, metrics: &Metrics) -> Result<S
         version: settings.version.clone(),
         runtime: runtime_version(&config.runc).await,
         port: Some(config.port),
+        pressure: node::Pressure::measure(&config.state_dir),
     };
     node::register(&store, &settings.node, &registration).await?;
     let cidr = pod_cidr(&store, &settings.node, config.pod_cidr).await?;

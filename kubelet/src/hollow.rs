@@ -68,6 +68,7 @@ pub async fn run(
         version: "orca-hollow".into(),
         runtime: "hollow://".into(),
         port: None,
+        pressure: crate::node::Pressure::default(),
     };
     let names: Vec<String> = (0..settings.count)
         .map(|i| format!("{}{i}", settings.prefix))

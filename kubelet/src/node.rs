@@ -52,6 +52,39 @@ pub struct Registration {
     pub runtime: String,
     /// The port of the kubelet's server, as `daemonEndpoints` says.
     pub port: Option<u16>,
+    /// Whether the node is short of memory or disk, as measured last.
+    pub pressure: Pressure,
+}
+
+/// The node's pressure conditions, measured against the kubelet's default
+/// hard eviction thresholds: less than 100 MiB of memory available, less
+/// than 10% of the state directory's filesystem free.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pressure {
+    /// `MemoryPressure`.
+    pub memory: bool,
+    /// `DiskPressure`.
+    pub disk: bool,
+}
+
+impl Pressure {
+    /// Measures the machine's available memory (`MemAvailable`) and the
+    /// filesystem holding `state_dir`.
+    pub fn measure(state_dir: &std::path::Path) -> Self {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let available_kib = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+        let disk = rustix::fs::statvfs(state_dir)
+            .ok()
+            .filter(|fs| fs.f_blocks > 0)
+            .map(|fs| fs.f_bavail * 10 < fs.f_blocks);
+        Self {
+            memory: available_kib.is_some_and(|kib| kib < 100 * 1024),
+            disk: disk.unwrap_or(false),
+        }
+    }
 }
 
 fn node_status(registration: &Registration, name: &str, now: &Time) -> NodeStatus {
@@ -76,8 +109,18 @@ fn node_status(registration: &Registration, name: &str, now: &Time) -> NodeStatu
         ]),
         conditions: Some(vec![
             ready_condition(now),
-            quiet_condition("MemoryPressure", "KubeletHasSufficientMemory", now),
-            quiet_condition("DiskPressure", "KubeletHasNoDiskPressure", now),
+            pressure_condition(
+                "MemoryPressure",
+                registration.pressure.memory,
+                ("KubeletHasInsufficientMemory", "KubeletHasSufficientMemory"),
+                now,
+            ),
+            pressure_condition(
+                "DiskPressure",
+                registration.pressure.disk,
+                ("KubeletHasDiskPressure", "KubeletHasNoDiskPressure"),
+                now,
+            ),
         ]),
         daemon_endpoints: registration.port.map(|port| NodeDaemonEndpoints {
             kubelet_endpoint: Some(DaemonEndpoint {
@@ -95,11 +138,16 @@ fn node_status(registration: &Registration, name: &str, now: &Time) -> NodeStatu
     }
 }
 
-fn quiet_condition(type_: &str, reason: &str, now: &Time) -> NodeCondition {
+fn pressure_condition(
+    type_: &str,
+    under: bool,
+    reasons: (&str, &str),
+    now: &Time,
+) -> NodeCondition {
     NodeCondition {
         type_: type_.into(),
-        status: "False".into(),
-        reason: Some(reason.into()),
+        status: if under { "True" } else { "False" }.into(),
+        reason: Some(if under { reasons.0 } else { reasons.1 }.into()),
         message: None,
         last_heartbeat_time: Some(now.clone()),
         last_transition_time: Some(now.clone()),
@@ -137,8 +185,9 @@ pub async fn register(
 }
 
 /// Writes the node's status again when it is not what the kubelet reports
-/// (the master marked it NotReady while the kubelet was away, or the
-/// address changed); otherwise writes nothing: the Lease is the heartbeat.
+/// (the master marked it NotReady while the kubelet was away, the address
+/// or a pressure condition changed); otherwise writes nothing: the Lease is
+/// the heartbeat.
 pub async fn refresh(store: &Store, name: &str, registration: &Registration) -> Result<(), Error> {
     let api = store.cluster_api::<Node>();
     let node = api.get(name).await?;
@@ -153,7 +202,17 @@ pub async fn refresh(store: &Store, name: &str, registration: &Registration) -> 
         .iter()
         .flatten()
         .any(|a| a.type_ == "InternalIP" && a.address == registration.address);
-    if !(ready && address) {
+    let condition = |type_: &str, under: bool| {
+        let expected = if under { "True" } else { "False" };
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == type_ && c.status == expected)
+    };
+    let pressure = condition("MemoryPressure", registration.pressure.memory)
+        && condition("DiskPressure", registration.pressure.disk);
+    if !(ready && address && pressure) {
         register(store, name, registration).await?;
     }
     Ok(())

@@ -20,7 +20,7 @@ use self::monitor::{EXIT_FILE, ExitRecord, MonitorSpec, SPEC_FILE};
 
 /// How long `runc` may take for a kill, a delete or a state query.
 const RUNC_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long `runc create` and `runc start` may take together.
+/// How long `runc run --detach` may take to start a container.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The runc binary, its state root and the monitor binary.

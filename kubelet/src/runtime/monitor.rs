@@ -1,6 +1,6 @@
 //! The container monitor (`orca-monitor`), Orca's conmon: one small process
-//! per container that outlives the kubelet. It runs `runc create` and `runc
-//! start` with pipes for the container's stdout and stderr, becomes the
+//! per container that outlives the kubelet. It runs `runc run --detach`
+//! with pipes for the container's stdout and stderr, becomes the
 //! container's parent (a child subreaper), writes what the container prints
 //! to its CRI log file, and records its exit in `exit.json` beside the
 //! bundle. The kubelet learns the container's pid from the monitor's first
@@ -17,7 +17,6 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 /// What the kubelet tells a monitor, as `monitor.json` in its directory.
@@ -52,7 +51,7 @@ pub struct ExitRecord {
     pub finished_at: String,
     /// Whether the kernel's OOM killer ended it.
     pub oom_killed: bool,
-    /// Why it never ran, when `runc create` or `runc start` failed.
+    /// Why it never ran, when `runc run` failed.
     pub error: Option<String>,
 }
 
@@ -85,7 +84,7 @@ fn run(dir: &Path) -> io::Result<()> {
     let spec: MonitorSpec = serde_json::from_slice(&fs::read(dir.join(SPEC_FILE))?)
         .map_err(|e| io::Error::other(format!("{SPEC_FILE}: {e}")))?;
     // Away from the kubelet's session and signals, and the parent of the
-    // container once `runc create` hands it over.
+    // container once `runc run --detach` hands it over.
     let _ = rustix::process::setsid();
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;
 
@@ -104,7 +103,9 @@ fn run(dir: &Path) -> io::Result<()> {
         .arg(&spec.runc_root)
         .arg("--log")
         .arg(&runc_log)
-        .args(["--log-format", "json", "create", "--bundle"])
+        // `run --detach` creates and starts in one runc process: one Go
+        // start-up a container fewer than `create` then `start`.
+        .args(["--log-format", "json", "run", "--detach", "--bundle"])
         .arg(&spec.bundle)
         .arg("--pid-file")
         .arg(&pid_file)
@@ -121,7 +122,7 @@ fn run(dir: &Path) -> io::Result<()> {
     });
     let failed = match created {
         Ok(status) if status.success() => None,
-        Ok(status) => Some(format!("runc create {status}: {}", runc_error(&runc_log))),
+        Ok(status) => Some(format!("runc run {status}: {}", runc_error(&runc_log))),
         Err(e) => Some(format!("cannot run {}: {e}", spec.runc.display())),
     };
     if let Some(error) = failed {
@@ -131,26 +132,6 @@ fn run(dir: &Path) -> io::Result<()> {
         .trim()
         .parse()
         .map_err(|_| io::Error::other("runc wrote no pid"))?;
-    let started = Command::new(&spec.runc)
-        .arg("--root")
-        .arg(&spec.runc_root)
-        .arg("--log")
-        .arg(&runc_log)
-        .args(["--log-format", "json", "start"])
-        .arg(&spec.id)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    match started {
-        Ok(status) if status.success() => {}
-        Ok(status) => {
-            let error = format!("runc start {status}: {}", runc_error(&runc_log));
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-            return fail(dir, error);
-        }
-        Err(e) => return fail(dir, format!("cannot run {}: {e}", spec.runc.display())),
-    }
     // The handshake: the kubelet waits for this one line.
     println!("started {pid}");
     let _ = io::stdout().flush();
