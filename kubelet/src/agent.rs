@@ -1239,13 +1239,22 @@ impl Kubelet {
     /// (and what they hold), veths, address allocations, cgroups and runc
     /// containers left by pods deleted while the kubelet was away.
     async fn collect_orphans(&self) {
+        // Everything is listed before the live pods are: a pod's directory,
+        // veth, address, cgroup and runc container all come after the pod is
+        // in the cache, so none of a pod that has just arrived is taken for
+        // an orphan.
+        let dirs = PodDir::all(&self.config.state_dir);
+        let links = self.network.pod_links().await.unwrap_or_default();
+        let allocations = self.network.allocations().unwrap_or_default();
+        let cgroups = cgroup::pods(&self.config.cgroup_parent);
+        let containers = self.runtime.list().await.unwrap_or_default();
         let live: HashSet<String> = self
             .pods
             .list()
             .iter()
             .filter_map(|p| p.metadata.uid.clone())
             .collect();
-        for (dir, _) in PodDir::all(&self.config.state_dir) {
+        for (dir, _) in dirs {
             let uid = dir
                 .path()
                 .file_name()
@@ -1260,23 +1269,19 @@ impl Kubelet {
             }
         }
         let veths: HashSet<String> = live.iter().map(|u| Network::veth_name(u)).collect();
-        for link in self.network.pod_links().await.unwrap_or_default() {
-            if !veths.contains(&link) {
-                let _ = self.network.remove_link(&link).await;
-            }
+        for link in links.iter().filter(|l| !veths.contains(*l)) {
+            let _ = self.network.remove_link(link).await;
         }
-        for (ip, owner) in self.network.allocations().unwrap_or_default() {
+        for (ip, owner) in allocations {
             if !live.contains(&owner) {
                 let _ =
                     std::fs::remove_file(self.config.state_dir.join("ipam").join(ip.to_string()));
             }
         }
-        for uid in cgroup::pods(&self.config.cgroup_parent) {
-            if !live.contains(&uid) {
-                let _ = cgroup::remove(&cgroup::pod_path(&self.config.cgroup_parent, &uid));
-            }
+        for uid in cgroups.iter().filter(|u| !live.contains(*u)) {
+            let _ = cgroup::remove(&cgroup::pod_path(&self.config.cgroup_parent, uid));
         }
-        for id in self.runtime.list().await.unwrap_or_default() {
+        for id in containers {
             if !live.iter().any(|uid| id.starts_with(uid.as_str())) {
                 let _ = self.runtime.delete(&id).await;
             }
