@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use orca_testkit::Etcd;
 use orca_testkit::netns::{Netns, require_root};
-use orca_testkit::registry::{ImageSpec, Registry};
+use orca_testkit::registry::{ImageSpec, PASSWORD, Registry, USERNAME};
 use serde_json::{Value, json};
 
 const ORCA: &str = env!("CARGO_BIN_EXE_orca");
@@ -45,11 +45,14 @@ struct Node {
 
 impl Node {
     fn start() -> Self {
+        Self::start_with(Registry::start())
+    }
+
+    fn start_with(registry: Registry) -> Self {
         require_root("the kubelet's tests (namespaces, mounts, cgroups, runc)");
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-{n}", std::process::id());
         let etcd = Etcd::start();
-        let registry = Registry::start();
         let image = registry.push_busybox("bb:1", &ImageSpec::default());
         let netns = Netns::new(format!("orca-kl-{id}"));
         let dir = tempfile::tempdir().unwrap();
@@ -800,4 +803,53 @@ fn a_tcp_readiness_probe_that_passes_at_once_makes_the_pod_ready() {
         node.wait_pod(&name, "Ready", |p| condition(p, "Ready") == Some("True"));
         node.delete_pod(&name);
     }
+}
+
+/// Standard base64, as a Secret's `data` holds its values.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, b| n << 8 | u32::from(*b)) << (8 * (3 - chunk.len()));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn an_image_pull_secret_opens_a_registry_that_asks_for_a_password() {
+    let node = Node::start_with(Registry::start_with_password());
+    let registry = node.registry.addr();
+    // Without the secret the registry's refusal is the container's reason.
+    let containers = json!([{"name": "c", "image": node.image, "command": ["sleep", "3600"]}]);
+    node.apply(&node.pod_manifest("no-secret", containers.clone(), json!({})));
+    let pod = node.wait_pod("no-secret", "the refusal", |p| {
+        container_status(p, "c")["state"]["waiting"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("authentication required"))
+    });
+    assert_eq!(pod["status"]["phase"], "Pending");
+
+    let config = json!({"auths": {registry.clone(): {"username": USERNAME, "password": PASSWORD}}});
+    node.apply(&json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "pull", "namespace": "default"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64(config.to_string().as_bytes())},
+    }));
+    node.apply(&node.pod_manifest(
+        "with-secret",
+        containers,
+        json!({"imagePullSecrets": [{"name": "pull"}]}),
+    ));
+    node.wait_pod("with-secret", "the pod Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
 }
