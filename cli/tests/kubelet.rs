@@ -468,6 +468,13 @@ fn a_crash_loop_backs_off_longer_each_time_and_keeps_the_last_exit() {
     // Each attempt has its own log file; --previous reads the last one.
     let out = node.orca(&["logs", "crasher", "--previous"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "about to fail\n");
+    // Only the current attempt and the one before it are kept, with their
+    // logs: a crash loop does not fill the disk.
+    let uid = uid(&pod);
+    let attempts = files_under(&node.state().join(format!("pods/{uid}/containers/crash")));
+    assert!(attempts.len() <= 2, "{attempts:?}");
+    let logs = files_under(&node.logs().join(format!("default_crasher_{uid}/crash")));
+    assert!(logs.len() <= 2, "{logs:?}");
 }
 
 #[test]

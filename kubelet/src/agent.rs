@@ -676,6 +676,7 @@ impl Kubelet {
                     let elapsed = Duration::try_from(elapsed).unwrap_or_default();
                     if elapsed >= delay {
                         self.retire(&path, &running).await;
+                        self.prune(pod, dir, &container.name, attempt);
                         return self
                             .start(pod, dir, container, attempt + 1, etc, lookup, soonest)
                             .await
@@ -712,6 +713,19 @@ impl Kubelet {
         let _ = nix::mount::umount2(&path.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
         for scratch in ["upper", "work"] {
             let _ = std::fs::remove_dir_all(path.join(scratch));
+        }
+    }
+
+    /// Removes the attempts of a container before `previous` (and their
+    /// logs): as the kubelet keeps the current container and the one before
+    /// it, so a crash loop does not fill the disk.
+    fn prune(&self, pod: &Pod, dir: &PodDir, name: &str, previous: u32) {
+        for old in dir.attempts(name).into_iter().filter(|a| *a < previous) {
+            let _ = std::fs::remove_dir_all(dir.attempt(name, old));
+            let log = self.log_path(pod, name, old);
+            for file in crate::server::log_files(&log) {
+                let _ = std::fs::remove_file(file);
+            }
         }
     }
 

@@ -239,7 +239,7 @@ fn message(line: &str, since: Option<jiff::Timestamp>) -> Option<String> {
 }
 
 /// The rotated files of `log` (oldest first), then `log` itself.
-fn files(log: &Path) -> Vec<PathBuf> {
+pub(crate) fn log_files(log: &Path) -> Vec<PathBuf> {
     let name = log
         .file_name()
         .unwrap_or_default()
@@ -263,7 +263,7 @@ fn files(log: &Path) -> Vec<PathBuf> {
 
 async fn logs(log: PathBuf, attempt: PathBuf, options: LogOptions) -> Response<Body> {
     let mut lines: Vec<String> = Vec::new();
-    for file in files(&log) {
+    for file in log_files(&log) {
         let text = tokio::fs::read_to_string(&file).await.unwrap_or_default();
         lines.extend(text.lines().filter_map(|l| message(l, options.since)));
     }
