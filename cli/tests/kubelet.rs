@@ -63,7 +63,8 @@ impl Node {
             format!(
                 "state_dir: {state}\nlog_dir: {logs}\npod_cidr: 10.244.1.0/24\n\
                  cgroup_parent: {cgroup}\nport: {port}\nheartbeat: 1s\n\
-                 restart_backoff: 1s\nrestart_backoff_max: 4s\npull_backoff: 1s\n\
+                 restart_backoff: 1s\nrestart_backoff_max: 4s\nrestart_backoff_reset: 3s\n\
+                 pull_backoff: 1s\n\
                  registries:\n  \"{addr}\": {{insecure: true}}\n\
                  images:\n  allow: [\"{addr}/*\"]\n",
                 state = dir.path().join("state").display(),
@@ -859,4 +860,27 @@ fn an_image_pull_secret_opens_a_registry_that_asks_for_a_password() {
     node.wait_pod("with-secret", "the pod Running", |p| {
         p["status"]["phase"] == "Running"
     });
+}
+
+#[test]
+fn a_container_that_ran_long_enough_restarts_after_the_first_delay_again() {
+    let node = Node::start();
+    // Each run (4 s) outlasts this node's restart_backoff_reset (3 s).
+    let containers = json!([{
+        "name": "slow",
+        "image": node.image,
+        "command": ["sh", "-c", "sleep 4; exit 1"],
+    }]);
+    node.apply(&node.pod_manifest("slow", containers, json!({})));
+    let mut delays = Vec::new();
+    node.wait_pod("slow", "three restarts", |p| {
+        let c = container_status(p, "slow");
+        if let Some(m) = c["state"]["waiting"]["message"].as_str()
+            && !delays.contains(&m.to_string())
+        {
+            delays.push(m.to_string());
+        }
+        c["restartCount"].as_i64().unwrap_or(0) >= 3
+    });
+    assert_eq!(delays, ["back-off 1s restarting failed container=slow"]);
 }

@@ -667,20 +667,39 @@ impl Kubelet {
                 // Waiting out the back-off before a restart, or ended for good.
                 let mut backoff = None;
                 if restarts(policy, exit.exit_code) {
-                    let delay = self.restart_delay(attempt + 1);
                     let finished = exit
                         .finished_at
                         .parse::<jiff::Timestamp>()
                         .unwrap_or_else(|_| jiff::Timestamp::now());
+                    // The back-off starts over after a run as long as
+                    // `restart_backoff_reset` (10 minutes, as Kubernetes').
+                    let ran = running
+                        .as_ref()
+                        .and_then(|r| r.started_at.parse::<jiff::Timestamp>().ok())
+                        .and_then(|started| {
+                            Duration::try_from(finished.duration_since(started)).ok()
+                        })
+                        .unwrap_or_default();
+                    let step = if ran >= self.config.restart_backoff_reset.0 {
+                        0
+                    } else {
+                        backoff_step(&path).unwrap_or(attempt)
+                    };
+                    let delay = self.restart_delay(step + 1);
                     let elapsed = jiff::Timestamp::now().duration_since(finished);
                     let elapsed = Duration::try_from(elapsed).unwrap_or_default();
                     if elapsed >= delay {
                         self.retire(&path, &running).await;
                         self.prune(pod, dir, &container.name, attempt);
-                        return self
+                        let view = self
                             .start(pod, dir, container, attempt + 1, etc, lookup, soonest)
                             .await
                             .unwrap_or_else(|view| *view);
+                        let next = dir.attempt(&container.name, attempt + 1);
+                        if next.is_dir() {
+                            let _ = std::fs::write(next.join(BACKOFF_STEP), (step + 1).to_string());
+                        }
+                        return view;
                     }
                     soonest(delay - elapsed);
                     backoff = Some(delay);
@@ -1343,6 +1362,19 @@ enum CreateError {
     Config(String),
     /// runc or the bundle failed.
     Start(String),
+}
+
+/// The file an attempt records its restart back-off step in: how many
+/// restarts in a row came before it without a long run between them.
+const BACKOFF_STEP: &str = "backoff_step";
+
+/// The back-off step recorded for an attempt.
+fn backoff_step(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path.join(BACKOFF_STEP))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// How attempt `attempt - 1` of a container ended, with its record.

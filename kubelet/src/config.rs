@@ -49,6 +49,9 @@ pub struct Config {
     pub restart_backoff: Duration,
     /// See `restart_backoff`.
     pub restart_backoff_max: Duration,
+    /// A container that ran this long before it ended starts again after
+    /// the first delay: its back-off starts over.
+    pub restart_backoff_reset: Duration,
     /// How often the kubelet retries a pull that failed (it doubles up to
     /// `restart_backoff_max`, as ImagePullBackOff does).
     pub pull_backoff: Duration,
@@ -104,6 +107,7 @@ impl Default for Config {
             max_pods: 110,
             restart_backoff: Duration(std::time::Duration::from_secs(10)),
             restart_backoff_max: Duration(std::time::Duration::from_secs(300)),
+            restart_backoff_reset: Duration(std::time::Duration::from_secs(600)),
             pull_backoff: Duration(std::time::Duration::from_secs(10)),
             log_max_size: ByteSize(10 << 20),
             log_max_files: 5,
