@@ -448,7 +448,6 @@ fn a_crash_loop_backs_off_longer_each_time_and_keeps_the_last_exit() {
             c["restartCount"], c["state"]["waiting"]["reason"], c["state"]["waiting"]["message"]
         );
         if !messages.contains(&seen) {
-            eprintln!("{:?} {seen}", Instant::now());
             messages.push(seen);
         }
         c["restartCount"].as_i64().unwrap_or(0) >= 3
