@@ -387,6 +387,23 @@ fn two_containers_talk_over_localhost_and_a_deleted_pod_leaves_nothing_behind() 
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello-from-web\n");
+    // A pod of two containers needs one named, and a name it has.
+    let out = node.orca(&["logs", "pair"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "a container name must be specified for pod pair, choose one of: [web client]"
+        ),
+        "{err}"
+    );
+    let out = node.orca(&["logs", "pair", "-c", "nope"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("container nope is not valid for pod pair"),
+        "{err}"
+    );
     // `orca exec` runs in the container.
     let out = node.orca(&["exec", "pair", "-c", "web", "--", "cat", "/www/index.html"]);
     assert!(

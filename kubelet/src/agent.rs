@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::container::{self, Lookup};
 use crate::image::{Credential, Image, Images, PullError, PullPolicy};
-use crate::network::{self, Network};
+use crate::network::{self, Attachment, Network};
 use crate::node::{self, Capacity};
 use crate::probe;
 use crate::runtime::bundle::{self, Bind, Limits};
@@ -92,6 +92,9 @@ struct State {
     written: HashMap<String, PodStatus>,
     /// What the probes of each running container attempt found.
     health: HashMap<PathBuf, Health>,
+    /// Each pod's sandbox once made: its place on the network and the
+    /// binds of its `/etc` files.
+    sandboxes: HashMap<String, (Attachment, Vec<Bind>)>,
 }
 
 /// What a running container's probes found.
@@ -363,6 +366,9 @@ impl Lookup for StoreLookup {
     }
 }
 
+/// A pod's ConfigMaps and Secrets, read once a sync needs them.
+type Lazy = tokio::sync::OnceCell<StoreLookup>;
+
 /// The names of the ConfigMaps and Secrets a pod refers to.
 fn references(pod: &Pod) -> (HashSet<String>, HashSet<String>) {
     let mut maps = HashSet::new();
@@ -510,25 +516,21 @@ impl Kubelet {
             name: key.name.clone(),
             uid: uid.to_string(),
         };
-        dir.create(&record)
-            .map_err(|e| format!("pod directory: {e}"))?;
-        let netns = dir.netns();
-        if !is_mounted(&netns) {
-            network::create_netns(&netns).map_err(|e| e.to_string())?;
-        }
-        let attachment = self
-            .network
-            .attach(uid, &netns)
-            .await
-            .map_err(|e| format!("pod network: {e}"))?;
-        let dns = self
-            .config
-            .cluster_dns
-            .map(|ip| (ip, self.config.cluster_domain.as_str()));
-        let etc = dir
-            .write_etc(pod, attachment.ip, dns)
-            .map_err(|e| format!("pod /etc files: {e}"))?;
-        let lookup = self.lookup(pod).await;
+        // The sandbox is made once per pod and kept: a sync after that
+        // (a status change, a probe) touches neither disk nor netlink for it.
+        let sandbox = self.state().sandboxes.get(uid).cloned();
+        let (attachment, etc) = match sandbox {
+            Some(ready) => ready,
+            None => {
+                let ready = self.sandbox(pod, &dir, &record).await?;
+                self.state()
+                    .sandboxes
+                    .insert(uid.to_string(), ready.clone());
+                ready
+            }
+        };
+        // Read from etcd only when a container starts.
+        let lookup = Lazy::new();
         let policy = spec.restart_policy.as_deref().unwrap_or("Always");
         let mut observed = Observed::default();
         let mut next: Option<Duration> = None;
@@ -598,6 +600,36 @@ impl Kubelet {
         Ok(next)
     }
 
+    /// Makes pod `record`'s sandbox: its directory, its pinned network
+    /// namespace on the bridge, its `/etc` files. Idempotent, so a kubelet
+    /// that restarts finds what it made before.
+    async fn sandbox(
+        &self,
+        pod: &Pod,
+        dir: &PodDir,
+        record: &PodRecord,
+    ) -> Result<(Attachment, Vec<Bind>), String> {
+        dir.create(record)
+            .map_err(|e| format!("pod directory: {e}"))?;
+        let netns = dir.netns();
+        if !is_mounted(&netns) {
+            network::create_netns(&netns).map_err(|e| e.to_string())?;
+        }
+        let attachment = self
+            .network
+            .attach(&record.uid, &netns)
+            .await
+            .map_err(|e| format!("pod network: {e}"))?;
+        let dns = self
+            .config
+            .cluster_dns
+            .map(|ip| (ip, self.config.cluster_domain.as_str()));
+        let etc = dir
+            .write_etc(pod, attachment.ip, dns)
+            .map_err(|e| format!("pod /etc files: {e}"))?;
+        Ok((attachment, etc))
+    }
+
     /// Stores `status` as the pod's; whether it was stored (a conflict is
     /// no error: the cache is behind, and its next event syncs the pod again).
     async fn write_status(
@@ -650,7 +682,7 @@ impl Kubelet {
         attempt: u32,
         disk: Disk,
         etc: &[Bind],
-        lookup: &StoreLookup,
+        lookup: &Lazy,
         soonest: &mut impl FnMut(Duration),
     ) -> ContainerView {
         let previous = previous_exit(dir, &container.name, attempt);
@@ -833,7 +865,8 @@ impl Kubelet {
         };
         self.state().health.insert(path.to_path_buf(), health);
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-        let (true, Some(pod_ip)) = (probed, self.network.allocated_address(uid)) else {
+        let pod_ip = self.state().sandboxes.get(uid).map(|(a, _)| a.ip);
+        let (true, Some(pod_ip)) = (probed, pod_ip) else {
             return;
         };
         let target = probe::Target {
@@ -892,10 +925,11 @@ impl Kubelet {
         container: &Container,
         attempt: u32,
         etc: &[Bind],
-        lookup: &StoreLookup,
+        lookup: &Lazy,
         soonest: &mut impl FnMut(Duration),
     ) -> Result<ContainerView, Box<ContainerView>> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let lookup = lookup.get_or_init(|| self.lookup(pod)).await;
         let image = match self.pull(pod, &uid, container, lookup, soonest).await {
             Ok(image) => image,
             Err(failure) => {
@@ -1265,6 +1299,7 @@ impl Kubelet {
             .retain(|p, _| !p.starts_with(dir.path()));
         self.state().pulls.retain(|(u, _), _| u != uid);
         self.state().written.remove(uid);
+        self.state().sandboxes.remove(uid);
         Ok(())
     }
 

@@ -242,11 +242,6 @@ impl Network {
         )))
     }
 
-    /// The address allocated to `uid`, if any.
-    pub fn allocated_address(&self, uid: &str) -> Option<Ipv4Addr> {
-        self.allocated(uid).ok()?.into_iter().next()
-    }
-
     /// Every address allocated to `uid`.
     fn allocated(&self, uid: &str) -> io::Result<Vec<Ipv4Addr>> {
         Ok(self
