@@ -263,11 +263,19 @@ pub(crate) fn log_files(log: &Path) -> Vec<PathBuf> {
 
 async fn logs(log: PathBuf, attempt: PathBuf, options: LogOptions) -> Response<Body> {
     let mut lines: Vec<String> = Vec::new();
+    // Where following goes on: the end of the live file's last whole line
+    // as read here, not its size a moment later (a line written between
+    // the two would be skipped).
+    let mut read_to = 0;
     for file in log_files(&log) {
-        let text = tokio::fs::read_to_string(&file).await.unwrap_or_default();
+        let bytes = tokio::fs::read(&file).await.unwrap_or_default();
+        let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if file == log {
+            read_to = whole as u64;
+        }
+        let text = String::from_utf8_lossy(&bytes[..whole]);
         lines.extend(text.lines().filter_map(|l| message(l, options.since)));
     }
-    let read_to = tokio::fs::metadata(&log).await.map_or(0, |m| m.len());
     if let Some(tail) = options.tail {
         let skip = lines.len().saturating_sub(tail);
         lines.drain(..skip);
