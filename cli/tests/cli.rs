@@ -428,89 +428,82 @@ fn apply_streams_a_file_of_thousands_of_documents() {
     assert_eq!(listed["items"].as_array().unwrap().len(), 3000);
 }
 
-/// Five consecutive free loopback ports, the first of them returned: the
-/// demo's etcd, master and node take `ORCA_DEMO_PORT` to `ORCA_DEMO_PORT + 4`.
-fn five_free_ports() -> u16 {
-    loop {
-        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = first.local_addr().unwrap().port();
-        let Some(last) = base.checked_add(4) else {
-            continue;
-        };
-        if (base + 1..=last).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
-            return base;
-        }
-    }
-}
-
 /// The README's first command, as a user runs it: everything it shows is
 /// there, and it leaves no process, namespace or file behind. It reads the
-/// CLI's tables, the master's /routes and the node's nftables, so a change
-/// to any of them that breaks the demo breaks this test.
+/// CLI's tables, the kubelets' logs and the shippers' sink, so a change to
+/// any of them that breaks the demo breaks this test.
 #[test]
 fn the_demo_runs_end_to_end_and_leaves_nothing_behind() {
-    orca_testkit::netns::require_root("the demo's node (a network namespace)");
+    orca_testkit::netns::require_root("the demo's cluster (network namespaces, containers)");
     let mut demo = Command::new("bash");
     demo.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/demo.sh"))
-        .env("ORCA_DEMO_PORT", five_free_ports().to_string())
         // This build's binary: no build (nor package check) inside a test.
-        .env("ORCA_BIN", env!("CARGO_BIN_EXE_orca"));
+        .env("ORCA_BIN", env!("CARGO_BIN_EXE_orca"))
+        .env_remove("ORCA_CLUSTER")
+        .env_remove("ORCA_ETCD");
     let demo = demo
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The script names its namespace after its process id.
-    let netns = format!("orca-demo-{}", demo.id());
+    // The script names its cluster after its process id.
+    let name = format!("orca-demo-{}", demo.id());
     let out = demo.wait_with_output().unwrap();
     let text = stdout(&out);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     for shown in [
+        "node-3 is Ready",
         "deployment.apps/nginx-deployment created",
         "service/nginx created",
         "ingress.networking.k8s.io/nginx created",
-        "\"host\":\"nginx.local\"",
         "deployment \"nginx-deployment\" successfully rolled out",
         "nginx-deployment   3/3     3            3",
         // Through the master's ingress by host name: the page and nginx's
         // own Server header.
         "HTTP/1.1 200 OK\r\nServer: nginx/",
         "<h1>Welcome to nginx!</h1>",
-        // Through the ClusterIP from the node.
-        "<title>Welcome to nginx!</title>",
-        // The pods' access log, through the kubelet.
-        "\"GET / HTTP/1.1\" 200 615",
+        // Through the ClusterIP from the client pod.
+        "| grep '<title>'\n<title>Welcome to nginx!</title>",
+        // The pods' access log, through the kubelets, from the ingress and
+        // from the client pod.
+        "\"GET / HTTP/1.1\" 200 615 \"-\" \"curl/",
+        "\"GET / HTTP/1.1\" 200 615 \"-\" \"Wget\"",
+        // The same lines, as the shippers delivered them, with the pod's labels.
+        "\\\"GET / HTTP/1.1\\\" 200 615",
+        "\"labels\":{\"app\":\"nginx\"",
     ] {
         assert!(text.contains(shown), "{shown:?} missing from:\n{text}");
     }
-    // The ClusterIP the store allocated, programmed by the node proxy.
-    let ip = text
-        .split_once("rules for ClusterIP ")
-        .and_then(|(_, rest)| rest.split_once(' '))
-        .map(|(ip, _)| ip.to_string())
-        .unwrap_or_else(|| panic!("no ClusterIP in:\n{text}"));
-    assert!(ip.starts_with("10."), "{ip}");
-    let programmed = format!("elements = {{ {ip} . tcp . 80 : goto svc-default/nginx/tcp/80 }}");
-    assert!(
-        text.contains(&programmed),
-        "{programmed:?} missing from:\n{text}"
-    );
+    // The scheduler spread the three replicas over the three nodes.
+    let nodes: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("nginx-deployment-") && l.contains("Running"))
+        .filter_map(|l| l.split_whitespace().nth(6))
+        .collect();
+    assert_eq!(nodes.len(), 3, "the pods are not on three nodes:\n{text}");
 
-    let work = text
-        .split_once("(data in ")
-        .and_then(|(_, rest)| rest.split_once(')'))
+    let state = text
+        .split_once("state in ")
+        .and_then(|(_, rest)| rest.split_once('\n'))
         .map(|(dir, _)| dir.to_string())
-        .unwrap_or_else(|| panic!("no data dir in:\n{text}"));
-    assert!(!std::path::Path::new(&work).exists(), "{work} is left");
+        .unwrap_or_else(|| panic!("no state dir in:\n{text}"));
+    let work = std::path::Path::new(&state).parent().unwrap();
+    assert!(!work.exists(), "{} is left", work.display());
+    let work = work.display().to_string();
+    let namespaces: Vec<_> = std::fs::read_dir("/run/netns")
+        .map(|dir| dir.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
     assert!(
-        !std::path::Path::new("/run/netns").join(&netns).exists(),
-        "{netns} is left"
+        !namespaces
+            .iter()
+            .any(|n| n.to_string_lossy().starts_with(&format!("{name}-"))),
+        "a namespace of {name} is left: {namespaces:?}"
     );
-    let pid = netns.trim_start_matches("orca-demo-");
+    let prefix = &name;
     let cgroups: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
         .unwrap()
         .flatten()
-        .map(|c| c.path().join(format!("orca-demo-{pid}")))
+        .flat_map(|c| (1..=3).map(move |i| c.path().join(format!("{prefix}-node-{i}"))))
         .filter(|c| c.exists())
         .collect();
     assert!(
@@ -519,17 +512,14 @@ fn the_demo_runs_end_to_end_and_leaves_nothing_behind() {
     );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&work), "a mount under {work} is left");
-    // etcd, the master and the node name the temp dir in their arguments,
-    // the pods' monitors their directories under it.
+    // etcd, the masters, the nodes and the registry name the temp dir in
+    // their arguments, the pods' monitors their directories under it.
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        assert!(
-            !cmdline.contains(&work) && !cmdline.contains(&netns),
-            "left running: {cmdline}"
-        );
+        assert!(!cmdline.contains(&work), "left running: {cmdline}");
     }
 }
 

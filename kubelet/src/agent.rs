@@ -220,6 +220,7 @@ async fn start(store: Store, settings: &Settings, metrics: &Metrics) -> Result<S
         runtime: runtime_version(&config.runc).await,
         port: Some(config.port),
         pressure: node::Pressure::measure(&config.state_dir),
+        pod_cidr: config.pod_cidr.map(|c| c.to_string()),
     };
     node::register(&store, &settings.node, &registration).await?;
     let cidr = pod_cidr(&store, &settings.node, config.pod_cidr).await?;

@@ -69,6 +69,7 @@ pub async fn run(
         runtime: "hollow://".into(),
         port: None,
         pressure: crate::node::Pressure::default(),
+        pod_cidr: None,
     };
     let names: Vec<String> = (0..settings.count)
         .map(|i| format!("{}{i}", settings.prefix))

@@ -109,7 +109,8 @@ pub fn remove_netns(path: &Path) -> io::Result<()> {
     }
 }
 
-async fn link_index(handle: &Handle, name: &str) -> io::Result<Option<u32>> {
+/// The index of link `name` in the namespace of `handle`, if it exists.
+pub async fn link_index(handle: &Handle, name: &str) -> io::Result<Option<u32>> {
     match handle
         .link()
         .get()
@@ -125,7 +126,12 @@ async fn link_index(handle: &Handle, name: &str) -> io::Result<Option<u32>> {
 }
 
 /// Adds `ip/prefix` to link `index` unless it is there already.
-async fn ensure_address(handle: &Handle, index: u32, ip: Ipv4Addr, prefix: u8) -> io::Result<()> {
+pub async fn ensure_address(
+    handle: &Handle,
+    index: u32,
+    ip: Ipv4Addr,
+    prefix: u8,
+) -> io::Result<()> {
     let present = handle
         .address()
         .get()

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::LeaseSpec;
 use k8s_openapi::api::core::v1::{
-    DaemonEndpoint, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus, NodeSystemInfo,
+    DaemonEndpoint, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -54,6 +55,9 @@ pub struct Registration {
     pub port: Option<u16>,
     /// Whether the node is short of memory or disk, as measured last.
     pub pressure: Pressure,
+    /// The pod CIDR from the kubelet's configuration, written with the Node
+    /// when it is created, so the master never allocates it another first.
+    pub pod_cidr: Option<String>,
 }
 
 /// The node's pressure conditions, measured against the kubelet's default
@@ -173,6 +177,11 @@ pub async fn register(
             ])),
             ..ObjectMeta::default()
         },
+        spec: registration.pod_cidr.as_ref().map(|cidr| NodeSpec {
+            pod_cidr: Some(cidr.clone()),
+            pod_cidrs: Some(vec![cidr.clone()]),
+            ..NodeSpec::default()
+        }),
         ..Node::default()
     };
     if let Err(e) = api.create(&node).await

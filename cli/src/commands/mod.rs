@@ -16,6 +16,7 @@ pub mod node_proxy;
 pub mod patch;
 pub mod rollout;
 pub mod scale;
+pub mod up;
 
 use anyhow::Context;
 use orca_core::api::Kind;

@@ -162,8 +162,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// How to reach etcd.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// etcd client URL, e.g. `http://127.0.0.1:2379`.
+    /// etcd client URLs, comma-separated, e.g. `http://127.0.0.1:2379` or
+    /// `https://10.0.0.1:2379,https://10.0.0.2:2379` (a cluster's members).
     pub endpoint: String,
+    /// The CA and client certificate for an etcd that serves only TLS
+    /// with client certificates; `None` for plain TCP.
+    pub tls: Option<TlsFiles>,
     /// Time allowed to open a connection.
     pub connect_timeout: Duration,
     /// Time allowed for one request.
@@ -176,9 +180,39 @@ impl StoreConfig {
     pub fn new(endpoint: impl Into<String>) -> Self {
         Self {
             endpoint: endpoint.into(),
+            tls: None,
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+/// The PEM files of a TLS client of etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The CA that signed etcd's serving certificate.
+    pub ca: std::path::PathBuf,
+    /// This client's certificate, which etcd checks against its CA.
+    pub cert: std::path::PathBuf,
+    /// The certificate's private key.
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// Reads the three files into etcd-client's options.
+    fn options(&self) -> Result<etcd_client::TlsOptions> {
+        let read = |what: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| Error::Unavailable {
+                endpoint: path.display().to_string(),
+                message: format!("cannot read the etcd {what}: {e}"),
+            })
+        };
+        let ca = read("CA certificate", &self.ca)?;
+        let cert = read("client certificate", &self.cert)?;
+        let key = read("client key", &self.key)?;
+        Ok(etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(ca))
+            .identity(etcd_client::Identity::from_pem(cert, key)))
     }
 }
 
@@ -472,11 +506,20 @@ impl Store {
     /// Connects to etcd. The connection itself is lazy; an unreachable
     /// endpoint is reported by the first request.
     pub async fn connect(config: StoreConfig) -> Result<Self> {
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
             .with_timeout(config.request_timeout)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        let connect = Client::connect([config.endpoint.as_str()], Some(options));
+        if let Some(tls) = &config.tls {
+            options = options.with_tls(tls.options()?);
+        }
+        let endpoints: Vec<&str> = config
+            .endpoint
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .collect();
+        let connect = Client::connect(endpoints, Some(options));
         let client = tokio::time::timeout(config.connect_timeout, connect)
             .await
             .map_err(|_| Error::Unavailable {
