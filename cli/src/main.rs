@@ -53,8 +53,8 @@ enum Command {
     /// Run hollow nodes: registered, heartbeating, reporting their pods
     /// running, without running anything (for tests and benchmarks).
     HollowNode(commands::hollow_node::Args),
-    /// Run a node: the kubelet, the node proxy and the log shipper as tasks
-    /// of one process.
+    /// Run a node: the kubelet, the node proxy, the log shipper and the DNS
+    /// responder as tasks of one process.
     Node(commands::node::Args),
     /// Run the kubelet alone: the pods bound to this node.
     Kubelet(commands::kubelet::Args),
@@ -64,6 +64,9 @@ enum Command {
     Exec(commands::logs::ExecArgs),
     /// Run the node proxy (nftables Service load balancing) alone.
     NodeProxy(commands::node_proxy::Args),
+    /// Run the node-local DNS responder alone: Service names from the
+    /// cluster, other names forwarded.
+    Dns(commands::dns::Args),
 }
 
 /// Where etcd is when neither `--etcd` nor `ORCA_ETCD` says.
@@ -131,6 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             commands::hollow_node::run(args, connect_checked(&cli.etcd)).await
         }
         Command::NodeProxy(args) => commands::node_proxy::run(args, connect(&cli.etcd)).await,
+        Command::Dns(args) => commands::dns::run(args, connect(&cli.etcd)).await,
     }
 }
 
