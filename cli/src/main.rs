@@ -70,8 +70,8 @@ enum Command {
     /// Run hollow nodes: registered, heartbeating, reporting their pods
     /// running, without running anything (for tests and benchmarks).
     HollowNode(commands::hollow_node::Args),
-    /// Run a node: the kubelet, the node proxy and the log shipper as tasks
-    /// of one process.
+    /// Run a node: the kubelet, the node proxy, the log shipper and the DNS
+    /// responder as tasks of one process.
     Node(commands::node::Args),
     /// Run the kubelet alone: the pods bound to this node.
     Kubelet(commands::kubelet::Args),
@@ -81,6 +81,9 @@ enum Command {
     Exec(commands::logs::ExecArgs),
     /// Run the node proxy (nftables Service load balancing) alone.
     NodeProxy(commands::node_proxy::Args),
+    /// Run the node-local DNS responder alone: Service names from the
+    /// cluster, other names forwarded.
+    Dns(commands::dns::Args),
     /// Bring up a local cluster: etcd, masters and nodes, each node in a
     /// network namespace of its own.
     Up(commands::up::UpArgs),
@@ -211,6 +214,7 @@ async fn run(cli: Cli, target: Target) -> anyhow::Result<bool> {
             commands::hollow_node::run(args, connect_checked(&target)).await
         }
         Command::NodeProxy(args) => commands::node_proxy::run(args, connect(&target)).await,
+        Command::Dns(args) => commands::dns::run(args, connect(&target)).await,
         Command::Up(args) => commands::up::up(args).await,
         Command::Down(args) => commands::up::down(args).await,
     }

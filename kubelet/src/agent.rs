@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Container, PodStatus};
 use orca_core::api::{ConfigMap, Node, Pod, Secret};
 use orca_core::store::{Cidr, DeleteOptions, Error as StoreError, Store};
-use orca_core::telemetry::Metrics;
 use orca_core::watch::{Action, Controller, Informers, ObjectKey, Reader};
 use tokio::sync::mpsc;
 
@@ -112,20 +111,19 @@ impl Kubelet {
     }
 }
 
-/// Runs the kubelet until `shutdown` resolves. Containers keep running
-/// after it stops (their monitors hold them), as a kubelet's do.
+/// Runs the kubelet on the process's shared caches until `shutdown`
+/// resolves. Containers keep running after it stops (their monitors hold
+/// them), as a kubelet's do.
 pub async fn run(
-    store: Store,
+    informers: &Informers,
     settings: Settings,
-    metrics: &Metrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let mut shutdown = std::pin::pin!(shutdown);
     let config = settings.config.clone();
     // Registering and waiting for the pod CIDR give way to a shutdown.
-    // The factory lives as long as the caches it started.
-    let (kubelet, _informers, pods, exited, registration, listener) = tokio::select! {
-        started = start(store, &settings, metrics) => started?,
+    let (kubelet, pods, exited, registration, listener) = tokio::select! {
+        started = start(informers, &settings) => started?,
         () = &mut shutdown => return Ok(()),
     };
     let controller = Controller::new(&pods)
@@ -196,7 +194,6 @@ pub async fn run(
 /// of its containers and what it reports of its node.
 type Started = (
     Arc<Kubelet>,
-    Informers,
     orca_core::watch::Informer<Pod>,
     mpsc::UnboundedReceiver<ObjectKey>,
     node::Registration,
@@ -205,7 +202,8 @@ type Started = (
 
 /// Registers the node, waits for its pod CIDR, opens the pod network and
 /// the image store.
-async fn start(store: Store, settings: &Settings, metrics: &Metrics) -> Result<Started, Error> {
+async fn start(informers: &Informers, settings: &Settings) -> Result<Started, Error> {
+    let store = informers.store().clone();
     let config = settings.config.clone();
     let setup = |what: &str, e: io::Error| Error::Setup(format!("{what}: {e}"));
     for dir in [&config.state_dir, &config.log_dir] {
@@ -244,7 +242,6 @@ async fn start(store: Store, settings: &Settings, metrics: &Metrics) -> Result<S
         root: config.state_dir.join("runc"),
         monitor: settings.monitor.clone(),
     };
-    let informers = Informers::new(store.clone(), metrics);
     let pods = informers.pods_on_node(&settings.node);
     let (exits, exited) = mpsc::unbounded_channel();
     let kubelet = Arc::new(Kubelet {
@@ -263,7 +260,7 @@ async fn start(store: Store, settings: &Settings, metrics: &Metrics) -> Result<S
     let listener = crate::server::bind(std::net::SocketAddr::new(config.address, config.port))
         .await
         .map_err(|e| setup("kubelet server", e))?;
-    Ok((kubelet, informers, pods, exited, registration, listener))
+    Ok((kubelet, pods, exited, registration, listener))
 }
 
 fn tokio_stream_of(

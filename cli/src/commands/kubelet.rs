@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use orca_core::store::Store;
 use orca_core::telemetry::{self, Metrics};
+use orca_core::watch::Informers;
 use orca_kubelet::agent::{self, Settings};
 use orca_kubelet::config::Config;
 
@@ -90,8 +91,9 @@ pub async fn run(
     let settings = settings(node, config, args.netns)?;
     let store = store.await?;
     let metrics = Metrics::new();
+    let informers = Informers::new(store, &metrics);
     super::serve_metrics(args.admin, &metrics).await?;
-    agent::run(store, settings, &metrics, telemetry::shutdown_signal())
+    agent::run(&informers, settings, telemetry::shutdown_signal())
         .await
         .context("kubelet")?;
     Ok(true)

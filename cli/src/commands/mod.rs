@@ -4,6 +4,7 @@ pub mod apply;
 mod change;
 pub mod delete;
 pub mod describe;
+pub mod dns;
 pub mod get;
 pub mod hollow_node;
 pub mod ingress;
