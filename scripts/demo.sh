@@ -7,8 +7,8 @@
 # The demo applies examples/ (the nginx Deployment of three replicas, its
 # Service and Ingress) and a busybox client pod, waits for the rollout and
 # shows the pods on three nodes, the nginx welcome page through the
-# master's ingress by host name and through the Service's ClusterIP from
-# the client pod, the pods' logs with those requests, and the same lines
+# master's ingress by host name and through the Service's ClusterIP and
+# name (the node's DNS responder) from the client pod, the pods' logs with those requests, and the same lines
 # delivered by the nodes' log shippers. No public registry is reachable
 # here, so the nodes pull docker.io's images through a mirror: a local
 # registry (Debian's docker-registry) in the hub, holding nginx:1.7.9 built
@@ -153,6 +153,15 @@ for _ in 1 2 3; do
     echo "\$ orca exec client -- wget -qO- http://$cluster_ip/ | grep '<title>'"
     "$orca" exec client -- wget -qO- "http://$cluster_ip/" | grep '<title>'
 done
+
+echo
+echo "== the same by the Service's name, which the client's node's DNS responder answers from its caches"
+echo "\$ orca exec client -- cat /etc/resolv.conf"
+"$orca" exec client -- cat /etc/resolv.conf
+echo "\$ orca exec client -- nslookup -type=a nginx.default.svc.cluster.local."
+"$orca" exec client -- nslookup -type=a nginx.default.svc.cluster.local.
+echo "\$ orca exec client -- wget -qO- http://nginx/ | grep '<title>'"
+"$orca" exec client -- wget -qO- http://nginx/ | grep '<title>'
 
 echo
 echo "== the pods' logs: nginx's access log, served by each node's kubelet"

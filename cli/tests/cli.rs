@@ -464,6 +464,10 @@ fn the_demo_runs_end_to_end_and_leaves_nothing_behind() {
         "<h1>Welcome to nginx!</h1>",
         // Through the ClusterIP from the client pod.
         "| grep '<title>'\n<title>Welcome to nginx!</title>",
+        // By the Service's name, from the client's node's DNS responder.
+        "nameserver 172.30.0.10",
+        "Name:\tnginx.default.svc.cluster.local\nAddress: 10.",
+        "http://nginx/ | grep '<title>'\n<title>Welcome to nginx!</title>",
         // The pods' access log, through the kubelets, from the ingress and
         // from the client pod.
         "\"GET / HTTP/1.1\" 200 615 \"-\" \"curl/",

@@ -329,3 +329,68 @@ impl Drop for Registry {
         self.kill();
     }
 }
+
+/// A second registry process serving a [`Registry`]'s images from another
+/// network namespace (a cluster's, whose nodes cannot reach the test's
+/// loopback); killed on drop.
+pub struct Mirror {
+    child: Child,
+}
+
+impl Registry {
+    /// Serves this registry's storage at `addr` (`ip:port`) inside the
+    /// network namespace at `netns` (through `nsenter`), once it answers
+    /// `GET /v2/` there. Push before: the mirror reads the same files.
+    pub fn serve_in(&self, netns: &Path, addr: &str) -> Mirror {
+        let config = self.dir.path().join(format!("mirror-{addr}.yml"));
+        let yaml = format!(
+            "version: 0.1\n\
+             log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: {addr}\n  secret: orca-test\n",
+            self.dir.path().join("storage").display()
+        );
+        std::fs::write(&config, yaml).expect("writing the mirror's config");
+        let log_path = self.dir.path().join(format!("mirror-{addr}.log"));
+        let log = File::create(&log_path).expect("creating the mirror's log");
+        let ns = format!("--net={}", netns.display());
+        let mut child = Command::new("nsenter")
+            .arg(&ns)
+            .args(["/usr/bin/docker-registry", "serve"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("duplicating the log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("starting docker-registry with nsenter");
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "the mirror exited at start ({status}); its log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            let answered = Command::new("nsenter")
+                .arg(&ns)
+                .args(["curl", "-sf", "-o", "/dev/null"])
+                .arg(format!("http://{addr}/v2/"))
+                .status()
+                .is_ok_and(|s| s.success());
+            if answered {
+                return Mirror { child };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the mirror at {addr} did not answer within {START_TIMEOUT:?}");
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

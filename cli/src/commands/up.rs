@@ -321,6 +321,10 @@ impl Bringup {
                     &shipper_path.display().to_string(),
                     "--admin",
                     &format!("{ip}:{ADMIN_PORT}"),
+                    // The node's DNS responder on its own address, port 53:
+                    // the kubelet points its pods' resolv.conf at it.
+                    "--dns",
+                    &ip.to_string(),
                 ]
                 .map(str::to_string),
             );
@@ -628,18 +632,18 @@ async fn tear_down(record: &Record) -> Vec<String> {
         }
         match super::kubelet::load(Some(&config_path)) {
             Ok(config) => {
-                let netns = netns.exists().then_some(netns.as_path());
-                // Without its namespace there is no bridge left to remove,
-                // and the cleanup must not look for one in this process's.
-                if let Some(netns) = netns {
-                    if let Err(e) = orca_kubelet::agent::cleanup(&config, Some(netns)).await {
-                        failed.push(format!("{}: {e}", plan.node_name(i)));
-                    }
-                } else {
-                    failed.push(format!(
-                        "{}: its namespace is gone; its pods may be left",
-                        plan.node_name(i)
-                    ));
+                // A node whose namespace is gone (a drill removed it) still
+                // has its pods' containers, mounts and cgroups to remove;
+                // the cleanup gets an empty namespace in its place, never
+                // this process's own, whose links are not the cluster's.
+                if !netns.exists()
+                    && let Err(e) = orca_kubelet::network::create_netns(&netns)
+                {
+                    failed.push(format!("{}: {}: {e}", plan.node_name(i), netns.display()));
+                    continue;
+                }
+                if let Err(e) = orca_kubelet::agent::cleanup(&config, Some(&netns)).await {
+                    failed.push(format!("{}: {e}", plan.node_name(i)));
                 }
             }
             Err(e) => failed.push(format!("{}: {e:#}", plan.node_name(i))),

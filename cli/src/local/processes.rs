@@ -27,6 +27,11 @@ pub struct Started {
     pub start_time: u64,
     /// Where its output goes.
     pub log: PathBuf,
+    /// The network namespace it runs in.
+    pub netns: PathBuf,
+    /// Its program and arguments, to start it again (a drill restarts a
+    /// member it killed).
+    pub command: Vec<String>,
 }
 
 /// The fields of `/proc/PID/stat` after the command name.
@@ -86,6 +91,10 @@ pub fn spawn(
             pid,
             start_time,
             log: log.to_path_buf(),
+            netns: netns.to_path_buf(),
+            command: std::iter::once(program.display().to_string())
+                .chain(args.iter().cloned())
+                .collect(),
         },
     ))
 }
