@@ -993,3 +993,37 @@ async fn changing_or_deleting_what_is_gone_is_nothing_to_do() {
         .expect("there");
     assert_eq!(changed.data.unwrap()["k"], "v");
 }
+
+/// Given several members, the store moves on from one it cannot reach:
+/// reads, writes and watches all reach the member that is up, every time.
+#[tokio::test]
+async fn a_member_that_is_down_is_passed_over() {
+    let etcd = Etcd::start();
+    let down = format!("http://127.0.0.1:{}", orca_testkit::closed_port());
+    let store = Store::connect(StoreConfig::new(format!("{down},{}", etcd.endpoint())))
+        .await
+        .expect("connect");
+    for _ in 0..10 {
+        store.ping().await.expect("a ping reaches the member that is up");
+    }
+    let created = seed(&store).await;
+    assert_eq!(created["metadata"]["name"], "nginx-deployment");
+    let api = store.api::<Deployment>("default");
+    assert!(api.get("nginx-deployment").await.is_ok());
+    // A second store begins again with the member that is down: its first
+    // request, a watch, reaches the other too.
+    let again = Store::connect(StoreConfig::new(format!("{down},{}", etcd.endpoint())))
+        .await
+        .expect("connect");
+    let mut events = again.all::<ConfigMap>().watch(0).await.expect("watch");
+    let map: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "m", "namespace": "default"},
+    }))
+    .unwrap();
+    store.api::<ConfigMap>("default").create(&map).await.expect("create");
+    let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("an event");
+    assert!(matches!(event, Some(Ok(WatchEvent::Added(_)))), "{event:?}");
+}

@@ -100,11 +100,10 @@ fn etcd_err(store: &Store) -> impl Fn(etcd_client::Error) -> Error + '_ {
 
 /// Campaigns until this candidate leads; returns its [`Leadership`].
 pub async fn campaign(store: &Store, config: &ElectionConfig) -> Result<Leadership> {
-    let mut client = store.client();
     let ttl = i64::try_from(config.ttl.as_secs().max(1)).unwrap_or(i64::MAX);
     loop {
-        let lease = client
-            .lease_grant(ttl, None)
+        let lease = store
+            .call(|mut c| async move { c.lease_grant(ttl, None).await })
             .await
             .map_err(etcd_err(store))?
             .id();
@@ -117,7 +116,13 @@ pub async fn campaign(store: &Store, config: &ElectionConfig) -> Result<Leadersh
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(key, None)]);
-        let resp = client.txn(txn).await.map_err(etcd_err(store))?;
+        let resp = store
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(etcd_err(store))?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         if resp.succeeded() {
             tracing::info!(key, identity = %config.identity, "became leader");
@@ -142,7 +147,9 @@ pub async fn campaign(store: &Store, config: &ElectionConfig) -> Result<Leadersh
             });
         }
         // Someone else leads: give our lease back and wait for their key to go.
-        let _ = client.lease_revoke(lease).await;
+        let _ = store
+            .call(|mut c| async move { c.lease_revoke(lease).await })
+            .await;
         let holder = resp.op_responses().into_iter().find_map(|r| match r {
             TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.mod_revision()),
             _ => None,
@@ -157,9 +164,10 @@ pub async fn campaign(store: &Store, config: &ElectionConfig) -> Result<Leadersh
 async fn wait_for_delete(store: &Store, key: &str, from_revision: i64) -> Result<()> {
     let options = WatchOptions::new().with_start_revision(from_revision);
     let mut watch = store
-        .client()
-        .watch_client()
-        .watch(key, Some(options))
+        .call(|mut c| {
+            let options = options.clone();
+            async move { c.watch(key, Some(options)).await }
+        })
         .await
         .map_err(etcd_err(store))?;
     loop {
@@ -185,19 +193,26 @@ async fn wait_for_delete(store: &Store, key: &str, from_revision: i64) -> Result
 /// Renews the lease every third of its TTL; reports loss when the lease is
 /// gone, the key no longer ours, or no renewal succeeded for a whole TTL.
 async fn keep(store: Store, lease: i64, ttl: Duration, guard: Guard, lost: watch::Sender<bool>) {
-    let mut client = store.client();
     let mut expires = Instant::now() + ttl;
     let period = ttl / 3;
     let mut stream = None;
+    let (mut member, mut client) = store.member();
     loop {
         if Instant::now() >= expires {
             break;
         }
         if stream.is_none() {
-            stream = tokio::time::timeout(period, client.lease_keep_alive(lease))
-                .await
-                .ok()
-                .and_then(Result::ok);
+            // A new stream goes to the member in use now, which a failed
+            // request elsewhere in the process may have moved on.
+            (member, client) = store.member();
+            stream = match tokio::time::timeout(period, client.lease_keep_alive(lease)).await {
+                Ok(Ok(stream)) => Some(stream),
+                Ok(Err(e)) => {
+                    store.check_reachable(member, &e);
+                    None
+                }
+                Err(_) => None,
+            };
         }
         if let Some((keeper, responses)) = &mut stream {
             let renewed = tokio::time::timeout(period, async {
@@ -222,6 +237,7 @@ async fn keep(store: Store, lease: i64, ttl: Duration, guard: Guard, lost: watch
             {
                 break;
             }
+            Err(e) => store.check_reachable(member, &e),
             _ => {}
         }
         tokio::time::sleep_until((Instant::now() + period).min(expires)).await;

@@ -79,6 +79,8 @@ fn require(programs: &[(&str, &str)]) -> anyhow::Result<()> {
 /// A cluster being brought up: its record and the processes it started.
 struct Bringup {
     record: Record,
+    /// The kubelet configuration the nodes' start from, if one was given.
+    kubelet_base: Option<PathBuf>,
     children: Vec<Child>,
     started: Instant,
 }
@@ -269,12 +271,15 @@ impl Bringup {
         Ok(())
     }
 
-    fn start_nodes(
-        &mut self,
+    /// Writes every node's kubelet and log shipper configuration, each
+    /// checked before it takes its name: a bad base configuration stops
+    /// `orca up` before anything is made, and `orca down` only ever reads
+    /// configurations that load.
+    fn write_node_configs(
+        &self,
         base: &serde_json::Map<String, serde_json::Value>,
     ) -> anyhow::Result<()> {
-        let plan = self.plan().clone();
-        let orca = orca_exe()?;
+        let plan = self.plan();
         for i in 1..=plan.nodes {
             let dir = plan.node_dir(i);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -290,12 +295,17 @@ impl Bringup {
             ] {
                 kubelet.insert(key.into(), value);
             }
+            let draft = dir.join("kubelet.yaml.new");
+            write_json(&draft, &serde_json::Value::Object(kubelet))?;
+            super::kubelet::load(Some(&draft)).with_context(|| match &self.kubelet_base {
+                Some(path) => format!("the kubelet configuration {}", path.display()),
+                None => "the kubelet configuration".into(),
+            })?;
             let kubelet_path = dir.join("kubelet.yaml");
-            write_json(&kubelet_path, &serde_json::Value::Object(kubelet))?;
-            super::kubelet::load(Some(&kubelet_path))?;
-            let shipper_path = dir.join("logshipper.yaml");
+            std::fs::rename(&draft, &kubelet_path)
+                .with_context(|| format!("writing {}", kubelet_path.display()))?;
             write_json(
-                &shipper_path,
+                &dir.join("logshipper.yaml"),
                 &json!({
                     "inputs": [{
                         "name": "pods",
@@ -307,6 +317,16 @@ impl Bringup {
                     "admin": {"address": format!("{ip}:{SHIPPER_ADMIN_PORT}")},
                 }),
             )?;
+        }
+        Ok(())
+    }
+
+    fn start_nodes(&mut self) -> anyhow::Result<()> {
+        let plan = self.plan().clone();
+        let orca = orca_exe()?;
+        for i in 1..=plan.nodes {
+            let dir = plan.node_dir(i);
+            let ip = plan.node_ip(i);
             let mut command = self.etcd_args(&format!("node-{i}"));
             command.extend(
                 [
@@ -316,9 +336,9 @@ impl Bringup {
                     "--cluster-cidr",
                     CLUSTER_CIDR,
                     "--kubelet-config",
-                    &kubelet_path.display().to_string(),
+                    &dir.join("kubelet.yaml").display().to_string(),
                     "--logshipper-config",
-                    &shipper_path.display().to_string(),
+                    &dir.join("logshipper.yaml").display().to_string(),
                     "--admin",
                     &format!("{ip}:{ADMIN_PORT}"),
                     // The node's DNS responder on its own address, port 53:
@@ -368,6 +388,7 @@ impl Bringup {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
 
+        self.write_node_configs(&base)?;
         self.step("making the cluster's CA and certificates");
         pki::make(&plan)?;
 
@@ -396,8 +417,13 @@ impl Bringup {
         ));
         self.start_etcd()?;
         let store = self.store().await?;
+        // Each try is bounded: a request to members without a quorum yet
+        // may wait for one.
         self.wait_for("etcd to answer", Duration::from_secs(30), || async {
-            store.ping().await.is_ok()
+            matches!(
+                tokio::time::timeout(Duration::from_secs(1), store.ping()).await,
+                Ok(Ok(_))
+            )
         })
         .await?;
 
@@ -422,7 +448,7 @@ impl Bringup {
             "starting {} node(s): kubelet, node proxy, log shipper",
             plan.nodes
         ));
-        self.start_nodes(&base)?;
+        self.start_nodes()?;
         let limit = args.timeout.0;
         let start = Instant::now();
         let mut ready = std::collections::BTreeSet::new();
@@ -493,6 +519,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<bool> {
         state: state.clone(),
     };
     plan.validate()?;
+    if let Some(path) = &args.kubelet_config {
+        // Checked as the kubelet reads it, so its errors name its lines.
+        super::kubelet::load(Some(path))?;
+    }
     if Plan::record_path(&state).exists() {
         anyhow::bail!(
             "{} holds a cluster already; `orca down --state {}` removes it",
@@ -508,6 +538,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<bool> {
     record.save()?;
     let mut bringup = Bringup {
         record,
+        kubelet_base: args.kubelet_config.clone(),
         children: Vec::new(),
         started: Instant::now(),
     };

@@ -22,6 +22,9 @@ use serde::{Deserialize, Serialize};
 /// `eth0` have their addresses. It exists only inside the cluster's
 /// namespaces: the host has no route to it, and no route leads out of it.
 pub const NODE_NETWORK: (Ipv4Addr, u8) = (Ipv4Addr::new(172, 30, 0, 0), 24);
+/// The hub bridge's own address, the first on it: connections from the
+/// hub's processes start from it.
+pub const HUB_ADDRESS: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
 /// The pod ranges: node `i` gets `10.244.i.0/24`.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// The ClusterIP range (the masters' default).

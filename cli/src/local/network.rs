@@ -16,7 +16,7 @@ use orca_kubelet::network::{connect, create_netns, ensure_address, link_index, r
 use rtnetlink::packet_route::route::RouteType;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-use super::{NODE_NETWORK, Plan, SERVICE_CIDR};
+use super::{HUB_ADDRESS, NODE_NETWORK, Plan, SERVICE_CIDR};
 
 /// The hub's bridge.
 const BRIDGE: &str = "br0";
@@ -119,7 +119,7 @@ pub async fn make_hub(plan: &Plan) -> anyhow::Result<()> {
     }
     let bridge = up(&hub, BRIDGE).await?;
     let bits = NODE_NETWORK.1;
-    ensure_address(&hub, bridge, Ipv4Addr::new(172, 30, 0, 1), bits).await?;
+    ensure_address(&hub, bridge, HUB_ADDRESS, bits).await?;
     for i in 1..=plan.members() {
         ensure_address(&hub, bridge, plan.etcd_ip(i), bits).await?;
     }

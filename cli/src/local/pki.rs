@@ -11,7 +11,7 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 
-use super::Plan;
+use super::{HUB_ADDRESS, Plan};
 
 /// A certificate and its key, as files.
 pub struct Pair {
@@ -92,7 +92,10 @@ pub fn make(plan: &Plan) -> anyhow::Result<()> {
     };
     for i in 1..=plan.members() {
         let ip = plan.etcd_ip(i).to_string();
-        issue(format!("etcd-{i}"), vec![ip, "127.0.0.1".into()], true)?;
+        // etcd checks a peer's source address against its certificate, and
+        // every member connects from the hub bridge's first address.
+        let sans = vec![ip, HUB_ADDRESS.to_string(), "127.0.0.1".into()];
+        issue(format!("etcd-{i}"), sans, true)?;
     }
     for i in 1..=plan.masters {
         issue(format!("master-{i}"), Vec::new(), false)?;

@@ -320,10 +320,69 @@ pub struct Page<T> {
 /// The etcd-backed object store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
+    members: Members,
     config: StoreConfig,
     guard: Option<Guard>,
     metrics: StoreMetrics,
+}
+
+/// One etcd client per member, used one at a time, as etcd's own Go client
+/// pins an endpoint: a request that cannot reach its member moves every
+/// later one to the next. (etcd-client's balancer keeps sending to a member
+/// that is down: its requests fail at once, so it looks the least loaded.)
+#[derive(Clone)]
+struct Members {
+    clients: std::sync::Arc<[Client]>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Members {
+    /// The member in use and its index.
+    fn current(&self) -> (usize, Client) {
+        let index = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len();
+        (index, self.clients[index].clone())
+    }
+
+    /// Moves on from member `index` unless another request already did.
+    fn failed(&self, index: usize) {
+        let next = (index + 1) % self.clients.len();
+        let _ = self.current.compare_exchange(
+            index,
+            next,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
+/// Whether `e` says the member could not be reached at all (refused, no
+/// route, no connection): the request never got there, so any request,
+/// a write too, may go to another member.
+fn unreachable(e: &etcd_client::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::NotConnected
+            )
+        {
+            return true;
+        }
+        // Some layers of tonic's chain hold the OS error as text only.
+        let text = err.to_string();
+        if ["Connection refused", "No route to host", "Network is unreachable"]
+            .iter()
+            .any(|t| text.contains(t))
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Labels naming one stored key.
@@ -513,22 +572,34 @@ impl Store {
         if let Some(tls) = &config.tls {
             options = options.with_tls(tls.options()?);
         }
-        let endpoints: Vec<&str> = config
+        let mut clients = Vec::new();
+        for endpoint in config
             .endpoint
             .split(',')
             .map(str::trim)
             .filter(|e| !e.is_empty())
-            .collect();
-        let connect = Client::connect(endpoints, Some(options));
-        let client = tokio::time::timeout(config.connect_timeout, connect)
-            .await
-            .map_err(|_| Error::Unavailable {
+        {
+            let connect = Client::connect([endpoint], Some(options.clone()));
+            let client = tokio::time::timeout(config.connect_timeout, connect)
+                .await
+                .map_err(|_| Error::Unavailable {
+                    endpoint: endpoint.to_string(),
+                    message: "timed out connecting".into(),
+                })?
+                .map_err(|e| map_err(endpoint, e))?;
+            clients.push(client);
+        }
+        if clients.is_empty() {
+            return Err(Error::Unavailable {
                 endpoint: config.endpoint.clone(),
-                message: "timed out connecting".into(),
-            })?
-            .map_err(|e| map_err(&config.endpoint, e))?;
+                message: "no etcd endpoint given".into(),
+            });
+        }
         Ok(Self {
-            client,
+            members: Members {
+                clients: clients.into(),
+                current: Default::default(),
+            },
             config,
             guard: None,
             metrics: StoreMetrics::default(),
@@ -573,7 +644,43 @@ impl Store {
     /// The raw etcd client, for the pieces of core that need etcd itself
     /// (leases for leader election).
     pub(crate) fn client(&self) -> Client {
-        self.client.clone()
+        self.members.current().1
+    }
+
+    /// Runs `request` on the member in use, and again on the next while
+    /// the one it reached cannot be reached at all (a member that is down).
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        mut request: F,
+    ) -> std::result::Result<T, etcd_client::Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let mut left = self.members.clients.len();
+        loop {
+            let (index, client) = self.members.current();
+            match request(client).await {
+                Err(e) if left > 1 && unreachable(&e) => {
+                    self.members.failed(index);
+                    left -= 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Moves later requests to the next member when `e` says the one in
+    /// use cannot be reached (for streams, which [`Store::call`] cannot retry).
+    pub(crate) fn check_reachable(&self, client_index: usize, e: &etcd_client::Error) {
+        if unreachable(e) {
+            self.members.failed(client_index);
+        }
+    }
+
+    /// The member in use and its client, to report with [`Store::check_reachable`].
+    pub(crate) fn member(&self) -> (usize, Client) {
+        self.members.current()
     }
 
     fn err(&self, e: etcd_client::Error) -> Error {
@@ -583,9 +690,9 @@ impl Store {
     /// Checks that etcd answers, with a clear error when it does not.
     pub async fn ping(&self) -> Result<i64> {
         let resp = self
-            .client
-            .kv_client()
-            .get(ROOT, Some(GetOptions::new().with_count_only()))
+            .call(
+                |mut c| async move { c.get(ROOT, Some(GetOptions::new().with_count_only())).await },
+            )
             .await
             .map_err(|e| self.err(e))?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
@@ -655,9 +762,10 @@ impl Store {
         let mut pause = Duration::from_millis(50);
         loop {
             let result = self
-                .client
-                .kv_client()
-                .get(key.clone(), options.clone())
+                .call(|mut c| {
+                    let (key, options) = (key.clone(), options.clone());
+                    async move { c.get(key, options).await }
+                })
                 .await
                 .map_err(|e| self.err(e));
             match result {
@@ -691,9 +799,10 @@ impl Store {
         }
         let txn = Txn::new().when(compares).and_then(ops).or_else(otherwise);
         let resp = self
-            .client
-            .kv_client()
-            .txn(txn)
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
             .await
             .map_err(|e| self.err(e))?;
         if resp.succeeded() {
@@ -1281,9 +1390,10 @@ impl Store {
             .with_prev_key()
             .with_progress_notify();
         let watch = self
-            .client
-            .watch_client()
-            .watch(prefix, Some(options))
+            .call(|mut c| {
+                let options = options.clone();
+                async move { c.watch(prefix, Some(options)).await }
+            })
             .await
             .map_err(|e| self.err(e))?;
         let store = self.clone();

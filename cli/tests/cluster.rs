@@ -1,0 +1,743 @@
+//! `orca up` and `orca down`, and failure drills on the clusters they make:
+//! real etcd members over TLS, masters and nodes in network namespaces the
+//! tests make through `orca up`, nginx images from a real registry. Each
+//! test has a cluster of its own (named after the test and this process),
+//! removed by `orca down` whatever happens.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use orca_testkit::registry::{Mirror, Registry};
+
+const ORCA: &str = env!("CARGO_BIN_EXE_orca");
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+const NGINX_IMAGE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/nginx-image.sh");
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A cluster `orca up` made for one test; `orca down` on drop.
+struct Cluster {
+    dir: tempfile::TempDir,
+    state: PathBuf,
+    name: String,
+    _mirror: Option<Mirror>,
+}
+
+/// Everything a cluster named `name` could leave: namespaces, cgroups,
+/// processes naming `state`, mounts under it, and `state` itself.
+fn leftovers(name: &str, state: &Path) -> Vec<String> {
+    let mut left = Vec::new();
+    for entry in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file.starts_with(&format!("{name}-")) {
+            left.push(format!("namespace {file}"));
+        }
+    }
+    for controller in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        for sub in std::fs::read_dir(controller.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if sub
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{name}-"))
+            {
+                left.push(format!("cgroup {}", sub.path().display()));
+            }
+        }
+    }
+    let state_text = state.display().to_string();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&state_text) {
+            left.push(format!("process {cmdline}"));
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    if mounts.contains(&state_text) {
+        left.push(format!("a mount under {state_text}"));
+    }
+    if state.exists() {
+        left.push(state_text);
+    }
+    left
+}
+
+impl Cluster {
+    /// The state directory and name of a cluster for test `tag`.
+    fn plan(tag: &str) -> (tempfile::TempDir, PathBuf, String) {
+        orca_testkit::netns::require_root("orca up (network namespaces, containers)");
+        let dir = tempfile::Builder::new()
+            .prefix("orca-cluster-")
+            .tempdir()
+            .unwrap();
+        let name = format!("t{}-{tag}", std::process::id());
+        let state = dir.path().join(&name);
+        (dir, state, name)
+    }
+
+    /// `orca up --state ... ARGS`, failing the test if it fails.
+    fn up(tag: &str, args: &[&str]) -> Self {
+        let (dir, state, name) = Self::plan(tag);
+        let out = Command::new(ORCA)
+            .arg("up")
+            .arg("--state")
+            .arg(&state)
+            .args(args)
+            .env_remove("ORCA_CLUSTER")
+            .env_remove("ORCA_ETCD")
+            .output()
+            .unwrap();
+        let cluster = Self {
+            dir,
+            state,
+            name,
+            _mirror: None,
+        };
+        assert!(
+            out.status.success(),
+            "orca up failed:\n{}\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        cluster
+    }
+
+    /// `orca ARGS` against the cluster, through its client file.
+    fn orca(&self, args: &[&str]) -> Output {
+        Command::new(ORCA)
+            .args(args)
+            .env("ORCA_CLUSTER", self.state.join("client.yaml"))
+            .env_remove("ORCA_ETCD")
+            .output()
+            .unwrap()
+    }
+
+    /// Like [`Cluster::orca`], failing the test if it fails; its output.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.orca(args);
+        assert!(
+            out.status.success(),
+            "orca {args:?}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        stdout(&out)
+    }
+
+    fn hub(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}-hub", self.name))
+    }
+
+    /// `PROGRAM ARGS` run inside the hub's namespace.
+    fn in_hub(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.hub().display()))
+            .arg(program)
+            .args(args)
+            .env_remove("ORCA_CLUSTER")
+            .env_remove("ORCA_ETCD")
+            .output()
+            .unwrap()
+    }
+
+    /// The HTTP status of `GET /` for nginx.local at a master's ingress.
+    fn ingress_status(&self, master: u8) -> String {
+        let out = self.in_hub(
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-m",
+                "5",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "Host: nginx.local",
+                &format!("http://172.30.0.{}/", 10 + master),
+            ],
+        );
+        stdout(&out)
+    }
+
+    /// The cluster's record: the plan and every process started.
+    fn record(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(self.state.join("cluster.json")).unwrap())
+            .unwrap()
+    }
+
+    /// The recorded process `what` (`node-2`, `etcd-1`).
+    fn process(&self, what: &str) -> serde_json::Value {
+        self.record()["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|p| p["what"] == what)
+            .unwrap_or_else(|| panic!("no process {what} recorded"))
+            .clone()
+    }
+
+    /// SIGKILLs the recorded process `what`.
+    fn kill(&self, what: &str) {
+        let pid = self.process(what)["pid"].as_u64().unwrap();
+        let status = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "killing {what} (pid {pid})");
+    }
+
+    /// The contents of a process's log.
+    fn log(&self, what: &str) -> String {
+        std::fs::read_to_string(self.state.join("logs").join(format!("{what}.log")))
+            .unwrap_or_default()
+    }
+
+    /// A kubelet configuration whose nodes pull docker.io through a mirror
+    /// at 172.30.0.1:5000 (see [`Cluster::serve_images`]).
+    fn mirror_config(dir: &Path) -> PathBuf {
+        let path = dir.join("kubelet-base.yaml");
+        std::fs::write(
+            &path,
+            "registries:\n  docker.io: {mirrors: [\"http://172.30.0.1:5000\"]}\n\
+             images:\n  allow: [\"docker.io/library/*\"]\n",
+        )
+        .unwrap();
+        path
+    }
+
+    /// Serves `registry`'s images at 172.30.0.1:5000 in the hub.
+    fn serve_images(&mut self, registry: &Registry) {
+        self._mirror = Some(registry.serve_in(&self.hub(), "172.30.0.1:5000"));
+    }
+
+    /// Applies the examples and waits for the rollout.
+    fn run_example(&self) {
+        self.ok(&["apply", "-f", EXAMPLES]);
+        self.ok(&[
+            "rollout",
+            "status",
+            "deployment/nginx-deployment",
+            "--timeout",
+            "120s",
+        ]);
+    }
+
+    /// The nginx pods' names, nodes and phases (`get pods -o wide`).
+    fn nginx_pods(&self) -> Vec<(String, String, String)> {
+        self.ok(&["get", "pods", "-o", "wide"])
+            .lines()
+            .filter(|l| l.starts_with("nginx-deployment-"))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[0].to_string(), f[6].to_string(), f[2].to_string())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self._mirror = None;
+        let out = Command::new(ORCA)
+            .arg("down")
+            .arg("--state")
+            .arg(&self.state)
+            .output()
+            .unwrap();
+        if !std::thread::panicking() {
+            assert!(out.status.success(), "orca down: {}", stderr(&out));
+            let left = leftovers(&self.name, &self.state);
+            assert!(left.is_empty(), "orca down left: {left:#?}");
+        }
+    }
+}
+
+/// Waits up to `limit` for `ready`, failing with `what` and `context()`.
+fn wait_for(
+    what: &str,
+    limit: Duration,
+    mut ready: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether any endpoint on `node` is ready in `orca get endpointslices -o json`.
+fn victim_ready(json: &str, node: &str) -> bool {
+    let value: serde_json::Value = serde_json::from_str(json).unwrap();
+    let items = value["items"].as_array().cloned().unwrap_or_default();
+    items.iter().any(|slice| {
+        slice["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["nodeName"] == node && e["conditions"]["ready"] != false)
+    })
+}
+
+/// A registry holding nginx:1.7.9, built from Debian's nginx-light.
+fn nginx_registry() -> Registry {
+    let registry = Registry::start();
+    let out = Command::new("bash")
+        .arg(NGINX_IMAGE)
+        .arg(registry.addr())
+        .arg("1.7.9")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "building the nginx image: {}",
+        stderr(&out)
+    );
+    registry
+}
+
+#[test]
+fn up_makes_a_cluster_that_speaks_only_tls_and_down_removes_all_of_it() {
+    let (dir, state, name) = Cluster::plan("tls");
+    let out = Command::new(ORCA)
+        .args(["up", "--nodes", "2", "--state"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    let cluster = Cluster {
+        dir,
+        state: state.clone(),
+        name: name.clone(),
+        _mirror: None,
+    };
+    for shown in [
+        "making the cluster's CA and certificates",
+        &format!("namespace /run/netns/{name}-node-2, eth0 172.30.0.102"),
+        "starting etcd (1 member(s), TLS with client certificates)",
+        "node-1 is Ready",
+        "node-2 is Ready",
+        &format!("export ORCA_CLUSTER={}/client.yaml", state.display()),
+    ] {
+        assert!(text.contains(shown), "{shown:?} missing from:\n{text}");
+    }
+    let nodes = cluster.ok(&["get", "nodes", "-o", "wide"]);
+    assert_eq!(nodes.matches(" Ready ").count(), 2, "{nodes}");
+    assert!(
+        nodes.contains("172.30.0.101") && nodes.contains("172.30.0.102"),
+        "{nodes}"
+    );
+
+    // Plain TCP is refused; TLS without a client certificate too; the
+    // CLI's certificate is let in.
+    let plain = cluster.in_hub(ORCA, &["--etcd", "http://172.30.0.2:2379", "get", "nodes"]);
+    assert!(
+        !plain.status.success(),
+        "a plain-TCP client got in: {}",
+        stdout(&plain)
+    );
+    let pki = state.join("pki");
+    let ca = pki.join("ca.crt").display().to_string();
+    let url = "https://172.30.0.2:2379/version";
+    let bare = cluster.in_hub("curl", &["-s", "-m", "5", "--cacert", &ca, url]);
+    assert!(
+        !bare.status.success(),
+        "a client without a certificate got in: {}",
+        stdout(&bare)
+    );
+    let cert = pki.join("admin.crt").display().to_string();
+    let key = pki.join("admin.key").display().to_string();
+    let admitted = cluster.in_hub(
+        "curl",
+        &[
+            "-s", "-m", "5", "--cacert", &ca, "--cert", &cert, "--key", &key, url,
+        ],
+    );
+    assert!(
+        stdout(&admitted).contains("etcdserver"),
+        "{}",
+        stderr(&admitted)
+    );
+
+    // A second `orca up` on the same state is refused and changes nothing.
+    let again = Command::new(ORCA)
+        .args(["up", "--state"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("holds a cluster already; `orca down --state"),
+        "{}",
+        stderr(&again)
+    );
+    assert!(cluster.ok(&["get", "nodes"]).contains("node-2"));
+    // Drop runs `orca down` and checks nothing is left.
+}
+
+#[test]
+fn up_refuses_bad_input_and_leaves_nothing() {
+    let (dir, state, name) = Cluster::plan("bad");
+    let out = Command::new(ORCA)
+        .args(["up", "--nodes", "0", "--state"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--nodes 0: a local cluster has 1 to 100 nodes"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!state.exists());
+
+    let config = dir.path().join("kubelet.yaml");
+    std::fs::write(&config, "registries: {}\nmax_podz: 3\n").unwrap();
+    let out = Command::new(ORCA)
+        .args(["up", "--nodes", "1", "--kubelet-config"])
+        .arg(&config)
+        .arg("--state")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("kubelet.yaml") && err.contains("max_podz"),
+        "{err}"
+    );
+    assert!(err.contains("kubelet.yaml:2:1"), "{err}");
+    let left = leftovers(&name, &state);
+    assert!(left.is_empty(), "a failed orca up left: {left:#?}");
+
+    let out = Command::new(ORCA)
+        .args(["down", "--state"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no cluster recorded there"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn down_removes_a_cluster_whose_up_was_killed_midway() {
+    let (_dir, state, name) = Cluster::plan("crash");
+    let mut up = Command::new(ORCA)
+        .args(["up", "--nodes", "2", "--state"])
+        .arg(&state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once the nodes are being started: etcd and the master run,
+    // the namespaces exist, the nodes' processes may or may not.
+    let lines = BufReader::new(up.stdout.take().unwrap());
+    for line in lines.lines() {
+        if line.unwrap().contains("starting 2 node(s)") {
+            break;
+        }
+    }
+    up.kill().unwrap();
+    up.wait().unwrap();
+    assert!(!leftovers(&name, &state).is_empty(), "nothing to clean up?");
+    let out = Command::new(ORCA)
+        .args(["down", "--state"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The processes `orca up` started outlive it; none is left now.
+    let left = leftovers(&name, &state);
+    assert!(left.is_empty(), "orca down left: {left:#?}");
+}
+
+#[test]
+fn a_dead_node_s_pods_move_and_the_ingress_stops_sending_to_them() {
+    let registry = nginx_registry();
+    let (dir, _, _) = Cluster::plan("node");
+    let base = Cluster::mirror_config(dir.path());
+    let base = base.display().to_string();
+    let mut cluster = Cluster::up(
+        "node",
+        &[
+            "--nodes",
+            "3",
+            "--kubelet-config",
+            &base,
+            "--node-monitor-grace-period",
+            "3s",
+            "--pod-eviction-timeout",
+            "2s",
+        ],
+    );
+    cluster.serve_images(&registry);
+    cluster.run_example();
+    let pods = cluster.nginx_pods();
+    let victim = pods[0].1.clone();
+    wait_for(
+        "the ingress to serve",
+        Duration::from_secs(30),
+        || cluster.ingress_status(1) == "200",
+        || cluster.log("master-1"),
+    );
+
+    // The node dies: its process, its pods' processes, its namespace.
+    cluster.kill(&victim);
+    let kubelet_config = cluster
+        .state
+        .join(&victim)
+        .join("kubelet.yaml")
+        .display()
+        .to_string();
+    let netns = format!("/run/netns/{}-{victim}", cluster.name);
+    let out = Command::new(ORCA)
+        .args([
+            "kubelet",
+            "--cleanup",
+            "--config",
+            &kubelet_config,
+            "--netns",
+            &netns,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = Command::new("umount").arg(&netns).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::remove_file(&netns).unwrap();
+
+    // Unreachable once its Lease is silent for the grace period; from then
+    // on the ingress sends nothing to its pods.
+    wait_for(
+        "the node to be unreachable",
+        Duration::from_secs(60),
+        || {
+            cluster
+                .ok(&["get", "node", &victim, "-o", "json"])
+                .contains("node.kubernetes.io/unreachable")
+        },
+        || cluster.ok(&["get", "nodes"]),
+    );
+    wait_for(
+        "the victim's endpoints to be not ready",
+        Duration::from_secs(30),
+        || {
+            !victim_ready(
+                &cluster.ok(&["get", "endpointslices", "-o", "json"]),
+                &victim,
+            )
+        },
+        || cluster.ok(&["get", "endpointslices", "-o", "json"]),
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        statuses.push(cluster.ingress_status(1));
+    }
+    assert!(
+        statuses.iter().all(|s| s == "200"),
+        "the ingress failed requests after the node went: {statuses:?}\n{}",
+        cluster.log("master-1")
+    );
+
+    // Evicted after the eviction timeout; replaced on the living nodes.
+    wait_for(
+        "three nginx pods Running on the living nodes",
+        Duration::from_secs(90),
+        || {
+            let pods = cluster.nginx_pods();
+            let living: Vec<_> = pods
+                .iter()
+                .filter(|(_, node, phase)| *node != victim && phase == "Running")
+                .collect();
+            living.len() == 3
+        },
+        || cluster.ok(&["get", "pods", "-o", "wide"]),
+    );
+    let nodes: BTreeSet<String> = cluster
+        .nginx_pods()
+        .into_iter()
+        .filter(|(_, _, phase)| phase == "Running")
+        .map(|(_, node, _)| node)
+        .collect();
+    assert!(!nodes.contains(&victim), "{nodes:?}");
+
+    // The access-log lines of those requests reached the shippers' sinks.
+    wait_for(
+        "the access log at the shippers' sinks",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_dir(cluster.state.join("shipped"))
+                .unwrap()
+                .flatten()
+                .map(|f| std::fs::read_to_string(f.path()).unwrap_or_default())
+                .any(|text| text.contains("\\\"GET / HTTP/1.1\\\" 200"))
+        },
+        String::new,
+    );
+}
+
+#[test]
+fn the_leader_master_killed_another_leads_and_the_ingress_keeps_serving() {
+    let registry = nginx_registry();
+    let (dir, _, _) = Cluster::plan("lead");
+    let base = Cluster::mirror_config(dir.path());
+    let base = base.display().to_string();
+    let mut cluster = Cluster::up(
+        "lead",
+        &[
+            "--nodes",
+            "2",
+            "--masters",
+            "2",
+            "--kubelet-config",
+            &base,
+            "--leader-ttl",
+            "3s",
+        ],
+    );
+    cluster.serve_images(&registry);
+    cluster.run_example();
+    let leading = |master: u8| {
+        cluster
+            .log(&format!("master-{master}"))
+            .contains("leading: control loops start")
+    };
+    wait_for(
+        "a leader",
+        Duration::from_secs(30),
+        || leading(1) || leading(2),
+        || cluster.log("master-1") + &cluster.log("master-2"),
+    );
+    let (leader, survivor) = if leading(1) { (1, 2) } else { (2, 1) };
+    wait_for(
+        "the survivor's ingress to serve",
+        Duration::from_secs(30),
+        || cluster.ingress_status(survivor) == "200",
+        || cluster.log(&format!("master-{survivor}")),
+    );
+
+    // Requests to the survivor's ingress go on from before the kill until
+    // the survivor leads.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let statuses = std::thread::scope(|scope| {
+        let requests = scope.spawn(|| {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                statuses.push(cluster.ingress_status(survivor));
+            }
+            statuses
+        });
+        cluster.kill(&format!("master-{leader}"));
+        wait_for(
+            "the survivor to lead",
+            Duration::from_secs(60),
+            || leading(survivor),
+            || cluster.log(&format!("master-{survivor}")),
+        );
+        // A few more after the change of leader.
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        requests.join().unwrap()
+    });
+    assert!(statuses.len() > 5, "too few requests: {statuses:?}");
+    assert!(
+        statuses.iter().all(|s| s == "200"),
+        "the survivor's ingress failed requests: {statuses:?}"
+    );
+
+    // The new leader's control loops act: a scale-up is carried out.
+    cluster.ok(&["scale", "deployment", "nginx-deployment", "--replicas", "4"]);
+    cluster.ok(&[
+        "rollout",
+        "status",
+        "deployment/nginx-deployment",
+        "--timeout",
+        "60s",
+    ]);
+    let running = cluster
+        .nginx_pods()
+        .iter()
+        .filter(|(_, _, phase)| phase == "Running")
+        .count();
+    assert_eq!(running, 4, "{}", cluster.ok(&["get", "pods", "-o", "wide"]));
+}
+
+#[test]
+fn one_of_three_etcd_members_killed_the_cluster_works_and_it_catches_up() {
+    let cluster = Cluster::up("etcd", &["--nodes", "1", "--masters", "2"]);
+    cluster.kill("etcd-2");
+    // Writes and reads go on with two of three members.
+    let manifest = cluster.dir.path().join("configmap.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: during-outage}\ndata: {k: v}\n",
+    )
+    .unwrap();
+    cluster.ok(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(cluster.ok(&["get", "configmaps"]).contains("during-outage"));
+    assert!(cluster.ok(&["get", "nodes"]).contains(" Ready "));
+
+    // Started again as it was, the member catches up: a linearizable read
+    // through it alone waits for it to apply what the others committed.
+    let member = cluster.process("etcd-2");
+    let command: Vec<String> = serde_json::from_value(member["command"].clone()).unwrap();
+    let log = std::fs::File::options()
+        .append(true)
+        .open(member["log"].as_str().unwrap())
+        .unwrap();
+    let mut restarted = Command::new("nsenter")
+        .arg(format!("--net={}", member["netns"].as_str().unwrap()))
+        .args(&command)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let pki = cluster.state.join("pki");
+    let via_member = |args: &[&str]| {
+        let mut all = vec!["--etcd", "https://172.30.0.3:2379"];
+        let ca = pki.join("ca.crt").display().to_string();
+        let cert = pki.join("admin.crt").display().to_string();
+        let key = pki.join("admin.key").display().to_string();
+        all.extend(["--etcd-ca", &ca, "--etcd-cert", &cert, "--etcd-key", &key]);
+        all.extend(args);
+        cluster.in_hub(ORCA, &all)
+    };
+    wait_for(
+        "the restarted member to serve the write it missed",
+        Duration::from_secs(60),
+        || stdout(&via_member(&["get", "configmap", "during-outage"])).contains("during-outage"),
+        || cluster.log("etcd-2"),
+    );
+    let _ = restarted.kill();
+    let _ = restarted.wait();
+}
