@@ -6,6 +6,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Unit;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InputLabels {
@@ -26,6 +27,11 @@ pub struct ShipperMetrics {
     output_events: Family<OutputLabels, Counter>,
     output_bytes: Family<OutputLabels, Counter>,
     output_retries: Family<OutputLabels, Counter>,
+    output_failed: Family<OutputLabels, Counter>,
+    output_dropped: Family<OutputLabels, Counter>,
+    output_dead_lettered: Family<OutputLabels, Counter>,
+    output_retrying: Family<OutputLabels, Gauge>,
+    output_oldest_age: Family<OutputLabels, Gauge<f64, AtomicU64>>,
     /// Bytes in tracked files not yet acknowledged by every output.
     pub checkpoint_lag: Gauge,
     /// Checkpoint files written.
@@ -62,6 +68,17 @@ pub struct OutputMetrics {
     pub bytes: Counter,
     /// Failed delivery attempts, each followed by a retry.
     pub retries: Counter,
+    /// Events of batches given up on (rejected for good, or out of attempts).
+    pub failed: Counter,
+    /// Events dropped: given up on with `on_failure: drop`, or skipped
+    /// while the output's queue was full (`when_full: drop_newest`).
+    pub dropped: Counter,
+    /// Events written to the dead-letter file.
+    pub dead_lettered: Counter,
+    /// 1 while a batch is waiting to be tried again.
+    pub retrying: Gauge,
+    /// Seconds the oldest event not yet acknowledged has waited.
+    pub oldest_age: Gauge<f64, AtomicU64>,
 }
 
 impl ShipperMetrics {
@@ -100,6 +117,32 @@ impl ShipperMetrics {
             "output_retries",
             "Failed delivery attempts (each retried), per output",
             this.output_retries.clone(),
+        );
+        m.register(
+            "output_failed_events",
+            "Events of batches given up on (rejected for good or out of attempts), per output",
+            this.output_failed.clone(),
+        );
+        m.register(
+            "output_dropped_events",
+            "Events dropped (given up on with on_failure: drop, or skipped while the output's queue was full), per output",
+            this.output_dropped.clone(),
+        );
+        m.register(
+            "output_dead_lettered_events",
+            "Events written to the output's dead-letter file, per output",
+            this.output_dead_lettered.clone(),
+        );
+        m.register(
+            "output_retrying",
+            "1 while the output waits to try a failed batch again",
+            this.output_retrying.clone(),
+        );
+        m.register_with_unit(
+            "output_oldest_unacknowledged_age",
+            "How long the output's oldest event not yet acknowledged has waited",
+            Unit::Seconds,
+            this.output_oldest_age.clone(),
         );
         m.register_with_unit(
             "checkpoint_lag",
@@ -163,6 +206,11 @@ impl ShipperMetrics {
             events: self.output_events.get_or_create(&labels).clone(),
             bytes: self.output_bytes.get_or_create(&labels).clone(),
             retries: self.output_retries.get_or_create(&labels).clone(),
+            failed: self.output_failed.get_or_create(&labels).clone(),
+            dropped: self.output_dropped.get_or_create(&labels).clone(),
+            dead_lettered: self.output_dead_lettered.get_or_create(&labels).clone(),
+            retrying: self.output_retrying.get_or_create(&labels).clone(),
+            oldest_age: self.output_oldest_age.get_or_create(&labels).clone(),
         }
     }
 }

@@ -14,12 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::Sender;
-
 use crate::buffer::Budget;
 use crate::checkpoint::Entry;
 use crate::config::{FileField, InputConfig};
 use crate::event::{Chunk, FileId, Source};
+use crate::lane::{Lane, Offer};
 use crate::metadata::PodMetadata;
 use crate::metrics::InputMetrics;
 use crate::parse::{ParseError, Parser};
@@ -83,8 +82,8 @@ pub struct Wiring {
     pub tracker: Arc<Tracker>,
     /// The memory budget chunks are reserved from.
     pub budget: Arc<Budget>,
-    /// One channel per output; every chunk goes to all of them.
-    pub outputs: Vec<Sender<Arc<Chunk>>>,
+    /// One queue per output; every chunk goes to all of them.
+    pub outputs: Vec<Lane>,
     /// Set to stop reading.
     pub stop: Arc<AtomicBool>,
     /// The runtime the outputs run on, whose timers bound the waits for them.
@@ -175,6 +174,12 @@ impl Watcher {
                 }
             }
             if !busy {
+                for lane in &mut self.wiring.outputs {
+                    if !lane.flush_if_empty() {
+                        // An output only goes away when the shipper stops.
+                        self.wiring.stop.store(true, Ordering::Relaxed);
+                    }
+                }
                 self.sleep(self.poll_interval);
             }
         }
@@ -507,25 +512,34 @@ impl Watcher {
         );
         self.wiring.tracker.emitted(chunk.file, commit, size);
         let chunk = Arc::new(chunk);
-        let outputs = self.wiring.outputs.clone();
+        let mut lanes = std::mem::take(&mut self.wiring.outputs);
+        self.offer(&mut lanes, &chunk);
+        self.wiring.outputs = lanes;
+    }
+
+    /// Hands `chunk` to every output's queue, waiting while a `block`
+    /// queue is full.
+    fn offer(&mut self, lanes: &mut [Lane], chunk: &Arc<Chunk>) {
         let runtime = self.wiring.runtime.clone();
-        for output in &outputs {
+        for lane in lanes {
             loop {
-                // The timer must be made inside the runtime's context.
-                let waited = runtime
-                    .block_on(async { tokio::time::timeout(STOP_CHECK, output.reserve()).await });
-                match waited {
-                    Ok(Ok(permit)) => {
-                        permit.send(Arc::clone(&chunk));
-                        break;
-                    }
-                    Ok(Err(_)) => {
+                match lane.offer(chunk) {
+                    Offer::Queued | Offer::Dropped => break,
+                    Offer::Closed => {
                         // An output only goes away when the shipper stops.
-                        stop.store(true, Ordering::Relaxed);
+                        self.wiring.stop.store(true, Ordering::Relaxed);
                         return;
                     }
-                    Err(_) if self.stopping() => return,
-                    Err(_) => self.scan_if_due(),
+                    Offer::Full => {}
+                }
+                // The timer must be made inside the runtime's context.
+                let freed = runtime
+                    .block_on(async { tokio::time::timeout(STOP_CHECK, lane.freed()).await });
+                if freed.is_err() {
+                    if self.stopping() {
+                        return;
+                    }
+                    self.scan_if_due();
                 }
             }
         }
@@ -618,7 +632,10 @@ mod tests {
             .build()
             .expect("runtime");
         let tracker = Tracker::new(1, Vec::new());
-        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let (tx, mut rx) = crate::lane::lane(
+            &crate::config::OutputBufferConfig::default(),
+            prometheus_client::metrics::counter::Counter::default(),
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let wiring = Wiring {
             tracker: Arc::clone(&tracker),
@@ -650,8 +667,10 @@ mod tests {
         tracker.saved(snapshot.marks);
         let chunk = runtime
             .block_on(async { tokio::time::timeout(Duration::from_secs(10), rx.recv()).await })
-            .expect("handed on once checkpointed")
-            .expect("a chunk");
+            .expect("handed on once checkpointed");
+        let Some(crate::lane::Item::Chunk(chunk)) = chunk else {
+            panic!("expected a chunk, got {chunk:?}");
+        };
         assert_eq!(chunk.events.len(), 2);
 
         stop.store(true, Ordering::Relaxed);

@@ -297,3 +297,17 @@ impl Writer {
         self.file.set_len(0).expect("truncates");
     }
 }
+
+/// `GET /healthz` on the admin port: the status code and the body.
+pub fn healthz(admin_port: u16) -> Option<(u16, String)> {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", admin_port)).ok()?;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let status = answer.split(' ').nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
