@@ -24,6 +24,8 @@ pub struct ShipperMetrics {
     input_events: Family<InputLabels, Counter>,
     input_bytes: Family<InputLabels, Counter>,
     input_malformed: Family<InputLabels, Counter>,
+    input_open_errors: Family<InputLabels, Counter>,
+    input_unreadable: Family<InputLabels, Gauge>,
     output_events: Family<OutputLabels, Counter>,
     output_bytes: Family<OutputLabels, Counter>,
     output_retries: Family<OutputLabels, Counter>,
@@ -57,6 +59,10 @@ pub struct InputMetrics {
     pub bytes: Counter,
     /// Lines that did not parse in the input's format (shipped whole).
     pub malformed: Counter,
+    /// Failed attempts to open a file the globs found.
+    pub open_errors: Counter,
+    /// Files the globs find that cannot be opened now.
+    pub unreadable: Gauge,
 }
 
 /// One output's counters.
@@ -101,6 +107,16 @@ impl ShipperMetrics {
             "input_malformed_lines",
             "Lines not in the input's format, shipped whole, per input",
             this.input_malformed.clone(),
+        );
+        m.register(
+            "input_open_errors",
+            "Failed attempts to open a file the input's globs found (retried every scan), per input",
+            this.input_open_errors.clone(),
+        );
+        m.register(
+            "input_unreadable_files",
+            "Files the input's globs find that cannot be opened now, per input",
+            this.input_unreadable.clone(),
         );
         m.register(
             "output_events",
@@ -194,6 +210,8 @@ impl ShipperMetrics {
             events: self.input_events.get_or_create(&labels).clone(),
             bytes: self.input_bytes.get_or_create(&labels).clone(),
             malformed: self.input_malformed.get_or_create(&labels).clone(),
+            open_errors: self.input_open_errors.get_or_create(&labels).clone(),
+            unreadable: self.input_unreadable.get_or_create(&labels).clone(),
         }
     }
 

@@ -10,3 +10,4 @@ mod kill;
 mod model;
 mod rotation;
 mod sink_down;
+mod unreadable;
