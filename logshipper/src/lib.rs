@@ -117,12 +117,13 @@ pub async fn run(
     let listener = bind_admin(config.admin.address).await?;
     let store = Store::open(&config.checkpoint_dir)?;
     let loaded = store.load()?;
-    if let Some(reason) = &loaded.corrupt {
+    if let Some((reason, kept)) = &loaded.corrupt {
         metrics.checkpoint_corrupt.inc();
         tracing::error!(
             path = %store.path().display(),
+            kept = %kept.display(),
             %reason,
-            "checkpoint file is damaged; kept as checkpoints.corrupt, every file is read again from its start"
+            "checkpoint file is damaged; kept aside, every file is read again from its start"
         );
     }
     let tracker = Tracker::new(config.outputs.len(), loaded.entries);
