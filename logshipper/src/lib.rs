@@ -171,7 +171,8 @@ pub async fn run(
 
     let pods = match cluster {
         Some(cluster) => {
-            let (pods, driver) = metadata::PodMetadata::follow(cluster.store, cluster.node);
+            let status = orca_core::watch::WatchMetrics::register(&registry).status("pods");
+            let (pods, driver) = metadata::PodMetadata::follow(cluster.store, cluster.node, status);
             let follow = tokio::spawn(driver);
             if !pods.wait_synced(CLUSTER_WAIT).await {
                 tracing::warn!(

@@ -4,8 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use orca_core::store::Store;
@@ -48,15 +46,15 @@ pub async fn run(
         kubelet::settings(node.clone(), kubelet_config, args.proxy.netns.clone())?;
     let store = store.await?;
     let metrics = Metrics::new();
-    let synced = Arc::new(AtomicBool::new(false));
+    let readiness = node_proxy::Readiness::new(&metrics, args.proxy.unhealthy_after);
     if let Some(addr) = args.admin {
-        node_proxy::spawn_admin(addr, metrics.clone(), synced.clone()).await?;
+        node_proxy::spawn_admin(addr, metrics.clone(), readiness.clone()).await?;
     }
     let proxy = async {
         node_proxy::serve(
             args.proxy,
             &metrics,
-            synced,
+            readiness,
             store.clone(),
             telemetry::shutdown_signal(),
         )
