@@ -213,6 +213,60 @@ async fn a_watcher_survives_an_etcd_restart() {
     pipeline.abort();
 }
 
+/// The value of `series` (exact, with labels) in `metrics`.
+fn series(metrics: &Metrics, series: &str) -> Option<f64> {
+    metrics
+        .encode()
+        .expect("encodes")
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn a_watch_status_reports_an_etcd_outage_and_the_recovery() {
+    let mut etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let api = store.api::<ConfigMap>("default");
+    put(&api, "before", "1").await;
+    let registry = Metrics::new();
+    let status = watch::WatchMetrics::register(&registry).status("configmaps");
+    let (reader, writer) = watch::store::<ConfigMap>();
+    let pipeline = tokio::spawn(
+        reflector(
+            writer,
+            watch::watcher_with_status(api.view(), status.clone()),
+        )
+        .for_each(|_| async {}),
+    );
+    eventually("first sync", || reader.has_synced() && status.is_up()).await;
+    let up = r#"orca_watch_up{watch="configmaps"}"#;
+    let since = r#"orca_watch_since_last_sync_seconds{watch="configmaps"}"#;
+    let failures = r#"orca_watch_failures_total{watch="configmaps"}"#;
+    assert_eq!(series(&registry, up), Some(1.0));
+    assert_eq!(series(&registry, since), Some(0.0));
+
+    etcd.kill();
+    eventually("the status says the watch is down", || {
+        !status.is_up() && series(&registry, failures).is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    assert_eq!(series(&registry, up), Some(0.0));
+    eventually("the time since the last sync grows", || {
+        series(&registry, since).is_some_and(|s| s > 0.0)
+    })
+    .await;
+    assert!(status.check(Duration::ZERO).is_err());
+
+    // Nothing changes in etcd meanwhile: the watch coming back is itself
+    // the recovery, with no event to show for it.
+    etcd.restart();
+    eventually("the status says the watch is up again", || status.is_up()).await;
+    assert_eq!(series(&registry, up), Some(1.0));
+    assert_eq!(series(&registry, since), Some(0.0));
+    assert!(status.check(Duration::ZERO).is_ok());
+    pipeline.abort();
+}
+
 #[tokio::test]
 async fn controller_reconciles_each_change_once_it_has_synced() {
     let etcd = Etcd::start();

@@ -82,6 +82,49 @@ pub fn init_tracing(default_directive: &str) {
     }
 }
 
+/// Lets a repeated warning through at most once per period and counts the
+/// ones it held back, so a failure that lasts is reported without
+/// flooding the log.
+#[derive(Debug, Clone)]
+pub struct Throttle {
+    period: Duration,
+    last: Option<std::time::Instant>,
+    held_back: u64,
+}
+
+impl Throttle {
+    /// At most one occurrence logged per `period`.
+    pub const fn new(period: Duration) -> Self {
+        Self {
+            period,
+            last: None,
+            held_back: 0,
+        }
+    }
+
+    /// `Some(n)` when this occurrence is to be logged, `n` being how many
+    /// were held back since the last one logged; `None` to keep quiet.
+    pub fn allow(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.period)
+        {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held_back))
+    }
+
+    /// Ends the run (the failure is over): the next occurrence is logged
+    /// at once. Returns how many were held back since the last one logged.
+    pub fn reset(&mut self) -> u64 {
+        self.last = None;
+        std::mem::take(&mut self.held_back)
+    }
+}
+
 /// A handle on the process's metric registry; clones share it.
 ///
 /// Each component takes its own handle with [`Metrics::registry_with_prefix`]
@@ -463,6 +506,18 @@ mod tests {
             text.contains("# TYPE orca_node_sync_duration_seconds counter"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn throttle_lets_one_through_per_period_and_counts_the_rest() {
+        let mut throttle = Throttle::new(Duration::from_secs(3600));
+        assert_eq!(throttle.allow(), Some(0));
+        assert_eq!(throttle.allow(), None);
+        assert_eq!(throttle.allow(), None);
+        assert_eq!(throttle.reset(), 2);
+        assert_eq!(throttle.allow(), Some(0), "logged at once after a reset");
+        let mut open = Throttle::new(Duration::ZERO);
+        assert_eq!((open.allow(), open.allow()), (Some(0), Some(0)));
     }
 
     #[tokio::test]

@@ -14,8 +14,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::tail::fingerprint::{Fingerprint, fnv1a};
+use crate::time::{format_rfc3339, now_nanos};
 
 const FILE_NAME: &str = "checkpoints";
+
+/// Damaged checkpoint files kept, newest first; older ones are removed.
+pub const CORRUPT_KEPT: usize = 10;
 const HEADER: &str = "orca-logshipper-checkpoints v1 ";
 
 /// Why checkpoints could not be read or written.
@@ -50,9 +54,10 @@ pub struct Entry {
 pub struct Loaded {
     /// The entries, empty if there was no file or it was corrupt.
     pub entries: Vec<Entry>,
-    /// Why the file was rejected, if it was; it is kept beside as
-    /// `checkpoints.corrupt` and every file is read again from its start.
-    pub corrupt: Option<String>,
+    /// Why the file was rejected, if it was, and where it was kept:
+    /// `checkpoints.corrupt.<UTC time>` beside it (the last
+    /// [`CORRUPT_KEPT`] are kept). Every file is read again from its start.
+    pub corrupt: Option<(String, PathBuf)>,
 }
 
 /// The checkpoint file in its directory.
@@ -100,17 +105,46 @@ impl Store {
                 corrupt: None,
             }),
             Err(reason) => {
-                let aside = self.dir.join(format!("{FILE_NAME}.corrupt"));
+                let mut time = Vec::with_capacity(32);
+                format_rfc3339(now_nanos(), 9, &mut time);
+                // Colons are awkward in file names; the names still sort by time.
+                let time = String::from_utf8_lossy(&time).replace(':', "-");
+                let aside = self.dir.join(format!("{FILE_NAME}.corrupt.{time}"));
                 fs::rename(&self.path, &aside).map_err(|source| CheckpointError::Io {
-                    path: aside,
+                    path: aside.clone(),
                     source,
                 })?;
+                self.prune_corrupt()?;
                 Ok(Loaded {
                     entries: Vec::new(),
-                    corrupt: Some(reason),
+                    corrupt: Some((reason, aside)),
                 })
             }
         }
+    }
+
+    /// Removes all but the newest [`CORRUPT_KEPT`] damaged files.
+    fn prune_corrupt(&self) -> Result<(), CheckpointError> {
+        let io_err = |source| CheckpointError::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        let prefix = format!("{FILE_NAME}.corrupt.");
+        let mut kept: Vec<PathBuf> = fs::read_dir(&self.dir)
+            .map_err(io_err)?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect();
+        kept.sort();
+        let excess = kept.len().saturating_sub(CORRUPT_KEPT);
+        for old in &kept[..excess] {
+            fs::remove_file(old).map_err(|source| CheckpointError::Io {
+                path: old.clone(),
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// Replaces the checkpoints with `entries`, atomically and durably.
@@ -200,6 +234,7 @@ mod tests {
         let store = Store::open(dir.path()).expect("opens");
         store.save(&[entry(10)]).expect("saves");
         let good = fs::read(store.path()).expect("reads");
+        let mut damaged = Vec::new();
         let flipped = {
             let mut b = good.clone();
             let last = b.len() - 3;
@@ -222,13 +257,34 @@ mod tests {
             fs::write(store.path(), &damage).expect("writes");
             let loaded = store.load().expect("a corrupt file is not an error");
             assert!(loaded.entries.is_empty());
-            let reason = loaded.corrupt.expect("reported");
+            let (reason, aside) = loaded.corrupt.expect("reported");
             assert!(reason.contains(expect), "{reason}");
             assert!(!store.path().exists(), "moved aside");
-            assert_eq!(
-                fs::read(dir.path().join("checkpoints.corrupt")).expect("kept"),
-                damage
-            );
+            assert_eq!(fs::read(&aside).expect("kept"), damage);
+            damaged.push(aside);
         }
+        // Each damaged file is kept under its own time, none overwritten.
+        assert!(damaged.iter().all(|path| path.exists()));
+        assert_eq!(damaged.len(), 5);
+    }
+
+    #[test]
+    fn only_the_newest_damaged_files_are_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("opens");
+        let mut damaged = Vec::new();
+        for i in 0..CORRUPT_KEPT + 3 {
+            fs::write(store.path(), format!("garbage {i}")).expect("writes");
+            let (_, aside) = store.load().expect("loads").corrupt.expect("reported");
+            damaged.push(aside);
+        }
+        let mut sorted = damaged.clone();
+        sorted.sort();
+        assert_eq!(sorted, damaged, "names sort by time");
+        assert!(
+            damaged[..3].iter().all(|path| !path.exists()),
+            "the oldest go"
+        );
+        assert!(damaged[3..].iter().all(|path| path.exists()));
     }
 }

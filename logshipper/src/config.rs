@@ -224,8 +224,20 @@ pub struct OutputConfig {
     pub hostname: Option<String>,
     /// How events are grouped into one delivery.
     pub batch: BatchConfig,
-    /// How failed deliveries are retried (forever: nothing is dropped).
+    /// How failed deliveries are retried.
     pub retry: RetryConfig,
+    /// What becomes of a batch the destination rejects for good (an HTTP
+    /// 4xx other than 408 and 429, an Elasticsearch item rejected with
+    /// one), or one still failing after `retry.max_attempts`.
+    pub on_failure: FailureAction,
+    /// With `on_failure: dead_letter`, the file such batches are appended
+    /// to; `<checkpoint_dir>/dead-letter/<name>.jsonl` by default.
+    pub dead_letter_path: Option<PathBuf>,
+    /// The output's own queue: how far it may fall behind the other outputs.
+    pub buffer: OutputBufferConfig,
+    /// `/healthz` answers 503 while an event has waited this long for this
+    /// output to deliver it.
+    pub unhealthy_after: Duration,
     /// `http`, `forward`, `tcp`, `syslog`: longest wait for a connection,
     /// a response or an ack before the attempt counts as failed.
     pub timeout: Duration,
@@ -250,6 +262,10 @@ impl Default for OutputConfig {
             hostname: None,
             batch: BatchConfig::default(),
             retry: RetryConfig::default(),
+            on_failure: FailureAction::DeadLetter,
+            dead_letter_path: None,
+            buffer: OutputBufferConfig::default(),
+            unhealthy_after: default_unhealthy_after(),
             timeout: Duration::from_secs(30),
         }
     }
@@ -277,6 +293,10 @@ impl Default for BatchConfig {
     }
 }
 
+const fn default_unhealthy_after() -> Duration {
+    Duration::from_secs(300)
+}
+
 /// Exponential back-off with jitter between delivery attempts.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -285,6 +305,10 @@ pub struct RetryConfig {
     pub initial_backoff: Duration,
     /// Longest wait between attempts.
     pub max_backoff: Duration,
+    /// Attempts at one batch before it is given up (`on_failure`); 0, the
+    /// default, retries transient failures (a refused connection, a 5xx,
+    /// a timeout) for ever.
+    pub max_attempts: u32,
 }
 
 impl Default for RetryConfig {
@@ -292,6 +316,50 @@ impl Default for RetryConfig {
         Self {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
+            max_attempts: 0,
+        }
+    }
+}
+
+/// What becomes of a batch an output gives up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureAction {
+    /// Appended, as it would have been sent and with the reason, to the
+    /// output's dead-letter file (fsynced before the batch counts as done).
+    DeadLetter,
+    /// Dropped, logged and counted.
+    Drop,
+}
+
+/// What an output's queue does once it holds `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// The readers wait for this output: nothing is lost, and the other
+    /// outputs stop once they are `max_bytes` ahead of it.
+    Block,
+    /// This output skips what the readers hand on until it has room again
+    /// (logged and counted); the others never wait for it.
+    DropNewest,
+}
+
+/// An output's own queue, in memory.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputBufferConfig {
+    /// Most bytes of events queued for this output beyond the batches it
+    /// is sending; part of the shared `buffer.max_memory`.
+    pub max_bytes: ByteSize,
+    /// What happens when the queue is full.
+    pub when_full: WhenFull,
+}
+
+impl Default for OutputBufferConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: ByteSize::mib(8),
+            when_full: WhenFull::Block,
         }
     }
 }
@@ -549,6 +617,24 @@ impl OutputConfig {
                 "must be more than 0s",
             ));
         }
+        if self.dead_letter_path.is_some() && self.on_failure != FailureAction::DeadLetter {
+            return Err(ConfigError::invalid(
+                format!("{at}.dead_letter_path"),
+                "only used with on_failure: dead_letter",
+            ));
+        }
+        if self.buffer.max_bytes.bytes() == 0 {
+            return Err(ConfigError::invalid(
+                format!("{at}.buffer.max_bytes"),
+                "must be more than 0",
+            ));
+        }
+        if self.unhealthy_after.get().is_zero() {
+            return Err(ConfigError::invalid(
+                format!("{at}.unhealthy_after"),
+                "must be more than 0s",
+            ));
+        }
         Ok(())
     }
 }
@@ -691,6 +777,28 @@ outputs:
             err.contains("file_field") && err.contains("sometimes"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn failure_policy_loads_and_defaults_lose_nothing() {
+        let config = load(
+            "inputs: [{name: a, paths: [/x]}]\noutputs:\n  - {name: s, type: stdout}\n  - {name: d, type: stdout, on_failure: drop, retry: {max_attempts: 3}, buffer: {max_bytes: 1MiB, when_full: drop_newest}, unhealthy_after: 10s}\n",
+        )
+        .expect("loads");
+        let (default, set) = (&config.outputs[0], &config.outputs[1]);
+        assert_eq!(default.on_failure, FailureAction::DeadLetter);
+        assert_eq!(default.retry.max_attempts, 0);
+        assert_eq!(default.buffer.when_full, WhenFull::Block);
+        assert_eq!(set.on_failure, FailureAction::Drop);
+        assert_eq!(set.retry.max_attempts, 3);
+        assert_eq!(set.buffer.when_full, WhenFull::DropNewest);
+        assert_eq!(set.unhealthy_after, Duration::from_secs(10));
+        let err = load(
+            "inputs: [{name: a, paths: [/x]}]\noutputs: [{name: d, type: stdout, on_failure: drop, dead_letter_path: /dl}]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("outputs[0].dead_letter_path: "), "{err}");
     }
 
     #[test]

@@ -191,6 +191,8 @@ pub struct Chunk {
     pub text: String,
     /// The events, in file order.
     pub events: Vec<Event>,
+    /// When the chunk was read, for the age of what an output holds.
+    pub read_at: std::time::Instant,
     /// Held until the last output is done with the chunk, so the buffer
     /// counts it until then.
     reservation: Option<Reservation>,
@@ -204,6 +206,7 @@ impl Chunk {
             source,
             text: String::new(),
             events: Vec::new(),
+            read_at: std::time::Instant::now(),
             reservation: None,
         }
     }

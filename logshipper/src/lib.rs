@@ -8,8 +8,10 @@
 pub mod buffer;
 pub mod checkpoint;
 pub mod config;
+pub mod deadletter;
 pub mod event;
 pub mod json;
+pub mod lane;
 pub mod metadata;
 pub mod metrics;
 pub mod parse;
@@ -34,15 +36,10 @@ use crate::buffer::Budget;
 use crate::checkpoint::{CheckpointError, Store};
 use crate::config::Config;
 use crate::metrics::ShipperMetrics;
-use crate::pipeline::{Output, write_checkpoints};
+use crate::pipeline::{OnFailure, Output, OutputHealth, write_checkpoints};
 use crate::sinks::{Encoder, Sink, SinkError};
 use crate::tail::watcher::{WatchError, Watcher, Wiring};
 use crate::tracker::Tracker;
-
-/// Chunks queued per output. A few keep a fast sink busy; more would only
-/// hold memory, since a paused reader loses nothing (the file is the
-/// buffer). `buffer.max_memory` caps the total across inputs and outputs.
-const OUTPUT_QUEUE: usize = 8;
 
 /// How long start-up waits for the cluster's pod list before reading files
 /// without labels.
@@ -120,12 +117,13 @@ pub async fn run(
     let listener = bind_admin(config.admin.address).await?;
     let store = Store::open(&config.checkpoint_dir)?;
     let loaded = store.load()?;
-    if let Some(reason) = &loaded.corrupt {
+    if let Some((reason, kept)) = &loaded.corrupt {
         metrics.checkpoint_corrupt.inc();
         tracing::error!(
             path = %store.path().display(),
+            kept = %kept.display(),
             %reason,
-            "checkpoint file is damaged; kept as checkpoints.corrupt, every file is read again from its start"
+            "checkpoint file is damaged; kept aside, every file is read again from its start"
         );
     }
     let tracker = Tracker::new(config.outputs.len(), loaded.entries);
@@ -138,13 +136,21 @@ pub async fn run(
     let (abort_tx, abort_rx) = watch::channel(false);
     let mut outputs = JoinSet::new();
     let mut senders = Vec::new();
+    let mut health = Vec::new();
     for (index, output) in config.outputs.iter().enumerate() {
         let sink = Sink::new(output).map_err(|source| ShipperError::Output {
             output: output.name.clone(),
             source,
         })?;
-        let (tx, rx) = tokio::sync::mpsc::channel(OUTPUT_QUEUE);
+        let output_metrics = metrics.output(&output.name);
+        let (tx, rx) = lane::lane(&output.buffer, output_metrics.dropped.clone());
         senders.push(tx);
+        let dead_letters = output
+            .dead_letter_path
+            .clone()
+            .unwrap_or_else(|| deadletter::default_path(&config.checkpoint_dir, &output.name));
+        let output_health = OutputHealth::new(&output.name, output.unhealthy_after.get());
+        health.push(Arc::clone(&output_health));
         outputs.spawn(
             Output {
                 index,
@@ -153,9 +159,11 @@ pub async fn run(
                 sink,
                 batch: output.batch.clone(),
                 retry: output.retry.clone(),
+                on_failure: OnFailure::new(output.on_failure, dead_letters),
                 chunks: rx,
                 tracker: Arc::clone(&tracker),
-                metrics: metrics.output(&output.name),
+                metrics: output_metrics,
+                health: output_health,
             }
             .run(abort_rx.clone()),
         );
@@ -163,7 +171,8 @@ pub async fn run(
 
     let pods = match cluster {
         Some(cluster) => {
-            let (pods, driver) = metadata::PodMetadata::follow(cluster.store, cluster.node);
+            let status = orca_core::watch::WatchMetrics::register(&registry).status("pods");
+            let (pods, driver) = metadata::PodMetadata::follow(cluster.store, cluster.node, status);
             let follow = tokio::spawn(driver);
             if !pods.wait_synced(CLUSTER_WAIT).await {
                 tracing::warn!(
@@ -212,7 +221,15 @@ pub async fn run(
         checkpoints_stopped,
     ));
     let (stop_admin, admin_stopped) = watch::channel(false);
-    let admin = tokio::spawn(serve_admin(listener, Admin::new(registry), async move {
+    let admin = Admin::new(registry).health(move || {
+        let unhealthy: Vec<String> = health.iter().filter_map(|h| h.check().err()).collect();
+        if unhealthy.is_empty() {
+            Ok(())
+        } else {
+            Err(unhealthy.join("; "))
+        }
+    });
+    let admin = tokio::spawn(serve_admin(listener, admin, async move {
         let mut stopped = admin_stopped;
         let _ = stopped.wait_for(|stop| *stop).await;
     }));

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use orca_core::api::Pod;
 use orca_core::store::Store;
-use orca_core::watch::{self, ObjectKey, Reader};
+use orca_core::watch::{self, ObjectKey, Reader, WatchStatus};
 
 use crate::event::PodRef;
 
@@ -23,14 +23,19 @@ impl PodMetadata {
     /// Starts following the pods bound to `node` in `store`; the returned
     /// future drives the watch and must be polled (spawned) for the cache
     /// to fill.
-    pub fn follow(store: &Store, node: &str) -> (Self, impl Future<Output = ()> + Send + 'static) {
+    /// Its state is kept in `status` (which also logs its failures,
+    /// rate-limited, and its recovery).
+    pub fn follow(
+        store: &Store,
+        node: &str,
+        status: WatchStatus,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let (reader, writer) = watch::store::<Pod>();
-        let events = watch::reflector(writer, watch::watcher(store.pods_on_node(node)));
-        let driver = events.for_each(|event| async move {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "pod watch failed; retrying");
-            }
-        });
+        let events = watch::reflector(
+            writer,
+            watch::watcher_with_status(store.pods_on_node(node), status),
+        );
+        let driver = events.for_each(|_| async {});
         (PodMetadata { pods: reader }, driver)
     }
 

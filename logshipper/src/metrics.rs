@@ -6,6 +6,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Unit;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InputLabels {
@@ -23,9 +24,16 @@ pub struct ShipperMetrics {
     input_events: Family<InputLabels, Counter>,
     input_bytes: Family<InputLabels, Counter>,
     input_malformed: Family<InputLabels, Counter>,
+    input_open_errors: Family<InputLabels, Counter>,
+    input_unreadable: Family<InputLabels, Gauge>,
     output_events: Family<OutputLabels, Counter>,
     output_bytes: Family<OutputLabels, Counter>,
     output_retries: Family<OutputLabels, Counter>,
+    output_failed: Family<OutputLabels, Counter>,
+    output_dropped: Family<OutputLabels, Counter>,
+    output_dead_lettered: Family<OutputLabels, Counter>,
+    output_retrying: Family<OutputLabels, Gauge>,
+    output_oldest_age: Family<OutputLabels, Gauge<f64, AtomicU64>>,
     /// Bytes in tracked files not yet acknowledged by every output.
     pub checkpoint_lag: Gauge,
     /// Checkpoint files written.
@@ -51,6 +59,10 @@ pub struct InputMetrics {
     pub bytes: Counter,
     /// Lines that did not parse in the input's format (shipped whole).
     pub malformed: Counter,
+    /// Failed attempts to open a file the globs found.
+    pub open_errors: Counter,
+    /// Files the globs find that cannot be opened now.
+    pub unreadable: Gauge,
 }
 
 /// One output's counters.
@@ -62,6 +74,17 @@ pub struct OutputMetrics {
     pub bytes: Counter,
     /// Failed delivery attempts, each followed by a retry.
     pub retries: Counter,
+    /// Events of batches given up on (rejected for good, or out of attempts).
+    pub failed: Counter,
+    /// Events dropped: given up on with `on_failure: drop`, or skipped
+    /// while the output's queue was full (`when_full: drop_newest`).
+    pub dropped: Counter,
+    /// Events written to the dead-letter file.
+    pub dead_lettered: Counter,
+    /// 1 while a batch is waiting to be tried again.
+    pub retrying: Gauge,
+    /// Seconds the oldest event not yet acknowledged has waited.
+    pub oldest_age: Gauge<f64, AtomicU64>,
 }
 
 impl ShipperMetrics {
@@ -86,6 +109,16 @@ impl ShipperMetrics {
             this.input_malformed.clone(),
         );
         m.register(
+            "input_open_errors",
+            "Failed attempts to open a file the input's globs found (retried every scan), per input",
+            this.input_open_errors.clone(),
+        );
+        m.register(
+            "input_unreadable_files",
+            "Files the input's globs find that cannot be opened now, per input",
+            this.input_unreadable.clone(),
+        );
+        m.register(
             "output_events",
             "Events acknowledged by the sink, per output",
             this.output_events.clone(),
@@ -100,6 +133,32 @@ impl ShipperMetrics {
             "output_retries",
             "Failed delivery attempts (each retried), per output",
             this.output_retries.clone(),
+        );
+        m.register(
+            "output_failed_events",
+            "Events of batches given up on (rejected for good or out of attempts), per output",
+            this.output_failed.clone(),
+        );
+        m.register(
+            "output_dropped_events",
+            "Events dropped (given up on with on_failure: drop, or skipped while the output's queue was full), per output",
+            this.output_dropped.clone(),
+        );
+        m.register(
+            "output_dead_lettered_events",
+            "Events written to the output's dead-letter file, per output",
+            this.output_dead_lettered.clone(),
+        );
+        m.register(
+            "output_retrying",
+            "1 while the output waits to try a failed batch again",
+            this.output_retrying.clone(),
+        );
+        m.register_with_unit(
+            "output_oldest_unacknowledged_age",
+            "How long the output's oldest event not yet acknowledged has waited",
+            Unit::Seconds,
+            this.output_oldest_age.clone(),
         );
         m.register_with_unit(
             "checkpoint_lag",
@@ -151,6 +210,8 @@ impl ShipperMetrics {
             events: self.input_events.get_or_create(&labels).clone(),
             bytes: self.input_bytes.get_or_create(&labels).clone(),
             malformed: self.input_malformed.get_or_create(&labels).clone(),
+            open_errors: self.input_open_errors.get_or_create(&labels).clone(),
+            unreadable: self.input_unreadable.get_or_create(&labels).clone(),
         }
     }
 
@@ -163,6 +224,11 @@ impl ShipperMetrics {
             events: self.output_events.get_or_create(&labels).clone(),
             bytes: self.output_bytes.get_or_create(&labels).clone(),
             retries: self.output_retries.get_or_create(&labels).clone(),
+            failed: self.output_failed.get_or_create(&labels).clone(),
+            dropped: self.output_dropped.get_or_create(&labels).clone(),
+            dead_lettered: self.output_dead_lettered.get_or_create(&labels).clone(),
+            retrying: self.output_retrying.get_or_create(&labels).clone(),
+            oldest_age: self.output_oldest_age.get_or_create(&labels).clone(),
         }
     }
 }

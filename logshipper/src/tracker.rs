@@ -115,9 +115,19 @@ impl Tracker {
             .collect()
     }
 
-    /// `input` has registered every file it resumes; its old entries go.
-    pub fn preload_done(&self, input: &str) {
-        self.lock().preloaded.retain(|e| e.input != input);
+    /// `input` has registered every file it resumes; its old entries go,
+    /// except `kept`: files that exist but cannot be opened yet, whose
+    /// checkpoints are written back until they can.
+    pub fn preload_done(&self, input: &str, kept: &[Entry]) {
+        self.lock()
+            .preloaded
+            .retain(|e| e.input != input || kept.contains(e));
+    }
+
+    /// A kept entry is resolved: its file was opened, or is gone.
+    pub fn preload_resolved(&self, entry: &Entry) {
+        self.lock().preloaded.retain(|e| e != entry);
+        self.changed.notify_one();
     }
 
     /// Starts tracking a file read from `offset`.
@@ -323,7 +333,7 @@ mod tests {
         assert!(tracker.preloaded("other").is_empty());
         assert_eq!(tracker.snapshot().entries, std::slice::from_ref(&old));
         let id = tracker.register("in", Path::new("/old.1"), fp(9), 42);
-        tracker.preload_done("in");
+        tracker.preload_done("in", &[]);
         let entries = tracker.snapshot().entries;
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].path, Path::new("/old.1"));

@@ -4,8 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use orca_core::store::Store;
@@ -62,15 +60,15 @@ pub async fn run(
     let metrics = Metrics::new();
     // One list and watch per kind for the components that share caches.
     let informers = Informers::new(store.clone(), &metrics);
-    let synced = Arc::new(AtomicBool::new(false));
+    let readiness = node_proxy::Readiness::new(&metrics, args.proxy.unhealthy_after);
     if let Some(addr) = args.admin {
-        node_proxy::spawn_admin(addr, metrics.clone(), synced.clone()).await?;
+        node_proxy::spawn_admin(addr, metrics.clone(), readiness.clone()).await?;
     }
     let proxy = async {
         node_proxy::serve(
             args.proxy,
             &metrics,
-            synced,
+            readiness,
             store.clone(),
             telemetry::shutdown_signal(),
         )

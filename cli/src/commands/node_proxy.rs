@@ -9,6 +9,7 @@ use anyhow::Context;
 use orca_core::config::Duration;
 use orca_core::store::Store;
 use orca_core::telemetry::{self, Admin, Metrics};
+use orca_core::watch::{WatchMetrics, WatchStatus};
 use orca_proxy::nftables::proxier::Options;
 use orca_proxy::nftables::ruleset::Family;
 use orca_proxy::nftables::runner::{self, Settings, SyncMetrics, Table};
@@ -34,6 +35,11 @@ pub struct Flags {
     /// At most one sync per period; changes in between are batched.
     #[arg(long, default_value = "100ms")]
     pub min_sync_period: Duration,
+    /// /healthz answers 503 once a watch of the cluster (Services,
+    /// EndpointSlices) has been down this long: the rules in the kernel
+    /// stay, but may be stale.
+    #[arg(long, default_value = "60s")]
+    pub unhealthy_after: Duration,
     /// Program the network namespace at this path (like
     /// /run/netns/NAME) instead of the process's own; etcd is still
     /// reached from the process's namespace.
@@ -101,14 +107,14 @@ pub async fn run(
         return Ok(true);
     }
     let metrics = Metrics::new();
-    let synced = Arc::new(AtomicBool::new(false));
+    let readiness = Readiness::new(&metrics, args.flags.unhealthy_after);
     if let Some(addr) = args.admin {
-        spawn_admin(addr, metrics.clone(), synced.clone()).await?;
+        spawn_admin(addr, metrics.clone(), readiness.clone()).await?;
     }
     serve(
         args.flags,
         &metrics,
-        synced,
+        readiness,
         store.await?,
         telemetry::shutdown_signal(),
     )
@@ -116,20 +122,53 @@ pub async fn run(
     Ok(true)
 }
 
-/// Serves /metrics and /healthz on `addr` until SIGINT or SIGTERM; healthy
-/// once `synced` is true.
+/// What the node proxy's `/healthz` reads: its first sync, and its
+/// watches of the cluster.
+#[derive(Clone)]
+pub struct Readiness {
+    synced: Arc<AtomicBool>,
+    services: WatchStatus,
+    slices: WatchStatus,
+    unhealthy_after: std::time::Duration,
+}
+
+impl Readiness {
+    /// Not ready until the first sync; registers the watches' metrics
+    /// (`orca_watch_*{watch="services"|"endpointslices"}`) in `metrics`.
+    pub fn new(metrics: &Metrics, unhealthy_after: Duration) -> Self {
+        let watches = WatchMetrics::register(metrics);
+        Self {
+            synced: Arc::new(AtomicBool::new(false)),
+            services: watches.status("services"),
+            slices: watches.status("endpointslices"),
+            unhealthy_after: unhealthy_after.get(),
+        }
+    }
+
+    /// `Ok` once the first sync is in the kernel and while every watch is
+    /// up or has been down for less than `--unhealthy-after`.
+    fn check(&self) -> Result<(), String> {
+        if !self.synced.load(Ordering::Relaxed) {
+            return Err("the node proxy has not completed its first sync".into());
+        }
+        self.services.check(self.unhealthy_after)?;
+        self.slices.check(self.unhealthy_after)?;
+        Ok(())
+    }
+}
+
+/// Serves /metrics and /healthz on `addr` until SIGINT or SIGTERM, healthy
+/// as `readiness` says.
 pub async fn spawn_admin(
     addr: SocketAddr,
     metrics: Metrics,
-    synced: Arc<AtomicBool>,
+    readiness: Readiness,
 ) -> anyhow::Result<()> {
     let listener = telemetry::bind_admin(addr).await?;
     let admin = Admin::new(metrics).health(move || {
-        if synced.load(Ordering::Relaxed) {
-            Ok(())
-        } else {
-            Err("the node proxy has not completed its first sync".into())
-        }
+        readiness
+            .check()
+            .map_err(|reason| format!("{reason} (rules in the kernel stay as they are)"))
     });
     tokio::spawn(telemetry::serve_admin(
         listener,
@@ -139,12 +178,12 @@ pub async fn spawn_admin(
     Ok(())
 }
 
-/// Runs the node proxy on `store` until `shutdown`; `synced` turns true
-/// after the first successful sync.
+/// Runs the node proxy on `store` until `shutdown`; `readiness` follows
+/// its first sync and its watches.
 pub async fn serve(
     flags: Flags,
     metrics: &Metrics,
-    synced: Arc<AtomicBool>,
+    readiness: Readiness,
     store: Store,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -174,6 +213,7 @@ pub async fn serve(
     let settings = Settings {
         node,
         min_sync_period: flags.min_sync_period.into(),
+        watch_status: Some((readiness.services.clone(), readiness.slices.clone())),
     };
     let tables = kernels
         .iter_mut()
@@ -198,7 +238,7 @@ pub async fn serve(
                     "table {TABLE} replaced"
                 );
             }
-            synced.store(true, Ordering::Relaxed);
+            readiness.synced.store(true, Ordering::Relaxed);
         },
         shutdown,
     )

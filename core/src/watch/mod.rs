@@ -8,9 +8,11 @@
 mod controller;
 mod informer;
 mod reflector;
+mod status;
 mod watcher;
 
 pub use controller::{Action, Controller};
 pub use informer::{Informer, Informers};
 pub use reflector::{Change, ObjectKey, Reader, Writer, reflector, store};
-pub use watcher::{Event, watcher};
+pub use status::{WARN_PERIOD, WatchMetrics, WatchStatus};
+pub use watcher::{Event, watcher, watcher_with_status};

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, stream};
 
+use super::status::WatchStatus;
 use crate::store::{Error, View, WatchEvent};
 
 /// What the watcher reports.
@@ -53,6 +54,7 @@ struct Machine<K> {
     view: View<K>,
     state: State<K>,
     backoff: Duration,
+    status: Option<WatchStatus>,
 }
 
 impl<K: Send + 'static> Machine<K> {
@@ -62,6 +64,23 @@ impl<K: Send + 'static> Machine<K> {
     }
 
     /// Advances until there is one thing to report.
+    /// One step, with the status kept current.
+    async fn observed_step(&mut self) -> Result<Event<K>, Error> {
+        let relisting = matches!(self.state, State::Listing);
+        let item = self.step().await;
+        if let Some(status) = &self.status {
+            match &item {
+                Err(e) => status.failed(e),
+                // The first page alone is not in step yet; a re-list after
+                // compaction is not a failure either.
+                Ok(Event::Init) if relisting => status.relisting(),
+                Ok(Event::InitApply(_) | Event::Init) => {}
+                Ok(_) => status.good(),
+            }
+        }
+        item
+    }
+
     async fn step(&mut self) -> Result<Event<K>, Error> {
         loop {
             match std::mem::replace(&mut self.state, State::Listing) {
@@ -135,6 +154,11 @@ impl<K: Send + 'static> Machine<K> {
                     }
                     match self.view.watch(revision + 1).await {
                         Ok(events) => {
+                            // Re-established without an event to show for
+                            // it: the status is told here.
+                            if let Some(status) = &self.status {
+                                status.good();
+                            }
                             self.state = State::Watching { events, revision };
                         }
                         Err(e) => {
@@ -185,13 +209,31 @@ impl<K: Send + 'static> Machine<K> {
 pub fn watcher<K: Send + 'static>(
     view: View<K>,
 ) -> impl Stream<Item = Result<Event<K>, Error>> + Send {
+    watch_with(view, None)
+}
+
+/// [`watcher`] that keeps `status` current (up, failing, recovered) and
+/// logs its failures through it, rate-limited: a consumer need not log
+/// the errors it is given again.
+pub fn watcher_with_status<K: Send + 'static>(
+    view: View<K>,
+    status: WatchStatus,
+) -> impl Stream<Item = Result<Event<K>, Error>> + Send {
+    watch_with(view, Some(status))
+}
+
+fn watch_with<K: Send + 'static>(
+    view: View<K>,
+    status: Option<WatchStatus>,
+) -> impl Stream<Item = Result<Event<K>, Error>> + Send {
     let machine = Machine {
         view,
         state: State::Listing,
         backoff: FIRST_BACKOFF,
+        status,
     };
     stream::unfold(machine, |mut m| async move {
-        let item = m.step().await;
+        let item = m.observed_step().await;
         Some((item, m))
     })
 }

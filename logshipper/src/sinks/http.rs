@@ -232,9 +232,12 @@ where
     Ok(sender)
 }
 
-/// A 200 from `_bulk` can still carry failed items (`"errors": true`);
-/// the batch is then sent again whole, which may duplicate the items that
-/// did succeed: at least once, never lost.
+/// A 200 from `_bulk` can still carry failed items (`"errors": true`).
+/// When one of them may pass on a retry (429, 408, 5xx), the batch is sent
+/// again whole, which may duplicate the items that did succeed: at least
+/// once, never lost. When every failed item was rejected for good (a
+/// mapping error, 400), sending again cannot help: the batch is
+/// [`SinkError::Rejected`] and goes where the output's `on_failure` says.
 fn bulk_errors(body: &[u8]) -> Result<(), SinkError> {
     let Ok(answer) = serde_json::from_slice::<serde_json::Value>(body) else {
         return Err(SinkError::Protocol("bulk answer is not JSON".to_string()));
@@ -242,16 +245,38 @@ fn bulk_errors(body: &[u8]) -> Result<(), SinkError> {
     if answer["errors"] != serde_json::Value::Bool(true) {
         return Ok(());
     }
-    let first = answer["items"]
+    let failed: Vec<&serde_json::Value> = answer["items"]
         .as_array()
-        .and_then(|items| {
+        .map(|items| {
             items
                 .iter()
                 .filter_map(|item| item.as_object()?.values().next())
-                .find(|result| result.get("error").is_some())
+                .filter(|result| result.get("error").is_some())
+                .collect()
         })
+        .unwrap_or_default();
+    let first = failed
+        .first()
         .map(|result| result["error"].to_string())
         .unwrap_or_default();
+    let rejected = |result: &&serde_json::Value| {
+        result["status"]
+            .as_u64()
+            .and_then(|status| u16::try_from(status).ok())
+            .is_some_and(|status| {
+                SinkError::Status {
+                    status,
+                    body: String::new(),
+                }
+                .is_permanent()
+            })
+    };
+    if !failed.is_empty() && failed.iter().all(rejected) {
+        return Err(SinkError::Rejected(format!(
+            "{} bulk items refused: {first}",
+            failed.len()
+        )));
+    }
     Err(SinkError::Protocol(format!(
         "bulk request had failed items: {first}"
     )))
@@ -308,5 +333,19 @@ mod tests {
         .to_string();
         assert!(err.contains("es_rejected_execution_exception"), "{err}");
         assert!(bulk_errors(b"<html>").is_err());
+        let mapping = bulk_errors(
+            br#"{"errors":true,"items":[{"create":{"status":201}},{"create":{"status":400,"error":{"type":"mapper_parsing_exception"}}}]}"#,
+        )
+        .unwrap_err();
+        assert!(mapping.is_permanent(), "{mapping}");
+        assert!(
+            mapping.to_string().contains("mapper_parsing_exception"),
+            "{mapping}"
+        );
+        let mixed = bulk_errors(
+            br#"{"errors":true,"items":[{"create":{"status":400,"error":{}}},{"create":{"status":429,"error":{}}}]}"#,
+        )
+        .unwrap_err();
+        assert!(!mixed.is_permanent(), "a retry may pass the 429: {mixed}");
     }
 }

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use crate::config::{HttpFormat, OutputConfig, OutputType};
 use crate::event::{Chunk, Event, FileId};
 
-/// Why one delivery attempt failed; every failure is retried.
+/// Why one delivery attempt failed; see [`SinkError::is_permanent`] for
+/// which are retried.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// Connecting, writing, reading or syncing failed.
@@ -34,12 +35,31 @@ pub enum SinkError {
     /// The destination answered something that is not an acknowledgement.
     #[error("unexpected answer: {0}")]
     Protocol(String),
+    /// The destination refused records for good (an Elasticsearch item
+    /// rejected with a 4xx status other than 408 and 429).
+    #[error("records rejected: {0}")]
+    Rejected(String),
     /// The HTTP exchange failed.
     #[error("HTTP: {0}")]
     Http(#[from] hyper::Error),
     /// The output's settings cannot work (reported at start-up).
     #[error("{0}")]
     Config(String),
+}
+
+impl SinkError {
+    /// Whether sending the same batch again cannot succeed: a 4xx answer
+    /// other than 408 (timeout) and 429 (too many requests), or records
+    /// the destination rejected. Everything else may pass on a retry.
+    pub const fn is_permanent(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => {
+                *status >= 400 && *status < 500 && *status != 408 && *status != 429
+            }
+            Self::Rejected(_) => true,
+            _ => false,
+        }
+    }
 }
 
 /// A run of events within one chunk.
@@ -58,6 +78,11 @@ pub struct Slice {
 pub struct Batch {
     /// The events, in the order they were read.
     pub slices: Vec<Slice>,
+    /// Offsets of events the output skipped (its queue was full), done
+    /// with once this batch is.
+    pub skipped: Vec<(FileId, u64)>,
+    /// How many events were skipped.
+    pub skipped_events: u64,
 }
 
 impl Batch {
@@ -72,7 +97,13 @@ impl Batch {
                     from: 0,
                 })
                 .collect(),
+            ..Self::default()
         }
+    }
+
+    /// When the oldest event of the batch was read.
+    pub fn read_at(&self) -> Option<std::time::Instant> {
+        self.slices.iter().map(|s| s.chunk.read_at).min()
     }
 
     /// Every event with its chunk.
@@ -97,12 +128,14 @@ impl Batch {
     /// The highest commit offset per file: what delivering the batch acknowledges.
     pub fn acks(&self) -> Vec<(FileId, u64)> {
         let mut acks: Vec<(FileId, u64)> = Vec::new();
-        for slice in &self.slices {
-            if let Some(last) = slice.chunk.events[slice.from..slice.to].last() {
-                match acks.iter_mut().find(|(id, _)| *id == slice.chunk.file) {
-                    Some(ack) => ack.1 = ack.1.max(last.commit),
-                    None => acks.push((slice.chunk.file, last.commit)),
-                }
+        let sent = self.slices.iter().filter_map(|slice| {
+            let last = slice.chunk.events[slice.from..slice.to].last()?;
+            Some((slice.chunk.file, last.commit))
+        });
+        for (file, commit) in sent.chain(self.skipped.iter().copied()) {
+            match acks.iter_mut().find(|(id, _)| *id == file) {
+                Some(ack) => ack.1 = ack.1.max(commit),
+                None => acks.push((file, commit)),
             }
         }
         acks

@@ -5,7 +5,7 @@
 //! the page cache are cheaper than any async file API, and it blocks on the
 //! memory budget and the output channels: that is the backpressure.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt as _, MetadataExt as _};
@@ -14,12 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::Sender;
-
 use crate::buffer::Budget;
 use crate::checkpoint::Entry;
 use crate::config::{FileField, InputConfig};
 use crate::event::{Chunk, FileId, Source};
+use crate::lane::{Lane, Offer};
 use crate::metadata::PodMetadata;
 use crate::metrics::InputMetrics;
 use crate::parse::{ParseError, Parser};
@@ -83,8 +82,8 @@ pub struct Wiring {
     pub tracker: Arc<Tracker>,
     /// The memory budget chunks are reserved from.
     pub budget: Arc<Budget>,
-    /// One channel per output; every chunk goes to all of them.
-    pub outputs: Vec<Sender<Arc<Chunk>>>,
+    /// One queue per output; every chunk goes to all of them.
+    pub outputs: Vec<Lane>,
     /// Set to stop reading.
     pub stop: Arc<AtomicBool>,
     /// The runtime the outputs run on, whose timers bound the waits for them.
@@ -107,6 +106,12 @@ pub struct Watcher {
     next_scan: Instant,
     wiring: Wiring,
     files: Vec<Tailed>,
+    /// Files the globs find that could not be opened, with the error
+    /// logged for each; tried again every scan.
+    unreadable: HashMap<PathBuf, io::ErrorKind>,
+    /// Checkpoints of files that exist but could not be opened at start:
+    /// kept (and written back) so reading resumes where it stopped.
+    waiting: Vec<Entry>,
     buf: Vec<u8>,
 }
 
@@ -128,6 +133,8 @@ impl Watcher {
             next_scan: Instant::now(),
             wiring,
             files: Vec::new(),
+            unreadable: HashMap::new(),
+            waiting: Vec::new(),
             buf: vec![0; READ_SIZE],
         })
     }
@@ -175,6 +182,12 @@ impl Watcher {
                 }
             }
             if !busy {
+                for lane in &mut self.wiring.outputs {
+                    if !lane.flush_if_empty() {
+                        // An output only goes away when the shipper stops.
+                        self.wiring.stop.store(true, Ordering::Relaxed);
+                    }
+                }
                 self.sleep(self.poll_interval);
             }
         }
@@ -210,7 +223,15 @@ impl Watcher {
     fn resume(&mut self) {
         let mut entries = self.wiring.tracker.preloaded(&self.name);
         for path in self.expand() {
-            let Some((file, fingerprint)) = open(&path) else {
+            let Some((file, fingerprint)) = self.open_found(&path) else {
+                // A file that is there but cannot be opened keeps its
+                // checkpoint until it can, or until it is gone.
+                if let Ok(meta) = std::fs::metadata(&path) {
+                    let inode = (meta.dev(), meta.ino());
+                    if let Some(i) = entries.iter().position(|e| e.fingerprint.inode() == inode) {
+                        self.waiting.push(entries.swap_remove(i));
+                    }
+                }
                 continue;
             };
             if self.tracked().contains(&fingerprint.inode()) {
@@ -247,7 +268,7 @@ impl Watcher {
         for entry in &unresolved {
             self.adopt(entry, Match::Rewritten);
         }
-        self.wiring.tracker.preload_done(&self.name);
+        self.wiring.tracker.preload_done(&self.name, &self.waiting);
     }
 
     /// Looks beside a checkpointed file the glob no longer finds for `how`
@@ -257,7 +278,7 @@ impl Watcher {
         let mut candidates = vec![entry.path.clone()];
         candidates.extend(siblings(&entry.path));
         for path in candidates {
-            let Some((file, fingerprint)) = open(&path) else {
+            let Ok(Some((file, fingerprint))) = open(&path) else {
                 continue;
             };
             if tracked.contains(&fingerprint.inode()) {
@@ -322,7 +343,17 @@ impl Watcher {
     fn scan(&mut self) {
         let mut seen = HashSet::new();
         let mut tracked = self.tracked();
-        for path in self.expand() {
+        let found = self.expand();
+        // A file no longer found is no longer unreadable.
+        let before = self.unreadable.len();
+        self.unreadable.retain(|path, _| found.contains(path));
+        if self.unreadable.len() != before {
+            self.wiring
+                .metrics
+                .unreadable
+                .set(self.unreadable.len() as i64);
+        }
+        for path in found {
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
@@ -330,19 +361,80 @@ impl Watcher {
             if !seen.insert(inode) || tracked.contains(&inode) {
                 continue;
             }
-            if let Some((file, fingerprint)) = open(&path) {
+            if let Some((file, fingerprint)) = self.open_found(&path) {
                 // The path may have been replaced since the stat.
                 seen.insert(fingerprint.inode());
                 tracked.insert(fingerprint.inode());
-                self.track(path, file, fingerprint, 0, false);
+                let offset = self.resume_waiting(&file, &fingerprint);
+                self.track(path, file, fingerprint, offset, false);
             }
         }
+        self.waiting.retain(|entry| {
+            let exists = std::fs::metadata(&entry.path)
+                .is_ok_and(|meta| (meta.dev(), meta.ino()) == entry.fingerprint.inode());
+            if !exists {
+                tracing::warn!(
+                    path = %entry.path.display(),
+                    offset = entry.offset,
+                    "a checkpointed file that could not be opened is gone; whatever it held past the offset was not shipped"
+                );
+                self.wiring.tracker.preload_resolved(entry);
+            }
+            exists
+        });
         for file in &mut self.files {
             if file.rotated.is_none() && !seen.contains(&file.fingerprint.inode()) {
                 tracing::debug!(path = %file.source.path.display(), "rotated or deleted; reading to its end");
                 file.rotated = Some(Instant::now());
             }
         }
+    }
+
+    /// Opens a file the globs found. A failure is logged once per file
+    /// (until it opens), counted, and tried again on the next scan.
+    fn open_found(&mut self, path: &Path) -> Option<(File, Fingerprint)> {
+        match open(path) {
+            Ok(found) => {
+                if self.unreadable.remove(path).is_some() {
+                    tracing::info!(path = %path.display(), "file can be opened again; reading it");
+                    self.wiring
+                        .metrics
+                        .unreadable
+                        .set(self.unreadable.len() as i64);
+                }
+                found
+            }
+            // Gone between the glob and the open: nothing to report.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+            Err(err) => {
+                self.wiring.metrics.open_errors.inc();
+                if self.unreadable.insert(path.to_path_buf(), err.kind()) != Some(err.kind()) {
+                    tracing::error!(path = %path.display(), %err, "cannot open file; trying again every scan");
+                    self.wiring
+                        .metrics
+                        .unreadable
+                        .set(self.unreadable.len() as i64);
+                }
+                None
+            }
+        }
+    }
+
+    /// The offset to read a newly opened file from: its kept checkpoint's,
+    /// if it is a file that could not be opened at start.
+    fn resume_waiting(&mut self, file: &File, fingerprint: &Fingerprint) -> u64 {
+        let len = file.metadata().map_or(0, |m| m.len());
+        let Some(i) = self.waiting.iter().position(|e| {
+            e.fingerprint.inode() == fingerprint.inode()
+                && e.fingerprint.head_matches(file).unwrap_or(false)
+                && len >= e.offset
+        }) else {
+            return 0;
+        };
+        let entry = self.waiting.swap_remove(i);
+        self.wiring.tracker.preload_resolved(&entry);
+        tracing::info!(path = %entry.path.display(), offset = entry.offset, "resuming a file from its checkpoint now that it can be opened");
+        entry.offset
     }
 
     fn turn(&mut self, i: usize) -> io::Result<Turn> {
@@ -507,38 +599,48 @@ impl Watcher {
         );
         self.wiring.tracker.emitted(chunk.file, commit, size);
         let chunk = Arc::new(chunk);
-        let outputs = self.wiring.outputs.clone();
+        let mut lanes = std::mem::take(&mut self.wiring.outputs);
+        self.offer(&mut lanes, &chunk);
+        self.wiring.outputs = lanes;
+    }
+
+    /// Hands `chunk` to every output's queue, waiting while a `block`
+    /// queue is full.
+    fn offer(&mut self, lanes: &mut [Lane], chunk: &Arc<Chunk>) {
         let runtime = self.wiring.runtime.clone();
-        for output in &outputs {
+        for lane in lanes {
             loop {
-                // The timer must be made inside the runtime's context.
-                let waited = runtime
-                    .block_on(async { tokio::time::timeout(STOP_CHECK, output.reserve()).await });
-                match waited {
-                    Ok(Ok(permit)) => {
-                        permit.send(Arc::clone(&chunk));
-                        break;
-                    }
-                    Ok(Err(_)) => {
+                match lane.offer(chunk) {
+                    Offer::Queued | Offer::Dropped => break,
+                    Offer::Closed => {
                         // An output only goes away when the shipper stops.
-                        stop.store(true, Ordering::Relaxed);
+                        self.wiring.stop.store(true, Ordering::Relaxed);
                         return;
                     }
-                    Err(_) if self.stopping() => return,
-                    Err(_) => self.scan_if_due(),
+                    Offer::Full => {}
+                }
+                // The timer must be made inside the runtime's context.
+                let freed = runtime
+                    .block_on(async { tokio::time::timeout(STOP_CHECK, lane.freed()).await });
+                if freed.is_err() {
+                    if self.stopping() {
+                        return;
+                    }
+                    self.scan_if_due();
                 }
             }
         }
     }
 }
 
-fn open(path: &Path) -> Option<(File, Fingerprint)> {
-    let file = File::open(path).ok()?;
-    if !file.metadata().ok()?.is_file() {
-        return None;
+/// Opens `path` and fingerprints it; `Ok(None)` if it is not a regular file.
+fn open(path: &Path) -> io::Result<Option<(File, Fingerprint)>> {
+    let file = File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Ok(None);
     }
-    let fingerprint = Fingerprint::of(&file).ok()?;
-    Some((file, fingerprint))
+    let fingerprint = Fingerprint::of(&file)?;
+    Ok(Some((file, fingerprint)))
 }
 
 fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
@@ -584,7 +686,7 @@ fn find_copy(
         return None;
     }
     siblings(path).into_iter().find_map(|candidate| {
-        let (file, found) = open(&candidate)?;
+        let (file, found) = open(&candidate).ok()??;
         let len = file.metadata().ok()?.len();
         let matches = !tracked.contains(&found.inode())
             && found.inode() != fingerprint.inode()
@@ -618,7 +720,10 @@ mod tests {
             .build()
             .expect("runtime");
         let tracker = Tracker::new(1, Vec::new());
-        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let (tx, mut rx) = crate::lane::lane(
+            &crate::config::OutputBufferConfig::default(),
+            prometheus_client::metrics::counter::Counter::default(),
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let wiring = Wiring {
             tracker: Arc::clone(&tracker),
@@ -650,8 +755,10 @@ mod tests {
         tracker.saved(snapshot.marks);
         let chunk = runtime
             .block_on(async { tokio::time::timeout(Duration::from_secs(10), rx.recv()).await })
-            .expect("handed on once checkpointed")
-            .expect("a chunk");
+            .expect("handed on once checkpointed");
+        let Some(crate::lane::Item::Chunk(chunk)) = chunk else {
+            panic!("expected a chunk, got {chunk:?}");
+        };
         assert_eq!(chunk.events.len(), 2);
 
         stop.store(true, Ordering::Relaxed);

@@ -179,12 +179,43 @@ pub struct Shipper {
 impl Shipper {
     /// Starts `orca-logshipper --config <config>`, appending its log to `log`.
     pub fn start(config: &Path, log: &Path) -> Self {
+        Self::spawn(
+            Command::new(env!("CARGO_BIN_EXE_orca-logshipper")),
+            config,
+            log,
+        )
+    }
+
+    /// Like [`Shipper::start`], but bound by file permissions even when
+    /// the test runs as root: the process runs without the capabilities
+    /// that bypass them (`CAP_DAC_OVERRIDE`, `CAP_DAC_READ_SEARCH`).
+    pub fn start_bound_by_permissions(config: &Path, log: &Path) -> Self {
+        let euid = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_string))
+            })
+            .expect("reads the effective uid");
+        if euid != "0" {
+            return Self::start(config, log);
+        }
+        let mut command = Command::new("setpriv");
+        command
+            .arg("--inh-caps=-dac_override,-dac_read_search")
+            .arg("--bounding-set=-dac_override,-dac_read_search")
+            .arg(env!("CARGO_BIN_EXE_orca-logshipper"));
+        Self::spawn(command, config, log)
+    }
+
+    fn spawn(mut command: Command, config: &Path, log: &Path) -> Self {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("opens shipper log");
-        let child = Command::new(env!("CARGO_BIN_EXE_orca-logshipper"))
+        let child = command
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "info")
@@ -296,4 +327,18 @@ impl Writer {
         std::fs::copy(&self.path, rotated).expect("copies");
         self.file.set_len(0).expect("truncates");
     }
+}
+
+/// `GET /healthz` on the admin port: the status code and the body.
+pub fn healthz(admin_port: u16) -> Option<(u16, String)> {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", admin_port)).ok()?;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let status = answer.split(' ').nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
 }

@@ -45,10 +45,9 @@ fn a_corrupt_checkpoint_is_reported_and_files_are_read_again() {
         Some(1.0)
     );
     assert!(shipper.terminate().success());
-    assert_eq!(
-        std::fs::read(dirs.checkpoints.join("checkpoints.corrupt")).expect("kept aside"),
-        damaged
-    );
+    let kept = corrupt_files(&dirs);
+    assert_eq!(kept.len(), 1);
+    assert_eq!(std::fs::read(&kept[0]).expect("kept aside"), damaged);
     let log = std::fs::read_to_string(&shipper_log).expect("shipper log");
     assert!(log.contains("checkpoint file is damaged"), "{log}");
     let delivered = Delivered::from_file(&dirs.out);
@@ -58,4 +57,30 @@ fn a_corrupt_checkpoint_is_reported_and_files_are_read_again() {
         LINES,
         "each line once more, from the start"
     );
+
+    // A second damaged checkpoint is kept beside the first, not over it.
+    std::fs::write(&checkpoint, b"garbage").expect("damages it again");
+    let shipper = Shipper::start(&config, &shipper_log);
+    shipper.wait_ready(admin);
+    assert!(shipper.terminate().success());
+    let kept = corrupt_files(&dirs);
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_eq!(std::fs::read(&kept[0]).expect("first kept"), damaged);
+    assert_eq!(std::fs::read(&kept[1]).expect("second kept"), b"garbage");
+}
+
+/// The damaged checkpoint files kept, oldest first.
+fn corrupt_files(dirs: &Dirs) -> Vec<std::path::PathBuf> {
+    let mut kept: Vec<_> = std::fs::read_dir(&dirs.checkpoints)
+        .expect("lists checkpoints")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("checkpoints.corrupt.")
+        })
+        .map(|e| e.path())
+        .collect();
+    kept.sort();
+    kept
 }

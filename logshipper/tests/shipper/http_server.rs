@@ -19,6 +19,8 @@ pub enum Mode {
     Failing = 1,
     /// No listener; open connections are closed.
     Down = 2,
+    /// 400 for every request, as Elasticsearch answers a mapping error.
+    Rejecting = 3,
 }
 
 /// One accepted request.
@@ -64,7 +66,7 @@ impl TestServer {
         self.state.mode.store(mode as u8, Ordering::SeqCst);
     }
 
-    /// Requests answered with 503.
+    /// Requests answered with 503 or 400.
     pub fn failed(&self) -> u64 {
         self.state.failed.load(Ordering::SeqCst)
     }
@@ -169,6 +171,10 @@ fn serve(stream: TcpStream, state: &State) {
             m if m == Mode::Failing as u8 => {
                 state.failed.fetch_add(1, Ordering::SeqCst);
                 b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy"
+            }
+            m if m == Mode::Rejecting as u8 => {
+                state.failed.fetch_add(1, Ordering::SeqCst);
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 24\r\n\r\nmapper_parsing_exception"
             }
             m if m == Mode::Up as u8 => {
                 if encoding.is_empty() {

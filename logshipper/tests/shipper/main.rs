@@ -3,9 +3,11 @@
 
 mod common;
 mod corrupt;
+mod failing_output;
 mod formats;
 mod http_server;
 mod kill;
 mod model;
 mod rotation;
 mod sink_down;
+mod unreadable;

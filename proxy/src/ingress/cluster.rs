@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::{Stream, StreamExt};
 use orca_core::api::{EndpointSlice, Ingress, Object, Secret, Service};
 use orca_core::store::Store;
-use orca_core::watch::{self, Reader};
+use orca_core::watch::{self, Reader, WatchMetrics};
 use tokio::sync::Notify;
 
 use super::config::{LbPolicy, PathType};
@@ -42,17 +42,17 @@ pub struct Caches {
 }
 
 /// Runs one reflector; every event pokes `changed`.
+/// Its state goes to `watches` (metrics, rate-limited failure logs, the
+/// recovery).
 fn follow<K: Object>(
     store: &Store,
     changed: Arc<Notify>,
+    watches: &WatchMetrics,
 ) -> (Reader<K>, impl Stream<Item = ()> + Send) {
     let (reader, writer) = watch::store::<K>();
-    let events = watch::reflector(writer, watch::watcher(store.all::<K>())).map(move |event| {
-        if let Err(e) = event {
-            tracing::warn!(kind = K::KIND, error = %e, "watch failed; retrying");
-        }
-        changed.notify_one();
-    });
+    let status = watches.status(&K::KIND.to_ascii_lowercase());
+    let events = watch::reflector(writer, watch::watcher_with_status(store.all::<K>(), status))
+        .map(move |_| changed.notify_one());
     (reader, events)
 }
 
@@ -61,18 +61,20 @@ type Registry = HashMap<(String, SocketAddr), Arc<Endpoint>>;
 
 /// Follows the cluster and keeps `shared.routes` (and the TLS resolvers)
 /// in step with it, until the future is dropped; sets `listed` once the
-/// first table from complete lists is served.
+/// first table from complete lists is served. The watches' states go to
+/// `watches`.
 pub async fn run(
     store: Store,
     shared: Arc<Shared>,
     resolvers: Vec<Arc<Resolver>>,
     listed: Arc<AtomicBool>,
+    watches: WatchMetrics,
 ) {
     let changed = Arc::new(Notify::new());
-    let (ingresses, a) = follow::<Ingress>(&store, changed.clone());
-    let (services, b) = follow::<Service>(&store, changed.clone());
-    let (slices, c) = follow::<EndpointSlice>(&store, changed.clone());
-    let (secrets, d) = follow::<Secret>(&store, changed.clone());
+    let (ingresses, a) = follow::<Ingress>(&store, changed.clone(), &watches);
+    let (services, b) = follow::<Service>(&store, changed.clone(), &watches);
+    let (slices, c) = follow::<EndpointSlice>(&store, changed.clone(), &watches);
+    let (secrets, d) = follow::<Secret>(&store, changed.clone(), &watches);
     let caches = Caches {
         ingresses,
         services,
@@ -373,6 +375,7 @@ mod tests {
             Arc::new(Shared::for_tests()),
             Vec::new(),
             listed.clone(),
+            WatchMetrics::default(),
         ));
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(

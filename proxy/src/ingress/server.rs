@@ -653,6 +653,7 @@ pub async fn run(
             ingress.shared.clone(),
             resolvers,
             listed,
+            orca_core::watch::WatchMetrics::register(&metrics),
         ))
     });
 

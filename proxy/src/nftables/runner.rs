@@ -368,6 +368,10 @@ pub struct Settings {
     pub node: String,
     /// At most one sync per this period; changes in between are batched.
     pub min_sync_period: Duration,
+    /// The states of the Services and EndpointSlices watches, kept
+    /// current (metrics, rate-limited logs, `/healthz`); without them the
+    /// watches' errors are logged one by one.
+    pub watch_status: Option<(watch::WatchStatus, watch::WatchStatus)>,
 }
 
 /// One table the loop keeps in step: its family, its options and where
@@ -392,8 +396,19 @@ pub async fn run<B: Backend>(
     mut on_sync: impl FnMut(&Plan),
     shutdown: impl Future<Output = ()>,
 ) {
-    let services = watch::watcher(store.all::<Service>()).map(|e| Change::Service(Box::new(e)));
-    let slices = watch::watcher(store.all::<EndpointSlice>()).map(|e| Change::Slice(Box::new(e)));
+    let (services, slices) = match settings.watch_status.clone() {
+        Some((services, slices)) => (
+            watch::watcher_with_status(store.all::<Service>(), services).boxed(),
+            watch::watcher_with_status(store.all::<EndpointSlice>(), slices).boxed(),
+        ),
+        None => (
+            watch::watcher(store.all::<Service>()).boxed(),
+            watch::watcher(store.all::<EndpointSlice>()).boxed(),
+        ),
+    };
+    let logged = settings.watch_status.is_none();
+    let services = services.map(|e| Change::Service(Box::new(e)));
+    let slices = slices.map(|e| Change::Slice(Box::new(e)));
     let mut events = std::pin::pin!(futures::stream::select(services, slices));
     let mut tracker = Tracker::new(&settings.node);
     let mut tables: Vec<(Proxier, &mut B)> = tables
@@ -410,11 +425,13 @@ pub async fn run<B: Backend>(
             event = events.next() => match event {
                 Some(Change::Service(e)) => match *e {
                     Ok(e) => tracker.service_event(e),
-                    Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
+                    Err(e) if logged => tracing::warn!(error = %e, "watch failed; retrying"),
+                    Err(_) => {}
                 },
                 Some(Change::Slice(e)) => match *e {
                     Ok(e) => tracker.slice_event(e),
-                    Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
+                    Err(e) if logged => tracing::warn!(error = %e, "watch failed; retrying"),
+                    Err(_) => {}
                 },
                 None => return,
             },
