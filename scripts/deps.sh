@@ -20,6 +20,7 @@ packages=(
     skopeo            # ... and push them to the registry with skopeo
     busybox-static    # the one binary test images are made of (sh, httpd, sleep)
     nginx-light       # the demo's nginx image is built from Debian's nginx
+    wrk               # the load in the cluster drills (a rolling update under load)
     bind9-dnsutils    # dig: the DNS responder's tests ask it as a pod's resolver would
 )
 

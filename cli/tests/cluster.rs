@@ -304,20 +304,23 @@ fn victim_ready(json: &str, node: &str) -> bool {
     })
 }
 
-/// A registry holding nginx:1.7.9, built from Debian's nginx-light.
-fn nginx_registry() -> Registry {
+/// A registry holding nginx:1.7.9 and the `tags` given, built from
+/// Debian's nginx-light.
+fn nginx_registry(tags: &[&str]) -> Registry {
     let registry = Registry::start();
-    let out = Command::new("bash")
-        .arg(NGINX_IMAGE)
-        .arg(registry.addr())
-        .arg("1.7.9")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "building the nginx image: {}",
-        stderr(&out)
-    );
+    for tag in std::iter::once("1.7.9").chain(tags.iter().copied()) {
+        let out = Command::new("bash")
+            .arg(NGINX_IMAGE)
+            .arg(registry.addr())
+            .arg(tag)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "building the nginx image: {}",
+            stderr(&out)
+        );
+    }
     registry
 }
 
@@ -483,7 +486,7 @@ fn down_removes_a_cluster_whose_up_was_killed_midway() {
 
 #[test]
 fn a_dead_node_s_pods_move_and_the_ingress_stops_sending_to_them() {
-    let registry = nginx_registry();
+    let registry = nginx_registry(&[]);
     let (dir, _, _) = Cluster::plan("node");
     let base = Cluster::mirror_config(dir.path());
     let base = base.display().to_string();
@@ -608,7 +611,7 @@ fn a_dead_node_s_pods_move_and_the_ingress_stops_sending_to_them() {
 
 #[test]
 fn the_leader_master_killed_another_leads_and_the_ingress_keeps_serving() {
-    let registry = nginx_registry();
+    let registry = nginx_registry(&[]);
     let (dir, _, _) = Cluster::plan("lead");
     let base = Cluster::mirror_config(dir.path());
     let base = base.display().to_string();
@@ -740,4 +743,68 @@ fn one_of_three_etcd_members_killed_the_cluster_works_and_it_catches_up() {
     );
     let _ = restarted.kill();
     let _ = restarted.wait();
+}
+
+#[test]
+fn a_rolling_update_under_load_fails_no_request() {
+    let registry = nginx_registry(&["1.9.1"]);
+    let (dir, _, _) = Cluster::plan("roll");
+    let base = Cluster::mirror_config(dir.path());
+    let base = base.display().to_string();
+    let mut cluster = Cluster::up("roll", &["--nodes", "2", "--kubelet-config", &base]);
+    cluster.serve_images(&registry);
+    cluster.run_example();
+    wait_for(
+        "the ingress to serve",
+        Duration::from_secs(30),
+        || cluster.ingress_status(1) == "200",
+        || cluster.log("master-1"),
+    );
+    let old: BTreeSet<String> = cluster.nginx_pods().into_iter().map(|p| p.0).collect();
+
+    // wrk, bounded in time, through the master's ingress, while the
+    // Deployment moves to another image.
+    let wrk = Command::new("nsenter")
+        .arg(format!("--net={}", cluster.hub().display()))
+        .args(["wrk", "-t1", "-c8", "-d12s", "-H", "Host: nginx.local"])
+        .arg("http://172.30.0.11/")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wrk (Debian's wrk) runs");
+    cluster.ok(&[
+        "patch",
+        "deployment",
+        "nginx-deployment",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","image":"nginx:1.9.1"}]}}}}"#,
+    ]);
+    cluster.ok(&[
+        "rollout",
+        "status",
+        "deployment/nginx-deployment",
+        "--timeout",
+        "60s",
+    ]);
+    // Three new pods run (old ones may still be terminating).
+    let new: BTreeSet<String> = cluster
+        .nginx_pods()
+        .into_iter()
+        .filter(|(name, _, phase)| !old.contains(name) && phase == "Running")
+        .map(|p| p.0)
+        .collect();
+    let out = wrk.wait_with_output().unwrap();
+    let report = stdout(&out);
+    assert!(out.status.success(), "{report}{}", stderr(&out));
+    assert_eq!(
+        new.len(),
+        3,
+        "the rollout was not done before the load ended: {old:?} {new:?}\n{report}"
+    );
+    assert!(report.contains("requests in"), "{report}");
+    assert!(
+        !report.contains("Non-2xx") && !report.contains("Socket errors"),
+        "requests failed during the rolling update:\n{report}\n{}",
+        cluster.log("master-1")
+    );
 }

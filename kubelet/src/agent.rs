@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, PodStatus};
-use orca_core::api::{ConfigMap, Node, Pod, Secret};
+use orca_core::api::{ConfigMap, EndpointSlice, Node, Pod, Secret};
 use orca_core::store::{Cidr, DeleteOptions, Error as StoreError, Store};
 use orca_core::watch::{Action, Controller, Informers, ObjectKey, Reader};
 use tokio::sync::mpsc;
@@ -70,6 +70,8 @@ pub(crate) struct Kubelet {
     pub(crate) runtime: Runtime,
     pub(crate) network: Network,
     pub(crate) pods: Reader<Pod>,
+    /// Every EndpointSlice, to see a terminating pod's endpoints leave.
+    slices: Reader<EndpointSlice>,
     /// Exits of containers, as the keys of their pods.
     exits: mpsc::UnboundedSender<ObjectKey>,
     state: Arc<Mutex<State>>,
@@ -253,6 +255,7 @@ async fn start(informers: &Informers, settings: &Settings) -> Result<Started, Er
         runtime,
         network,
         pods: pods.reader(),
+        slices: informers.all::<EndpointSlice>().reader(),
         exits,
         state: Arc::new(Mutex::new(State::default())),
         netns: settings.netns.clone(),
@@ -479,8 +482,13 @@ impl Kubelet {
                     .as_ref()
                     .and_then(|s| s.termination_grace_period_seconds))
                 .unwrap_or(30);
-            self.terminate(&uid, Duration::from_secs(grace.max(0) as u64))
-                .await;
+            let grace = Duration::from_secs(grace.max(0) as u64);
+            let drained = self.drain(&uid, grace).await;
+            // As after a preStop hook, the containers get at least 2 s.
+            let left = grace
+                .saturating_sub(drained)
+                .max(grace.min(Duration::from_secs(2)));
+            self.terminate(&uid, left).await;
             self.teardown(&uid).await.map_err(|e| e.to_string())?;
             let api = self
                 .store
@@ -1225,6 +1233,49 @@ impl Kubelet {
 
     /// Stops every running container of pod `uid`: SIGTERM, then SIGKILL
     /// once `grace` has passed.
+    /// Waits, within `grace`, for pod `uid`'s endpoints to be ready in no
+    /// EndpointSlice (the EndpointSlice controller takes a deleted pod's
+    /// out at once), then `termination_drain` more for the load balancers
+    /// that follow the slices; how long it waited. Without this the pod
+    /// would stop while an ingress still sends it requests, which fail.
+    async fn drain(&self, uid: &str, grace: Duration) -> Duration {
+        let start = Instant::now();
+        let drain = self.config.termination_drain.0;
+        if grace.is_zero() || drain.is_zero() || !self.has_running(uid) {
+            return Duration::ZERO;
+        }
+        // Whether a slice lists the pod, and whether one lists it ready.
+        let listed = || {
+            let slices = self.slices.list();
+            let endpoints = slices
+                .iter()
+                .flat_map(|s| s.endpoints.iter())
+                .filter(|e| e.target_ref.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid));
+            endpoints.fold((false, false), |(_, ready), e| {
+                let this = e.conditions.as_ref().and_then(|c| c.ready) != Some(false);
+                (true, ready || this)
+            })
+        };
+        // A pod no Service selects has no load balancer to wait for.
+        if !listed().0 {
+            return Duration::ZERO;
+        }
+        while listed().1 && start.elapsed() < grace {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let settle = drain.min(grace.saturating_sub(start.elapsed()));
+        tokio::time::sleep(settle).await;
+        start.elapsed()
+    }
+
+    /// Whether any container of pod `uid` runs.
+    fn has_running(&self, uid: &str) -> bool {
+        let dir = PodDir::new(&self.config.state_dir, uid);
+        dir.containers()
+            .iter()
+            .any(|name| matches!(Disk::read(&dir, name), (_, Disk::Running(..))))
+    }
+
     async fn terminate(&self, uid: &str, grace: Duration) {
         let dir = PodDir::new(&self.config.state_dir, uid);
         let mut running = Vec::new();

@@ -52,6 +52,12 @@ pub struct Config {
     /// A container that ran this long before it ended starts again after
     /// the first delay: its back-off starts over.
     pub restart_backoff_reset: Duration,
+    /// Before it stops a pod that is deleted gracefully, the kubelet waits
+    /// (within the pod's grace period) for the pod's endpoints to leave
+    /// every Service, then this long more, so load balancers that follow
+    /// the EndpointSlices (the ingress, the node proxies) stop sending to
+    /// it before it stops; `0s` stops at once, as Kubernetes' kubelet does.
+    pub termination_drain: Duration,
     /// How often the kubelet retries a pull that failed (it doubles up to
     /// `restart_backoff_max`, as ImagePullBackOff does).
     pub pull_backoff: Duration,
@@ -109,6 +115,7 @@ impl Default for Config {
             restart_backoff_max: Duration(std::time::Duration::from_secs(300)),
             restart_backoff_reset: Duration(std::time::Duration::from_secs(600)),
             pull_backoff: Duration(std::time::Duration::from_secs(10)),
+            termination_drain: Duration(std::time::Duration::from_secs(1)),
             log_max_size: ByteSize(10 << 20),
             log_max_files: 5,
             cluster_dns: None,
