@@ -1004,7 +1004,10 @@ async fn a_member_that_is_down_is_passed_over() {
         .await
         .expect("connect");
     for _ in 0..10 {
-        store.ping().await.expect("a ping reaches the member that is up");
+        store
+            .ping()
+            .await
+            .expect("a ping reaches the member that is up");
     }
     let created = seed(&store).await;
     assert_eq!(created["metadata"]["name"], "nginx-deployment");
@@ -1021,7 +1024,11 @@ async fn a_member_that_is_down_is_passed_over() {
         "metadata": {"name": "m", "namespace": "default"},
     }))
     .unwrap();
-    store.api::<ConfigMap>("default").create(&map).await.expect("create");
+    store
+        .api::<ConfigMap>("default")
+        .create(&map)
+        .await
+        .expect("create");
     let event = tokio::time::timeout(Duration::from_secs(10), events.next())
         .await
         .expect("an event");

@@ -374,9 +374,13 @@ fn unreachable(e: &etcd_client::Error) -> bool {
         }
         // Some layers of tonic's chain hold the OS error as text only.
         let text = err.to_string();
-        if ["Connection refused", "No route to host", "Network is unreachable"]
-            .iter()
-            .any(|t| text.contains(t))
+        if [
+            "Connection refused",
+            "No route to host",
+            "Network is unreachable",
+        ]
+        .iter()
+        .any(|t| text.contains(t))
         {
             return true;
         }
