@@ -461,6 +461,33 @@ fn node_port_from_outside_and_udp() {
     assert!(replies.iter().any(|r| r == "pod1") && replies.iter().any(|r| r == "pod2"));
 }
 
+/// Loopback is not a NodePort address: a connection to 127.0.0.1:NODEPORT
+/// from the node is refused at once, not translated to a pod it cannot
+/// reach (its source would be 127.0.0.1) and left to time out; the node's
+/// own address keeps serving.
+#[test]
+fn a_node_port_at_loopback_is_refused_at_once() {
+    let c = Cluster::new("np-lo", 1);
+    let p1 = c.pods[0].ip.clone();
+    let svc = service("np", "10.96.0.25", "  type: NodePort\n")
+        .replace("targetPort: http}", "targetPort: http, nodePort: 30081}");
+    c.apply(&format!("{svc}---\n{}", slice("np", &[(&p1, true)])));
+    c.wait_serving(&format!("{NODE_IP}:30081"));
+
+    let from_node = |addr: &str| {
+        let addr: SocketAddr = addr.parse().unwrap();
+        c.node.within(move || tcp(addr))
+    };
+    assert_eq!(
+        from_node(&format!("{NODE_IP}:30081")).as_deref(),
+        Ok("pod1")
+    );
+    assert_eq!(
+        from_node("127.0.0.1:30081"),
+        Err(ErrorKind::ConnectionRefused)
+    );
+}
+
 #[test]
 fn session_affinity_pins_each_client() {
     let c = Cluster::new("aff", 2);
