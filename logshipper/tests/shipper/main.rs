@@ -10,4 +10,5 @@ mod kill;
 mod model;
 mod rotation;
 mod sink_down;
+mod stalled;
 mod unreadable;
