@@ -3,6 +3,7 @@
 
 mod common;
 mod corrupt;
+mod deleted;
 mod failing_output;
 mod formats;
 mod http_server;
