@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use crate::common::{Dirs, Shipper, Writer, cri, free_port, metric, wait_until};
+use crate::common::{
+    Dirs, Shipper, Writer, cri, free_port, http_output, wait_reader_held_back, wait_until,
+};
 use crate::http_server::{Mode, TestServer};
 
 const LINES: u64 = 100_000;
@@ -25,11 +27,7 @@ fn a_file_deleted_mid_read_is_read_to_its_end_then_closed() {
     let server = TestServer::start();
     server.set(Mode::Down);
     let admin = free_port();
-    let output = format!(
-        "  - name: http\n    type: http\n    url: http://127.0.0.1:{}/ingest\n    format: json_lines\n    batch: {{max_events: 1000, max_bytes: 1MiB, max_wait: 50ms}}\n    retry: {{initial_backoff: 20ms, max_backoff: 200ms}}\n    timeout: 2s\n",
-        server.port
-    );
-    let config = dirs.config(admin, "1MiB", &output);
+    let config = dirs.config(admin, "1MiB", &http_output(server.port));
     let shipper = Shipper::start(&config, &dirs.root.path().join("shipper.log"));
     let path = dirs.container("api", "api").join("0.log");
     let mut writer = Writer::open(path.clone());
@@ -37,12 +35,7 @@ fn a_file_deleted_mid_read_is_read_to_its_end_then_closed() {
         writer.write(&cri(seq, 0));
     }
     // The sink is down, so the reader stops part-way, its buffer full.
-    wait_until("the reader to pause", Duration::from_secs(60), || {
-        metric(admin, "orca_logshipper_buffer_fill_bytes")
-            .is_some_and(|fill| fill > f64::from(1u32 << 19))
-    });
-    let read = metric(admin, "orca_logshipper_input_events_total{input=\"pods\"}").expect("metric");
-    assert!(read < LINES as f64, "read {read} of {LINES} before the delete");
+    wait_reader_held_back(admin, 1 << 20, LINES);
 
     drop(writer);
     std::fs::remove_file(&path).expect("deletes the log file");

@@ -8,7 +8,9 @@ use std::net::TcpListener;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::common::{Delivered, Dirs, Shipper, Writer, cri, free_port, metric, wait_until};
+use crate::common::{
+    Delivered, Dirs, Shipper, Writer, cri, free_port, wait_reader_held_back, wait_until,
+};
 
 const BEFORE: u64 = 20_000;
 const DURING: u64 = 200_000;
@@ -100,11 +102,7 @@ impl Receiver {
             .1
             .wait_timeout_while(gate, Duration::from_secs(30), |gate| gate.open > 0)
             .unwrap();
-        assert!(
-            !timeout.timed_out(),
-            "{} connections still open",
-            gate.open
-        );
+        assert!(!timeout.timed_out(), "{} connections still open", gate.open);
     }
 }
 
@@ -135,20 +133,7 @@ fn a_receiver_that_stops_reading_holds_memory_to_the_bound_and_loses_nothing() {
         writer.write(&cri(seq, 0));
     }
     let total = BEFORE + DURING;
-    wait_until("buffer full", Duration::from_secs(60), || {
-        metric(admin, "orca_logshipper_buffer_fill_bytes")
-            .is_some_and(|fill| fill > (MAX_MEMORY / 2) as f64)
-    });
-    let fill = metric(admin, "orca_logshipper_buffer_fill_bytes").expect("metric");
-    assert!(
-        fill <= MAX_MEMORY as f64,
-        "buffer {fill} over its {MAX_MEMORY} bytes"
-    );
-    let read = metric(admin, "orca_logshipper_input_events_total{input=\"pods\"}").expect("metric");
-    assert!(
-        read < total as f64,
-        "the reader paused: read {read} of {total} lines"
-    );
+    wait_reader_held_back(admin, MAX_MEMORY, total);
     let rss = shipper.peak_rss();
     assert!(
         rss.saturating_sub(running) < MAX_MEMORY + (16 << 20),
