@@ -200,6 +200,8 @@ impl Cluster {
                 "node-1",
             ])
             .args(["--netns", &self.node.path(), "--min-sync-period", "10ms"])
+            // Short, so an etcd outage shows in /healthz within a test.
+            .args(["--unhealthy-after", "1s"])
             .args([
                 "--cluster-cidr",
                 "10.244.0.0/16,fd00:244::/56",
@@ -461,6 +463,33 @@ fn node_port_from_outside_and_udp() {
     assert!(replies.iter().any(|r| r == "pod1") && replies.iter().any(|r| r == "pod2"));
 }
 
+/// Loopback is not a NodePort address: a connection to 127.0.0.1:NODEPORT
+/// from the node is refused at once, not translated to a pod it cannot
+/// reach (its source would be 127.0.0.1) and left to time out; the node's
+/// own address keeps serving.
+#[test]
+fn a_node_port_at_loopback_is_refused_at_once() {
+    let c = Cluster::new("np-lo", 1);
+    let p1 = c.pods[0].ip.clone();
+    let svc = service("np", "10.96.0.25", "  type: NodePort\n")
+        .replace("targetPort: http}", "targetPort: http, nodePort: 30081}");
+    c.apply(&format!("{svc}---\n{}", slice("np", &[(&p1, true)])));
+    c.wait_serving(&format!("{NODE_IP}:30081"));
+
+    let from_node = |addr: &str| {
+        let addr: SocketAddr = addr.parse().unwrap();
+        c.node.within(move || tcp(addr))
+    };
+    assert_eq!(
+        from_node(&format!("{NODE_IP}:30081")).as_deref(),
+        Ok("pod1")
+    );
+    assert_eq!(
+        from_node("127.0.0.1:30081"),
+        Err(ErrorKind::ConnectionRefused)
+    );
+}
+
 #[test]
 fn session_affinity_pins_each_client() {
     let c = Cluster::new("aff", 2);
@@ -583,6 +612,57 @@ fn with_etcd_away_a_restarted_proxy_keeps_the_table_then_catches_up() {
     c.delete("service", "web");
     c.wait_for("the reject", |c| {
         c.ask_tcp("10.96.0.50:80", 1)[0] == Err(ErrorKind::ConnectionRefused)
+    });
+}
+
+/// etcd killed under a running node proxy: the rules in the kernel stay
+/// and serve; /healthz turns 503 naming the watch once it has been down
+/// `--unhealthy-after`, and 200 again once etcd is back, when the proxy
+/// follows the cluster again.
+#[test]
+fn an_etcd_outage_turns_healthz_503_while_the_rules_stay() {
+    let mut c = Cluster::new("outage", 1);
+    let p1 = c.pods[0].ip.clone();
+    c.apply(&format!(
+        "{}---\n{}",
+        service("web", "10.96.0.55", ""),
+        slice("web", &[(&p1, true)])
+    ));
+    c.wait_serving("10.96.0.55:80");
+    assert!(c.admin_get("/healthz").starts_with("HTTP/1.1 200"));
+
+    c.etcd.kill();
+    c.wait_for("/healthz to say the watch is down", |c| {
+        c.admin_get("/healthz").starts_with("HTTP/1.1 503")
+    });
+    let health = c.admin_get("/healthz");
+    assert!(
+        health.contains("watch services down for")
+            || health.contains("watch endpointslices down for"),
+        "{health}"
+    );
+    let metrics = c.admin_get("/metrics");
+    assert!(
+        metrics.contains("orca_watch_up{watch=\"services\"} 0"),
+        "{metrics}"
+    );
+    assert_eq!(
+        count(&c.ask_tcp("10.96.0.55:80", 5), "pod1"),
+        5,
+        "the rules stay while etcd is away"
+    );
+
+    c.etcd.restart();
+    c.wait_for("/healthz to recover", |c| {
+        c.admin_get("/healthz").starts_with("HTTP/1.1 200")
+    });
+    assert!(
+        c.admin_get("/metrics")
+            .contains("orca_watch_up{watch=\"services\"} 1")
+    );
+    c.delete("service", "web");
+    c.wait_for("the reject", |c| {
+        c.ask_tcp("10.96.0.55:80", 1)[0] == Err(ErrorKind::ConnectionRefused)
     });
 }
 

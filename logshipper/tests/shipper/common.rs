@@ -291,6 +291,32 @@ pub fn metric(admin_port: u16, metric: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(metric)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// A JSON-lines HTTP output named `http` to the test server on `port`.
+pub fn http_output(port: u16) -> String {
+    format!(
+        "  - name: http\n    type: http\n    url: http://127.0.0.1:{port}/ingest\n    format: json_lines\n    batch: {{max_events: 1000, max_bytes: 1MiB, max_wait: 50ms}}\n    retry: {{initial_backoff: 20ms, max_backoff: 200ms}}\n    timeout: 2s\n"
+    )
+}
+
+/// Waits until an output that does not deliver has filled the buffer past
+/// half of `max_memory`, and checks that it stays within it with the
+/// reader held back short of the `written` lines.
+pub fn wait_reader_held_back(admin: u16, max_memory: u64, written: u64) {
+    wait_until("buffer full", Duration::from_secs(60), || {
+        metric(admin, "orca_logshipper_buffer_fill_bytes")
+            .is_some_and(|fill| fill > (max_memory / 2) as f64)
+    });
+    let fill = metric(admin, "orca_logshipper_buffer_fill_bytes").expect("metric");
+    let max = metric(admin, "orca_logshipper_buffer_max_bytes").expect("metric");
+    assert_eq!(max, max_memory as f64);
+    assert!(fill <= max, "buffer {fill} over its {max} bytes");
+    let read = metric(admin, "orca_logshipper_input_events_total{input=\"pods\"}").expect("metric");
+    assert!(
+        read < written as f64,
+        "the reader paused: read {read} of {written} lines"
+    );
+}
+
 /// Appends to a log file the way a container runtime does: whole writes, flushed.
 pub struct Writer {
     /// The file written.

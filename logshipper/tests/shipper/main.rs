@@ -3,6 +3,7 @@
 
 mod common;
 mod corrupt;
+mod deleted;
 mod failing_output;
 mod formats;
 mod http_server;
@@ -10,4 +11,5 @@ mod kill;
 mod model;
 mod rotation;
 mod sink_down;
+mod stalled;
 mod unreadable;

@@ -1052,6 +1052,27 @@ fn fib_local() -> [Expr; 2] {
     ]
 }
 
+/// `fib daddr type local ip daddr != 127.0.0.0/8` (`ip6 daddr != ::1`):
+/// a NodePort is served on the node's addresses but not on loopback, as in
+/// kube-proxy's nftables mode. Translated, a packet from 127.0.0.1 cannot
+/// leave the node (the kernel drops loopback sources on other links unless
+/// `route_localnet` is set, which would expose 127.0.0.1 services to the
+/// network); left alone, it meets no listener and is refused at once.
+fn node_port_address(family: Family) -> Vec<Expr> {
+    let loopback = match family {
+        Family::V4 => (IpAddr::from([127, 0, 0, 0]), 8),
+        Family::V6 => (IpAddr::from(std::net::Ipv6Addr::LOCALHOST), 128),
+    };
+    let mut r = fib_local().to_vec();
+    r.extend(in_cidr(
+        daddr(family, R0),
+        loopback.0,
+        loopback.1,
+        CmpOp::Neq,
+    ));
+    r
+}
+
 fn vmap(load: Vec<Expr>, set: &str) -> Vec<Expr> {
     let mut v = load;
     v.push(Expr::Lookup {
@@ -1194,7 +1215,7 @@ pub fn skeleton(options: &Options, family: Family) -> Vec<Op> {
         ),
         rule(SERVICES, vmap(service_tuple(family), SERVICE_IPS)),
         rule(SERVICES, {
-            let mut r = fib_local().to_vec();
+            let mut r = node_port_address(family);
             r.extend(vmap(nodeport_tuple(), SERVICE_NODEPORTS));
             r
         }),
@@ -1254,7 +1275,7 @@ pub fn skeleton(options: &Options, family: Family) -> Vec<Op> {
     };
     let no_endpoint_nodeports = || {
         let mut r = ct_new().to_vec();
-        r.extend(fib_local());
+        r.extend(node_port_address(family));
         r.extend(vmap(nodeport_tuple(), NO_ENDPOINT_NODEPORTS));
         r
     };
@@ -1737,6 +1758,27 @@ mod tests {
             "{text}"
         );
         assert_eq!(resolve(&m, "10.96.0.7", 80), addrs(&["10.244.2.2:80"]));
+    }
+
+    #[test]
+    fn node_ports_are_not_looked_up_for_loopback() {
+        for (family, not_loopback) in [
+            (Family::V4, "(ip daddr & 255.0.0.0) ^ 0.0.0.0 != 127.0.0.0"),
+            (
+                Family::V6,
+                "(ip6 daddr & ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff) ^ :: != ::1",
+            ),
+        ] {
+            let (mut p, mut m) = (Proxier::new(Options::default(), family), Model::default());
+            sync(&mut p, &mut m, &Desired::new(), &[]);
+            let text = m.render();
+            for map in [SERVICE_NODEPORTS, NO_ENDPOINT_NODEPORTS] {
+                let wanted = format!(
+                    "fib daddr type == [02, 00, 00, 00] {not_loopback} meta l4proto . th dport vmap @{map}"
+                );
+                assert!(text.contains(&wanted), "{wanted} missing from\n{text}");
+            }
+        }
     }
 
     #[test]
