@@ -1034,3 +1034,76 @@ async fn a_member_that_is_down_is_passed_over() {
         .expect("an event");
     assert!(matches!(event, Some(Ok(WatchEvent::Added(_)))), "{event:?}");
 }
+
+/// The cluster's image policy refuses, as they are written, pods and pod
+/// templates naming an image it does not allow, and says which field and
+/// which rules; what is already stored keeps its images through updates.
+#[tokio::test]
+async fn the_image_policy_refuses_new_images_it_does_not_allow() {
+    use orca_core::store::ImagePolicy;
+    let etcd = Etcd::start();
+    let store = connect(&etcd).await;
+    let pod = |name: &str, image: &str| -> Pod {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": image}]},
+        }))
+        .unwrap()
+    };
+    let pods = store.api::<Pod>("default");
+    // Stored before there is a policy.
+    let old = pods
+        .create(&pod("old", "evil.io/x:1"))
+        .await
+        .expect("no policy yet");
+    store
+        .set_image_policy(&ImagePolicy {
+            allow: vec!["docker.io/library/*".into()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.image_policy().await.unwrap().allow,
+        ["docker.io/library/*"]
+    );
+
+    pods.create(&pod("web", "nginx:1.7.9"))
+        .await
+        .expect("allowed");
+    let err = pods
+        .create(&pod("bad", "evil.io/x:1"))
+        .await
+        .expect_err("refused");
+    let text = err.to_string();
+    assert!(text.contains("spec.containers[0].image"), "{text}");
+    assert!(text.contains("\"evil.io/x:1\""), "{text}");
+    assert!(text.contains("not allowed in this cluster"), "{text}");
+    assert!(text.contains("docker.io/library/*"), "{text}");
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+
+    // A change that keeps the images passes; one that brings a new image
+    // the policy refuses does not.
+    let mut labelled = old.clone();
+    labelled.metadata.labels = Some([("a".to_string(), "b".to_string())].into());
+    let labelled = pods.update(&labelled).await.expect("same images");
+    let mut swapped = labelled.clone();
+    swapped.spec.as_mut().unwrap().containers[0].image = Some("evil.io/y:2".into());
+    assert!(matches!(
+        pods.update(&swapped).await,
+        Err(Error::Invalid(_))
+    ));
+
+    // A Deployment's template is checked the same way.
+    let mut docs: Vec<Value> = yaml::from_str_multi("seed", SEED).unwrap();
+    docs[0]["spec"]["template"]["spec"]["containers"][0]["image"] = json!("evil.io/x:1");
+    let err = store
+        .create_value(deployments(), docs[0].clone())
+        .await
+        .expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("spec.template.spec.containers[0].image"),
+        "{err}"
+    );
+}

@@ -328,7 +328,14 @@ fn nginx_registry(tags: &[&str]) -> Registry {
 fn up_makes_a_cluster_that_speaks_only_tls_and_down_removes_all_of_it() {
     let (dir, state, name) = Cluster::plan("tls");
     let out = Command::new(ORCA)
-        .args(["up", "--nodes", "2", "--state"])
+        .args([
+            "up",
+            "--nodes",
+            "2",
+            "--image-allow",
+            "docker.io/library/*",
+            "--state",
+        ])
         .arg(&state)
         .output()
         .unwrap();
@@ -386,6 +393,23 @@ fn up_makes_a_cluster_that_speaks_only_tls_and_down_removes_all_of_it() {
         stdout(&admitted).contains("etcdserver"),
         "{}",
         stderr(&admitted)
+    );
+
+    // A pod naming an image the cluster does not allow is refused at apply,
+    // saying why.
+    let manifest = cluster.dir.path().join("pod.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: bad}\n\
+         spec: {containers: [{name: c, image: evil.example/x:1}]}\n",
+    )
+    .unwrap();
+    let refused = cluster.orca(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(!refused.status.success(), "{}", stdout(&refused));
+    let why = stderr(&refused);
+    assert!(
+        why.contains("spec.containers[0].image") && why.contains("not allowed in this cluster"),
+        "{why}"
     );
 
     // A second `orca up` on the same state is refused and changes nothing.

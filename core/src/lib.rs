@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod image;
 pub mod leader;
 pub mod store;
 pub mod telemetry;

@@ -67,6 +67,12 @@ pub struct ControlFlags {
     /// for another time (Kubernetes' default toleration).
     #[arg(long, default_value = "300s")]
     pub pod_eviction_timeout: Duration,
+    /// The images the cluster allows: patterns of normalised references
+    /// (`docker.io/library/*`), comma-separated, recorded in the cluster and
+    /// checked as pods and pod templates are written. Not given, the
+    /// policy recorded before (if any) stays.
+    #[arg(long)]
+    pub image_allow: Option<String>,
     /// How often every node is looked at.
     #[arg(long, default_value = "5s")]
     pub node_monitor_period: Duration,
@@ -140,6 +146,18 @@ pub async fn control_plane(
         .set_network(&network)
         .await
         .context("recording the cluster's address ranges")?;
+    if let Some(list) = &flags.image_allow {
+        let allow = list
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect();
+        store
+            .set_image_policy(&orca_core::store::ImagePolicy { allow })
+            .await
+            .context("recording the cluster's image policy")?;
+    }
     let identity = flags.identity.clone().unwrap_or_else(|| {
         let host = super::node_name(None).unwrap_or_else(|_| "master".into());
         format!("{host}-{}", std::process::id())

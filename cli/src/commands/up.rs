@@ -47,6 +47,12 @@ pub struct UpArgs {
     /// How long pods stay on an unreachable node before they are evicted.
     #[arg(long, default_value = "300s")]
     pod_eviction_timeout: ConfigDuration,
+    /// The images the cluster allows (`docker.io/library/*`),
+    /// comma-separated: the masters refuse pods and templates naming
+    /// others as they are written, and every node's kubelet refuses to pull
+    /// them. Default: every image.
+    #[arg(long)]
+    image_allow: Option<String>,
     /// How long to wait for every node to be Ready.
     #[arg(long, default_value = "120s")]
     timeout: ConfigDuration,
@@ -266,6 +272,9 @@ impl Bringup {
                 ]
                 .map(str::to_string),
             );
+            if let Some(allow) = &args.image_allow {
+                command.extend(["--image-allow".to_string(), allow.clone()]);
+            }
             self.spawn(&format!("master-{i}"), &plan.hub_netns(), &orca, command)?;
         }
         Ok(())
@@ -384,6 +393,18 @@ impl Bringup {
             }
             None => serde_json::Map::new(),
         };
+        let mut base = base;
+        if let Some(list) = &args.image_allow {
+            let allow: Vec<&str> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .collect();
+            let images = base.entry("images").or_insert_with(|| json!({}));
+            if let Some(images) = images.as_object_mut() {
+                images.insert("allow".into(), json!(allow));
+            }
+        }
         for dir in [plan.logs(), plan.state.join("shipped")] {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }

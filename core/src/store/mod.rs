@@ -7,6 +7,7 @@
 //! transaction guarded by it, so a stale writer gets a conflict instead of
 //! overwriting someone else's change.
 
+mod images;
 mod services;
 
 use std::marker::PhantomData;
@@ -23,6 +24,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde_json::{Map, Value};
 
+pub use images::{IMAGES_KEY, ImagePolicy};
 pub use services::{Cidr, NETWORK_KEY, Network};
 
 use crate::api::{Kind, Namespace, Object, Pod, kind_of};
@@ -895,6 +897,7 @@ impl Store {
             meta.insert("generation".into(), Value::from(1));
         }
         let key = object_key(kind, namespace.as_deref(), &name)?;
+        self.check_images(kind, &name, &obj, None).await?;
         let network = match kind.plural {
             "services" => Some(self.network().await?),
             _ => None,
@@ -986,6 +989,51 @@ impl Store {
         Ok(services::Taken::from_keys(
             resp.kvs().iter().filter_map(|kv| kv.key_str().ok()),
         ))
+    }
+
+    /// The cluster's image policy: as `orca master --image-allow` recorded
+    /// it, else one that allows every image.
+    pub async fn image_policy(&self) -> Result<ImagePolicy> {
+        match self.get_kv(IMAGES_KEY).await? {
+            Some(kv) => serde_json::from_slice(kv.value()).map_err(|e| corrupt(&kv, e.to_string())),
+            None => Ok(ImagePolicy::default()),
+        }
+    }
+
+    /// Records the cluster's image policy; it applies to what is written
+    /// from now on (running workloads keep their images).
+    pub async fn set_image_policy(&self, policy: &ImagePolicy) -> Result<()> {
+        let value = serde_json::to_vec(policy).expect("plain data serialises");
+        self.commit(Vec::new(), vec![TxnOp::put(IMAGES_KEY, value, None)])
+            .await?;
+        Ok(())
+    }
+
+    /// Refuses `obj` when it names a new image the cluster's policy does
+    /// not allow (`current`: what is stored, whose images are not new).
+    async fn check_images(
+        &self,
+        kind: &Kind,
+        name: &str,
+        obj: &Value,
+        current: Option<&Value>,
+    ) -> Result<()> {
+        let found = images::images(kind.plural, obj);
+        let before = current
+            .map(|c| images::images(kind.plural, c))
+            .unwrap_or_default();
+        if !images::any_new(&found, &before) {
+            return Ok(());
+        }
+        let errors = images::refused(&self.image_policy().await?, &found, &before);
+        if errors.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Invalid(Invalid {
+            kind: kind.kind.into(),
+            name: name.to_string(),
+            errors,
+        }))
     }
 
     /// The cluster's address ranges: as `orca master` recorded them, else
@@ -1176,6 +1224,9 @@ impl Store {
             return Err(conflict());
         }
         let current = self.decode_kv(&current_kv)?;
+        if !status_only {
+            self.check_images(kind, &name, &obj, Some(&current)).await?;
+        }
         let merged = if status_only {
             let mut merged = current.clone();
             match obj.get("status") {

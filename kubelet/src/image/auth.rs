@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::reference::DOCKER_HUB;
+use orca_core::image::DOCKER_HUB;
 
 /// Credentials for one registry host (from an `imagePullSecret`'s
 /// `.dockerconfigjson`).

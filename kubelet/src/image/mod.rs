@@ -9,7 +9,6 @@
 mod auth;
 mod http;
 mod layer;
-mod reference;
 mod registry;
 mod store;
 
@@ -19,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 pub use auth::{Credential, credentials_from_docker_config};
-pub use reference::{PullPolicy, Reference, allowed, normalize};
+pub use orca_core::image::{PullPolicy, Reference, allowed, normalize};
 pub use registry::RegistryConfig;
 pub use store::{Image, ImageConfig};
 
@@ -132,7 +131,8 @@ impl Images {
     ) -> Result<Image, PullError> {
         let reference = normalize(image).map_err(PullError::InvalidName)?;
         let name = reference.to_string();
-        allowed(&self.inner.allow, &name).map_err(PullError::Refused)?;
+        allowed(&self.inner.allow, &name, "on this node (images.allow)")
+            .map_err(PullError::Refused)?;
         if policy != PullPolicy::Always {
             if let Some(found) = self.present(&name)? {
                 return Ok(found);

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::auth::{Challenge, Credential, credential_for, parse_challenge};
 use super::http::{Client, Url, read_body};
-use super::reference::{DOCKER_HUB, Reference, check_digest};
+use orca_core::image::{DOCKER_HUB, Reference, check_digest};
 
 /// Per-registry settings from the node config (the YAML `registries:` map:
 /// `docker.io: {mirrors: ["http://127.0.0.1:5000"]}`,
@@ -505,8 +505,8 @@ fn percent_encode(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::reference::normalize;
     use http_body_util::BodyExt as _;
+    use orca_core::image::normalize;
 
     #[test]
     fn mirrors_come_first() {

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
 
 use super::layer;
-use super::reference::check_digest;
 use super::registry::hex;
+use orca_core::image::check_digest;
 
 /// What a container's bundle needs of its image.
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
 //! Image references as Docker normalises them, the pull policy they imply,
-//! and the node's allow-list of references.
+//! and allow-lists of references: the node's (the kubelet's `images.allow`)
+//! and the cluster's (checked as pods and pod templates are written).
 
 use std::fmt;
 
@@ -179,8 +180,9 @@ impl PullPolicy {
 
 /// Whether the normalised `image` matches a rule of the allow-list: a rule is
 /// the exact reference, or a prefix ending in `*` (`127.0.0.1:5000/*`). An
-/// empty list allows every image.
-pub fn allowed(allow: &[String], image: &str) -> Result<(), String> {
+/// empty list allows every image. `rules` says whose list it is in the
+/// refusal (`on this node (images.allow)`).
+pub fn allowed(allow: &[String], image: &str, rules: &str) -> Result<(), String> {
     if allow.is_empty() {
         return Ok(());
     }
@@ -192,8 +194,7 @@ pub fn allowed(allow: &[String], image: &str) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "image {image:?} is not allowed on this node: no rule of images.allow matches it \
-         (the rules: {})",
+        "image {image:?} is not allowed {rules}: no rule matches it (the rules: {})",
         allow.join(", ")
     ))
 }
@@ -291,14 +292,18 @@ mod tests {
             "127.0.0.1:5000/*".to_string(),
             "docker.io/library/nginx:1.7.9".to_string(),
         ];
-        assert!(allowed(&allow, "127.0.0.1:5000/bb:1").is_ok());
-        assert!(allowed(&allow, "docker.io/library/nginx:1.7.9").is_ok());
-        let err = allowed(&allow, "docker.io/library/nginx:latest").expect_err("refused");
-        assert!(err.contains("images.allow"), "{err}");
+        let rules = "on this node (images.allow)";
+        assert!(allowed(&allow, "127.0.0.1:5000/bb:1", rules).is_ok());
+        assert!(allowed(&allow, "docker.io/library/nginx:1.7.9", rules).is_ok());
+        let err = allowed(&allow, "docker.io/library/nginx:latest", rules).expect_err("refused");
+        assert!(
+            err.contains("not allowed on this node (images.allow)"),
+            "{err}"
+        );
         assert!(
             err.contains("127.0.0.1:5000/*, docker.io/library/nginx:1.7.9"),
             "{err}"
         );
-        assert!(allowed(&[], "anything/at:all").is_ok());
+        assert!(allowed(&[], "anything/at:all", rules).is_ok());
     }
 }
