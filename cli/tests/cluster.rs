@@ -522,7 +522,7 @@ fn a_dead_node_s_pods_move_and_the_ingress_stops_sending_to_them() {
             "--kubelet-config",
             &base,
             "--node-monitor-grace-period",
-            "3s",
+            "4s",
             "--pod-eviction-timeout",
             "2s",
         ],

@@ -87,6 +87,8 @@ struct Bringup {
     record: Record,
     /// The kubelet configuration the nodes' start from, if one was given.
     kubelet_base: Option<PathBuf>,
+    /// How often each node renews its Lease.
+    heartbeat: Duration,
     children: Vec<Child>,
     started: Instant,
 }
@@ -301,6 +303,13 @@ impl Bringup {
                 ("pod_cidr", json!(format!("{net}/{bits}"))),
                 ("cgroup_parent", json!(plan.cgroup_parent(i))),
                 ("address", json!(ip.to_string())),
+                // A quarter of the grace period, as the kubelet's Lease
+                // renewal is to Kubernetes' 40 s: a node is unreachable
+                // only after several renewals went missing.
+                (
+                    "heartbeat",
+                    json!(format!("{}ms", self.heartbeat.as_millis())),
+                ),
             ] {
                 kubelet.insert(key.into(), value);
             }
@@ -560,6 +569,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<bool> {
     let mut bringup = Bringup {
         record,
         kubelet_base: args.kubelet_config.clone(),
+        heartbeat: (args.node_monitor_grace_period.0 / 4).min(Duration::from_secs(10)),
         children: Vec::new(),
         started: Instant::now(),
     };
