@@ -243,14 +243,30 @@ impl Cluster {
         ]);
     }
 
-    /// The nginx pods' names, nodes and phases (`get pods -o wide`).
-    fn nginx_pods(&self) -> Vec<(String, String, String)> {
+    /// The access-log lines of successful `GET /`s at the shippers' sinks.
+    fn shipped_requests(&self) -> usize {
+        std::fs::read_dir(self.state.join("shipped"))
+            .unwrap()
+            .flatten()
+            .map(|f| {
+                std::fs::read_to_string(f.path())
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("\\\"GET / HTTP/1.1\\\" 200"))
+                    .count()
+            })
+            .sum()
+    }
+
+    /// The nginx pods' names, nodes, phases and addresses (`get pods -o wide`).
+    fn nginx_pods(&self) -> Vec<(String, String, String, String)> {
         self.ok(&["get", "pods", "-o", "wide"])
             .lines()
             .filter(|l| l.starts_with("nginx-deployment-"))
             .map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                (f[0].to_string(), f[6].to_string(), f[2].to_string())
+                let field = |i: usize| f.get(i).copied().unwrap_or_default().to_string();
+                (field(0), field(6), field(2), field(5))
             })
             .collect()
     }
@@ -522,7 +538,7 @@ fn a_dead_node_s_pods_move_and_the_ingress_stops_sending_to_them() {
             "--kubelet-config",
             &base,
             "--node-monitor-grace-period",
-            "4s",
+            "8s",
             "--pod-eviction-timeout",
             "2s",
         ],
@@ -531,6 +547,11 @@ fn a_dead_node_s_pods_move_and_the_ingress_stops_sending_to_them() {
     cluster.run_example();
     let pods = cluster.nginx_pods();
     let victim = pods[0].1.clone();
+    let victim_ips: Vec<String> = pods
+        .iter()
+        .filter(|p| p.1 == victim)
+        .map(|p| p.3.clone())
+        .collect();
     wait_for(
         "the ingress to serve",
         Duration::from_secs(30),
@@ -586,13 +607,72 @@ fn a_dead_node_s_pods_move_and_the_ingress_stops_sending_to_them() {
         },
         || cluster.ok(&["get", "endpointslices", "-o", "json"]),
     );
+    // Once the ingress and a living node's proxy have taken the change
+    // (their own views, event by event), neither sends to the dead pods.
+    let routes = || stdout(&cluster.in_hub("curl", &["-s", "http://172.30.0.11:9090/routes"]));
+    wait_for(
+        "the ingress to drop the victim's pods",
+        Duration::from_secs(30),
+        || {
+            !victim_ips
+                .iter()
+                .any(|ip| routes().contains(&format!("\"{ip}:80\"")))
+        },
+        routes,
+    );
+    let living = pods
+        .iter()
+        .map(|p| &p.1)
+        .find(|n| **n != victim)
+        .unwrap()
+        .clone();
+    let living_ns = format!("--net=/run/netns/{}-{living}", cluster.name);
+    let in_living = |program: &str, args: &[&str]| {
+        stdout(
+            &Command::new("nsenter")
+                .arg(&living_ns)
+                .arg(program)
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    let table = || in_living("nft", &["list", "table", "ip", "orca"]);
+    wait_for(
+        "a living node's proxy to drop the victim's pods",
+        Duration::from_secs(30),
+        || {
+            !victim_ips
+                .iter()
+                .any(|ip| table().contains(&format!("{ip} ")))
+        },
+        table,
+    );
+    let cluster_ip = cluster
+        .ok(&["get", "service", "nginx", "-o", "json"])
+        .split_once("\"clusterIP\": \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(ip, _)| ip.to_string())
+        .expect("the Service's ClusterIP");
     let mut statuses = Vec::new();
     for _ in 0..30 {
         statuses.push(cluster.ingress_status(1));
+        let url = format!("http://{cluster_ip}/");
+        let args = [
+            "-s",
+            "-o",
+            "/dev/null",
+            "-m",
+            "5",
+            "-w",
+            "%{http_code}",
+            url.as_str(),
+        ];
+        statuses.push(in_living("curl", &args));
     }
     assert!(
         statuses.iter().all(|s| s == "200"),
-        "the ingress failed requests after the node went: {statuses:?}\n{}",
+        "the ingress or a ClusterIP failed requests after the node went: {statuses:?}\n{}",
         cluster.log("master-1")
     );
 
@@ -604,7 +684,7 @@ fn a_dead_node_s_pods_move_and_the_ingress_stops_sending_to_them() {
             let pods = cluster.nginx_pods();
             let living: Vec<_> = pods
                 .iter()
-                .filter(|(_, node, phase)| *node != victim && phase == "Running")
+                .filter(|(_, node, phase, _)| *node != victim && phase == "Running")
                 .collect();
             living.len() == 3
         },
@@ -613,8 +693,8 @@ fn a_dead_node_s_pods_move_and_the_ingress_stops_sending_to_them() {
     let nodes: BTreeSet<String> = cluster
         .nginx_pods()
         .into_iter()
-        .filter(|(_, _, phase)| phase == "Running")
-        .map(|(_, node, _)| node)
+        .filter(|(_, _, phase, _)| phase == "Running")
+        .map(|(_, node, _, _)| node)
         .collect();
     assert!(!nodes.contains(&victim), "{nodes:?}");
 
@@ -701,6 +781,19 @@ fn the_leader_master_killed_another_leads_and_the_ingress_keeps_serving() {
         statuses.iter().all(|s| s == "200"),
         "the survivor's ingress failed requests: {statuses:?}"
     );
+    // Their access-log lines reach the shippers' sinks at least once.
+    wait_for(
+        "the requests' access-log lines at the shippers' sinks",
+        Duration::from_secs(30),
+        || cluster.shipped_requests() >= statuses.len(),
+        || {
+            format!(
+                "{} of {} shipped",
+                cluster.shipped_requests(),
+                statuses.len()
+            )
+        },
+    );
 
     // The new leader's control loops act: a scale-up is carried out.
     cluster.ok(&["scale", "deployment", "nginx-deployment", "--replicas", "4"]);
@@ -714,7 +807,7 @@ fn the_leader_master_killed_another_leads_and_the_ingress_keeps_serving() {
     let running = cluster
         .nginx_pods()
         .iter()
-        .filter(|(_, _, phase)| phase == "Running")
+        .filter(|(_, _, phase, _)| phase == "Running")
         .count();
     assert_eq!(running, 4, "{}", cluster.ok(&["get", "pods", "-o", "wide"]));
 }
@@ -814,7 +907,7 @@ fn a_rolling_update_under_load_fails_no_request() {
     let new: BTreeSet<String> = cluster
         .nginx_pods()
         .into_iter()
-        .filter(|(name, _, phase)| !old.contains(name) && phase == "Running")
+        .filter(|(name, _, phase, _)| !old.contains(name) && phase == "Running")
         .map(|p| p.0)
         .collect();
     let out = wrk.wait_with_output().unwrap();
@@ -830,5 +923,18 @@ fn a_rolling_update_under_load_fails_no_request() {
         !report.contains("Non-2xx") && !report.contains("Socket errors"),
         "requests failed during the rolling update:\n{report}\n{}",
         cluster.log("master-1")
+    );
+    // Every request is a line of some pod's access log, the old pods' too:
+    // each reaches the shippers' sinks at least once.
+    let requests: usize = report
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in"))
+        .and_then(|(n, _)| n.parse().ok())
+        .expect("wrk's request count");
+    wait_for(
+        "every request's access-log line at the shippers' sinks",
+        Duration::from_secs(60),
+        || cluster.shipped_requests() >= requests,
+        || format!("{} of {requests} shipped", cluster.shipped_requests()),
     );
 }
