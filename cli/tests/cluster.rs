@@ -24,6 +24,17 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Clusters are brought up one at a time: two at once on a small machine
+/// starve each other's etcd (a Lease renewal waiting seconds for a write
+/// makes a living node look dead), which is not what the drills test.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the machine for one test's cluster; taken before the cluster is
+/// made, so it is dropped after `orca down`.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A cluster `orca up` made for one test; `orca down` on drop.
 struct Cluster {
     dir: tempfile::TempDir,
@@ -307,6 +318,28 @@ fn wait_for(
     }
 }
 
+/// A cluster for test `tag` whose nodes pull nginx (1.7.9 and `tags`)
+/// from a registry in its hub, with the example applied and rolled out;
+/// `args` go to `orca up`. Bind as `let (_one, _registry, cluster)`, so
+/// the cluster goes first.
+fn nginx_cluster(
+    tag: &str,
+    tags: &[&str],
+    args: &[&str],
+) -> (std::sync::MutexGuard<'static, ()>, Registry, Cluster) {
+    let one = one_at_a_time();
+    let registry = nginx_registry(tags);
+    let (dir, _, _) = Cluster::plan(tag);
+    let base = Cluster::mirror_config(dir.path());
+    let base = base.display().to_string();
+    let mut all = vec!["--kubelet-config", base.as_str()];
+    all.extend_from_slice(args);
+    let mut cluster = Cluster::up(tag, &all);
+    cluster.serve_images(&registry);
+    cluster.run_example();
+    (one, registry, cluster)
+}
+
 /// Whether any endpoint on `node` is ready in `orca get endpointslices -o json`.
 fn victim_ready(json: &str, node: &str) -> bool {
     let value: serde_json::Value = serde_json::from_str(json).unwrap();
@@ -342,6 +375,7 @@ fn nginx_registry(tags: &[&str]) -> Registry {
 
 #[test]
 fn up_makes_a_cluster_that_speaks_only_tls_and_down_removes_all_of_it() {
+    let _one = one_at_a_time();
     let (dir, state, name) = Cluster::plan("tls");
     let out = Command::new(ORCA)
         .args([
@@ -446,6 +480,7 @@ fn up_makes_a_cluster_that_speaks_only_tls_and_down_removes_all_of_it() {
 
 #[test]
 fn up_refuses_bad_input_and_leaves_nothing() {
+    let _one = one_at_a_time();
     let (dir, state, name) = Cluster::plan("bad");
     let out = Command::new(ORCA)
         .args(["up", "--nodes", "0", "--state"])
@@ -494,6 +529,7 @@ fn up_refuses_bad_input_and_leaves_nothing() {
 
 #[test]
 fn down_removes_a_cluster_whose_up_was_killed_midway() {
+    let _one = one_at_a_time();
     let (_dir, state, name) = Cluster::plan("crash");
     let mut up = Command::new(ORCA)
         .args(["up", "--nodes", "2", "--state"])
@@ -526,25 +562,18 @@ fn down_removes_a_cluster_whose_up_was_killed_midway() {
 
 #[test]
 fn a_dead_node_s_pods_move_and_the_ingress_stops_sending_to_them() {
-    let registry = nginx_registry(&[]);
-    let (dir, _, _) = Cluster::plan("node");
-    let base = Cluster::mirror_config(dir.path());
-    let base = base.display().to_string();
-    let mut cluster = Cluster::up(
+    let (_one, _registry, cluster) = nginx_cluster(
         "node",
+        &[],
         &[
             "--nodes",
             "3",
-            "--kubelet-config",
-            &base,
             "--node-monitor-grace-period",
-            "8s",
+            "10s",
             "--pod-eviction-timeout",
             "2s",
         ],
     );
-    cluster.serve_images(&registry);
-    cluster.run_example();
     let pods = cluster.nginx_pods();
     let victim = pods[0].1.clone();
     let victim_ips: Vec<String> = pods
@@ -715,25 +744,11 @@ fn a_dead_node_s_pods_move_and_the_ingress_stops_sending_to_them() {
 
 #[test]
 fn the_leader_master_killed_another_leads_and_the_ingress_keeps_serving() {
-    let registry = nginx_registry(&[]);
-    let (dir, _, _) = Cluster::plan("lead");
-    let base = Cluster::mirror_config(dir.path());
-    let base = base.display().to_string();
-    let mut cluster = Cluster::up(
+    let (_one, _registry, cluster) = nginx_cluster(
         "lead",
-        &[
-            "--nodes",
-            "2",
-            "--masters",
-            "2",
-            "--kubelet-config",
-            &base,
-            "--leader-ttl",
-            "3s",
-        ],
+        &[],
+        &["--nodes", "2", "--masters", "2", "--leader-ttl", "3s"],
     );
-    cluster.serve_images(&registry);
-    cluster.run_example();
     let leading = |master: u8| {
         cluster
             .log(&format!("master-{master}"))
@@ -814,6 +829,7 @@ fn the_leader_master_killed_another_leads_and_the_ingress_keeps_serving() {
 
 #[test]
 fn one_of_three_etcd_members_killed_the_cluster_works_and_it_catches_up() {
+    let _one = one_at_a_time();
     let cluster = Cluster::up("etcd", &["--nodes", "1", "--masters", "2"]);
     cluster.kill("etcd-2");
     // Writes and reads go on with two of three members.
@@ -864,13 +880,7 @@ fn one_of_three_etcd_members_killed_the_cluster_works_and_it_catches_up() {
 
 #[test]
 fn a_rolling_update_under_load_fails_no_request() {
-    let registry = nginx_registry(&["1.9.1"]);
-    let (dir, _, _) = Cluster::plan("roll");
-    let base = Cluster::mirror_config(dir.path());
-    let base = base.display().to_string();
-    let mut cluster = Cluster::up("roll", &["--nodes", "2", "--kubelet-config", &base]);
-    cluster.serve_images(&registry);
-    cluster.run_example();
+    let (_one, _registry, cluster) = nginx_cluster("roll", &["1.9.1"], &["--nodes", "2"]);
     wait_for(
         "the ingress to serve",
         Duration::from_secs(30),

@@ -3,6 +3,7 @@
 //! over TCP; with `require_ack` a batch counts only once the server
 //! answered `{"ack": id}`.
 
+use crate::deadletter::base64;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::event::Event;
@@ -241,25 +242,6 @@ fn read_str(bytes: &[u8], at: &mut usize) -> Result<Option<String>, SinkError> {
     };
     *at += skip + len;
     Ok(Some(String::from_utf8_lossy(text).into_owned()))
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for group in bytes.chunks(3) {
-        let n = group
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= group.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
