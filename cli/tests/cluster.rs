@@ -569,7 +569,7 @@ fn a_dead_node_s_pods_move_and_the_ingress_stops_sending_to_them() {
             "--nodes",
             "3",
             "--node-monitor-grace-period",
-            "10s",
+            "20s",
             "--pod-eviction-timeout",
             "2s",
         ],
@@ -701,8 +701,12 @@ fn a_dead_node_s_pods_move_and_the_ingress_stops_sending_to_them() {
     }
     assert!(
         statuses.iter().all(|s| s == "200"),
-        "the ingress or a ClusterIP failed requests after the node went: {statuses:?}\n{}",
-        cluster.log("master-1")
+        "the ingress or a ClusterIP failed requests after the node went: {statuses:?}\n{}\n{}",
+        cluster.log("master-1"),
+        (1..=3)
+            .map(|i| cluster.log(&format!("node-{i}")))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 
     // Evicted after the eviction timeout; replaced on the living nodes.

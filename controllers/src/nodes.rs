@@ -169,7 +169,21 @@ impl Nodes {
 
     async fn judge(&self, node: &Node) -> Result<Action, Error> {
         let name = node.metadata.name.clone().unwrap_or_default();
-        let silent_for = self.last_seen(node).map_or(Duration::ZERO, since);
+        let mut silent_for = self.last_seen(node).map_or(Duration::ZERO, since);
+        if silent_for >= self.timing.grace {
+            // The cache may be behind (a loaded master applies its watch
+            // events late): a node is declared dead only on the Lease as
+            // etcd holds it now, never on a stale copy.
+            let fresh = self
+                .store
+                .api::<Lease>(LEASE_NAMESPACE)
+                .get_opt(&name)
+                .await?
+                .and_then(|l| l.spec?.renew_time.map(|t| t.0));
+            if let Some(renewed) = fresh {
+                silent_for = silent_for.min(since(renewed));
+            }
+        }
         let taint = node
             .spec
             .as_ref()

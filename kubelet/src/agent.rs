@@ -134,22 +134,35 @@ pub async fn run(
         .error_backoff(Duration::from_millis(500), Duration::from_secs(30))
         .named("kubelet");
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // The heartbeat has a connection of its own: on the one the watches
+    // share, a renewal could wait behind their traffic long enough for the
+    // node to be taken for dead.
+    let heartbeat_store = kubelet
+        .store
+        .reconnect()
+        .await
+        .unwrap_or_else(|_| kubelet.store.clone());
     let heartbeat = {
         let kubelet = Arc::clone(&kubelet);
         let mut stopped = stopped.clone();
         let period = config.heartbeat.0;
         let mut registration = registration.clone();
+        let store = heartbeat_store;
         async move {
             loop {
                 registration.pressure = node::Pressure::measure(&kubelet.config.state_dir);
-                if let Err(e) = node::renew(&kubelet.store, &kubelet.node, period * 4).await {
+                // A renewal that failed is tried again soon, not a period
+                // later, as Kubernetes' kubelet does.
+                let mut next = period;
+                if let Err(e) = node::renew(&store, &kubelet.node, period * 4).await {
                     tracing::warn!(error = %e, "lease renewal failed; retrying");
+                    next = period.min(Duration::from_millis(200));
                 }
-                if let Err(e) = node::refresh(&kubelet.store, &kubelet.node, &registration).await {
+                if let Err(e) = node::refresh(&store, &kubelet.node, &registration).await {
                     tracing::warn!(error = %e, "node status update failed; retrying");
                 }
                 tokio::select! {
-                    () = tokio::time::sleep(period) => {}
+                    () = tokio::time::sleep(next) => {}
                     _ = stopped.wait_for(|s| *s) => return,
                 }
             }

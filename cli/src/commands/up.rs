@@ -177,6 +177,20 @@ impl Bringup {
 
     fn start_etcd(&mut self) -> anyhow::Result<()> {
         let plan = self.plan().clone();
+        // etcd's data on a tmpfs of its own: on the disk the nodes unpack
+        // images to, its fsyncs waited seconds behind their writes, and a
+        // node whose Lease renewal timed out looked dead. A local cluster
+        // does not outlive a reboot anyway (its namespaces do not).
+        let data = plan.etcd_data();
+        std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+        nix::mount::mount(
+            Some("tmpfs"),
+            &data,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some("size=1g,mode=0700"),
+        )
+        .with_context(|| format!("mounting a tmpfs for etcd at {}", data.display()))?;
         let peers: Vec<String> = (1..=plan.members())
             .map(|i| format!("etcd-{i}=https://{}:2380", plan.etcd_ip(i)))
             .collect();
@@ -194,7 +208,11 @@ impl Bringup {
                 "--name",
                 &format!("etcd-{i}"),
                 "--data-dir",
-                &plan.state.join(format!("etcd-{i}")).display().to_string(),
+                &plan
+                    .etcd_data()
+                    .join(format!("etcd-{i}"))
+                    .display()
+                    .to_string(),
                 "--listen-client-urls",
                 &client_url,
                 "--advertise-client-urls",
@@ -456,6 +474,7 @@ impl Bringup {
             )
         })
         .await?;
+        self.step(&format!("etcd answers at {}", plan.etcd_endpoints()));
 
         self.step(&format!("starting {} master(s)", plan.masters));
         self.start_masters(args)?;
@@ -473,9 +492,17 @@ impl Bringup {
             },
         )
         .await?;
+        self.step(&format!(
+            "the masters' ingress listens: {}",
+            listeners
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
 
         self.step(&format!(
-            "starting {} node(s): kubelet, node proxy, log shipper",
+            "starting {} node(s): kubelet, node proxy, DNS, log shipper; waiting for them to be Ready",
             plan.nodes
         ));
         self.start_nodes()?;

@@ -141,6 +141,11 @@ impl Plan {
         format!("{}-node-{i}", self.name)
     }
 
+    /// etcd's data: a tmpfs, one directory per member.
+    pub fn etcd_data(&self) -> PathBuf {
+        self.state.join("etcd")
+    }
+
     /// The certificates' directory.
     pub fn pki(&self) -> PathBuf {
         self.state.join("pki")

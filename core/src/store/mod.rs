@@ -612,6 +612,15 @@ impl Store {
         })
     }
 
+    /// A new connection to the same etcd: for traffic that must not queue
+    /// behind this connection's (a node's heartbeat behind its watches, as
+    /// Kubernetes' kubelet keeps a client of its own for its Lease).
+    pub async fn reconnect(&self) -> Result<Self> {
+        let mut fresh = Self::connect(self.config.clone()).await?;
+        fresh.guard = self.guard.clone();
+        Ok(fresh)
+    }
+
     /// Registers the store's metrics (stored values skipped as corrupt, by
     /// key) under `metrics`; once per process.
     pub fn register_metrics(&self, metrics: &Metrics) {
