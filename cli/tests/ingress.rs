@@ -2576,3 +2576,129 @@ fn a_request_whose_connection_failed_goes_to_another_endpoint_body_and_all() {
     // 12 requests to `pair`, 8 to `h2pair`.
     assert!(metric(&proxy, "orca_ingress_retries_total") >= 18.0);
 }
+
+/// Debian's nginx, serving on loopback from a directory of its own,
+/// killed on drop. `locations` is the body of its one `server` block;
+/// the echo module (Debian's nginx-light brings it) is loaded, so a
+/// location can answer with what it received.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(locations: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let port = free_port();
+        let conf = format!(
+            r#"
+load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        {locations}
+    }}
+}}
+"#
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new("/usr/sbin/nginx")
+            .args(["-p", d, "-e", &format!("{d}/error.log"), "-c"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (scripts/deps.sh installs nginx-light)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start listening");
+            thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// The configuration of a proxy sending every request to `self`.
+    fn behind_proxy(&self) -> String {
+        format!(
+            r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /
+    upstream: nginx
+upstreams:
+  - name: nginx
+    endpoints: ["{}"]
+admin:
+  address: 127.0.0.1:{{admin}}
+"#,
+            self.addr
+        )
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nginx answering `/echo` with the request body it read and every other
+/// path with the framing headers it saw.
+const NGINX_ECHO: &str = r#"
+        location /echo { echo_read_request_body; echo_request_body; }
+        location / { echo "cl=$http_content_length te=$http_transfer_encoding"; }
+"#;
+
+#[test]
+fn bodies_reach_an_nginx_upstream_framed_once() {
+    let nginx = Nginx::start(NGINX_ECHO);
+    let proxy = Proxy::start(&nginx.behind_proxy());
+    // Requests with bodies, of both framings, and one without, on one
+    // connection: each must end where nginx thinks it ends.
+    let mut s = connect(proxy.http);
+    let mut buf = Vec::new();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\n\r\nhello\
+          POST /echo HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n\
+          PUT /headers HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\nabc\
+          GET /echo HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    )
+    .unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let r = read_response(&mut s, &mut buf).expect("a response");
+        answers.push((r.status, r.body));
+    }
+    assert_eq!(
+        answers,
+        [
+            (200, "hello".to_string()),
+            (200, "hello world".to_string()),
+            (200, "cl=3 te=\n".to_string()),
+            (200, String::new()),
+        ]
+    );
+}

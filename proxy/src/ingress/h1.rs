@@ -326,6 +326,12 @@ pub fn write_upstream_request(
         if hop_by_hop(name) || (listed && named_by_connection(buf, head, name)) {
             continue;
         }
+        // The framing is written below from what was parsed, once: a copy
+        // of the client's Content-Length beside it would be a second one,
+        // which upstreams rightly refuse (nginx answers 400).
+        if name.eq_ignore_ascii_case(b"content-length") {
+            continue;
+        }
         if name.eq_ignore_ascii_case(b"x-forwarded-for") {
             xff = Some(value);
             continue;
