@@ -2702,3 +2702,47 @@ fn bodies_reach_an_nginx_upstream_framed_once() {
         ]
     );
 }
+
+#[test]
+fn paths_are_routed_and_forwarded_in_their_normal_form() {
+    let nginx = Nginx::start(r#"location / { echo "nginx $request_uri"; }"#);
+    let admin = Backend::start("admin");
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /public
+    upstream: public
+  - path: /admin
+    upstream: admin
+upstreams:
+  - name: public
+    endpoints: ["{}"]
+  - name: admin
+    endpoints: ["{}"]
+"#,
+        nginx.addr, admin.addr
+    ));
+    // What reaches which upstream, as the upstream saw it.
+    let cases = [
+        ("/public/../admin", "admin /admin "),
+        ("/public/%2e%2E/admin", "admin /admin "),
+        ("//admin?x=/../y", "admin /admin?x=/../y "),
+        ("/public/./a//b/?q=1", "nginx /public/a/b/?q=1\n"),
+        ("/admin/../public/x", "nginx /public/x\n"),
+        // An encoded slash is no separator: this stays under /public.
+        ("/public/..%2Fadmin", "nginx /public/..%2Fadmin\n"),
+    ];
+    for (path, seen) in cases {
+        let r = get(proxy.http, "a.test", path);
+        assert_eq!(r.status, 200, "{path}");
+        assert!(r.body.starts_with(seen), "HTTP/1.1 {path}: {}", r.body);
+    }
+    let paths: Vec<&str> = cases.iter().map(|(p, _)| *p).collect();
+    for ((path, seen), (status, body)) in cases.iter().zip(h2_get(proxy.http, "a.test", &paths)) {
+        assert_eq!(status, 200, "{path}");
+        assert!(body.starts_with(seen), "HTTP/2 {path}: {body}");
+    }
+}

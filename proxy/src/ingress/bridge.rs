@@ -173,7 +173,7 @@ fn request(buf: &[u8], head: &Head, fwd: &Forwarding<'_>) -> Option<Request<()>>
     let uri = Uri::builder()
         .scheme("http")
         .authority(authority)
-        .path_and_query(&buf[head.target.clone()])
+        .path_and_query(fwd.target.map_or(&buf[head.target.clone()], str::as_bytes))
         .build()
         .ok()?;
     let mut headers = HeaderMap::with_capacity(head.headers.len() + 4);

@@ -296,6 +296,22 @@ pub struct Forwarding<'a> {
     pub tls: bool,
     /// An id for the request, used when the client sent none.
     pub request_id: &'a str,
+    /// The target to send instead of the client's, when normalising its
+    /// path changed it (see `routes::normalize_path`): the upstream reads
+    /// the path the request was routed by.
+    pub target: Option<&'a str>,
+}
+
+/// The request target to forward: `normal_path` (the normalised form of
+/// `path`) with the client's query, or `None` when normalising changed
+/// nothing.
+pub fn normalized_target(buf: &[u8], head: &Head, path: &str, normal_path: &str) -> Option<String> {
+    if path == normal_path {
+        return None;
+    }
+    let target = std::str::from_utf8(&buf[head.target.clone()]).unwrap_or_default();
+    let rest = target.get(path.len()..).unwrap_or_default();
+    Some([normal_path, rest].concat())
 }
 
 /// Writes the request head to send upstream: HTTP/1.1 (HTTP/1.0 for 1.0
@@ -310,7 +326,10 @@ pub fn write_upstream_request(
 ) {
     out.extend_from_slice(&buf[head.method.clone()]);
     out.push(b' ');
-    out.extend_from_slice(&buf[head.target.clone()]);
+    match fwd.target {
+        Some(target) => out.extend_from_slice(target.as_bytes()),
+        None => out.extend_from_slice(&buf[head.target.clone()]),
+    }
     out.extend_from_slice(if head.version == 0 {
         b" HTTP/1.0\r\n"
     } else {
@@ -656,6 +675,7 @@ mod tests {
             client: "192.0.2.7",
             tls: false,
             request_id: "abc",
+            target: None,
         };
         write_upstream_request(&mut out, text.as_bytes(), &head, &info, &fwd);
         let out = String::from_utf8(out).unwrap();
@@ -677,6 +697,7 @@ mod tests {
             client: "::1",
             tls: true,
             request_id: "unused",
+            target: None,
         };
         write_upstream_request(&mut out, text.as_bytes(), &head, &info, &fwd);
         let out = String::from_utf8(out).unwrap();

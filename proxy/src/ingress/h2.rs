@@ -8,6 +8,7 @@
 //! clients reach h2c upstreams through `send_with_retries` too (see
 //! `bridge`).
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -33,6 +34,7 @@ use super::config::UpstreamProtocol;
 use super::h1_upstream;
 use super::proxy::{Shared, Worker, fail, no_route, record};
 use super::retry::Attempts;
+use super::routes::normalize_path;
 use super::upstream::Upstream;
 
 /// The connection preface an h2c client with prior knowledge starts with.
@@ -538,6 +540,17 @@ async fn respond(
             StatusCode::BAD_REQUEST,
             "request target must be an absolute path\n",
         );
+    }
+    // Routed by the normal form of its path, and forwarded with it, as
+    // HTTP/1.1 requests are.
+    if let Cow::Owned(path) = normalize_path(req.uri().path()) {
+        let query = req.uri().query().map(|q| ["?", q].concat());
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = [path, query.unwrap_or_default()].concat().parse().ok();
+        match Uri::from_parts(parts) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return local(StatusCode::BAD_REQUEST, "invalid request target\n"),
+        }
     }
     let route = {
         let headers = req.headers();

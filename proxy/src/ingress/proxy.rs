@@ -24,7 +24,7 @@ use super::h1::{self, Forwarding, Head, HeadError, RequestInfo};
 use super::metrics::{FailureLabels, ProxyMetrics, RequestLabels, RouteLabels};
 use super::pool::Pool;
 use super::retry::Attempts;
-use super::routes::{Route, RouteTable};
+use super::routes::{Route, RouteTable, normalize_path};
 use super::upstream::{InFlight, Upstream};
 
 /// What every worker shares: the current routes and limits, metrics, logs.
@@ -624,21 +624,24 @@ async fn serve_requests<S: Connection>(
         }
         let started = Instant::now();
         let access = shared.access_log.load_full();
-        let (route, host, log_fields) = {
+        let (route, host, log_fields, target) = {
             let buf = cbuf.filled();
             let host = h1::host(buf, &head);
+            let path = h1::path(buf, &head);
+            let normal_path = normalize_path(path);
             let route = shared
                 .routes
                 .load()
-                .find(&host, h1::path(buf, &head), &|name| head.header(buf, name))
+                .find(&host, &normal_path, &|name| head.header(buf, name))
                 .cloned();
+            let target = h1::normalized_target(buf, &head, path, &normal_path);
             let log_fields = access.as_ref().map(|_| {
                 (
                     String::from_utf8_lossy(&buf[head.method.clone()]).into_owned(),
                     String::from_utf8_lossy(&buf[head.target.clone()]).into_owned(),
                 )
             });
-            (route, host, log_fields)
+            (route, host, log_fields, target)
         };
         let route_name: Arc<str> = route.as_ref().map_or_else(no_route, |r| r.name.clone());
         let done = match route {
@@ -670,6 +673,7 @@ async fn serve_requests<S: Connection>(
                     client: &client_ip,
                     tls,
                     request_id: id.as_str(),
+                    target: target.as_deref(),
                 };
                 // Boxed: forwarding has the largest state by far, and
                 // neither a local answer nor a TLS client awaiting its next
