@@ -2746,3 +2746,15 @@ upstreams:
         assert!(body.starts_with(seen), "HTTP/2 {path}: {body}");
     }
 }
+
+#[test]
+fn connection_cannot_take_the_host_from_an_nginx_upstream() {
+    let nginx = Nginx::start(r#"location / { echo "host=$http_host drop=$http_x_drop"; }"#);
+    let proxy = Proxy::start(&nginx.behind_proxy());
+    let r = raw(
+        proxy.http,
+        "GET / HTTP/1.1\r\nHost: a.test\r\nConnection: Host, x-drop\r\nX-Drop: 1\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "host=a.test drop=\n"));
+}

@@ -798,6 +798,10 @@ async fn read_head<S: Connection>(
 ) -> Result<Option<RequestInfo>, ReadHeadError> {
     let max_head = usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX);
     let header_timeout = limits.header_read_timeout.get();
+    // How much of the buffer a parse has already found unfinished: a head
+    // is parsed again only once bytes that can end it arrive, so a head
+    // trickled in a byte at a time is not parsed once per byte.
+    let mut unfinished = 0;
     loop {
         // The h2c preface, or the part of it read so far, is no HTTP/1 head.
         let preface = first && {
@@ -808,16 +812,22 @@ async fn read_head<S: Connection>(
         if preface && cbuf.filled().len() >= super::h2::PREFACE.len() {
             return Err(ReadHeadError::H2c);
         }
-        if !cbuf.is_empty() && !preface {
+        let filled = cbuf.filled();
+        if !filled.is_empty()
+            && !preface
+            && (unfinished == 0
+                || filled.len() >= max_head
+                || h1::may_end_head(&filled[unfinished - 2..]))
+        {
             match h1::parse_request(
-                cbuf.filled(),
+                filled,
                 head,
                 limits.max_headers,
                 max_head,
                 limits.max_body_bytes.bytes(),
             ) {
                 Ok(Some(info)) => return Ok(Some(info)),
-                Ok(None) => {}
+                Ok(None) => unfinished = filled.len().max(2),
                 Err(e) => return Err(ReadHeadError::Head(e)),
             }
         }
