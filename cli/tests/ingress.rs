@@ -440,7 +440,7 @@ fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Response> 
         .is_some_and(|t| t == "chunked")
     {
         read_chunked(stream, buf)?
-    } else if status == 101 || status == 204 || status == 304 {
+    } else if status < 200 || status == 204 || status == 304 {
         Vec::new()
     } else {
         let mut rest = std::mem::take(buf);
@@ -2745,6 +2745,116 @@ upstreams:
         assert_eq!(status, 200, "{path}");
         assert!(body.starts_with(seen), "HTTP/2 {path}: {body}");
     }
+}
+
+#[test]
+fn interim_answers_and_protocol_switches_only_where_asked() {
+    let nginx = Nginx::start(NGINX_ECHO);
+    let web = Backend::start("web");
+    // An upstream the test drives by hand, to know when the proxy has sent
+    // a request on.
+    let manual = StdListener::bind("127.0.0.1:0").unwrap();
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /echo
+    upstream: nginx
+  - path: /manual
+    upstream: manual
+  - path: /
+    upstream: web
+upstreams:
+  - name: nginx
+    endpoints: ["{}"]
+  - name: manual
+    endpoints: ["{}"]
+  - name: web
+    endpoints: ["{}"]
+"#,
+        nginx.addr,
+        manual.local_addr().unwrap(),
+        web.addr
+    ));
+    // HTTP/1.1 asks nginx to continue, and is told to.
+    let mut s = connect(proxy.http);
+    let mut buf = Vec::new();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: a.test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut s, &mut buf).unwrap().status, 100);
+    s.write_all(b"hello").unwrap();
+    let r = read_response(&mut s, &mut buf).unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "hello"));
+    // HTTP/1.0 knows no interim answers: its first answer is the final
+    // one, though it sent Expect and the upstream answers 103 first.
+    let mut s = connect(proxy.http);
+    s.write_all(
+        b"POST /manual HTTP/1.0\r\nHost: a.test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .unwrap();
+    let (mut upstream, _) = manual.accept().unwrap();
+    let mut ubuf = Vec::new();
+    read_head(&mut upstream, &mut ubuf).expect("the forwarded head");
+    // The proxy has sent the head on, so any 100 of its own is written.
+    s.write_all(b"hello").unwrap();
+    assert_eq!(
+        read_exact_from(&mut upstream, &mut ubuf, 5).unwrap(),
+        b"hello"
+    );
+    upstream
+        .write_all(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        .unwrap();
+    let r = read_response(&mut s, &mut Vec::new()).unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    // The backend's /ws answers 101 whatever was asked: to a request that
+    // asked for no upgrade that is no answer, and its connection is not
+    // used again.
+    let before = web.accepted.load(Ordering::SeqCst);
+    let mut s = connect(proxy.http);
+    let mut buf = Vec::new();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut s, &mut buf).unwrap().status, 502);
+    assert_eq!(get(proxy.http, "a.test", "/after").status, 200);
+    assert_eq!(
+        web.accepted.load(Ordering::SeqCst),
+        before + 2,
+        "the switched connection was not pooled"
+    );
+}
+
+#[test]
+fn every_x_forwarded_for_line_is_kept_by_either_version() {
+    let nginx =
+        Nginx::start(r#"location / { echo "xff=$http_x_forwarded_for fwd=$http_forwarded"; }"#);
+    let proxy = Proxy::start(&nginx.behind_proxy());
+    let want = "xff=192.0.2.1, 192.0.2.2, 192.0.2.3, 127.0.0.1 \
+                fwd=for=192.0.2.1, for=192.0.2.2, for=127.0.0.1;proto=http;host=a.test\n";
+    let r = raw(
+        proxy.http,
+        "GET / HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: 192.0.2.1\r\nForwarded: for=192.0.2.1\r\n\
+         X-Forwarded-For: 192.0.2.2, 192.0.2.3\r\nForwarded: for=192.0.2.2\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.body, want, "HTTP/1.1");
+    let body = runtime().block_on(async {
+        use http_body_util::{BodyExt, Empty};
+        let mut send = h2c(proxy.http).await;
+        let req = hyper::Request::get("http://a.test/")
+            .header("x-forwarded-for", "192.0.2.1")
+            .header("forwarded", "for=192.0.2.1")
+            .header("x-forwarded-for", "192.0.2.2, 192.0.2.3")
+            .header("forwarded", "for=192.0.2.2")
+            .body(Empty::<hyper::body::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        resp.into_body().collect().await.unwrap().to_bytes()
+    });
+    assert_eq!(String::from_utf8_lossy(&body), want, "HTTP/2");
 }
 
 #[test]

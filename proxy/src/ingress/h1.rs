@@ -380,8 +380,9 @@ pub fn write_upstream_request(
     } else {
         b" HTTP/1.1\r\n"
     });
-    let mut xff: Option<&[u8]> = None;
-    let mut forwarded: Option<&[u8]> = None;
+    // Earlier hops' lines are kept in order, every one of them (RFC 9110
+    // §5.3: several lines are one comma-separated list), as for HTTP/2.
+    let (mut xff, mut forwarded) = (false, false);
     let mut has_id = false;
     let named = named_by_connection(buf, head);
     for (n, v) in &head.headers {
@@ -396,11 +397,11 @@ pub fn write_upstream_request(
             continue;
         }
         if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            xff = Some(value);
+            xff = true;
             continue;
         }
         if name.eq_ignore_ascii_case(b"forwarded") {
-            forwarded = Some(value);
+            forwarded = true;
             continue;
         }
         if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
@@ -414,17 +415,21 @@ pub fn write_upstream_request(
     }
     let proto = if fwd.tls { "https" } else { "http" };
     out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(previous) = xff {
-        out.extend_from_slice(previous);
-        out.extend_from_slice(b", ");
+    if xff {
+        for previous in head.values(buf, "x-forwarded-for") {
+            out.extend_from_slice(previous);
+            out.extend_from_slice(b", ");
+        }
     }
     out.extend_from_slice(fwd.client.as_bytes());
     out.extend_from_slice(b"\r\nx-forwarded-proto: ");
     out.extend_from_slice(proto.as_bytes());
     out.extend_from_slice(b"\r\nforwarded: ");
-    if let Some(previous) = forwarded {
-        out.extend_from_slice(previous);
-        out.extend_from_slice(b", ");
+    if forwarded {
+        for previous in head.values(buf, "forwarded") {
+            out.extend_from_slice(previous);
+            out.extend_from_slice(b", ");
+        }
     }
     write_forwarded_element(out, fwd.client, proto, head.header(buf, "host"));
     out.extend_from_slice(b"\r\n");
@@ -494,6 +499,9 @@ pub enum ResponseError {
     /// Content-Length and Transfer-Encoding disagree or repeat.
     #[error("ambiguous response framing")]
     Ambiguous,
+    /// A `Transfer-Encoding` other than plain `chunked`.
+    #[error("unsupported response transfer coding")]
+    UnsupportedCoding,
 }
 
 /// Parses a response head; `Ok(None)` means more bytes are needed.
@@ -538,8 +546,10 @@ pub fn parse_response(
             (None, Some(te)) if te.trim_ascii().eq_ignore_ascii_case(b"chunked") => {
                 Framing::Chunked
             }
-            // Any other coding is read until close, as RFC 9112 §6.3 says.
-            (None, Some(_)) => Framing::UntilClose,
+            // Any other coding would reach the client undecoded, its
+            // framing unknown to the proxy: refused, as nginx does since
+            // 1.23.
+            (None, Some(_)) => return Err(ResponseError::UnsupportedCoding),
             (Some(_), None) if repeated => return Err(ResponseError::Ambiguous),
             (Some(cl), None) => match parse_length(cl) {
                 Some(0) => Framing::Empty,
@@ -712,7 +722,7 @@ mod tests {
 
     #[test]
     fn forwarded_request_head() {
-        let text = "GET /p HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\r\n";
+        let text = "GET /p HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nx-forwarded-for: 10.0.0.2, 10.0.0.3\r\nAccept: */*\r\n\r\n";
         let (head, info) = parse(text).unwrap().unwrap();
         let mut out = Vec::new();
         let fwd = Forwarding {
@@ -726,7 +736,7 @@ mod tests {
         assert_eq!(
             out,
             "GET /p HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\
-             x-forwarded-for: 10.0.0.1, 192.0.2.7\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-for: 10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7\r\nx-forwarded-proto: http\r\n\
              forwarded: for=192.0.2.7;proto=http;host=example.com\r\nx-request-id: abc\r\n\r\n"
         );
     }
@@ -852,5 +862,14 @@ mod tests {
             parse_response(text, &mut head, 8192, false).unwrap_err(),
             ResponseError::Ambiguous
         );
+
+        for coding in ["gzip", "gzip, chunked", "chunked, gzip", "identity"] {
+            let text = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {coding}\r\n\r\n");
+            assert_eq!(
+                parse_response(text.as_bytes(), &mut head, 8192, false).unwrap_err(),
+                ResponseError::UnsupportedCoding,
+                "{coding}"
+            );
+        }
     }
 }

@@ -382,8 +382,8 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Adds this hop's `X-Forwarded-For`, `X-Forwarded-Proto`, `Forwarded` and,
-/// when the client sent none, `x-request-id`; earlier hops' elements are
-/// kept, as for HTTP/1.1.
+/// when the client sent none, `x-request-id`; earlier hops' elements, of
+/// every line in order, are kept, as for HTTP/1.1.
 pub(super) fn add_forwarding(
     headers: &mut HeaderMap,
     client: &str,
@@ -392,14 +392,14 @@ pub(super) fn add_forwarding(
     request_id: impl FnOnce() -> String,
 ) {
     let mut xff = Vec::new();
-    if let Some(previous) = headers.get(X_FORWARDED_FOR) {
+    for previous in headers.get_all(X_FORWARDED_FOR) {
         xff.extend_from_slice(previous.as_bytes());
         xff.extend_from_slice(b", ");
     }
     xff.extend_from_slice(client.as_bytes());
     let proto = if tls { "https" } else { "http" };
     let mut forwarded = Vec::new();
-    if let Some(previous) = headers.get(header::FORWARDED) {
+    for previous in headers.get_all(header::FORWARDED) {
         forwarded.extend_from_slice(previous.as_bytes());
         forwarded.extend_from_slice(b", ");
     }

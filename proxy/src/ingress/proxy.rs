@@ -951,9 +951,11 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
         )
         .await;
     };
-    let expects_continue = head
-        .header(cbuf.filled(), "expect")
-        .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    // HTTP/1.0 has no interim responses, so no `Expect` to answer.
+    let expects_continue = head.version == 1
+        && head
+            .header(cbuf.filled(), "expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
     // Whether this attempt may take a pooled connection, and whether the one
     // retry on a new connection is spent.
     let (mut pooled, mut fresh_retry_used) = (true, false);
@@ -1168,7 +1170,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
 
-    // The response head; interim 1xx responses (but 101) pass through.
+    // The response head; interim 1xx responses (but 101) pass through to
+    // HTTP/1.1 clients (an HTTP/1.0 client cannot tell one from the answer,
+    // RFC 9110 §15.2).
     let mut ubuf = LeasedBuf::new(worker);
     let mut rhead = Head::default();
     let max_head = 64 * 1024;
@@ -1177,7 +1181,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         if !ubuf.is_empty() {
             match h1::parse_response(ubuf.filled(), &mut rhead, max_head, info.is_head) {
                 Ok(Some(r)) if rhead.status >= 100 && rhead.status < 200 && rhead.status != 101 => {
-                    if rhead.status != 100 || !expects_continue {
+                    if head.version == 1 && (rhead.status != 100 || !expects_continue) {
                         out.clear();
                         h1::write_client_response(
                             out,
@@ -1220,6 +1224,13 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(Ok(_)) => {}
         }
     };
+    // A switch of protocols nobody asked for leaves the upstream connection
+    // speaking something else: it is no answer, and the connection goes.
+    if rhead.status == 101 && !info.upgrade {
+        return Err(ExchangeError::Fatal(Failure::Upstream(
+            "upstream switched protocols unasked",
+        )));
+    }
     if let Some(next) = attempts.retry_status(attempt.addr, rhead.status) {
         return Err(ExchangeError::Status(next));
     }
