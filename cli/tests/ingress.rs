@@ -2584,7 +2584,7 @@ fn a_request_whose_connection_failed_goes_to_another_endpoint_body_and_all() {
 struct Nginx {
     child: Child,
     addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Nginx {
@@ -2630,11 +2630,12 @@ http {{
             assert!(Instant::now() < deadline, "nginx did not start listening");
             thread::sleep(Duration::from_millis(20));
         }
-        Self {
-            child,
-            addr,
-            _dir: dir,
-        }
+        Self { child, addr, dir }
+    }
+
+    /// What nginx has logged so far at level info and above.
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
 
     /// The configuration of a proxy sending every request to `self`.
@@ -2867,4 +2868,60 @@ fn connection_cannot_take_the_host_from_an_nginx_upstream() {
     )
     .unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "host=a.test drop=\n"));
+}
+
+#[test]
+fn stalled_bodies_and_idle_tunnels_are_cut_off() {
+    let nginx = Nginx::start(NGINX_ECHO);
+    let web = Backend::start("web");
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /echo
+    upstream: nginx
+  - path: /
+    upstream: web
+upstreams:
+  - name: nginx
+    endpoints: ["{}"]
+  - name: web
+    endpoints: ["{}"]
+limits:
+  body_read_timeout: 1s
+  tunnel_idle_timeout: 1s
+"#,
+        nginx.addr, web.addr
+    ));
+    // Ten bytes of a declared thousand, then silence: the client is told
+    // so, and nginx sees the request it was reading end.
+    let mut s = connect(proxy.http);
+    let mut buf = Vec::new();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1000\r\n\r\n0123456789")
+        .unwrap();
+    let r = read_response(&mut s, &mut buf).expect("an answer to the stalled body");
+    assert_eq!(r.status, 408);
+    assert_eq!(s.read(&mut [0; 16]).unwrap(), 0, "the connection is closed");
+    wait_until("nginx sees its client go", || {
+        nginx
+            .error_log()
+            .contains("client prematurely closed connection")
+    });
+    // A WebSocket that carries something, then nothing: closed.
+    let mut s = connect(proxy.http);
+    let mut buf = Vec::new();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut s, &mut buf).unwrap().status, 101);
+    s.write_all(b"ping").unwrap();
+    assert_eq!(read_exact_from(&mut s, &mut buf, 4).unwrap(), b"ping");
+    assert_eq!(
+        s.read(&mut [0; 16]).unwrap(),
+        0,
+        "the idle tunnel is closed"
+    );
 }

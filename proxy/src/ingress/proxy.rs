@@ -356,6 +356,8 @@ enum Failure {
     Upstream(&'static str),
     /// The client broke the connection: nothing to answer.
     Client,
+    /// The client's body stalled past `body_read_timeout`: 408.
+    ClientTimeout,
     /// The client sent a malformed body: 400.
     BadBody,
     /// The client's body grew past the limit: 413.
@@ -1020,7 +1022,10 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
             Err(ExchangeError::Fatal(failure)) => {
                 let clients_fault = matches!(
                     failure,
-                    Failure::Client | Failure::BadBody | Failure::BodyTooLarge
+                    Failure::Client
+                        | Failure::ClientTimeout
+                        | Failure::BadBody
+                        | Failure::BodyTooLarge
                 );
                 if !clients_fault {
                     upstream.record(flight.endpoint(), false);
@@ -1074,6 +1079,7 @@ async fn failure_response<S: AsyncRead + AsyncWrite + Unpin>(
         Failure::Upstream(_) => (502, "upstream failed\n"),
         Failure::BadBody => (400, "malformed request body\n"),
         Failure::BodyTooLarge => (413, "request body too large\n"),
+        Failure::ClientTimeout => (408, "request body not received in time\n"),
         Failure::Client => {
             return Done {
                 status: 499,
@@ -1162,10 +1168,11 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         // A body cut off here (past the limit, or malformed) leaves the
         // upstream with part of it: this connection is dropped, never
         // pooled, which aborts the request upstream.
-        match stream_body(client, cbuf, upstream_stream, &mut body, max_read).await {
+        match stream_body(client, cbuf, upstream_stream, &mut body, max_read, limits).await {
             Ok(_) => {}
             Err(Side::Sink) => body_cut = true,
             Err(Side::Source) => return Err(ExchangeError::Fatal(Failure::Client)),
+            Err(Side::SourceStalled) => return Err(ExchangeError::Fatal(Failure::ClientTimeout)),
             Err(Side::Body(e)) => return Err(ExchangeError::Fatal(e.into())),
         }
     }
@@ -1254,13 +1261,13 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 .map_err(|_| ExchangeError::Fatal(Failure::Upstream("tunnel write failed")))?;
             cbuf.consume(cbuf.filled().len());
         }
-        let copied = tokio::io::copy_bidirectional(client, upstream_stream).await;
+        let down = tunnel(client, upstream_stream, limits.tunnel_idle_timeout.get()).await;
         return Ok(Done {
             status: 101,
             keep_alive: false,
             upstream: None,
             endpoint: None,
-            bytes: copied.map(|(_, down)| down).unwrap_or_default(),
+            bytes: down,
         });
     }
 
@@ -1285,7 +1292,16 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|_| ExchangeError::Fatal(Failure::Client))?;
     ubuf.consume(rhead.len + take);
     if !rbody.done() {
-        match stream_body(upstream_stream, &mut ubuf, client, &mut rbody, max_head).await {
+        match stream_body(
+            upstream_stream,
+            &mut ubuf,
+            client,
+            &mut rbody,
+            max_head,
+            limits,
+        )
+        .await
+        {
             Ok(n) => bytes += n,
             // An until-close body ends with the upstream closing.
             Err(Side::Source) if rinfo.framing == Framing::UntilClose => {}
@@ -1317,6 +1333,85 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         endpoint: None,
         bytes,
     })
+}
+
+/// Copies both ways between an upgraded client connection and its
+/// upstream until either side closes or nothing passes for `idle`; the
+/// bytes sent down to the client.
+async fn tunnel<C, U>(client: &mut C, upstream: &mut U, idle: std::time::Duration) -> u64
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let last = Cell::new(tokio::time::Instant::now());
+    let mut client = Active {
+        inner: client,
+        last: &last,
+    };
+    let mut upstream = Active {
+        inner: upstream,
+        last: &last,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    tokio::pin!(copy);
+    loop {
+        tokio::select! {
+            copied = &mut copy => return copied.map(|(_, down)| down).unwrap_or_default(),
+            () = tokio::time::sleep_until(last.get() + idle) => {
+                // Bytes may have passed while this timer ran: wait again
+                // from the last of them.
+                if last.get() + idle <= tokio::time::Instant::now() {
+                    return 0;
+                }
+            }
+        }
+    }
+}
+
+/// A stream that notes when it last read something, for the tunnel's idle
+/// timeout (a byte read on one side is a byte written on the other).
+struct Active<'a, S> {
+    inner: &'a mut S,
+    last: &'a Cell<tokio::time::Instant>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Active<'_, S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut *self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last.set(tokio::time::Instant::now());
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Active<'_, S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
 }
 
 /// A read buffer borrowed from the worker for one exchange; `W` is how the
@@ -1399,6 +1494,9 @@ async fn write_head_and_body<W: AsyncWrite + Unpin>(
 /// Which side of a copy failed.
 enum Side {
     Source,
+    /// The source sent nothing for the body read timeout.
+    SourceStalled,
+    /// The sink failed, or took nothing for the send timeout.
     Sink,
     /// The body itself: malformed, or past its limit.
     Body(BodyError),
@@ -1411,6 +1509,7 @@ async fn stream_body<R, W>(
     dst: &mut W,
     body: &mut BodyProgress,
     max: usize,
+    limits: &Limits,
 ) -> Result<u64, Side>
 where
     R: AsyncRead + Unpin,
@@ -1421,18 +1520,23 @@ where
         if !sbuf.is_empty() {
             let chunk = sbuf.filled();
             let take = body.feed(chunk).map_err(Side::Body)?;
-            dst.write_all(&chunk[..take])
+            // A write that completes at once never arms its timer.
+            match tokio::time::timeout(limits.send_timeout.get(), dst.write_all(&chunk[..take]))
                 .await
-                .map_err(|_| Side::Sink)?;
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return Err(Side::Sink),
+            }
             total += take as u64;
             sbuf.consume(take);
             if body.done() {
                 return Ok(total);
             }
         }
-        match sbuf.read_from(src, max).await {
-            Ok(0) | Err(_) => return Err(Side::Source),
-            Ok(_) => {}
+        match tokio::time::timeout(limits.body_read_timeout.get(), sbuf.read_from(src, max)).await {
+            Err(_) => return Err(Side::SourceStalled),
+            Ok(Ok(0) | Err(_)) => return Err(Side::Source),
+            Ok(Ok(_)) => {}
         }
     }
 }
