@@ -2925,3 +2925,53 @@ limits:
         "the idle tunnel is closed"
     );
 }
+
+#[test]
+fn idle_http2_connections_are_closed() {
+    let web = Backend::start("web");
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /
+    upstream: web
+upstreams:
+  - name: web
+    endpoints: ["{}"]
+limits:
+  header_read_timeout: 1s
+  keepalive_timeout: 1s
+"#,
+        web.addr
+    ));
+    runtime().block_on(async {
+        use http_body_util::{BodyExt, Empty};
+        // A client that completes the handshake and asks nothing, and one
+        // that asks once and then nothing more: both are let go.
+        for asks in [0, 1] {
+            let tcp = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+            let (mut send, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tcp),
+            )
+            .await
+            .unwrap();
+            let conn = tokio::spawn(conn);
+            for _ in 0..asks {
+                let req = hyper::Request::get("http://a.test/")
+                    .body(Empty::<hyper::body::Bytes>::new())
+                    .unwrap();
+                let resp = send.send_request(req).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                resp.into_body().collect().await.unwrap();
+            }
+            tokio::time::timeout(Duration::from_secs(15), conn)
+                .await
+                .unwrap_or_else(|_| panic!("a connection with {asks} requests was not closed"))
+                .unwrap()
+                .unwrap();
+        }
+    });
+}

@@ -295,13 +295,15 @@ pub struct Limits {
     pub max_header_bytes: ByteSize,
     /// Most headers in a request.
     pub max_headers: usize,
-    /// Time allowed to send a complete request head (slowloris guard).
+    /// Time allowed to send a complete request head (slowloris guard), or
+    /// for an HTTP/2 client to open its first stream.
     pub header_read_timeout: Duration,
     /// Largest request body.
     pub max_body_bytes: ByteSize,
     /// Most open client connections per process.
     pub max_connections: usize,
-    /// How long an idle keep-alive client connection is kept.
+    /// How long an idle keep-alive client connection is kept (an HTTP/2
+    /// one with no stream open, too).
     pub keepalive_timeout: Duration,
     /// Longest wait between two reads of a body, the client's request body
     /// (answered 408) or an upstream's response body (the client's

@@ -309,9 +309,24 @@ where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let drain = worker.clone();
+    let (first_stream, keepalive) = {
+        let limits = worker.shared.limits.load();
+        (
+            limits.header_read_timeout.get(),
+            limits.keepalive_timeout.get(),
+        )
+    };
+    let streams = Rc::new(Streams {
+        open: Cell::new(0),
+        served: Cell::new(false),
+        since: Cell::new(tokio::time::Instant::now()),
+        quiet: tokio::sync::Notify::new(),
+    });
+    let counted = streams.clone();
     let service = hyper::service::service_fn(move |req| {
         let worker = worker.clone();
-        async move { Ok::<_, Infallible>(handle(&worker, req, peer, tls).await) }
+        let stream = OpenStream::new(&counted);
+        async move { Ok::<_, Infallible>(handle(&worker, req, peer, tls, stream).await) }
     });
     let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
     builder
@@ -319,11 +334,62 @@ where
         .max_concurrent_streams(1024);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        () = drain.drained() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    // A client must open its first stream within the header timeout (which
+    // bounds the handshake too), and another within the keep-alive timeout
+    // of its streams all ending, as nginx's keepalive_timeout does.
+    loop {
+        let idle = if streams.served.get() {
+            keepalive
+        } else {
+            first_stream
+        };
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = drain.drained() => break,
+            () = streams.quiet.notified(), if streams.open.get() > 0 => {}
+            () = tokio::time::sleep_until(streams.since.get() + idle), if streams.open.get() == 0 => {
+                if streams.open.get() == 0
+                    && streams.since.get() + idle <= tokio::time::Instant::now()
+                {
+                    break;
+                }
+            }
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// The streams open on one HTTP/2 client connection, for its idle timeout.
+struct Streams {
+    open: Cell<usize>,
+    /// Whether any stream was opened yet.
+    served: Cell<bool>,
+    /// When the last stream ended (or the connection began).
+    since: Cell<tokio::time::Instant>,
+    /// Signalled when the last open stream ends.
+    quiet: tokio::sync::Notify,
+}
+
+/// One open stream: counted from its request until its response body is
+/// done with.
+struct OpenStream(Rc<Streams>);
+
+impl OpenStream {
+    fn new(streams: &Rc<Streams>) -> Self {
+        streams.open.set(streams.open.get() + 1);
+        streams.served.set(true);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let streams = &self.0;
+        streams.open.set(streams.open.get() - 1);
+        if streams.open.get() == 0 {
+            streams.since.set(tokio::time::Instant::now());
+            streams.quiet.notify_one();
         }
     }
 }
@@ -437,6 +503,8 @@ struct Finish {
     upstream: Option<Arc<str>>,
     endpoint: Option<SocketAddr>,
     log: Option<(Arc<AccessLog>, LogFields)>,
+    /// Held until the response body is done with: the stream is open.
+    _stream: OpenStream,
 }
 
 impl Drop for Finish {
@@ -476,6 +544,7 @@ async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     tls: bool,
+    stream: OpenStream,
 ) -> Response<Logged> {
     let started = Instant::now();
     let authority = req
@@ -515,6 +584,7 @@ async fn handle(
         upstream: None,
         endpoint: None,
         log,
+        _stream: stream,
     };
     let response = respond(worker, req, peer, tls, &authority, &host, &mut finish).await;
     finish.status = response.status().as_u16();
