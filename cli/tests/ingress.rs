@@ -2975,3 +2975,29 @@ limits:
         }
     });
 }
+
+#[test]
+fn chunk_extensions_and_trailers_are_bounded_before_nginx_sees_them() {
+    let nginx = Nginx::start(NGINX_ECHO);
+    let proxy = Proxy::start(&nginx.behind_proxy());
+    let ok = "5;a=b\r\nhello\r\n0\r\nx-sum: 1\r\n\r\n".to_string();
+    let long_extension = format!("5;{}\r\nhello\r\n0\r\n\r\n", "e".repeat(20_000));
+    let long_trailer = format!("5\r\nhello\r\n0\r\nx-t: {}\r\n\r\n", "t".repeat(20_000));
+    for (body, want) in [
+        (ok, (200, "hello")),
+        (long_extension, (413, "")),
+        (long_trailer, (413, "")),
+    ] {
+        let r = raw(
+            proxy.http,
+            &format!(
+                "POST /echo HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+            ),
+        )
+        .unwrap();
+        assert_eq!(r.status, want.0, "{}", &body[..20]);
+        if want.0 == 200 {
+            assert_eq!(r.body, want.1);
+        }
+    }
+}

@@ -56,13 +56,21 @@ enum State {
     Done,
 }
 
+/// Most bytes of chunk extensions and trailers one body may carry, all
+/// together: they are no data, so only a sender abusing them needs more
+/// (Node.js bounds chunk extensions alike).
+pub const MAX_CHUNK_METADATA: u32 = 16 * 1024;
+
 /// Finds the end of a chunked body in the bytes that pass through.
 #[derive(Debug, Clone)]
 pub struct ChunkedScanner {
     state: State,
     remaining: u64,
-    /// Data bytes the body may still carry.
+    /// Bytes of data, chunk extensions and trailers the body may still
+    /// carry.
     allowance: u64,
+    /// Bytes of chunk extensions and trailers seen so far.
+    metadata: u32,
 }
 
 impl Default for ChunkedScanner {
@@ -72,14 +80,28 @@ impl Default for ChunkedScanner {
 }
 
 impl ChunkedScanner {
-    /// A scanner refusing a body whose data exceeds `max` bytes. A chunk is
-    /// refused by its size line, before any of its data passes.
+    /// A scanner refusing a body whose data, chunk extensions and trailers
+    /// exceed `max` bytes, or whose extensions and trailers exceed
+    /// `MAX_CHUNK_METADATA`. A chunk is refused by its size line, before
+    /// any of its data passes.
     pub fn limited(max: u64) -> Self {
         Self {
             state: State::Size { digits: 0 },
             remaining: 0,
             allowance: max,
+            metadata: 0,
         }
+    }
+
+    /// Counts one byte of a chunk extension or trailer, against both the
+    /// body's limit and the bound on such bytes.
+    fn metadata_byte(&mut self) -> Result<(), BodyError> {
+        if self.allowance == 0 || self.metadata >= MAX_CHUNK_METADATA {
+            return Err(BodyError::TooLarge);
+        }
+        self.allowance -= 1;
+        self.metadata += 1;
+        Ok(())
     }
 
     /// Whether the whole body has been seen.
@@ -110,14 +132,17 @@ impl ChunkedScanner {
                         self.remaining = self.remaining * 16 + v;
                         self.state = State::Size { digits: digits + 1 };
                     }
-                    b';' | b' ' | b'\t' if digits > 0 => self.state = State::Extension,
+                    b';' | b' ' | b'\t' if digits > 0 => {
+                        self.metadata_byte()?;
+                        self.state = State::Extension;
+                    }
                     b'\r' if digits > 0 => self.state = State::SizeLf,
                     _ => return Err(BodyError::Malformed),
                 },
                 State::Extension => match b {
                     b'\r' => self.state = State::SizeLf,
                     b'\n' => return Err(BodyError::Malformed),
-                    _ => {}
+                    _ => self.metadata_byte()?,
                 },
                 State::SizeLf => {
                     if b != b'\n' {
@@ -160,12 +185,15 @@ impl ChunkedScanner {
                 State::TrailerStart => match b {
                     b'\r' => self.state = State::FinalLf,
                     b'\n' => return Err(BodyError::Malformed),
-                    _ => self.state = State::Trailer,
+                    _ => {
+                        self.metadata_byte()?;
+                        self.state = State::Trailer;
+                    }
                 },
                 State::Trailer => match b {
                     b'\r' => self.state = State::TrailerLf,
                     b'\n' => return Err(BodyError::Malformed),
-                    _ => {}
+                    _ => self.metadata_byte()?,
                 },
                 State::TrailerLf => {
                     if b != b'\n' {
@@ -318,11 +346,11 @@ mod tests {
     }
 
     #[test]
-    fn the_limit_counts_data_not_framing_and_refuses_at_the_size_line() {
-        // Ten bytes of data in three chunks, with an extension and a
-        // trailer: within a limit of ten.
+    fn the_limit_counts_data_extensions_and_trailers_and_refuses_at_the_size_line() {
+        // Ten bytes of data in three chunks, four of extension and four of
+        // trailer, and framing: within a limit of eighteen.
         let body = b"4;x=1\r\nWiki\r\n5\r\npedia\r\n1\r\n!\r\n0\r\nT: 1\r\n\r\n";
-        let mut s = ChunkedScanner::limited(10);
+        let mut s = ChunkedScanner::limited(18);
         assert_eq!(s.feed(body).unwrap(), body.len());
         assert!(s.done());
         // One more byte, in a chunk of its own or in a larger last chunk.
@@ -333,6 +361,30 @@ mod tests {
         assert_eq!(s.feed(b"4\r\nWiki\r\n6\r\n"), Err(BodyError::TooLarge));
         let mut p = BodyProgress::limited(Framing::Chunked, 0);
         assert_eq!(p.feed(b"0\r\n\r\n").unwrap(), 5, "an empty body passes");
+    }
+
+    #[test]
+    fn extensions_and_trailers_count_against_the_limit_and_are_bounded() {
+        let body = b"5;name=value\r\nhello\r\n0\r\nx-sum: 1\r\n\r\n";
+        // 5 bytes of data, 11 of extension, 8 of trailer.
+        assert_eq!(ChunkedScanner::limited(24).feed(body), Ok(body.len()));
+        assert_eq!(
+            ChunkedScanner::limited(23).feed(body),
+            Err(BodyError::TooLarge)
+        );
+        let long = MAX_CHUNK_METADATA as usize + 1;
+        let extension = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(long));
+        let trailer = format!("1\r\nx\r\n0\r\nx-t: {}\r\n\r\n", "t".repeat(long));
+        // Many small extensions add up as one long one does.
+        let many = format!("{}0\r\n\r\n", "1;e\r\nx\r\n".repeat(long));
+        for body in [extension, trailer, many] {
+            assert_eq!(
+                ChunkedScanner::default().feed(body.as_bytes()),
+                Err(BodyError::TooLarge),
+                "{}",
+                &body[..40]
+            );
+        }
     }
 
     #[test]
