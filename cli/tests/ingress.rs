@@ -3001,3 +3001,57 @@ fn chunk_extensions_and_trailers_are_bounded_before_nginx_sees_them() {
         }
     }
 }
+
+#[test]
+fn request_trailers_are_not_forwarded() {
+    let manual = StdListener::bind("127.0.0.1:0").unwrap();
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /
+    upstream: manual
+upstreams:
+  - name: manual
+    endpoints: ["{}"]
+"#,
+        manual.local_addr().unwrap()
+    ));
+    // The trailers arrive with the head, or after the upstream has the
+    // body's first chunk.
+    for split in [false, true] {
+        let mut s = connect(proxy.http);
+        let head = "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nTrailer: x-injected\r\n\r\n5\r\nhello\r\n";
+        let end = "0\r\nx-injected: 1\r\nX-Forwarded-For: 10.9.9.9\r\n\r\n";
+        if split {
+            s.write_all(head.as_bytes()).unwrap();
+        } else {
+            s.write_all((head.to_string() + end).as_bytes()).unwrap();
+        }
+        let (mut upstream, _) = manual.accept().unwrap();
+        let mut ubuf = Vec::new();
+        let (_, headers) = read_head(&mut upstream, &mut ubuf).unwrap();
+        assert!(!headers.contains_key("trailer"));
+        read_exact_from(&mut upstream, &mut ubuf, 10).unwrap();
+        if split {
+            s.write_all(end.as_bytes()).unwrap();
+        }
+        // The rest of the body, up to the empty line that ends it.
+        let mut rest = Vec::new();
+        while !rest.ends_with(b"\r\n\r\n") {
+            rest.push(read_exact_from(&mut upstream, &mut ubuf, 1).unwrap()[0]);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&rest),
+            "0\r\n\r\n",
+            "split: {split}"
+        );
+        upstream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .unwrap();
+        let r = read_response(&mut s, &mut Vec::new()).unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    }
+}

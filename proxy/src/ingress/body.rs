@@ -6,6 +6,8 @@
 //! because a proxy that guesses differently from its upstream is how
 //! request smuggling happens.
 
+use std::ops::Range;
+
 /// How the end of a body is found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -71,6 +73,10 @@ pub struct ChunkedScanner {
     allowance: u64,
     /// Bytes of chunk extensions and trailers seen so far.
     metadata: u32,
+    /// Whether a trailer line has begun.
+    in_trailers: bool,
+    /// Where trailer lines lay in the input of the last `scan`.
+    trailers: Option<Range<usize>>,
 }
 
 impl Default for ChunkedScanner {
@@ -90,7 +96,15 @@ impl ChunkedScanner {
             remaining: 0,
             allowance: max,
             metadata: 0,
+            in_trailers: false,
+            trailers: None,
         }
+    }
+
+    /// Where the trailer lines lay in the input of the last `feed` or
+    /// `scan` (the final CRLF left out), for a forwarder that drops them.
+    pub fn trailers(&self) -> Option<Range<usize>> {
+        self.trailers.clone()
     }
 
     /// Counts one byte of a chunk extension or trailer, against both the
@@ -118,6 +132,28 @@ impl ChunkedScanner {
     /// Like `feed`, and hands each piece of chunk data (framing, extensions
     /// and trailers left out) to `data`, for a body re-framed for HTTP/2.
     pub fn scan(&mut self, input: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, BodyError> {
+        // Trailer lines this input carries start at 0 when an earlier one
+        // had begun them and the final CRLF had not.
+        let mut trailers = Range {
+            start: (self.in_trailers && self.state != State::FinalLf && !self.done()).then_some(0),
+            end: None,
+        };
+        self.trailers = None;
+        let scanned = self.scan_framing(input, &mut data, &mut trailers);
+        if let (Some(start), Ok(scanned)) = (trailers.start, &scanned) {
+            // Up to the final CRLF when it came, else all that was scanned.
+            let end = trailers.end.unwrap_or(*scanned);
+            self.trailers = Some(start..end.max(start));
+        }
+        scanned
+    }
+
+    fn scan_framing(
+        &mut self,
+        input: &[u8],
+        data: &mut impl FnMut(&[u8]),
+        trailers: &mut Range<Option<usize>>,
+    ) -> Result<usize, BodyError> {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
@@ -183,10 +219,15 @@ impl ChunkedScanner {
                     self.state = State::Size { digits: 0 };
                 }
                 State::TrailerStart => match b {
-                    b'\r' => self.state = State::FinalLf,
+                    b'\r' => {
+                        trailers.end = Some(i);
+                        self.state = State::FinalLf;
+                    }
                     b'\n' => return Err(BodyError::Malformed),
                     _ => {
                         self.metadata_byte()?;
+                        self.in_trailers = true;
+                        trailers.start.get_or_insert(i);
                         self.state = State::Trailer;
                     }
                 },
@@ -257,6 +298,14 @@ impl BodyProgress {
     /// How many bytes of `input` belong to the body.
     pub fn feed(&mut self, input: &[u8]) -> Result<usize, BodyError> {
         self.scan(input, |_| {})
+    }
+
+    /// Where a chunked body's trailer lines lay in the last input fed.
+    pub fn trailers(&self) -> Option<Range<usize>> {
+        match self {
+            Self::Chunked(s) => s.trailers(),
+            Self::Length(_) | Self::UntilClose => None,
+        }
     }
 
     /// Like `feed`, and hands the body's data, without chunk framing, to
@@ -385,6 +434,28 @@ mod tests {
                 &body[..40]
             );
         }
+    }
+
+    #[test]
+    fn trailer_lines_are_located_however_the_body_is_split() {
+        let body = b"5\r\nhello\r\n0\r\nx-a: 1\r\nX-B: 2\r\n\r\n";
+        // Every split in two: the bytes outside the trailer ranges are the
+        // body without its trailer lines.
+        for split in 0..=body.len() {
+            let mut s = ChunkedScanner::default();
+            let mut kept = Vec::new();
+            for part in [&body[..split], &body[split..]] {
+                let n = s.feed(part).unwrap();
+                let r = s.trailers().unwrap_or(n..n);
+                kept.extend_from_slice(&part[..r.start]);
+                kept.extend_from_slice(&part[r.end..n]);
+            }
+            assert!(s.done());
+            assert_eq!(kept, b"5\r\nhello\r\n0\r\n\r\n", "split at {split}");
+        }
+        let mut s = ChunkedScanner::default();
+        s.feed(b"0\r\n\r\n").unwrap();
+        assert_eq!(s.trailers(), None);
     }
 
     #[test]

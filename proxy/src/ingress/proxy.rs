@@ -1139,7 +1139,12 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         .feed(buffered)
         .map_err(|e| ExchangeError::Fatal(e.into()))?;
     let upstream_stream = &mut attempt.stream;
-    if let Err(_e) = write_head_and_body(upstream_stream, out, &buffered[..take]).await {
+    let mut sent = &buffered[..take];
+    if let Some(trailers) = body.trailers() {
+        out.extend_from_slice(&buffered[..trailers.start]);
+        sent = &buffered[trailers.end..take];
+    }
+    if let Err(_e) = write_head_and_body(upstream_stream, out, sent).await {
         return Err(if replayable {
             retry
         } else {
@@ -1168,7 +1173,17 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         // A body cut off here (past the limit, or malformed) leaves the
         // upstream with part of it: this connection is dropped, never
         // pooled, which aborts the request upstream.
-        match stream_body(client, cbuf, upstream_stream, &mut body, max_read, limits).await {
+        match stream_body(
+            client,
+            cbuf,
+            upstream_stream,
+            &mut body,
+            max_read,
+            limits,
+            true,
+        )
+        .await
+        {
             Ok(_) => {}
             Err(Side::Sink) => body_cut = true,
             Err(Side::Source) => return Err(ExchangeError::Fatal(Failure::Client)),
@@ -1299,6 +1314,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             &mut rbody,
             max_head,
             limits,
+            false,
         )
         .await
         {
@@ -1502,7 +1518,10 @@ enum Side {
     Body(BodyError),
 }
 
-/// Copies the rest of a body from `src` (its buffer first) to `dst`.
+/// Copies the rest of a body from `src` (its buffer first) to `dst`. A
+/// request body's trailer lines are left out (`drop_trailers`), as nginx
+/// leaves them: an upstream that merges trailers into the headers would
+/// take them for headers the proxy has checked and set.
 async fn stream_body<R, W>(
     src: &mut R,
     sbuf: &mut Buf,
@@ -1510,6 +1529,7 @@ async fn stream_body<R, W>(
     body: &mut BodyProgress,
     max: usize,
     limits: &Limits,
+    drop_trailers: bool,
 ) -> Result<u64, Side>
 where
     R: AsyncRead + Unpin,
@@ -1520,10 +1540,17 @@ where
         if !sbuf.is_empty() {
             let chunk = sbuf.filled();
             let take = body.feed(chunk).map_err(Side::Body)?;
+            let write = async {
+                match body.trailers().filter(|_| drop_trailers) {
+                    None => dst.write_all(&chunk[..take]).await,
+                    Some(trailers) => {
+                        dst.write_all(&chunk[..trailers.start]).await?;
+                        dst.write_all(&chunk[trailers.end..take]).await
+                    }
+                }
+            };
             // A write that completes at once never arms its timer.
-            match tokio::time::timeout(limits.send_timeout.get(), dst.write_all(&chunk[..take]))
-                .await
-            {
+            match tokio::time::timeout(limits.send_timeout.get(), write).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) | Err(_) => return Err(Side::Sink),
             }
