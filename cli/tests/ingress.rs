@@ -3055,3 +3055,33 @@ upstreams:
         assert_eq!((r.status, r.body.as_str()), (200, "ok"));
     }
 }
+
+#[test]
+fn a_stalled_http2_request_body_is_answered_408() {
+    let nginx = Nginx::start(NGINX_ECHO);
+    let proxy = Proxy::start(&format!(
+        "{}limits:\n  body_read_timeout: 1s\n",
+        nginx.behind_proxy()
+    ));
+    let status = runtime().block_on(async {
+        use futures::StreamExt;
+        use http_body_util::StreamBody;
+        use hyper::body::{Bytes, Frame};
+        // Ten bytes of a declared thousand, then nothing, the stream open.
+        let frames = futures::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(
+            Bytes::from_static(b"0123456789"),
+        ))])
+        .chain(futures::stream::pending());
+        let req = hyper::Request::post("http://a.test/echo")
+            .header("content-length", "1000")
+            .body(StreamBody::new(frames))
+            .unwrap();
+        let mut send = h2c(proxy.http).await;
+        let resp = tokio::time::timeout(Duration::from_secs(15), send.send_request(req))
+            .await
+            .expect("an answer to the stalled body")
+            .unwrap();
+        resp.status()
+    });
+    assert_eq!(status, 408);
+}

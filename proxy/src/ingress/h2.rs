@@ -63,7 +63,66 @@ pub(super) type UpstreamBody = Either<Capped, Piped>;
 /// An HTTP/2 client's request body, cut off with an error (which aborts
 /// the upstream request) once its data passes the body limit: with or
 /// without a `content-length`, DATA frames are counted as they pass.
-pub(super) type Capped = Metered<Incoming, Allowance>;
+pub(super) type Capped = Metered<Stalls<Incoming>, Allowance>;
+
+/// A client's request body that fails when no frame comes within the body
+/// read timeout (nginx's `client_body_timeout`), so a client that goes
+/// quiet mid-body does not hold its stream and an upstream request open.
+pub(super) struct Stalls<B> {
+    inner: B,
+    timeout: std::time::Duration,
+    /// Armed when a poll finds nothing, from then; boxed only for bodies
+    /// that ever have to wait.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A frame came since the timer was armed: wait afresh.
+    rearm: bool,
+    /// Set when the timeout cut the body off, so the failure that follows
+    /// upstream is answered 408 and not blamed on the endpoint.
+    stalled: Rc<Cell<bool>>,
+}
+
+/// The client's request body stopped coming.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body stopped coming")]
+pub(super) struct BodyStalled;
+
+impl<B> hyper::body::Body for Stalls<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            self.rearm = true;
+            return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let this = &mut *self;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if std::mem::take(&mut this.rearm) {
+            timer.as_mut().reset(deadline);
+        }
+        ready!(timer.as_mut().poll(cx));
+        this.stalled.set(true);
+        Poll::Ready(Some(Err(Box::new(BodyStalled))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// What is left of a request body's limit.
 pub(super) struct Allowance {
@@ -688,7 +747,13 @@ async fn respond(
         }
     }
     let replayable = req.method().is_idempotent() && req.body().is_end_stream();
-    let max_body = worker.shared.limits.load().max_body_bytes.bytes();
+    let (max_body, body_timeout) = {
+        let limits = worker.shared.limits.load();
+        (
+            limits.max_body_bytes.bytes(),
+            limits.body_read_timeout.get(),
+        )
+    };
     // A declared length past the limit is refused before anything goes
     // upstream; a body without one is cut off where it passes the limit.
     if req.body().size_hint().lower() > max_body {
@@ -697,7 +762,13 @@ async fn respond(
     }
     let req = req.map(|inner| {
         Either::Left(Capped {
-            inner,
+            inner: Stalls {
+                inner,
+                timeout: body_timeout,
+                timer: None,
+                rearm: false,
+                stalled: Rc::default(),
+            },
             meter: Allowance {
                 left: max_body,
                 exceeded: Rc::default(),
@@ -731,6 +802,8 @@ pub(super) enum Failure {
     NoEndpoint,
     /// The client's request body passed the body limit.
     BodyTooLarge,
+    /// The client's request body stopped coming for the body read timeout.
+    BodyStalled,
     /// A pooled HTTP/1.1 connection closed before any answer to a request
     /// without a body: the upstream had let it go, so a new one may retry.
     Stale,
@@ -752,6 +825,10 @@ impl Failure {
                 "no healthy upstream endpoint\n",
             ),
             Self::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+            Self::BodyStalled => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time\n",
+            ),
         }
     }
 }
@@ -775,9 +852,9 @@ pub(super) async fn send_with_retries(
         return Err((Failure::NoEndpoint, None));
     };
     let (mut parts, body) = req.into_parts();
-    let exceeded = match &body {
-        Either::Left(capped) => capped.meter.exceeded.clone(),
-        Either::Right(_) => Rc::default(),
+    let (exceeded, stalled) = match &body {
+        Either::Left(capped) => (capped.meter.exceeded.clone(), capped.inner.stalled.clone()),
+        Either::Right(_) => (Rc::default(), Rc::default()),
     };
     let mut body = Some(body);
     // A pooled HTTP/1.1 connection the upstream had already closed is no
@@ -827,6 +904,7 @@ pub(super) async fn send_with_retries(
             // The client's body broke the request, not the endpoint (a body
             // that can be cut off is never replayed).
             Err(_) if exceeded.get() => return Err((Failure::BodyTooLarge, None)),
+            Err(_) if stalled.get() => return Err((Failure::BodyStalled, None)),
             Err(Failure::Stale) if replayable && !fresh_retry_used => {
                 (pooled, fresh_retry_used) = (false, true);
                 continue;
