@@ -3085,3 +3085,41 @@ fn a_stalled_http2_request_body_is_answered_408() {
     });
     assert_eq!(status, 408);
 }
+
+/// The SETTINGS_MAX_CONCURRENT_STREAMS the proxy announces to an h2c
+/// client, read from its first SETTINGS frame.
+fn announced_max_streams(addr: SocketAddr) -> Option<u32> {
+    let mut s = connect(addr);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let mut buf = Vec::new();
+    let header = read_exact_from(&mut s, &mut buf, 9)?;
+    assert_eq!(header[3], 4, "the first frame is SETTINGS");
+    let len = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+    let payload = read_exact_from(&mut s, &mut buf, len)?;
+    payload
+        .chunks(6)
+        .find(|e| e[..2] == [0, 3])
+        .map(|e| u32::from_be_bytes([e[2], e[3], e[4], e[5]]))
+}
+
+#[test]
+fn http2_streams_per_connection_are_bounded() {
+    let web = Backend::start("web");
+    let config = |extra: &str| {
+        format!(
+            "listeners:\n  - name: web\n    address: 127.0.0.1:{{http}}\n\
+             routes:\n  - path: /\n    upstream: web\n\
+             upstreams:\n  - name: web\n    endpoints: [\"{}\"]\n{extra}",
+            web.addr
+        )
+    };
+    let proxy = Proxy::start(&config(""));
+    assert_eq!(
+        announced_max_streams(proxy.http),
+        Some(128),
+        "nginx's default"
+    );
+    let proxy = Proxy::start(&config("limits:\n  h2_max_concurrent_streams: 8\n"));
+    assert_eq!(announced_max_streams(proxy.http), Some(8));
+}

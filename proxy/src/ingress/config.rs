@@ -316,6 +316,10 @@ pub struct Limits {
     /// How long a WebSocket (or other upgraded) tunnel may carry nothing
     /// either way before it is closed; nginx's `proxy_read_timeout`.
     pub tunnel_idle_timeout: Duration,
+    /// Most streams an HTTP/2 client may have open at once on one
+    /// connection, each holding an upstream request; nginx's
+    /// `http2_max_concurrent_streams`.
+    pub h2_max_concurrent_streams: u32,
 }
 
 impl Default for Limits {
@@ -330,6 +334,7 @@ impl Default for Limits {
             body_read_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
             tunnel_idle_timeout: Duration::from_secs(60),
+            h2_max_concurrent_streams: 128,
         }
     }
 }
@@ -522,6 +527,12 @@ impl ComponentConfig for IngressConfig {
             return Err(ConfigError::invalid(
                 "limits",
                 "header_read_timeout and max_connections must be greater than zero",
+            ));
+        }
+        if limits.h2_max_concurrent_streams == 0 {
+            return Err(ConfigError::invalid(
+                "limits.h2_max_concurrent_streams",
+                "must be greater than zero",
             ));
         }
         for (field, timeout) in [

@@ -368,11 +368,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let drain = worker.clone();
-    let (first_stream, keepalive) = {
+    let (first_stream, keepalive, max_streams) = {
         let limits = worker.shared.limits.load();
         (
             limits.header_read_timeout.get(),
             limits.keepalive_timeout.get(),
+            limits.h2_max_concurrent_streams,
         )
     };
     let streams = Rc::new(Streams {
@@ -390,7 +391,7 @@ where
     let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
     builder
         .timer(TokioTimer::new())
-        .max_concurrent_streams(1024);
+        .max_concurrent_streams(max_streams);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     // A client must open its first stream within the header timeout (which
