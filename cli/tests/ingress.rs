@@ -3123,3 +3123,30 @@ fn http2_streams_per_connection_are_bounded() {
     let proxy = Proxy::start(&config("limits:\n  h2_max_concurrent_streams: 8\n"));
     assert_eq!(announced_max_streams(proxy.http), Some(8));
 }
+
+#[test]
+fn a_stalled_body_bound_for_an_h2c_upstream_is_answered_408() {
+    let h2 = H2cBackend::start("h2");
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /
+    upstream: h2
+upstreams:
+  - name: h2
+    endpoints: ["{}"]
+    protocol: h2c
+limits:
+  body_read_timeout: 1s
+"#,
+        h2.addr
+    ));
+    let mut s = connect(proxy.http);
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1000\r\n\r\n0123456789")
+        .unwrap();
+    let r = read_response(&mut s, &mut Vec::new()).expect("an answer to the stalled body");
+    assert_eq!(r.status, 408);
+}
