@@ -440,7 +440,7 @@ fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Response> 
         .is_some_and(|t| t == "chunked")
     {
         read_chunked(stream, buf)?
-    } else if status == 101 || status == 204 || status == 304 {
+    } else if status < 200 || status == 204 || status == 304 {
         Vec::new()
     } else {
         let mut rest = std::mem::take(buf);
@@ -2575,4 +2575,578 @@ fn a_request_whose_connection_failed_goes_to_another_endpoint_body_and_all() {
     });
     // 12 requests to `pair`, 8 to `h2pair`.
     assert!(metric(&proxy, "orca_ingress_retries_total") >= 18.0);
+}
+
+/// Debian's nginx, serving on loopback from a directory of its own,
+/// killed on drop. `locations` is the body of its one `server` block;
+/// the echo module (Debian's nginx-light brings it) is loaded, so a
+/// location can answer with what it received.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(locations: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let port = free_port();
+        let conf = format!(
+            r#"
+load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        {locations}
+    }}
+}}
+"#
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new("/usr/sbin/nginx")
+            .args(["-p", d, "-e", &format!("{d}/error.log"), "-c"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (scripts/deps.sh installs nginx-light)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start listening");
+            thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, addr, dir }
+    }
+
+    /// What nginx has logged so far at level info and above.
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+
+    /// The configuration of a proxy sending every request to `self`.
+    fn behind_proxy(&self) -> String {
+        format!(
+            r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /
+    upstream: nginx
+upstreams:
+  - name: nginx
+    endpoints: ["{}"]
+admin:
+  address: 127.0.0.1:{{admin}}
+"#,
+            self.addr
+        )
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nginx answering `/echo` with the request body it read and every other
+/// path with the framing headers it saw.
+const NGINX_ECHO: &str = r#"
+        location /echo { echo_read_request_body; echo_request_body; }
+        location / { echo "cl=$http_content_length te=$http_transfer_encoding"; }
+"#;
+
+#[test]
+fn bodies_reach_an_nginx_upstream_framed_once() {
+    let nginx = Nginx::start(NGINX_ECHO);
+    let proxy = Proxy::start(&nginx.behind_proxy());
+    // Requests with bodies, of both framings, and one without, on one
+    // connection: each must end where nginx thinks it ends.
+    let mut s = connect(proxy.http);
+    let mut buf = Vec::new();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\n\r\nhello\
+          POST /echo HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n\
+          PUT /headers HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\nabc\
+          GET /echo HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    )
+    .unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let r = read_response(&mut s, &mut buf).expect("a response");
+        answers.push((r.status, r.body));
+    }
+    assert_eq!(
+        answers,
+        [
+            (200, "hello".to_string()),
+            (200, "hello world".to_string()),
+            (200, "cl=3 te=\n".to_string()),
+            (200, String::new()),
+        ]
+    );
+}
+
+#[test]
+fn paths_are_routed_and_forwarded_in_their_normal_form() {
+    let nginx = Nginx::start(r#"location / { echo "nginx $request_uri"; }"#);
+    let admin = Backend::start("admin");
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /public
+    upstream: public
+  - path: /admin
+    upstream: admin
+upstreams:
+  - name: public
+    endpoints: ["{}"]
+  - name: admin
+    endpoints: ["{}"]
+"#,
+        nginx.addr, admin.addr
+    ));
+    // What reaches which upstream, as the upstream saw it.
+    let cases = [
+        ("/public/../admin", "admin /admin "),
+        ("/public/%2e%2E/admin", "admin /admin "),
+        ("//admin?x=/../y", "admin /admin?x=/../y "),
+        ("/public/./a//b/?q=1", "nginx /public/a/b/?q=1\n"),
+        ("/admin/../public/x", "nginx /public/x\n"),
+        // An encoded slash is no separator: this stays under /public.
+        ("/public/..%2Fadmin", "nginx /public/..%2Fadmin\n"),
+    ];
+    for (path, seen) in cases {
+        let r = get(proxy.http, "a.test", path);
+        assert_eq!(r.status, 200, "{path}");
+        assert!(r.body.starts_with(seen), "HTTP/1.1 {path}: {}", r.body);
+    }
+    let paths: Vec<&str> = cases.iter().map(|(p, _)| *p).collect();
+    for ((path, seen), (status, body)) in cases.iter().zip(h2_get(proxy.http, "a.test", &paths)) {
+        assert_eq!(status, 200, "{path}");
+        assert!(body.starts_with(seen), "HTTP/2 {path}: {body}");
+    }
+}
+
+#[test]
+fn interim_answers_and_protocol_switches_only_where_asked() {
+    let nginx = Nginx::start(NGINX_ECHO);
+    let web = Backend::start("web");
+    // An upstream the test drives by hand, to know when the proxy has sent
+    // a request on.
+    let manual = StdListener::bind("127.0.0.1:0").unwrap();
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /echo
+    upstream: nginx
+  - path: /manual
+    upstream: manual
+  - path: /
+    upstream: web
+upstreams:
+  - name: nginx
+    endpoints: ["{}"]
+  - name: manual
+    endpoints: ["{}"]
+  - name: web
+    endpoints: ["{}"]
+"#,
+        nginx.addr,
+        manual.local_addr().unwrap(),
+        web.addr
+    ));
+    // HTTP/1.1 asks nginx to continue, and is told to.
+    let mut s = connect(proxy.http);
+    let mut buf = Vec::new();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: a.test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut s, &mut buf).unwrap().status, 100);
+    s.write_all(b"hello").unwrap();
+    let r = read_response(&mut s, &mut buf).unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "hello"));
+    // HTTP/1.0 knows no interim answers: its first answer is the final
+    // one, though it sent Expect and the upstream answers 103 first.
+    let mut s = connect(proxy.http);
+    s.write_all(
+        b"POST /manual HTTP/1.0\r\nHost: a.test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .unwrap();
+    let (mut upstream, _) = manual.accept().unwrap();
+    let mut ubuf = Vec::new();
+    read_head(&mut upstream, &mut ubuf).expect("the forwarded head");
+    // The proxy has sent the head on, so any 100 of its own is written.
+    s.write_all(b"hello").unwrap();
+    assert_eq!(
+        read_exact_from(&mut upstream, &mut ubuf, 5).unwrap(),
+        b"hello"
+    );
+    upstream
+        .write_all(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        .unwrap();
+    let r = read_response(&mut s, &mut Vec::new()).unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    // The backend's /ws answers 101 whatever was asked: to a request that
+    // asked for no upgrade that is no answer, and its connection is not
+    // used again.
+    let before = web.accepted.load(Ordering::SeqCst);
+    let mut s = connect(proxy.http);
+    let mut buf = Vec::new();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut s, &mut buf).unwrap().status, 502);
+    assert_eq!(get(proxy.http, "a.test", "/after").status, 200);
+    assert_eq!(
+        web.accepted.load(Ordering::SeqCst),
+        before + 2,
+        "the switched connection was not pooled"
+    );
+}
+
+#[test]
+fn every_x_forwarded_for_line_is_kept_by_either_version() {
+    let nginx =
+        Nginx::start(r#"location / { echo "xff=$http_x_forwarded_for fwd=$http_forwarded"; }"#);
+    let proxy = Proxy::start(&nginx.behind_proxy());
+    let want = "xff=192.0.2.1, 192.0.2.2, 192.0.2.3, 127.0.0.1 \
+                fwd=for=192.0.2.1, for=192.0.2.2, for=127.0.0.1;proto=http;host=a.test\n";
+    let r = raw(
+        proxy.http,
+        "GET / HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: 192.0.2.1\r\nForwarded: for=192.0.2.1\r\n\
+         X-Forwarded-For: 192.0.2.2, 192.0.2.3\r\nForwarded: for=192.0.2.2\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.body, want, "HTTP/1.1");
+    let body = runtime().block_on(async {
+        use http_body_util::{BodyExt, Empty};
+        let mut send = h2c(proxy.http).await;
+        let req = hyper::Request::get("http://a.test/")
+            .header("x-forwarded-for", "192.0.2.1")
+            .header("forwarded", "for=192.0.2.1")
+            .header("x-forwarded-for", "192.0.2.2, 192.0.2.3")
+            .header("forwarded", "for=192.0.2.2")
+            .body(Empty::<hyper::body::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        resp.into_body().collect().await.unwrap().to_bytes()
+    });
+    assert_eq!(String::from_utf8_lossy(&body), want, "HTTP/2");
+}
+
+#[test]
+fn connection_cannot_take_the_host_from_an_nginx_upstream() {
+    let nginx = Nginx::start(r#"location / { echo "host=$http_host drop=$http_x_drop"; }"#);
+    let proxy = Proxy::start(&nginx.behind_proxy());
+    let r = raw(
+        proxy.http,
+        "GET / HTTP/1.1\r\nHost: a.test\r\nConnection: Host, x-drop\r\nX-Drop: 1\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "host=a.test drop=\n"));
+}
+
+#[test]
+fn stalled_bodies_and_idle_tunnels_are_cut_off() {
+    let nginx = Nginx::start(NGINX_ECHO);
+    let web = Backend::start("web");
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /echo
+    upstream: nginx
+  - path: /
+    upstream: web
+upstreams:
+  - name: nginx
+    endpoints: ["{}"]
+  - name: web
+    endpoints: ["{}"]
+limits:
+  body_read_timeout: 1s
+  tunnel_idle_timeout: 1s
+"#,
+        nginx.addr, web.addr
+    ));
+    // Ten bytes of a declared thousand, then silence: the client is told
+    // so, and nginx sees the request it was reading end.
+    let mut s = connect(proxy.http);
+    let mut buf = Vec::new();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1000\r\n\r\n0123456789")
+        .unwrap();
+    let r = read_response(&mut s, &mut buf).expect("an answer to the stalled body");
+    assert_eq!(r.status, 408);
+    assert_eq!(s.read(&mut [0; 16]).unwrap(), 0, "the connection is closed");
+    wait_until("nginx sees its client go", || {
+        nginx
+            .error_log()
+            .contains("client prematurely closed connection")
+    });
+    // A WebSocket that carries something, then nothing: closed.
+    let mut s = connect(proxy.http);
+    let mut buf = Vec::new();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut s, &mut buf).unwrap().status, 101);
+    s.write_all(b"ping").unwrap();
+    assert_eq!(read_exact_from(&mut s, &mut buf, 4).unwrap(), b"ping");
+    assert_eq!(
+        s.read(&mut [0; 16]).unwrap(),
+        0,
+        "the idle tunnel is closed"
+    );
+}
+
+#[test]
+fn idle_http2_connections_are_closed() {
+    let web = Backend::start("web");
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /
+    upstream: web
+upstreams:
+  - name: web
+    endpoints: ["{}"]
+limits:
+  header_read_timeout: 1s
+  keepalive_timeout: 1s
+"#,
+        web.addr
+    ));
+    runtime().block_on(async {
+        use http_body_util::{BodyExt, Empty};
+        // A client that completes the handshake and asks nothing, and one
+        // that asks once and then nothing more: both are let go.
+        for asks in [0, 1] {
+            let tcp = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+            let (mut send, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tcp),
+            )
+            .await
+            .unwrap();
+            let conn = tokio::spawn(conn);
+            for _ in 0..asks {
+                let req = hyper::Request::get("http://a.test/")
+                    .body(Empty::<hyper::body::Bytes>::new())
+                    .unwrap();
+                let resp = send.send_request(req).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                resp.into_body().collect().await.unwrap();
+            }
+            tokio::time::timeout(Duration::from_secs(15), conn)
+                .await
+                .unwrap_or_else(|_| panic!("a connection with {asks} requests was not closed"))
+                .unwrap()
+                .unwrap();
+        }
+    });
+}
+
+#[test]
+fn chunk_extensions_and_trailers_are_bounded_before_nginx_sees_them() {
+    let nginx = Nginx::start(NGINX_ECHO);
+    let proxy = Proxy::start(&nginx.behind_proxy());
+    let ok = "5;a=b\r\nhello\r\n0\r\nx-sum: 1\r\n\r\n".to_string();
+    let long_extension = format!("5;{}\r\nhello\r\n0\r\n\r\n", "e".repeat(20_000));
+    let long_trailer = format!("5\r\nhello\r\n0\r\nx-t: {}\r\n\r\n", "t".repeat(20_000));
+    for (body, want) in [
+        (ok, (200, "hello")),
+        (long_extension, (413, "")),
+        (long_trailer, (413, "")),
+    ] {
+        let r = raw(
+            proxy.http,
+            &format!(
+                "POST /echo HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+            ),
+        )
+        .unwrap();
+        assert_eq!(r.status, want.0, "{}", &body[..20]);
+        if want.0 == 200 {
+            assert_eq!(r.body, want.1);
+        }
+    }
+}
+
+#[test]
+fn request_trailers_are_not_forwarded() {
+    let manual = StdListener::bind("127.0.0.1:0").unwrap();
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /
+    upstream: manual
+upstreams:
+  - name: manual
+    endpoints: ["{}"]
+"#,
+        manual.local_addr().unwrap()
+    ));
+    // The trailers arrive with the head, or after the upstream has the
+    // body's first chunk.
+    for split in [false, true] {
+        let mut s = connect(proxy.http);
+        let head = "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nTrailer: x-injected\r\n\r\n5\r\nhello\r\n";
+        let end = "0\r\nx-injected: 1\r\nX-Forwarded-For: 10.9.9.9\r\n\r\n";
+        if split {
+            s.write_all(head.as_bytes()).unwrap();
+        } else {
+            s.write_all((head.to_string() + end).as_bytes()).unwrap();
+        }
+        let (mut upstream, _) = manual.accept().unwrap();
+        let mut ubuf = Vec::new();
+        let (_, headers) = read_head(&mut upstream, &mut ubuf).unwrap();
+        assert!(!headers.contains_key("trailer"));
+        read_exact_from(&mut upstream, &mut ubuf, 10).unwrap();
+        if split {
+            s.write_all(end.as_bytes()).unwrap();
+        }
+        // The rest of the body, up to the empty line that ends it.
+        let mut rest = Vec::new();
+        while !rest.ends_with(b"\r\n\r\n") {
+            rest.push(read_exact_from(&mut upstream, &mut ubuf, 1).unwrap()[0]);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&rest),
+            "0\r\n\r\n",
+            "split: {split}"
+        );
+        upstream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .unwrap();
+        let r = read_response(&mut s, &mut Vec::new()).unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    }
+}
+
+#[test]
+fn a_stalled_http2_request_body_is_answered_408() {
+    let nginx = Nginx::start(NGINX_ECHO);
+    let proxy = Proxy::start(&format!(
+        "{}limits:\n  body_read_timeout: 1s\n",
+        nginx.behind_proxy()
+    ));
+    let status = runtime().block_on(async {
+        use futures::StreamExt;
+        use http_body_util::StreamBody;
+        use hyper::body::{Bytes, Frame};
+        // Ten bytes of a declared thousand, then nothing, the stream open.
+        let frames = futures::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(
+            Bytes::from_static(b"0123456789"),
+        ))])
+        .chain(futures::stream::pending());
+        let req = hyper::Request::post("http://a.test/echo")
+            .header("content-length", "1000")
+            .body(StreamBody::new(frames))
+            .unwrap();
+        let mut send = h2c(proxy.http).await;
+        let resp = tokio::time::timeout(Duration::from_secs(15), send.send_request(req))
+            .await
+            .expect("an answer to the stalled body")
+            .unwrap();
+        resp.status()
+    });
+    assert_eq!(status, 408);
+}
+
+/// The SETTINGS_MAX_CONCURRENT_STREAMS the proxy announces to an h2c
+/// client, read from its first SETTINGS frame.
+fn announced_max_streams(addr: SocketAddr) -> Option<u32> {
+    let mut s = connect(addr);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let mut buf = Vec::new();
+    let header = read_exact_from(&mut s, &mut buf, 9)?;
+    assert_eq!(header[3], 4, "the first frame is SETTINGS");
+    let len = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+    let payload = read_exact_from(&mut s, &mut buf, len)?;
+    payload
+        .chunks(6)
+        .find(|e| e[..2] == [0, 3])
+        .map(|e| u32::from_be_bytes([e[2], e[3], e[4], e[5]]))
+}
+
+#[test]
+fn http2_streams_per_connection_are_bounded() {
+    let web = Backend::start("web");
+    let config = |extra: &str| {
+        format!(
+            "listeners:\n  - name: web\n    address: 127.0.0.1:{{http}}\n\
+             routes:\n  - path: /\n    upstream: web\n\
+             upstreams:\n  - name: web\n    endpoints: [\"{}\"]\n{extra}",
+            web.addr
+        )
+    };
+    let proxy = Proxy::start(&config(""));
+    assert_eq!(
+        announced_max_streams(proxy.http),
+        Some(128),
+        "nginx's default"
+    );
+    let proxy = Proxy::start(&config("limits:\n  h2_max_concurrent_streams: 8\n"));
+    assert_eq!(announced_max_streams(proxy.http), Some(8));
+}
+
+#[test]
+fn a_stalled_body_bound_for_an_h2c_upstream_is_answered_408() {
+    let h2 = H2cBackend::start("h2");
+    let proxy = Proxy::start(&format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{{http}}
+routes:
+  - path: /
+    upstream: h2
+upstreams:
+  - name: h2
+    endpoints: ["{}"]
+    protocol: h2c
+limits:
+  body_read_timeout: 1s
+"#,
+        h2.addr
+    ));
+    let mut s = connect(proxy.http);
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1000\r\n\r\n0123456789")
+        .unwrap();
+    let r = read_response(&mut s, &mut Vec::new()).expect("an answer to the stalled body");
+    assert_eq!(r.status, 408);
 }

@@ -6,6 +6,8 @@
 //! because a proxy that guesses differently from its upstream is how
 //! request smuggling happens.
 
+use std::ops::Range;
+
 /// How the end of a body is found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -56,13 +58,25 @@ enum State {
     Done,
 }
 
+/// Most bytes of chunk extensions and trailers one body may carry, all
+/// together: they are no data, so only a sender abusing them needs more
+/// (Node.js bounds chunk extensions alike).
+pub const MAX_CHUNK_METADATA: u32 = 16 * 1024;
+
 /// Finds the end of a chunked body in the bytes that pass through.
 #[derive(Debug, Clone)]
 pub struct ChunkedScanner {
     state: State,
     remaining: u64,
-    /// Data bytes the body may still carry.
+    /// Bytes of data, chunk extensions and trailers the body may still
+    /// carry.
     allowance: u64,
+    /// Bytes of chunk extensions and trailers seen so far.
+    metadata: u32,
+    /// Whether a trailer line has begun.
+    in_trailers: bool,
+    /// Where trailer lines lay in the input of the last `scan`.
+    trailers: Option<Range<usize>>,
 }
 
 impl Default for ChunkedScanner {
@@ -72,14 +86,36 @@ impl Default for ChunkedScanner {
 }
 
 impl ChunkedScanner {
-    /// A scanner refusing a body whose data exceeds `max` bytes. A chunk is
-    /// refused by its size line, before any of its data passes.
+    /// A scanner refusing a body whose data, chunk extensions and trailers
+    /// exceed `max` bytes, or whose extensions and trailers exceed
+    /// `MAX_CHUNK_METADATA`. A chunk is refused by its size line, before
+    /// any of its data passes.
     pub fn limited(max: u64) -> Self {
         Self {
             state: State::Size { digits: 0 },
             remaining: 0,
             allowance: max,
+            metadata: 0,
+            in_trailers: false,
+            trailers: None,
         }
+    }
+
+    /// Where the trailer lines lay in the input of the last `feed` or
+    /// `scan` (the final CRLF left out), for a forwarder that drops them.
+    pub fn trailers(&self) -> Option<Range<usize>> {
+        self.trailers.clone()
+    }
+
+    /// Counts one byte of a chunk extension or trailer, against both the
+    /// body's limit and the bound on such bytes.
+    fn metadata_byte(&mut self) -> Result<(), BodyError> {
+        if self.allowance == 0 || self.metadata >= MAX_CHUNK_METADATA {
+            return Err(BodyError::TooLarge);
+        }
+        self.allowance -= 1;
+        self.metadata += 1;
+        Ok(())
     }
 
     /// Whether the whole body has been seen.
@@ -96,6 +132,28 @@ impl ChunkedScanner {
     /// Like `feed`, and hands each piece of chunk data (framing, extensions
     /// and trailers left out) to `data`, for a body re-framed for HTTP/2.
     pub fn scan(&mut self, input: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, BodyError> {
+        // Trailer lines this input carries start at 0 when an earlier one
+        // had begun them and the final CRLF had not.
+        let mut trailers = Range {
+            start: (self.in_trailers && self.state != State::FinalLf && !self.done()).then_some(0),
+            end: None,
+        };
+        self.trailers = None;
+        let scanned = self.scan_framing(input, &mut data, &mut trailers);
+        if let (Some(start), Ok(scanned)) = (trailers.start, &scanned) {
+            // Up to the final CRLF when it came, else all that was scanned.
+            let end = trailers.end.unwrap_or(*scanned);
+            self.trailers = Some(start..end.max(start));
+        }
+        scanned
+    }
+
+    fn scan_framing(
+        &mut self,
+        input: &[u8],
+        data: &mut impl FnMut(&[u8]),
+        trailers: &mut Range<Option<usize>>,
+    ) -> Result<usize, BodyError> {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
@@ -110,14 +168,17 @@ impl ChunkedScanner {
                         self.remaining = self.remaining * 16 + v;
                         self.state = State::Size { digits: digits + 1 };
                     }
-                    b';' | b' ' | b'\t' if digits > 0 => self.state = State::Extension,
+                    b';' | b' ' | b'\t' if digits > 0 => {
+                        self.metadata_byte()?;
+                        self.state = State::Extension;
+                    }
                     b'\r' if digits > 0 => self.state = State::SizeLf,
                     _ => return Err(BodyError::Malformed),
                 },
                 State::Extension => match b {
                     b'\r' => self.state = State::SizeLf,
                     b'\n' => return Err(BodyError::Malformed),
-                    _ => {}
+                    _ => self.metadata_byte()?,
                 },
                 State::SizeLf => {
                     if b != b'\n' {
@@ -158,14 +219,22 @@ impl ChunkedScanner {
                     self.state = State::Size { digits: 0 };
                 }
                 State::TrailerStart => match b {
-                    b'\r' => self.state = State::FinalLf,
+                    b'\r' => {
+                        trailers.end = Some(i);
+                        self.state = State::FinalLf;
+                    }
                     b'\n' => return Err(BodyError::Malformed),
-                    _ => self.state = State::Trailer,
+                    _ => {
+                        self.metadata_byte()?;
+                        self.in_trailers = true;
+                        trailers.start.get_or_insert(i);
+                        self.state = State::Trailer;
+                    }
                 },
                 State::Trailer => match b {
                     b'\r' => self.state = State::TrailerLf,
                     b'\n' => return Err(BodyError::Malformed),
-                    _ => {}
+                    _ => self.metadata_byte()?,
                 },
                 State::TrailerLf => {
                     if b != b'\n' {
@@ -229,6 +298,14 @@ impl BodyProgress {
     /// How many bytes of `input` belong to the body.
     pub fn feed(&mut self, input: &[u8]) -> Result<usize, BodyError> {
         self.scan(input, |_| {})
+    }
+
+    /// Where a chunked body's trailer lines lay in the last input fed.
+    pub fn trailers(&self) -> Option<Range<usize>> {
+        match self {
+            Self::Chunked(s) => s.trailers(),
+            Self::Length(_) | Self::UntilClose => None,
+        }
     }
 
     /// Like `feed`, and hands the body's data, without chunk framing, to
@@ -318,11 +395,11 @@ mod tests {
     }
 
     #[test]
-    fn the_limit_counts_data_not_framing_and_refuses_at_the_size_line() {
-        // Ten bytes of data in three chunks, with an extension and a
-        // trailer: within a limit of ten.
+    fn the_limit_counts_data_extensions_and_trailers_and_refuses_at_the_size_line() {
+        // Ten bytes of data in three chunks, four of extension and four of
+        // trailer, and framing: within a limit of eighteen.
         let body = b"4;x=1\r\nWiki\r\n5\r\npedia\r\n1\r\n!\r\n0\r\nT: 1\r\n\r\n";
-        let mut s = ChunkedScanner::limited(10);
+        let mut s = ChunkedScanner::limited(18);
         assert_eq!(s.feed(body).unwrap(), body.len());
         assert!(s.done());
         // One more byte, in a chunk of its own or in a larger last chunk.
@@ -333,6 +410,52 @@ mod tests {
         assert_eq!(s.feed(b"4\r\nWiki\r\n6\r\n"), Err(BodyError::TooLarge));
         let mut p = BodyProgress::limited(Framing::Chunked, 0);
         assert_eq!(p.feed(b"0\r\n\r\n").unwrap(), 5, "an empty body passes");
+    }
+
+    #[test]
+    fn extensions_and_trailers_count_against_the_limit_and_are_bounded() {
+        let body = b"5;name=value\r\nhello\r\n0\r\nx-sum: 1\r\n\r\n";
+        // 5 bytes of data, 11 of extension, 8 of trailer.
+        assert_eq!(ChunkedScanner::limited(24).feed(body), Ok(body.len()));
+        assert_eq!(
+            ChunkedScanner::limited(23).feed(body),
+            Err(BodyError::TooLarge)
+        );
+        let long = MAX_CHUNK_METADATA as usize + 1;
+        let extension = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(long));
+        let trailer = format!("1\r\nx\r\n0\r\nx-t: {}\r\n\r\n", "t".repeat(long));
+        // Many small extensions add up as one long one does.
+        let many = format!("{}0\r\n\r\n", "1;e\r\nx\r\n".repeat(long));
+        for body in [extension, trailer, many] {
+            assert_eq!(
+                ChunkedScanner::default().feed(body.as_bytes()),
+                Err(BodyError::TooLarge),
+                "{}",
+                &body[..40]
+            );
+        }
+    }
+
+    #[test]
+    fn trailer_lines_are_located_however_the_body_is_split() {
+        let body = b"5\r\nhello\r\n0\r\nx-a: 1\r\nX-B: 2\r\n\r\n";
+        // Every split in two: the bytes outside the trailer ranges are the
+        // body without its trailer lines.
+        for split in 0..=body.len() {
+            let mut s = ChunkedScanner::default();
+            let mut kept = Vec::new();
+            for part in [&body[..split], &body[split..]] {
+                let n = s.feed(part).unwrap();
+                let r = s.trailers().unwrap_or(n..n);
+                kept.extend_from_slice(&part[..r.start]);
+                kept.extend_from_slice(&part[r.end..n]);
+            }
+            assert!(s.done());
+            assert_eq!(kept, b"5\r\nhello\r\n0\r\n\r\n", "split at {split}");
+        }
+        let mut s = ChunkedScanner::default();
+        s.feed(b"0\r\n\r\n").unwrap();
+        assert_eq!(s.trailers(), None);
     }
 
     #[test]

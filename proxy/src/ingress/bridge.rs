@@ -29,6 +29,8 @@ use super::upstream::Upstream;
 enum Cut {
     /// The client closed or broke its connection.
     Client,
+    /// The client sent nothing of its body for the body read timeout.
+    Stalled,
     /// The client's chunked framing is malformed, or its body grew past
     /// the limit.
     Body(BodyError),
@@ -71,9 +73,11 @@ pub(super) async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
         done.upstream = Some(upstream.name.clone());
         return done;
     };
-    let expects_continue = head
-        .header(cbuf.filled(), "expect")
-        .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    // HTTP/1.0 has no interim responses, so no `Expect` to answer.
+    let expects_continue = head.version == 1
+        && head
+            .header(cbuf.filled(), "expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
     cbuf.consume(head.len);
     let replayable = info.idempotent && info.framing == Framing::Empty;
     let (sender, body) = match info.framing {
@@ -94,7 +98,19 @@ pub(super) async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
         );
         let pumping = async {
             match sender {
-                Some(tx) => pump(client, cbuf, body_limit, tx, expects_continue, max_read).await,
+                Some(tx) => {
+                    let timeout = limits.body_read_timeout.get();
+                    pump(
+                        client,
+                        cbuf,
+                        body_limit,
+                        tx,
+                        expects_continue,
+                        max_read,
+                        timeout,
+                    )
+                    .await
+                }
                 None => Ok(()),
             }
         };
@@ -117,7 +133,9 @@ pub(super) async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
                     // The request is broken: abandon it without blaming the
                     // endpoint. The sender is gone, so the upstream stream
                     // is reset rather than seen to end.
-                    Err(cut @ (Cut::Client | Cut::Body(_))) => break Relay::Broken(cut),
+                    Err(cut @ (Cut::Client | Cut::Stalled | Cut::Body(_))) => {
+                        break Relay::Broken(cut);
+                    }
                     p => pumped = Some(p),
                 },
             }
@@ -130,6 +148,10 @@ pub(super) async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Relay::Broken(Cut::Body(BodyError::TooLarge)) => {
             answer(client, out, 413, "request body too large\n", name, None).await
+        }
+        Relay::Broken(Cut::Stalled) => {
+            let text = "request body not received in time\n";
+            answer(client, out, 408, text, name, None).await
         }
         Relay::Broken(_) => Done {
             status: 499,
@@ -173,7 +195,7 @@ fn request(buf: &[u8], head: &Head, fwd: &Forwarding<'_>) -> Option<Request<()>>
     let uri = Uri::builder()
         .scheme("http")
         .authority(authority)
-        .path_and_query(&buf[head.target.clone()])
+        .path_and_query(fwd.target.map_or(&buf[head.target.clone()], str::as_bytes))
         .build()
         .ok()?;
     let mut headers = HeaderMap::with_capacity(head.headers.len() + 4);
@@ -206,6 +228,7 @@ async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
     tx: mpsc::Sender<Option<Bytes>>,
     expects_continue: bool,
     max_read: usize,
+    read_timeout: std::time::Duration,
 ) -> Result<(), Cut> {
     let mut data = Vec::new();
     let mut continued = !expects_continue;
@@ -233,9 +256,10 @@ async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
                 .await
                 .map_err(|_| Cut::Client)?;
         }
-        match cbuf.read_from(client, max_read).await {
-            Ok(0) | Err(_) => return Err(Cut::Client),
-            Ok(_) => {}
+        match tokio::time::timeout(read_timeout, cbuf.read_from(client, max_read)).await {
+            Err(_) => return Err(Cut::Stalled),
+            Ok(Ok(0) | Err(_)) => return Err(Cut::Client),
+            Ok(Ok(_)) => {}
         }
     }
 }

@@ -295,14 +295,31 @@ pub struct Limits {
     pub max_header_bytes: ByteSize,
     /// Most headers in a request.
     pub max_headers: usize,
-    /// Time allowed to send a complete request head (slowloris guard).
+    /// Time allowed to send a complete request head (slowloris guard), or
+    /// for an HTTP/2 client to open its first stream.
     pub header_read_timeout: Duration,
     /// Largest request body.
     pub max_body_bytes: ByteSize,
     /// Most open client connections per process.
     pub max_connections: usize,
-    /// How long an idle keep-alive client connection is kept.
+    /// How long an idle keep-alive client connection is kept (an HTTP/2
+    /// one with no stream open, too).
     pub keepalive_timeout: Duration,
+    /// Longest wait between two reads of a body, the client's request body
+    /// (answered 408) or an upstream's response body (the client's
+    /// connection is closed); nginx's `client_body_timeout` and
+    /// `proxy_read_timeout`.
+    pub body_read_timeout: Duration,
+    /// Longest wait between two writes of a body to a peer that does not
+    /// read it (the connection is closed); nginx's `send_timeout`.
+    pub send_timeout: Duration,
+    /// How long a WebSocket (or other upgraded) tunnel may carry nothing
+    /// either way before it is closed; nginx's `proxy_read_timeout`.
+    pub tunnel_idle_timeout: Duration,
+    /// Most streams an HTTP/2 client may have open at once on one
+    /// connection, each holding an upstream request; nginx's
+    /// `http2_max_concurrent_streams`.
+    pub h2_max_concurrent_streams: u32,
 }
 
 impl Default for Limits {
@@ -314,6 +331,10 @@ impl Default for Limits {
             max_body_bytes: ByteSize::mib(8),
             max_connections: 100_000,
             keepalive_timeout: Duration::from_secs(75),
+            body_read_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            tunnel_idle_timeout: Duration::from_secs(60),
+            h2_max_concurrent_streams: 128,
         }
     }
 }
@@ -507,6 +528,21 @@ impl ComponentConfig for IngressConfig {
                 "limits",
                 "header_read_timeout and max_connections must be greater than zero",
             ));
+        }
+        if limits.h2_max_concurrent_streams == 0 {
+            return Err(ConfigError::invalid(
+                "limits.h2_max_concurrent_streams",
+                "must be greater than zero",
+            ));
+        }
+        for (field, timeout) in [
+            ("limits.body_read_timeout", limits.body_read_timeout),
+            ("limits.send_timeout", limits.send_timeout),
+            ("limits.tunnel_idle_timeout", limits.tunnel_idle_timeout),
+        ] {
+            if timeout.get().is_zero() {
+                return Err(ConfigError::invalid(field, "must be greater than zero"));
+            }
         }
         Ok(())
     }

@@ -6,6 +6,8 @@
 //! A parsed head is kept as byte ranges into the read buffer, so nothing is
 //! copied until the rewritten head is written out.
 
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::io::Write as _;
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -134,6 +136,12 @@ pub fn host(buf: &[u8], head: &Head) -> String {
         }),
     };
     without_port.to_ascii_lowercase()
+}
+
+/// Whether `bytes` hold an empty line (`\n\n` or `\n\r\n`), without which
+/// no head is complete: bytes a head may end in.
+pub fn may_end_head(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\n\n" || w == b"\n\r")
 }
 
 /// Most headers a head may have whatever the configuration says; the parser
@@ -278,13 +286,50 @@ fn hop_by_hop(name: &[u8]) -> bool {
     HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
-/// Whether `name` is listed in the head's Connection header (and so is
-/// hop-by-hop too).
-fn named_by_connection(buf: &[u8], head: &Head, name: &[u8]) -> bool {
-    head.values(buf, "connection").any(|v| {
-        v.split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
-    })
+/// A header name compared and hashed without regard to case.
+#[derive(Debug, Clone, Copy)]
+struct Name<'b>(&'b [u8]);
+
+impl PartialEq for Name<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.eq_ignore_ascii_case(other.0)
+    }
+}
+
+impl Eq for Name<'_> {}
+
+impl Hash for Name<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        for b in self.0 {
+            state.write_u8(b.to_ascii_lowercase());
+        }
+    }
+}
+
+/// End-to-end headers a `Connection` header may not remove: the upstream
+/// must see the Host the request was routed by, and a response's length
+/// frames its body (RFC 9110 §7.6.1 forbids listing them).
+fn kept_whatever_connection_says(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"host") || name.eq_ignore_ascii_case(b"content-length")
+}
+
+/// The headers the head's `Connection` header names for removal (they
+/// are hop-by-hop too), gathered once so each header is a hash probe
+/// rather than a scan of a list the sender may have made long. Names
+/// already hop-by-hop are left out, so the usual `Connection: keep-alive`
+/// costs no allocation.
+fn named_by_connection<'b>(buf: &'b [u8], head: &Head) -> HashSet<Name<'b>> {
+    head.values(buf, "connection")
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| {
+            !t.is_empty()
+                && !hop_by_hop(t)
+                && !t.eq_ignore_ascii_case(b"close")
+                && !kept_whatever_connection_says(t)
+        })
+        .map(Name)
+        .collect()
 }
 
 /// What the proxy adds to a forwarded request.
@@ -296,6 +341,22 @@ pub struct Forwarding<'a> {
     pub tls: bool,
     /// An id for the request, used when the client sent none.
     pub request_id: &'a str,
+    /// The target to send instead of the client's, when normalising its
+    /// path changed it (see `routes::normalize_path`): the upstream reads
+    /// the path the request was routed by.
+    pub target: Option<&'a str>,
+}
+
+/// The request target to forward: `normal_path` (the normalised form of
+/// `path`) with the client's query, or `None` when normalising changed
+/// nothing.
+pub fn normalized_target(buf: &[u8], head: &Head, path: &str, normal_path: &str) -> Option<String> {
+    if path == normal_path {
+        return None;
+    }
+    let target = std::str::from_utf8(&buf[head.target.clone()]).unwrap_or_default();
+    let rest = target.get(path.len()..).unwrap_or_default();
+    Some([normal_path, rest].concat())
 }
 
 /// Writes the request head to send upstream: HTTP/1.1 (HTTP/1.0 for 1.0
@@ -310,28 +371,37 @@ pub fn write_upstream_request(
 ) {
     out.extend_from_slice(&buf[head.method.clone()]);
     out.push(b' ');
-    out.extend_from_slice(&buf[head.target.clone()]);
+    match fwd.target {
+        Some(target) => out.extend_from_slice(target.as_bytes()),
+        None => out.extend_from_slice(&buf[head.target.clone()]),
+    }
     out.extend_from_slice(if head.version == 0 {
         b" HTTP/1.0\r\n"
     } else {
         b" HTTP/1.1\r\n"
     });
-    let mut xff: Option<&[u8]> = None;
-    let mut forwarded: Option<&[u8]> = None;
+    // Earlier hops' lines are kept in order, every one of them (RFC 9110
+    // §5.3: several lines are one comma-separated list), as for HTTP/2.
+    let (mut xff, mut forwarded) = (false, false);
     let mut has_id = false;
-    // Most requests have no Connection header: skip the per-header scan then.
-    let listed = head.header(buf, "connection").is_some();
+    let named = named_by_connection(buf, head);
     for (n, v) in &head.headers {
         let (name, value) = (&buf[n.clone()], &buf[v.clone()]);
-        if hop_by_hop(name) || (listed && named_by_connection(buf, head, name)) {
+        if hop_by_hop(name) || (!named.is_empty() && named.contains(&Name(name))) {
+            continue;
+        }
+        // The framing is written below from what was parsed, once: a copy
+        // of the client's Content-Length beside it would be a second one,
+        // which upstreams rightly refuse (nginx answers 400).
+        if name.eq_ignore_ascii_case(b"content-length") {
             continue;
         }
         if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            xff = Some(value);
+            xff = true;
             continue;
         }
         if name.eq_ignore_ascii_case(b"forwarded") {
-            forwarded = Some(value);
+            forwarded = true;
             continue;
         }
         if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
@@ -345,17 +415,21 @@ pub fn write_upstream_request(
     }
     let proto = if fwd.tls { "https" } else { "http" };
     out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(previous) = xff {
-        out.extend_from_slice(previous);
-        out.extend_from_slice(b", ");
+    if xff {
+        for previous in head.values(buf, "x-forwarded-for") {
+            out.extend_from_slice(previous);
+            out.extend_from_slice(b", ");
+        }
     }
     out.extend_from_slice(fwd.client.as_bytes());
     out.extend_from_slice(b"\r\nx-forwarded-proto: ");
     out.extend_from_slice(proto.as_bytes());
     out.extend_from_slice(b"\r\nforwarded: ");
-    if let Some(previous) = forwarded {
-        out.extend_from_slice(previous);
-        out.extend_from_slice(b", ");
+    if forwarded {
+        for previous in head.values(buf, "forwarded") {
+            out.extend_from_slice(previous);
+            out.extend_from_slice(b", ");
+        }
     }
     write_forwarded_element(out, fwd.client, proto, head.header(buf, "host"));
     out.extend_from_slice(b"\r\n");
@@ -425,6 +499,9 @@ pub enum ResponseError {
     /// Content-Length and Transfer-Encoding disagree or repeat.
     #[error("ambiguous response framing")]
     Ambiguous,
+    /// A `Transfer-Encoding` other than plain `chunked`.
+    #[error("unsupported response transfer coding")]
+    UnsupportedCoding,
 }
 
 /// Parses a response head; `Ok(None)` means more bytes are needed.
@@ -469,8 +546,10 @@ pub fn parse_response(
             (None, Some(te)) if te.trim_ascii().eq_ignore_ascii_case(b"chunked") => {
                 Framing::Chunked
             }
-            // Any other coding is read until close, as RFC 9112 §6.3 says.
-            (None, Some(_)) => Framing::UntilClose,
+            // Any other coding would reach the client undecoded, its
+            // framing unknown to the proxy: refused, as nginx does since
+            // 1.23.
+            (None, Some(_)) => return Err(ResponseError::UnsupportedCoding),
             (Some(_), None) if repeated => return Err(ResponseError::Ambiguous),
             (Some(cl), None) => match parse_length(cl) {
                 Some(0) => Framing::Empty,
@@ -503,12 +582,12 @@ pub fn write_client_response(
     out.extend_from_slice(&buf[head.reason.clone()]);
     out.extend_from_slice(b"\r\n");
     let upgrade = head.status == 101;
-    let listed = head.header(buf, "connection").is_some();
+    let named = named_by_connection(buf, head);
     for (n, v) in &head.headers {
         let name = &buf[n.clone()];
         let keep_for_upgrade = upgrade && name.eq_ignore_ascii_case(b"upgrade");
         if !keep_for_upgrade
-            && (hop_by_hop(name) || (listed && named_by_connection(buf, head, name)))
+            && (hop_by_hop(name) || (!named.is_empty() && named.contains(&Name(name))))
         {
             continue;
         }
@@ -643,21 +722,84 @@ mod tests {
 
     #[test]
     fn forwarded_request_head() {
-        let text = "GET /p HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\r\n";
+        let text = "GET /p HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nx-forwarded-for: 10.0.0.2, 10.0.0.3\r\nAccept: */*\r\n\r\n";
         let (head, info) = parse(text).unwrap().unwrap();
         let mut out = Vec::new();
         let fwd = Forwarding {
             client: "192.0.2.7",
             tls: false,
             request_id: "abc",
+            target: None,
         };
         write_upstream_request(&mut out, text.as_bytes(), &head, &info, &fwd);
         let out = String::from_utf8(out).unwrap();
         assert_eq!(
             out,
             "GET /p HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\
-             x-forwarded-for: 10.0.0.1, 192.0.2.7\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-for: 10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7\r\nx-forwarded-proto: http\r\n\
              forwarded: for=192.0.2.7;proto=http;host=example.com\r\nx-request-id: abc\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn connection_cannot_remove_host_or_length() {
+        let text = "POST /p HTTP/1.1\r\nHost: example.com\r\nContent-Length: 2\r\nConnection: host, content-length, X-a\r\nconnection: x-B\r\nX-A: 1\r\nx-b: 2\r\nX-C: 3\r\n\r\nok";
+        let (head, info) = parse(text).unwrap().unwrap();
+        let mut out = Vec::new();
+        let fwd = Forwarding {
+            client: "192.0.2.7",
+            tls: false,
+            request_id: "abc",
+            target: None,
+        };
+        write_upstream_request(&mut out, text.as_bytes(), &head, &info, &fwd);
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.starts_with("POST /p HTTP/1.1\r\nHost: example.com\r\nX-C: 3\r\n"),
+            "{out}"
+        );
+        assert_eq!(out.matches("content-length: 2\r\n").count(), 1, "{out}");
+        assert_eq!(
+            out.to_ascii_lowercase().matches("content-length").count(),
+            1,
+            "{out}"
+        );
+        assert!(!out.contains("X-A") && !out.contains("x-b"), "{out}");
+
+        let text = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: Content-Length, x-a\r\nX-A: 1\r\n\r\nok";
+        let mut head = Head::default();
+        let info = parse_response(text, &mut head, 8192, false)
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        write_client_response(&mut out, text, &head, &info, 1, true);
+        assert_eq!(out, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
+    }
+
+    #[test]
+    fn every_header_a_long_connection_list_names_goes() {
+        let list: Vec<String> = (0..200).rev().map(|i| format!("x-{i}")).collect();
+        let headers: String = (0..200).map(|i| format!("X-{i}: v\r\n")).collect();
+        let text = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: {}\r\n{headers}Y: kept\r\n\r\n",
+            list.join(", ")
+        );
+        let mut head = Head::default();
+        let info = parse_request(text.as_bytes(), &mut head, 256, 1 << 20, 0)
+            .unwrap()
+            .unwrap();
+        let fwd = Forwarding {
+            client: "192.0.2.7",
+            tls: false,
+            request_id: "abc",
+            target: None,
+        };
+        let mut out = Vec::new();
+        write_upstream_request(&mut out, text.as_bytes(), &head, &info, &fwd);
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.starts_with("GET / HTTP/1.1\r\nHost: a\r\nY: kept\r\nx-forwarded-for"),
+            "{out}"
         );
     }
 
@@ -671,6 +813,7 @@ mod tests {
             client: "::1",
             tls: true,
             request_id: "unused",
+            target: None,
         };
         write_upstream_request(&mut out, text.as_bytes(), &head, &info, &fwd);
         let out = String::from_utf8(out).unwrap();
@@ -719,5 +862,14 @@ mod tests {
             parse_response(text, &mut head, 8192, false).unwrap_err(),
             ResponseError::Ambiguous
         );
+
+        for coding in ["gzip", "gzip, chunked", "chunked, gzip", "identity"] {
+            let text = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {coding}\r\n\r\n");
+            assert_eq!(
+                parse_response(text.as_bytes(), &mut head, 8192, false).unwrap_err(),
+                ResponseError::UnsupportedCoding,
+                "{coding}"
+            );
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! clients reach h2c upstreams through `send_with_retries` too (see
 //! `bridge`).
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -33,6 +34,7 @@ use super::config::UpstreamProtocol;
 use super::h1_upstream;
 use super::proxy::{Shared, Worker, fail, no_route, record};
 use super::retry::Attempts;
+use super::routes::normalize_path;
 use super::upstream::Upstream;
 
 /// The connection preface an h2c client with prior knowledge starts with.
@@ -61,7 +63,66 @@ pub(super) type UpstreamBody = Either<Capped, Piped>;
 /// An HTTP/2 client's request body, cut off with an error (which aborts
 /// the upstream request) once its data passes the body limit: with or
 /// without a `content-length`, DATA frames are counted as they pass.
-pub(super) type Capped = Metered<Incoming, Allowance>;
+pub(super) type Capped = Metered<Stalls<Incoming>, Allowance>;
+
+/// A client's request body that fails when no frame comes within the body
+/// read timeout (nginx's `client_body_timeout`), so a client that goes
+/// quiet mid-body does not hold its stream and an upstream request open.
+pub(super) struct Stalls<B> {
+    inner: B,
+    timeout: std::time::Duration,
+    /// Armed when a poll finds nothing, from then; boxed only for bodies
+    /// that ever have to wait.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A frame came since the timer was armed: wait afresh.
+    rearm: bool,
+    /// Set when the timeout cut the body off, so the failure that follows
+    /// upstream is answered 408 and not blamed on the endpoint.
+    stalled: Rc<Cell<bool>>,
+}
+
+/// The client's request body stopped coming.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body stopped coming")]
+pub(super) struct BodyStalled;
+
+impl<B> hyper::body::Body for Stalls<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            self.rearm = true;
+            return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let this = &mut *self;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if std::mem::take(&mut this.rearm) {
+            timer.as_mut().reset(deadline);
+        }
+        ready!(timer.as_mut().poll(cx));
+        this.stalled.set(true);
+        Poll::Ready(Some(Err(Box::new(BodyStalled))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// What is left of a request body's limit.
 pub(super) struct Allowance {
@@ -307,21 +368,88 @@ where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let drain = worker.clone();
+    let (first_stream, keepalive, max_streams) = {
+        let limits = worker.shared.limits.load();
+        (
+            limits.header_read_timeout.get(),
+            limits.keepalive_timeout.get(),
+            limits.h2_max_concurrent_streams,
+        )
+    };
+    let streams = Rc::new(Streams {
+        open: Cell::new(0),
+        served: Cell::new(false),
+        since: Cell::new(tokio::time::Instant::now()),
+        quiet: tokio::sync::Notify::new(),
+    });
+    let counted = streams.clone();
     let service = hyper::service::service_fn(move |req| {
         let worker = worker.clone();
-        async move { Ok::<_, Infallible>(handle(&worker, req, peer, tls).await) }
+        let stream = OpenStream::new(&counted);
+        async move { Ok::<_, Infallible>(handle(&worker, req, peer, tls, stream).await) }
     });
     let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
     builder
         .timer(TokioTimer::new())
-        .max_concurrent_streams(1024);
+        .max_concurrent_streams(max_streams);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        () = drain.drained() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    // A client must open its first stream within the header timeout (which
+    // bounds the handshake too), and another within the keep-alive timeout
+    // of its streams all ending, as nginx's keepalive_timeout does.
+    loop {
+        let idle = if streams.served.get() {
+            keepalive
+        } else {
+            first_stream
+        };
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = drain.drained() => break,
+            () = streams.quiet.notified(), if streams.open.get() > 0 => {}
+            () = tokio::time::sleep_until(streams.since.get() + idle), if streams.open.get() == 0 => {
+                if streams.open.get() == 0
+                    && streams.since.get() + idle <= tokio::time::Instant::now()
+                {
+                    break;
+                }
+            }
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// The streams open on one HTTP/2 client connection, for its idle timeout.
+struct Streams {
+    open: Cell<usize>,
+    /// Whether any stream was opened yet.
+    served: Cell<bool>,
+    /// When the last stream ended (or the connection began).
+    since: Cell<tokio::time::Instant>,
+    /// Signalled when the last open stream ends.
+    quiet: tokio::sync::Notify,
+}
+
+/// One open stream: counted from its request until its response body is
+/// done with.
+struct OpenStream(Rc<Streams>);
+
+impl OpenStream {
+    fn new(streams: &Rc<Streams>) -> Self {
+        streams.open.set(streams.open.get() + 1);
+        streams.served.set(true);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let streams = &self.0;
+        streams.open.set(streams.open.get() - 1);
+        if streams.open.get() == 0 {
+            streams.since.set(tokio::time::Instant::now());
+            streams.quiet.notify_one();
         }
     }
 }
@@ -356,6 +484,9 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+        // As for HTTP/1.1: the Host routed by and a length framing a body
+        // are not the sender's to remove.
+        .filter(|t| !t.eq_ignore_ascii_case("host") && !t.eq_ignore_ascii_case("content-length"))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named {
@@ -377,8 +508,8 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Adds this hop's `X-Forwarded-For`, `X-Forwarded-Proto`, `Forwarded` and,
-/// when the client sent none, `x-request-id`; earlier hops' elements are
-/// kept, as for HTTP/1.1.
+/// when the client sent none, `x-request-id`; earlier hops' elements, of
+/// every line in order, are kept, as for HTTP/1.1.
 pub(super) fn add_forwarding(
     headers: &mut HeaderMap,
     client: &str,
@@ -387,14 +518,14 @@ pub(super) fn add_forwarding(
     request_id: impl FnOnce() -> String,
 ) {
     let mut xff = Vec::new();
-    if let Some(previous) = headers.get(X_FORWARDED_FOR) {
+    for previous in headers.get_all(X_FORWARDED_FOR) {
         xff.extend_from_slice(previous.as_bytes());
         xff.extend_from_slice(b", ");
     }
     xff.extend_from_slice(client.as_bytes());
     let proto = if tls { "https" } else { "http" };
     let mut forwarded = Vec::new();
-    if let Some(previous) = headers.get(header::FORWARDED) {
+    for previous in headers.get_all(header::FORWARDED) {
         forwarded.extend_from_slice(previous.as_bytes());
         forwarded.extend_from_slice(b", ");
     }
@@ -432,6 +563,8 @@ struct Finish {
     upstream: Option<Arc<str>>,
     endpoint: Option<SocketAddr>,
     log: Option<(Arc<AccessLog>, LogFields)>,
+    /// Held until the response body is done with: the stream is open.
+    _stream: OpenStream,
 }
 
 impl Drop for Finish {
@@ -471,6 +604,7 @@ async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     tls: bool,
+    stream: OpenStream,
 ) -> Response<Logged> {
     let started = Instant::now();
     let authority = req
@@ -510,6 +644,7 @@ async fn handle(
         upstream: None,
         endpoint: None,
         log,
+        _stream: stream,
     };
     let response = respond(worker, req, peer, tls, &authority, &host, &mut finish).await;
     finish.status = response.status().as_u16();
@@ -538,6 +673,17 @@ async fn respond(
             StatusCode::BAD_REQUEST,
             "request target must be an absolute path\n",
         );
+    }
+    // Routed by the normal form of its path, and forwarded with it, as
+    // HTTP/1.1 requests are.
+    if let Cow::Owned(path) = normalize_path(req.uri().path()) {
+        let query = req.uri().query().map(|q| ["?", q].concat());
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = [path, query.unwrap_or_default()].concat().parse().ok();
+        match Uri::from_parts(parts) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return local(StatusCode::BAD_REQUEST, "invalid request target\n"),
+        }
     }
     let route = {
         let headers = req.headers();
@@ -602,7 +748,13 @@ async fn respond(
         }
     }
     let replayable = req.method().is_idempotent() && req.body().is_end_stream();
-    let max_body = worker.shared.limits.load().max_body_bytes.bytes();
+    let (max_body, body_timeout) = {
+        let limits = worker.shared.limits.load();
+        (
+            limits.max_body_bytes.bytes(),
+            limits.body_read_timeout.get(),
+        )
+    };
     // A declared length past the limit is refused before anything goes
     // upstream; a body without one is cut off where it passes the limit.
     if req.body().size_hint().lower() > max_body {
@@ -611,7 +763,13 @@ async fn respond(
     }
     let req = req.map(|inner| {
         Either::Left(Capped {
-            inner,
+            inner: Stalls {
+                inner,
+                timeout: body_timeout,
+                timer: None,
+                rearm: false,
+                stalled: Rc::default(),
+            },
             meter: Allowance {
                 left: max_body,
                 exceeded: Rc::default(),
@@ -645,6 +803,8 @@ pub(super) enum Failure {
     NoEndpoint,
     /// The client's request body passed the body limit.
     BodyTooLarge,
+    /// The client's request body stopped coming for the body read timeout.
+    BodyStalled,
     /// A pooled HTTP/1.1 connection closed before any answer to a request
     /// without a body: the upstream had let it go, so a new one may retry.
     Stale,
@@ -666,6 +826,10 @@ impl Failure {
                 "no healthy upstream endpoint\n",
             ),
             Self::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+            Self::BodyStalled => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time\n",
+            ),
         }
     }
 }
@@ -689,9 +853,9 @@ pub(super) async fn send_with_retries(
         return Err((Failure::NoEndpoint, None));
     };
     let (mut parts, body) = req.into_parts();
-    let exceeded = match &body {
-        Either::Left(capped) => capped.meter.exceeded.clone(),
-        Either::Right(_) => Rc::default(),
+    let (exceeded, stalled) = match &body {
+        Either::Left(capped) => (capped.meter.exceeded.clone(), capped.inner.stalled.clone()),
+        Either::Right(_) => (Rc::default(), Rc::default()),
     };
     let mut body = Some(body);
     // A pooled HTTP/1.1 connection the upstream had already closed is no
@@ -741,6 +905,7 @@ pub(super) async fn send_with_retries(
             // The client's body broke the request, not the endpoint (a body
             // that can be cut off is never replayed).
             Err(_) if exceeded.get() => return Err((Failure::BodyTooLarge, None)),
+            Err(_) if stalled.get() => return Err((Failure::BodyStalled, None)),
             Err(Failure::Stale) if replayable && !fresh_retry_used => {
                 (pooled, fresh_retry_used) = (false, true);
                 continue;

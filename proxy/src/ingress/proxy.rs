@@ -24,7 +24,7 @@ use super::h1::{self, Forwarding, Head, HeadError, RequestInfo};
 use super::metrics::{FailureLabels, ProxyMetrics, RequestLabels, RouteLabels};
 use super::pool::Pool;
 use super::retry::Attempts;
-use super::routes::{Route, RouteTable};
+use super::routes::{Route, RouteTable, normalize_path};
 use super::upstream::{InFlight, Upstream};
 
 /// What every worker shares: the current routes and limits, metrics, logs.
@@ -356,6 +356,8 @@ enum Failure {
     Upstream(&'static str),
     /// The client broke the connection: nothing to answer.
     Client,
+    /// The client's body stalled past `body_read_timeout`: 408.
+    ClientTimeout,
     /// The client sent a malformed body: 400.
     BadBody,
     /// The client's body grew past the limit: 413.
@@ -624,21 +626,24 @@ async fn serve_requests<S: Connection>(
         }
         let started = Instant::now();
         let access = shared.access_log.load_full();
-        let (route, host, log_fields) = {
+        let (route, host, log_fields, target) = {
             let buf = cbuf.filled();
             let host = h1::host(buf, &head);
+            let path = h1::path(buf, &head);
+            let normal_path = normalize_path(path);
             let route = shared
                 .routes
                 .load()
-                .find(&host, h1::path(buf, &head), &|name| head.header(buf, name))
+                .find(&host, &normal_path, &|name| head.header(buf, name))
                 .cloned();
+            let target = h1::normalized_target(buf, &head, path, &normal_path);
             let log_fields = access.as_ref().map(|_| {
                 (
                     String::from_utf8_lossy(&buf[head.method.clone()]).into_owned(),
                     String::from_utf8_lossy(&buf[head.target.clone()]).into_owned(),
                 )
             });
-            (route, host, log_fields)
+            (route, host, log_fields, target)
         };
         let route_name: Arc<str> = route.as_ref().map_or_else(no_route, |r| r.name.clone());
         let done = match route {
@@ -670,6 +675,7 @@ async fn serve_requests<S: Connection>(
                     client: &client_ip,
                     tls,
                     request_id: id.as_str(),
+                    target: target.as_deref(),
                 };
                 // Boxed: forwarding has the largest state by far, and
                 // neither a local answer nor a TLS client awaiting its next
@@ -794,6 +800,10 @@ async fn read_head<S: Connection>(
 ) -> Result<Option<RequestInfo>, ReadHeadError> {
     let max_head = usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX);
     let header_timeout = limits.header_read_timeout.get();
+    // How much of the buffer a parse has already found unfinished: a head
+    // is parsed again only once bytes that can end it arrive, so a head
+    // trickled in a byte at a time is not parsed once per byte.
+    let mut unfinished = 0;
     loop {
         // The h2c preface, or the part of it read so far, is no HTTP/1 head.
         let preface = first && {
@@ -804,16 +814,22 @@ async fn read_head<S: Connection>(
         if preface && cbuf.filled().len() >= super::h2::PREFACE.len() {
             return Err(ReadHeadError::H2c);
         }
-        if !cbuf.is_empty() && !preface {
+        let filled = cbuf.filled();
+        if !filled.is_empty()
+            && !preface
+            && (unfinished == 0
+                || filled.len() >= max_head
+                || h1::may_end_head(&filled[unfinished - 2..]))
+        {
             match h1::parse_request(
-                cbuf.filled(),
+                filled,
                 head,
                 limits.max_headers,
                 max_head,
                 limits.max_body_bytes.bytes(),
             ) {
                 Ok(Some(info)) => return Ok(Some(info)),
-                Ok(None) => {}
+                Ok(None) => unfinished = filled.len().max(2),
                 Err(e) => return Err(ReadHeadError::Head(e)),
             }
         }
@@ -937,9 +953,11 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
         )
         .await;
     };
-    let expects_continue = head
-        .header(cbuf.filled(), "expect")
-        .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    // HTTP/1.0 has no interim responses, so no `Expect` to answer.
+    let expects_continue = head.version == 1
+        && head
+            .header(cbuf.filled(), "expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
     // Whether this attempt may take a pooled connection, and whether the one
     // retry on a new connection is spent.
     let (mut pooled, mut fresh_retry_used) = (true, false);
@@ -1004,7 +1022,10 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
             Err(ExchangeError::Fatal(failure)) => {
                 let clients_fault = matches!(
                     failure,
-                    Failure::Client | Failure::BadBody | Failure::BodyTooLarge
+                    Failure::Client
+                        | Failure::ClientTimeout
+                        | Failure::BadBody
+                        | Failure::BodyTooLarge
                 );
                 if !clients_fault {
                     upstream.record(flight.endpoint(), false);
@@ -1058,6 +1079,7 @@ async fn failure_response<S: AsyncRead + AsyncWrite + Unpin>(
         Failure::Upstream(_) => (502, "upstream failed\n"),
         Failure::BadBody => (400, "malformed request body\n"),
         Failure::BodyTooLarge => (413, "request body too large\n"),
+        Failure::ClientTimeout => (408, "request body not received in time\n"),
         Failure::Client => {
             return Done {
                 status: 499,
@@ -1117,7 +1139,12 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         .feed(buffered)
         .map_err(|e| ExchangeError::Fatal(e.into()))?;
     let upstream_stream = &mut attempt.stream;
-    if let Err(_e) = write_head_and_body(upstream_stream, out, &buffered[..take]).await {
+    let mut sent = &buffered[..take];
+    if let Some(trailers) = body.trailers() {
+        out.extend_from_slice(&buffered[..trailers.start]);
+        sent = &buffered[trailers.end..take];
+    }
+    if let Err(_e) = write_head_and_body(upstream_stream, out, sent).await {
         return Err(if replayable {
             retry
         } else {
@@ -1146,15 +1173,28 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         // A body cut off here (past the limit, or malformed) leaves the
         // upstream with part of it: this connection is dropped, never
         // pooled, which aborts the request upstream.
-        match stream_body(client, cbuf, upstream_stream, &mut body, max_read).await {
+        match stream_body(
+            client,
+            cbuf,
+            upstream_stream,
+            &mut body,
+            max_read,
+            limits,
+            true,
+        )
+        .await
+        {
             Ok(_) => {}
             Err(Side::Sink) => body_cut = true,
             Err(Side::Source) => return Err(ExchangeError::Fatal(Failure::Client)),
+            Err(Side::SourceStalled) => return Err(ExchangeError::Fatal(Failure::ClientTimeout)),
             Err(Side::Body(e)) => return Err(ExchangeError::Fatal(e.into())),
         }
     }
 
-    // The response head; interim 1xx responses (but 101) pass through.
+    // The response head; interim 1xx responses (but 101) pass through to
+    // HTTP/1.1 clients (an HTTP/1.0 client cannot tell one from the answer,
+    // RFC 9110 §15.2).
     let mut ubuf = LeasedBuf::new(worker);
     let mut rhead = Head::default();
     let max_head = 64 * 1024;
@@ -1163,7 +1203,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         if !ubuf.is_empty() {
             match h1::parse_response(ubuf.filled(), &mut rhead, max_head, info.is_head) {
                 Ok(Some(r)) if rhead.status >= 100 && rhead.status < 200 && rhead.status != 101 => {
-                    if rhead.status != 100 || !expects_continue {
+                    if head.version == 1 && (rhead.status != 100 || !expects_continue) {
                         out.clear();
                         h1::write_client_response(
                             out,
@@ -1206,6 +1246,13 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(Ok(_)) => {}
         }
     };
+    // A switch of protocols nobody asked for leaves the upstream connection
+    // speaking something else: it is no answer, and the connection goes.
+    if rhead.status == 101 && !info.upgrade {
+        return Err(ExchangeError::Fatal(Failure::Upstream(
+            "upstream switched protocols unasked",
+        )));
+    }
     if let Some(next) = attempts.retry_status(attempt.addr, rhead.status) {
         return Err(ExchangeError::Status(next));
     }
@@ -1229,13 +1276,13 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 .map_err(|_| ExchangeError::Fatal(Failure::Upstream("tunnel write failed")))?;
             cbuf.consume(cbuf.filled().len());
         }
-        let copied = tokio::io::copy_bidirectional(client, upstream_stream).await;
+        let down = tunnel(client, upstream_stream, limits.tunnel_idle_timeout.get()).await;
         return Ok(Done {
             status: 101,
             keep_alive: false,
             upstream: None,
             endpoint: None,
-            bytes: copied.map(|(_, down)| down).unwrap_or_default(),
+            bytes: down,
         });
     }
 
@@ -1260,7 +1307,17 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|_| ExchangeError::Fatal(Failure::Client))?;
     ubuf.consume(rhead.len + take);
     if !rbody.done() {
-        match stream_body(upstream_stream, &mut ubuf, client, &mut rbody, max_head).await {
+        match stream_body(
+            upstream_stream,
+            &mut ubuf,
+            client,
+            &mut rbody,
+            max_head,
+            limits,
+            false,
+        )
+        .await
+        {
             Ok(n) => bytes += n,
             // An until-close body ends with the upstream closing.
             Err(Side::Source) if rinfo.framing == Framing::UntilClose => {}
@@ -1292,6 +1349,85 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         endpoint: None,
         bytes,
     })
+}
+
+/// Copies both ways between an upgraded client connection and its
+/// upstream until either side closes or nothing passes for `idle`; the
+/// bytes sent down to the client.
+async fn tunnel<C, U>(client: &mut C, upstream: &mut U, idle: std::time::Duration) -> u64
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let last = Cell::new(tokio::time::Instant::now());
+    let mut client = Active {
+        inner: client,
+        last: &last,
+    };
+    let mut upstream = Active {
+        inner: upstream,
+        last: &last,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    tokio::pin!(copy);
+    loop {
+        tokio::select! {
+            copied = &mut copy => return copied.map(|(_, down)| down).unwrap_or_default(),
+            () = tokio::time::sleep_until(last.get() + idle) => {
+                // Bytes may have passed while this timer ran: wait again
+                // from the last of them.
+                if last.get() + idle <= tokio::time::Instant::now() {
+                    return 0;
+                }
+            }
+        }
+    }
+}
+
+/// A stream that notes when it last read something, for the tunnel's idle
+/// timeout (a byte read on one side is a byte written on the other).
+struct Active<'a, S> {
+    inner: &'a mut S,
+    last: &'a Cell<tokio::time::Instant>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Active<'_, S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut *self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last.set(tokio::time::Instant::now());
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Active<'_, S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
 }
 
 /// A read buffer borrowed from the worker for one exchange; `W` is how the
@@ -1374,18 +1510,26 @@ async fn write_head_and_body<W: AsyncWrite + Unpin>(
 /// Which side of a copy failed.
 enum Side {
     Source,
+    /// The source sent nothing for the body read timeout.
+    SourceStalled,
+    /// The sink failed, or took nothing for the send timeout.
     Sink,
     /// The body itself: malformed, or past its limit.
     Body(BodyError),
 }
 
-/// Copies the rest of a body from `src` (its buffer first) to `dst`.
+/// Copies the rest of a body from `src` (its buffer first) to `dst`. A
+/// request body's trailer lines are left out (`drop_trailers`), as nginx
+/// leaves them: an upstream that merges trailers into the headers would
+/// take them for headers the proxy has checked and set.
 async fn stream_body<R, W>(
     src: &mut R,
     sbuf: &mut Buf,
     dst: &mut W,
     body: &mut BodyProgress,
     max: usize,
+    limits: &Limits,
+    drop_trailers: bool,
 ) -> Result<u64, Side>
 where
     R: AsyncRead + Unpin,
@@ -1396,18 +1540,30 @@ where
         if !sbuf.is_empty() {
             let chunk = sbuf.filled();
             let take = body.feed(chunk).map_err(Side::Body)?;
-            dst.write_all(&chunk[..take])
-                .await
-                .map_err(|_| Side::Sink)?;
+            let write = async {
+                match body.trailers().filter(|_| drop_trailers) {
+                    None => dst.write_all(&chunk[..take]).await,
+                    Some(trailers) => {
+                        dst.write_all(&chunk[..trailers.start]).await?;
+                        dst.write_all(&chunk[trailers.end..take]).await
+                    }
+                }
+            };
+            // A write that completes at once never arms its timer.
+            match tokio::time::timeout(limits.send_timeout.get(), write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return Err(Side::Sink),
+            }
             total += take as u64;
             sbuf.consume(take);
             if body.done() {
                 return Ok(total);
             }
         }
-        match sbuf.read_from(src, max).await {
-            Ok(0) | Err(_) => return Err(Side::Source),
-            Ok(_) => {}
+        match tokio::time::timeout(limits.body_read_timeout.get(), sbuf.read_from(src, max)).await {
+            Err(_) => return Err(Side::SourceStalled),
+            Ok(Ok(0) | Err(_)) => return Err(Side::Source),
+            Ok(Ok(_)) => {}
         }
     }
 }

@@ -4,6 +4,7 @@
 //! hash probe per host form and per path element, so its cost depends on the
 //! depth of the request path, not on the number of routes.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -231,6 +232,97 @@ impl RouteTable {
     }
 }
 
+/// The path a request is routed by and forwarded with: percent-encoded
+/// unreserved characters decoded (RFC 3986 §6.2.2.2, so `%2e%2e` is a
+/// dot-segment as an upstream would read it), dot-segments resolved
+/// (§5.2.4) and repeated slashes merged, as Envoy's `normalize_path` and
+/// `merge_slashes` do. An encoded slash (`%2F`) stays encoded: it is part
+/// of a segment, not a separator. Borrowed when the path is already normal,
+/// as nearly every path is.
+pub fn normalize_path(path: &str) -> Cow<'_, str> {
+    if !path.starts_with('/') || is_normal(path.as_bytes()) {
+        return Cow::Borrowed(path);
+    }
+    let decoded = decode_unreserved(path);
+    let mut out = String::with_capacity(decoded.len());
+    let mut segments = decoded[1..].split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        match segment {
+            "" | "." => {}
+            ".." => {
+                let parent = out.rfind('/').unwrap_or(0);
+                out.truncate(parent);
+            }
+            _ => {
+                out.push('/');
+                out.push_str(segment);
+                continue;
+            }
+        }
+        // A path that ends on a directory keeps saying so: `/a/b/..` is `/a/`.
+        if last {
+            out.push('/');
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Cow::Owned(out)
+}
+
+/// Whether `path` has no empty, `.` or `..` segment (a trailing slash
+/// aside) and no percent-encoded unreserved character.
+fn is_normal(path: &[u8]) -> bool {
+    let mut segment_start = 1;
+    for (i, &b) in path.iter().enumerate().skip(1) {
+        match b {
+            b'/' => {
+                if matches!(&path[segment_start..i], b"" | b"." | b"..") {
+                    return false;
+                }
+                segment_start = i + 1;
+            }
+            b'%' if decoded_unreserved(&path[i..]).is_some() => return false,
+            _ => {}
+        }
+    }
+    !matches!(&path[segment_start..], b"." | b"..")
+}
+
+/// The unreserved character (RFC 3986 §2.3) that `%XX` at the start of
+/// `rest` encodes, if it encodes one.
+fn decoded_unreserved(rest: &[u8]) -> Option<char> {
+    let hex = rest.get(1..3)?;
+    if !hex.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let byte = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+    (byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~'))
+        .then_some(char::from(byte))
+}
+
+fn decode_unreserved(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        match decoded_unreserved(rest.as_bytes()) {
+            Some(c) => {
+                out.push(c);
+                rest = &rest[3..];
+            }
+            None => {
+                out.push('%');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +342,41 @@ mod tests {
 
     fn no_headers(_: &str) -> Option<&'static [u8]> {
         None
+    }
+
+    #[test]
+    fn paths_are_normalised_for_routing() {
+        let cases = [
+            ("/", "/"),
+            ("/api/v1", "/api/v1"),
+            ("/api/v1/", "/api/v1/"),
+            ("/public/../admin", "/admin"),
+            ("/public/%2e%2E/admin", "/admin"),
+            ("/public/./x", "/public/x"),
+            ("//admin", "/admin"),
+            ("/a//b///c", "/a/b/c"),
+            ("/a/b/..", "/a/"),
+            ("/a/.", "/a/"),
+            ("/..", "/"),
+            ("/../../etc", "/etc"),
+            ("/a/..%2Fadmin", "/a/..%2Fadmin"),
+            ("/a%2fb", "/a%2fb"),
+            ("/%61dmin", "/admin"),
+            ("/caf%C3%A9", "/caf%C3%A9"),
+            ("/a%", "/a%"),
+            ("/a%2", "/a%2"),
+            ("/.hidden/..x", "/.hidden/..x"),
+            ("*", "*"),
+        ];
+        for (path, normal) in cases {
+            let got = normalize_path(path);
+            assert_eq!(got, normal, "{path}");
+            assert_eq!(
+                matches!(got, Cow::Borrowed(_)),
+                path == normal,
+                "{path}: copied only when changed"
+            );
+        }
     }
 
     fn find<'a>(t: &'a RouteTable, host: &str, path: &str) -> Option<&'a str> {
