@@ -101,6 +101,7 @@ fn head(c: &mut Criterion) {
         client: "192.0.2.1",
         tls: false,
         request_id: "0000000100000000000000000001",
+        target: None,
     };
     for (name, request) in [("wrk_get", WRK), ("browser_get", BROWSER)] {
         let mut head = Head::default();
