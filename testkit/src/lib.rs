@@ -69,7 +69,19 @@ impl Etcd {
             client_port: free_port(),
             peer_port: free_port(),
         };
-        etcd.spawn();
+        for attempt in 0.. {
+            match etcd.try_spawn() {
+                Ok(()) => break,
+                // Another process took a port between `free_port` and
+                // etcd's bind: new ports, and a data dir etcd never used.
+                Err(why) if attempt < 5 && why.contains("address already in use") => {
+                    let _ = std::fs::remove_dir_all(etcd.data.path().join("data"));
+                    etcd.client_port = free_port();
+                    etcd.peer_port = free_port();
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
         etcd
     }
 
@@ -104,6 +116,13 @@ impl Etcd {
     }
 
     fn spawn(&mut self) {
+        if let Err(why) = self.try_spawn() {
+            panic!("{why}");
+        }
+    }
+
+    /// Starts etcd and waits until it is healthy; why it did not.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let log_path = self.data.path().join("etcd.log");
         let log = File::options()
             .create(true)
@@ -138,20 +157,21 @@ impl Etcd {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
+                self.child = None;
+                return Err(format!(
                     "etcd exited at start ({status}); its log:\n{}",
                     std::fs::read_to_string(&log_path).unwrap_or_default()
-                );
+                ));
             }
             if self.healthy() {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
+        Err(format!(
             "etcd did not become healthy within {START_TIMEOUT:?}; its log:\n{}",
             std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
+        ))
     }
 
     /// Whether etcd answers `GET /health` with `"health":"true"`.
