@@ -713,6 +713,24 @@ async fn tear_down(record: &Record) -> Vec<String> {
             ));
         }
     }
+    // A process `orca up` started just before it was killed may be missing
+    // from the record: every orca or etcd process naming the state
+    // directory in its arguments is the cluster's.
+    let start = Instant::now();
+    loop {
+        let left = unrecorded(&plan.state);
+        // A zombie's arguments are gone, so it is not counted.
+        if left.is_empty() || start.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        for pid in left {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for i in 1..=plan.nodes {
         let config_path = plan.node_dir(i).join("kubelet.yaml");
         let netns = plan.node_netns(i);
@@ -748,6 +766,32 @@ async fn tear_down(record: &Record) -> Vec<String> {
         failed.push(format!("removing {}: {e}", plan.state.display()));
     }
     failed
+}
+
+/// The ids of the orca and etcd processes (not this one) whose arguments
+/// name `state`.
+fn unrecorded(state: &Path) -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let state = state.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name() != me.as_str())
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let program = Path::new(args.first()?).file_name()?.to_str()?.to_string();
+            let ours = matches!(program.as_str(), "orca" | "etcd" | "nsenter")
+                && args.iter().any(|a| a.contains(&state));
+            ours.then_some(pid)
+        })
+        .collect()
 }
 
 /// Unmounts every mount under `dir`, deepest first, so removing `dir`
