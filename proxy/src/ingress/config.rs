@@ -227,6 +227,8 @@ pub struct Retries {
     /// Retries allowed as a share of requests, in percent, so retries
     /// cannot multiply load on a failing upstream.
     pub budget_percent: u32,
+    /// The time over which the budget counts requests and retries.
+    pub budget_window: Duration,
 }
 
 impl Default for Retries {
@@ -235,6 +237,7 @@ impl Default for Retries {
             attempts: 1,
             on_status: Vec::new(),
             budget_percent: 20,
+            budget_window: Duration::from_secs(10),
         }
     }
 }

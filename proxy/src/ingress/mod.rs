@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod body;
 pub mod bridge;
+pub mod budget;
 pub mod cluster;
 pub mod config;
 pub mod h1;

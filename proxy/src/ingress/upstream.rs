@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::budget::RetryBudget;
 use super::config::{self, LbPolicy};
 use super::pool::{DEFAULT_MAX_IDLE_PER_ENDPOINT, Keep};
 
@@ -140,8 +141,7 @@ pub struct Upstream {
     /// Timeouts and policies.
     pub settings: Settings,
     next: AtomicUsize,
-    requests: AtomicU64,
-    retries: AtomicU64,
+    budget: RetryBudget,
 }
 
 impl Upstream {
@@ -181,14 +181,17 @@ impl Upstream {
         lb: LbPolicy,
         settings: Settings,
     ) -> Self {
+        let budget = RetryBudget::new(
+            settings.retries.budget_percent,
+            settings.retries.budget_window.get(),
+        );
         Self {
             name: name.into(),
             endpoints,
             lb,
             settings,
             next: AtomicUsize::new(0),
-            requests: AtomicU64::new(0),
-            retries: AtomicU64::new(0),
+            budget,
         }
     }
 
@@ -257,16 +260,14 @@ impl Upstream {
 
     /// Counts a request against the retry budget.
     pub fn count_request(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.budget.count_request(now_ms());
     }
 
     /// Takes a retry from the budget: retries may be at most
-    /// `budget_percent` of requests (with a floor of a few, so a quiet
-    /// upstream can still retry).
+    /// `budget_percent` of the requests of the last `budget_window` (with a
+    /// floor of a few, so a quiet upstream can still retry).
     pub fn take_retry(&self) -> bool {
-        let requests = self.requests.load(Ordering::Relaxed);
-        let allowed = 10 + requests * u64::from(self.settings.retries.budget_percent) / 100;
-        self.retries.fetch_add(1, Ordering::Relaxed) < allowed
+        self.budget.take_retry(now_ms())
     }
 }
 
@@ -319,15 +320,5 @@ mod tests {
         );
         u.endpoints[1].set_healthy(false);
         assert!(u.choose(0, &[]).is_none());
-    }
-
-    #[test]
-    fn retry_budget_is_bounded() {
-        let u = Upstream::new("u", addrs(1), LbPolicy::RoundRobin);
-        for _ in 0..100 {
-            u.count_request();
-        }
-        let granted = (0..100).filter(|_| u.take_retry()).count();
-        assert_eq!(granted, 10 + 20);
     }
 }
