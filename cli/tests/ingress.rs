@@ -2577,6 +2577,109 @@ fn a_request_whose_connection_failed_goes_to_another_endpoint_body_and_all() {
     assert!(metric(&proxy, "orca_ingress_retries_total") >= 18.0);
 }
 
+/// An upstream that closes its keep-alive connections as servers do when
+/// their idle timeout fires: after answering the first request of each
+/// (`on_second: false`: at once, the close reaching the proxy before its
+/// next request), or when the second request arrives, unanswered
+/// (`on_second: true`: the close crossing the request on the wire). It
+/// reports each close once made.
+fn closing_upstream(on_second: bool) -> (SocketAddr, std::sync::mpsc::Receiver<()>) {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed, closes) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let closed = closed.clone();
+            thread::spawn(move || {
+                let mut buf = Vec::new();
+                let Some((_, headers)) = read_head(&mut stream, &mut buf) else {
+                    return;
+                };
+                let n = headers
+                    .get("content-length")
+                    .map_or(0, |v| v.parse().unwrap());
+                let body = read_exact_from(&mut stream, &mut buf, n).unwrap_or_default();
+                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+                let _ = stream.write_all(answer.as_bytes());
+                let _ = stream.write_all(&body);
+                if on_second {
+                    let _ = stream.read(&mut [0u8; 1]);
+                }
+                drop(stream);
+                let _ = closed.send(());
+            });
+        }
+    });
+    (addr, closes)
+}
+
+#[test]
+fn a_post_never_meets_a_pooled_connection_the_upstream_closed() {
+    let (early, early_closes) = closing_upstream(false);
+    let (racing, racing_closes) = closing_upstream(true);
+    let strict = "outlier: {consecutive_failures: 1}, retries: {attempts: 0}";
+    let proxy = Proxy::start(&upstream_per_host(
+        &[("early", &[early], strict), ("racing", &[racing], strict)],
+        "",
+    ));
+    let post = |host: &str| {
+        format!("POST /p HTTP/1.1\r\nHost: {host}.test\r\nContent-Length: 5\r\n\r\nhello")
+    };
+    let get = |host: &str| format!("GET /g HTTP/1.1\r\nHost: {host}.test\r\n\r\n");
+    // Closed after the GET, before the POST: the pooled connection is seen
+    // to be closed and the POST goes on a new one.
+    let mut client = connect(proxy.http);
+    let mut buf = Vec::new();
+    client.write_all(get("early").as_bytes()).unwrap();
+    assert_eq!(read_response(&mut client, &mut buf).unwrap().status, 200);
+    early_closes.recv().unwrap();
+    client.write_all(post("early").as_bytes()).unwrap();
+    let r = read_response(&mut client, &mut buf).unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "hello"));
+
+    // The close crossing the request: a GET goes again on a new connection;
+    // a POST cannot (the upstream may have taken it), so it fails, but the
+    // endpoint is not blamed: one failure would eject it.
+    for (request, status) in [(get("racing"), 200), (post("racing"), 502)] {
+        let mut client = connect(proxy.http);
+        let mut buf = Vec::new();
+        client.write_all(get("racing").as_bytes()).unwrap();
+        assert_eq!(read_response(&mut client, &mut buf).unwrap().status, 200);
+        client.write_all(request.as_bytes()).unwrap();
+        let r = read_response(&mut client, &mut buf).unwrap();
+        assert_eq!(r.status, status, "{request:?}");
+        racing_closes.recv().unwrap();
+    }
+    // The same for an HTTP/2 client's requests, on one connection.
+    runtime().block_on(async {
+        use http_body_util::Full;
+        use hyper::body::Bytes;
+        let mut send = h2c::<Full<Bytes>>(proxy.http).await;
+        for (method, body, status) in [("GET", "", 200), ("POST", "hello", 502)] {
+            for (method, body, status) in [("GET", "", 200), (method, body, status)] {
+                let req = hyper::Request::builder()
+                    .method(method)
+                    .uri("http://racing.test/h2")
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap();
+                let resp = send.send_request(req).await.unwrap();
+                assert_eq!(resp.status(), status, "HTTP/2 {method}");
+            }
+            racing_closes.recv().unwrap();
+        }
+    });
+    assert_eq!(get_status(proxy.http, "racing.test"), 200, "not ejected");
+    assert_eq!(metric(&proxy, "orca_ingress_upstream_failures_total{"), 2.0);
+    let stale =
+        "orca_ingress_upstream_failures_total{upstream=\"racing\",kind=\"stale_connection\"}";
+    assert_eq!(metric(&proxy, stale), 2.0);
+}
+
+fn get_status(addr: SocketAddr, host: &str) -> u16 {
+    get(addr, host, "/").status
+}
+
 /// Debian's nginx, serving on loopback from a directory of its own,
 /// killed on drop. `locations` is the body of its one `server` block;
 /// the echo module (Debian's nginx-light brings it) is loaded, so a

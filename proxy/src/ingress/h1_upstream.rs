@@ -68,8 +68,8 @@ pub(super) async fn send(
     let bodiless = body.is_end_stream();
     // A pooled connection the upstream closed meanwhile fails at once,
     // before any answer: then a request without a body may go again on a
-    // new connection.
-    let stale = if exchange.reused && bodiless {
+    // new connection, and none is the endpoint's fault.
+    let stale = if exchange.reused {
         Failure::Stale
     } else {
         Failure::Protocol

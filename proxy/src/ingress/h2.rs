@@ -869,7 +869,7 @@ pub(super) async fn send_with_retries(
         // the whole of opening it is held to the connect timeout.
         let opened = tokio::time::timeout(
             upstream.settings.connect_timeout,
-            open(worker, upstream, addr, pooled),
+            open(worker, upstream, addr, pooled, replayable),
         )
         .await
         .unwrap_or(Err(Failure::Connect { timed_out: true }));
@@ -910,6 +910,12 @@ pub(super) async fn send_with_retries(
                 (pooled, fresh_retry_used) = (false, true);
                 continue;
             }
+            // One that cannot go again fails, but the endpoint is not to
+            // blame: it closed an idle connection as the request went out.
+            Err(Failure::Stale) if !replayable => {
+                fail(worker, upstream, "stale_connection");
+                return Err((Failure::Protocol, Some(addr)));
+            }
             Err(Failure::Timeout) => {
                 upstream.record(flight.endpoint(), false);
                 fail(worker, upstream, "timeout");
@@ -949,6 +955,7 @@ async fn open(
     upstream: &Upstream,
     addr: SocketAddr,
     pooled: bool,
+    replayable: bool,
 ) -> Result<Conn, Failure> {
     // Making a connection is boxed: it is rare, and its state would
     // otherwise make every request's task larger.
@@ -968,7 +975,10 @@ async fn open(
             sender.ready().await.map_err(|_| Failure::Protocol)?;
             Ok(Conn::H2(sender))
         }
-        UpstreamProtocol::Http1 => match pooled.then(|| worker.pool.take(addr)).flatten() {
+        UpstreamProtocol::Http1 => match pooled
+            .then(|| worker.pool.take_for(addr, replayable))
+            .flatten()
+        {
             Some(stream) => Ok(Conn::H1 {
                 stream,
                 reused: true,

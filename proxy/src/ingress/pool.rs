@@ -20,6 +20,14 @@ use tokio::net::TcpStream;
 /// connections all stay for the next one (see the module documentation).
 pub const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 4096;
 
+/// How long a connection may have been idle and still carry a request that
+/// cannot be sent again (a POST, a body streamed through). Servers close
+/// idle keep-alive connections after a timeout (gunicorn's is 2 s, Node's
+/// and Apache's 5 s, nginx's 75 s); a request sent as the close is on its
+/// way is lost, and only one that may be replayed can then be retried. Below
+/// a second the race is not worth a new connection.
+pub const UNSAFE_REUSE_MAX_IDLE: Duration = Duration::from_secs(1);
+
 /// How long, and how many of, an upstream's idle connections are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keep {
@@ -39,13 +47,19 @@ impl Reusable for TcpStream {
     fn usable(&self) -> bool {
         // A closed or chattering connection reads something (0 bytes or
         // unsolicited data) without blocking; a healthy idle one blocks.
-        let mut probe = [0u8; 1];
-        matches!(self.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        // Asked of the socket itself: the runtime's readiness may not have
+        // seen a close that arrived while the worker was busy.
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit()];
+        matches!(
+            socket2::SockRef::from(self).peek(&mut probe),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        )
     }
 }
 
 struct Idle<C> {
     conn: C,
+    since: Instant,
     expires: Instant,
 }
 
@@ -65,12 +79,23 @@ impl<C> Default for Pool<C> {
 impl<C: Reusable> Pool<C> {
     /// An idle connection to `addr` that is still usable and has not
     /// outlived its idle timeout, most recently used first (its peer is
-    /// least likely to have timed it out).
-    pub fn take(&self, addr: SocketAddr) -> Option<C> {
+    /// least likely to have timed it out), for a request that may be sent
+    /// again when `replayable`. One that cannot takes only a connection idle
+    /// for less than [`UNSAFE_REUSE_MAX_IDLE`], which no common server's
+    /// keep-alive timeout closes, so it does not meet a close already on
+    /// its way.
+    pub fn take_for(&self, addr: SocketAddr, replayable: bool) -> Option<C> {
+        let max_idle = (!replayable).then_some(UNSAFE_REUSE_MAX_IDLE);
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
-        while let Some(entry) = list.pop() {
+        while let Some(entry) = list.last() {
+            // The most recently used comes first, so once one is too old
+            // for this request, the rest are too.
+            if max_idle.is_some_and(|max| now.saturating_duration_since(entry.since) >= max) {
+                return None;
+            }
+            let entry = list.pop()?;
             if entry.expires > now && entry.conn.usable() {
                 return Some(entry.conn);
             }
@@ -85,9 +110,11 @@ impl<C: Reusable> Pool<C> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr).or_default();
         if list.len() < keep.max_idle {
+            let since = Instant::now();
             list.push(Idle {
                 conn,
-                expires: Instant::now() + keep.idle_timeout,
+                since,
+                expires: since + keep.idle_timeout,
             });
         }
     }
@@ -136,20 +163,40 @@ mod tests {
         let a = TcpStream::connect(addr).await.unwrap();
         let (server_a, _) = listener.accept().await.unwrap();
         pool.put(addr, a, keep(MINUTE));
-        assert!(pool.take(addr).is_some());
-        assert!(pool.take(addr).is_none(), "taken once");
+        assert!(pool.take_for(addr, true).is_some());
+        assert!(pool.take_for(addr, true).is_none(), "taken once");
 
         let b = TcpStream::connect(addr).await.unwrap();
         let (server_b, _) = listener.accept().await.unwrap();
         pool.put(addr, b, keep(MINUTE));
         drop(server_b);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(pool.take(addr).is_none(), "peer closed it");
+        // Asked of the socket: no turn of the runtime is needed to see it.
+        assert!(pool.take_for(addr, true).is_none(), "peer closed it");
 
         let c = TcpStream::connect(addr).await.unwrap();
         pool.put(addr, c, keep(Duration::ZERO));
-        assert!(pool.take(addr).is_none(), "too old");
+        assert!(pool.take_for(addr, true).is_none(), "too old");
         drop(server_a);
+    }
+
+    #[tokio::test]
+    async fn requests_that_cannot_be_replayed_take_only_young_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = Pool::default();
+        let conn = TcpStream::connect(addr).await.unwrap();
+        let _server = listener.accept().await.unwrap();
+        pool.put(addr, conn, keep(MINUTE));
+        assert!(pool.take_for(addr, false).is_some(), "just used");
+        let conn = TcpStream::connect(addr).await.unwrap();
+        let _server = listener.accept().await.unwrap();
+        pool.put(addr, conn, keep(MINUTE));
+        pool.idle.borrow_mut().get_mut(&addr).unwrap()[0].since -= UNSAFE_REUSE_MAX_IDLE;
+        assert!(pool.take_for(addr, false).is_none(), "idle a second");
+        assert!(
+            pool.take_for(addr, true).is_some(),
+            "fine for a replayable one"
+        );
     }
 
     /// Reads from each accepted connection until its peer closes it, and
@@ -223,6 +270,6 @@ mod tests {
         pool.expire();
         assert_eq!(pool.len(), 1);
         until_open(&open, 1).await;
-        assert!(pool.take(addr).is_some(), "the young one is kept");
+        assert!(pool.take_for(addr, true).is_some(), "the young one is kept");
     }
 }

@@ -863,15 +863,19 @@ struct Attempt {
     addr: SocketAddr,
 }
 
-/// A connection to `addr`: a pooled one when `pooled` and one is idle,
-/// else a new one.
+/// A connection to `addr`: a pooled one when `pooled` and one fit for the
+/// request is idle (see [`Pool::take_for`]), else a new one.
 async fn connect(
     worker: &Worker,
     upstream: &Upstream,
     addr: SocketAddr,
     pooled: bool,
+    replayable: bool,
 ) -> Result<Attempt, Failure> {
-    if let Some(stream) = pooled.then(|| worker.pool.take(addr)).flatten() {
+    if let Some(stream) = pooled
+        .then(|| worker.pool.take_for(addr, replayable))
+        .flatten()
+    {
         return Ok(Attempt {
             stream,
             reused: true,
@@ -963,7 +967,7 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
     let (mut pooled, mut fresh_retry_used) = (true, false);
     let failure = loop {
         let addr = flight.endpoint().addr;
-        let attempt = match connect(worker, &upstream, addr, pooled).await {
+        let attempt = match connect(worker, &upstream, addr, pooled, replayable).await {
             Ok(a) => a,
             Err(failure) => {
                 upstream.record(flight.endpoint(), false);
@@ -1005,8 +1009,30 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
             }
             // A pooled connection the upstream had already closed is no
             // fault of the endpoint: try it once more on a new connection.
-            Err(ExchangeError::Retry { reused: true }) if !fresh_retry_used => {
+            Err(ExchangeError::Retry { reused: true } | ExchangeError::Unsent { reused: true })
+                if !fresh_retry_used =>
+            {
                 (pooled, fresh_retry_used) = (false, true);
+            }
+            Err(ExchangeError::Unsent { .. }) => {
+                upstream.record(flight.endpoint(), false);
+                match attempts.retry_unsent(addr) {
+                    Some(next) => (flight, pooled) = (next, true),
+                    None => break Failure::Upstream("upstream failed before answering"),
+                }
+            }
+            Err(ExchangeError::Stale) => {
+                fail(worker, &upstream, "stale_connection");
+                return failure_response(
+                    client,
+                    cbuf,
+                    head,
+                    out,
+                    Failure::Upstream("pooled connection closed before answering"),
+                    Some(upstream.name.clone()),
+                    Some(addr),
+                )
+                .await;
             }
             Err(ExchangeError::Retry { .. }) => {
                 upstream.record(flight.endpoint(), false);
@@ -1101,6 +1127,13 @@ async fn failure_response<S: AsyncRead + AsyncWrite + Unpin>(
 enum ExchangeError {
     /// Nothing reached the client and the request may be sent again.
     Retry { reused: bool },
+    /// Not a byte of the request reached the upstream: it may go again
+    /// whatever its method.
+    Unsent { reused: bool },
+    /// A pooled connection closed before any answer to a request that
+    /// cannot be sent again: the upstream closed it as the request went
+    /// out, most likely, which is no fault of the endpoint.
+    Stale,
     /// The answer's status is retried: send the request to this endpoint.
     Status(InFlight),
     /// Give up with this failure.
@@ -1144,8 +1177,14 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         out.extend_from_slice(&buffered[..trailers.start]);
         sent = &buffered[trailers.end..take];
     }
-    if let Err(_e) = write_head_and_body(upstream_stream, out, sent).await {
-        return Err(if replayable {
+    if let Err(failed) = write_head_and_body(upstream_stream, out, sent).await {
+        return Err(if !failed.sent_any {
+            // The upstream has none of it: whatever the request, it may go
+            // again, its body still in the buffer.
+            ExchangeError::Unsent {
+                reused: attempt.reused,
+            }
+        } else if replayable {
             retry
         } else {
             ExchangeError::Fatal(Failure::Upstream("write failed"))
@@ -1233,6 +1272,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         match tokio::time::timeout_at(deadline, ubuf.read_from(upstream_stream, max_head)).await {
             Err(_) => return Err(ExchangeError::Fatal(Failure::Timeout)),
             Ok(Ok(0)) | Ok(Err(_)) if ubuf.is_empty() && replayable => return Err(retry),
+            Ok(Ok(0)) | Ok(Err(_)) if ubuf.is_empty() && attempt.reused && !body_cut => {
+                return Err(ExchangeError::Stale);
+            }
             Ok(Ok(0)) | Ok(Err(_)) if body_cut => {
                 return Err(ExchangeError::Fatal(Failure::Upstream(
                     "upstream closed during the request body",
@@ -1484,19 +1526,32 @@ async fn write_head_and_body<W: AsyncWrite + Unpin>(
     dst: &mut W,
     head: &mut Vec<u8>,
     body: &[u8],
-) -> io::Result<()> {
+) -> Result<(), WriteFailed> {
+    let mut sent_any = false;
+    let failed = |sent_any| move |_| WriteFailed { sent_any };
     if body.len() <= COPIED_BODY_MAX {
         head.extend_from_slice(body);
-        return dst.write_all(head).await;
+        let mut rest = &head[..];
+        while !rest.is_empty() {
+            let n = dst.write(rest).await.map_err(failed(sent_any))?;
+            if n == 0 {
+                return Err(WriteFailed { sent_any });
+            }
+            sent_any = true;
+            rest = &rest[n..];
+        }
+        return Ok(());
     }
     let (mut head, mut body) = (&head[..], body);
     while !head.is_empty() {
         let n = dst
             .write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(body)])
-            .await?;
+            .await
+            .map_err(failed(sent_any))?;
         if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+            return Err(WriteFailed { sent_any });
         }
+        sent_any = true;
         if n < head.len() {
             head = &head[n..];
         } else {
@@ -1504,7 +1559,13 @@ async fn write_head_and_body<W: AsyncWrite + Unpin>(
             head = &[];
         }
     }
-    dst.write_all(body).await
+    dst.write_all(body).await.map_err(failed(true))
+}
+
+/// A write of a head and body that failed.
+struct WriteFailed {
+    /// Whether any byte had gone out before it failed.
+    sent_any: bool,
 }
 
 /// Which side of a copy failed.
@@ -1649,9 +1710,10 @@ mod tests {
                     writes: 0,
                     vectored,
                 };
-                write_head_and_body(&mut dst, &mut head, body)
-                    .await
-                    .expect("writes");
+                assert!(
+                    write_head_and_body(&mut dst, &mut head, body).await.is_ok(),
+                    "writes"
+                );
                 assert!(
                     dst.out == expected,
                     "{} bytes, max {max}, vectored {vectored}",
