@@ -161,6 +161,11 @@ impl Backend {
                 reply(&mut stream, 200, b"slow")
             } else if path == "/echo" {
                 reply(&mut stream, 200, &body)
+            } else if path == "/stall" {
+                // Half the body, then nothing until the proxy gives up.
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello");
+                let _ = stream.read(&mut [0u8; 1]);
+                false
             } else if path == "/chunked" {
                 stream
                     .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
@@ -266,6 +271,12 @@ impl H2cBackend {
         use http_body_util::{BodyExt, Full, StreamBody};
         use hyper::body::{Bytes, Frame};
         let path = req.uri().path().to_string();
+        if path == "/stall" {
+            // Some data, then nothing until the proxy resets the stream.
+            let data = futures::stream::iter([Ok(Frame::data(Bytes::from("hello")))]);
+            let body = StreamBody::new(futures::StreamExt::chain(data, futures::stream::pending()));
+            return Ok(hyper::Response::new(body.boxed()));
+        }
         if path == "/stream" {
             let mut trailers = hyper::HeaderMap::new();
             trailers.insert("x-checksum", "1".parse().unwrap());
@@ -2678,6 +2689,67 @@ fn a_post_never_meets_a_pooled_connection_the_upstream_closed() {
 
 fn get_status(addr: SocketAddr, host: &str) -> u16 {
     get(addr, host, "/").status
+}
+
+#[test]
+fn quiet_upstreams_and_clients_taking_nothing_are_cut_off_in_either_version() {
+    let (h1, h2) = (Backend::start("h1"), H2cBackend::start("h2"));
+    let proxy = Proxy::start(&upstream_per_host(
+        &[("h1", &[h1.addr], ""), ("h2", &[h2.addr], "protocol: h2c")],
+        "limits: {body_read_timeout: 1s, send_timeout: 1s, h2_ping_interval: 1s, \
+         header_read_timeout: 60s}\n",
+    ));
+    runtime().block_on(async {
+        use http_body_util::{BodyExt, Empty, Full};
+        use hyper::body::Bytes;
+        // An upstream quiet mid-body: the HTTP/2 stream is reset.
+        for host in ["h1", "h2"] {
+            let mut send = h2c::<Empty<Bytes>>(proxy.http).await;
+            let req = hyper::Request::get(format!("http://{host}.test/stall"))
+                .body(Empty::new())
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert!(resp.into_body().collect().await.is_err(), "{host}: cut off");
+        }
+        // A client that takes none of a large answer: the connection is
+        // closed, and with it the upstream connection it held.
+        let mut send = h2c::<Full<Bytes>>(proxy.http).await;
+        let req = hyper::Request::post("http://h1.test/echo")
+            .body(Full::new(Bytes::from(vec![b'x'; 6 << 20])))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while h1.open.load(Ordering::SeqCst) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the upstream connection is held: {} open of {} accepted",
+                h1.open.load(Ordering::SeqCst),
+                h1.accepted.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(resp.into_body().collect().await.is_err(), "closed");
+    });
+    // An HTTP/1.1 client of a quiet h2c upstream: the connection closes
+    // before the body's end.
+    let r = raw(proxy.http, "GET /stall HTTP/1.1\r\nHost: h2.test\r\n\r\n");
+    assert!(r.is_none(), "an unfinished body ends with the connection");
+    // An HTTP/2 client that answers no ping is closed, stream or none.
+    let mut client = connect(proxy.http);
+    client
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let mut seen = Vec::new();
+    client.read_to_end(&mut seen).unwrap();
+    let mut frames = Vec::new();
+    while seen.len() >= 9 {
+        let len = usize::from(seen[0]) << 16 | usize::from(seen[1]) << 8 | usize::from(seen[2]);
+        frames.push(seen[3]);
+        seen.drain(..(9 + len).min(seen.len()));
+    }
+    assert!(frames.contains(&6), "pinged before the close: {frames:?}");
 }
 
 /// Debian's nginx, serving on loopback from a directory of its own,

@@ -175,9 +175,8 @@ pub(super) async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
                 client,
                 out,
                 response,
-                head.version,
-                info.is_head,
-                keep_alive,
+                (head.version, info.is_head, keep_alive),
+                limits,
             )
             .await;
             done.upstream = name;
@@ -286,15 +285,18 @@ async fn answer<S: AsyncWrite + Unpin>(
     }
 }
 
-/// Writes an HTTP/2 response to an HTTP/1.`version` client.
+/// Writes an HTTP/2 response to an HTTP/1.`version` client, for a HEAD
+/// request when `is_head`, keeping the connection when `keep_alive`
+/// allows. An upstream quiet for the body read timeout, or a client taking
+/// nothing for the send timeout, ends it and the connection.
 async fn respond<S: AsyncWrite + Unpin>(
     client: &mut S,
     out: &mut Vec<u8>,
     response: Response<FromUpstream>,
-    version: u8,
-    is_head: bool,
-    keep_alive: bool,
+    (version, is_head, keep_alive): (u8, bool, bool),
+    limits: &Limits,
 ) -> Done {
+    let (read_timeout, send_timeout) = (limits.body_read_timeout.get(), limits.send_timeout.get());
     let (parts, mut body) = response.into_parts();
     let status = parts.status.as_u16();
     let mut headers = parts.headers;
@@ -340,7 +342,15 @@ async fn respond<S: AsyncWrite + Unpin>(
     if no_body {
         return done;
     }
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = match tokio::time::timeout(read_timeout, body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => {
+                done.keep_alive = false;
+                return done;
+            }
+        };
         let Ok(frame) = frame else {
             // Headers are out: the client can only learn of the failure by
             // the connection closing early.
@@ -360,11 +370,11 @@ async fn respond<S: AsyncWrite + Unpin>(
             let _ = write!(out, "{:x}\r\n", data.len());
             out.extend_from_slice(&data);
             out.extend_from_slice(b"\r\n");
-            client.write_all(out).await
+            tokio::time::timeout(send_timeout, client.write_all(out)).await
         } else {
-            client.write_all(&data).await
+            tokio::time::timeout(send_timeout, client.write_all(&data)).await
         };
-        if written.is_err() {
+        if !matches!(written, Ok(Ok(()))) {
             return Done {
                 status: 499,
                 keep_alive: false,

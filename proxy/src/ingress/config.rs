@@ -323,6 +323,9 @@ pub struct Limits {
     /// connection, each holding an upstream request; nginx's
     /// `http2_max_concurrent_streams`.
     pub h2_max_concurrent_streams: u32,
+    /// How often an HTTP/2 connection, a client's or an h2c upstream's, is
+    /// pinged; unanswered within as long again, it is closed (0s: never).
+    pub h2_ping_interval: Duration,
 }
 
 impl Default for Limits {
@@ -338,6 +341,7 @@ impl Default for Limits {
             send_timeout: Duration::from_secs(60),
             tunnel_idle_timeout: Duration::from_secs(60),
             h2_max_concurrent_streams: 128,
+            h2_ping_interval: Duration::from_secs(30),
         }
     }
 }

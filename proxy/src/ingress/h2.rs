@@ -54,7 +54,7 @@ where
 }
 
 /// A response body: the upstream's, or the proxy's own.
-type Body = Either<FromUpstream, Full<Bytes>>;
+type Body = Either<Stalls<FromUpstream>, Full<Bytes>>;
 
 /// A request body sent upstream: an HTTP/2 client's as it arrives, or one
 /// read from an HTTP/1.1 client (empty for a retry's copy).
@@ -147,6 +147,9 @@ impl Meter for Allowance {
 pub(super) trait Meter {
     /// Counts `len` bytes of data; `false` cuts the body off there.
     fn data(&mut self, len: u64) -> bool;
+
+    /// The body's reader asks for its next frame.
+    fn polled(&mut self) {}
 }
 
 /// A body whose DATA frames pass through a meter on their way.
@@ -173,6 +176,7 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.meter.polled();
         let polled = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         if let Some(Ok(frame)) = &polled
             && let Some(data) = frame.data_ref()
@@ -368,16 +372,20 @@ where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let drain = worker.clone();
-    let (first_stream, keepalive, max_streams) = {
+    let (first_stream, keepalive, max_streams, send_timeout, ping) = {
         let limits = worker.shared.limits.load();
         (
             limits.header_read_timeout.get(),
             limits.keepalive_timeout.get(),
             limits.h2_max_concurrent_streams,
+            limits.send_timeout.get(),
+            limits.h2_ping_interval.get(),
         )
     };
     let streams = Rc::new(Streams {
         open: Cell::new(0),
+        waiting: Cell::new(0),
+        progress: Cell::new(tokio::time::Instant::now()),
         served: Cell::new(false),
         since: Cell::new(tokio::time::Instant::now()),
         quiet: tokio::sync::Notify::new(),
@@ -392,11 +400,21 @@ where
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(max_streams);
+    // Pings find a peer that vanished without a word while its streams wait
+    // on it; unanswered for as long again, the connection closes.
+    if !ping.is_zero() {
+        builder.keep_alive_interval(ping).keep_alive_timeout(ping);
+    }
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     // A client must open its first stream within the header timeout (which
     // bounds the handshake too), and another within the keep-alive timeout
-    // of its streams all ending, as nginx's keepalive_timeout does.
+    // of its streams all ending, as nginx's keepalive_timeout does. A client
+    // that takes none of the response data waiting for it for the send
+    // timeout is cut off, as nginx's send_timeout cuts it off: its streams
+    // hold upstream connections. Checked every send timeout, so a stall is
+    // found within two.
+    let mut check = tokio::time::Instant::now() + send_timeout;
     loop {
         let idle = if streams.served.get() {
             keepalive
@@ -407,6 +425,18 @@ where
             _ = conn.as_mut() => return,
             () = drain.drained() => break,
             () = streams.quiet.notified(), if streams.open.get() > 0 => {}
+            // Always armed: a stream may open while the loop waits.
+            () = tokio::time::sleep_until(check) => {
+                let now = tokio::time::Instant::now();
+                check = now + send_timeout;
+                if streams.waiting.get() > 0 {
+                    let stalled = streams.progress.get() + send_timeout;
+                    if stalled <= now {
+                        return;
+                    }
+                    check = stalled;
+                }
+            }
             () = tokio::time::sleep_until(streams.since.get() + idle), if streams.open.get() == 0 => {
                 if streams.open.get() == 0
                     && streams.since.get() + idle <= tokio::time::Instant::now()
@@ -420,9 +450,15 @@ where
     let _ = conn.await;
 }
 
-/// The streams open on one HTTP/2 client connection, for its idle timeout.
+/// The streams open on one HTTP/2 client connection, for its idle and send
+/// timeouts.
 struct Streams {
     open: Cell<usize>,
+    /// Streams whose last frame of response data the client has not taken
+    /// yet (it waits for flow-control window or the socket).
+    waiting: Cell<usize>,
+    /// When the client last took response data, or was handed some.
+    progress: Cell<tokio::time::Instant>,
     /// Whether any stream was opened yet.
     served: Cell<bool>,
     /// When the last stream ended (or the connection began).
@@ -433,19 +469,46 @@ struct Streams {
 
 /// One open stream: counted from its request until its response body is
 /// done with.
-struct OpenStream(Rc<Streams>);
+struct OpenStream {
+    streams: Rc<Streams>,
+    /// Whether the client has yet to take the frame handed over last.
+    waiting: bool,
+}
 
 impl OpenStream {
     fn new(streams: &Rc<Streams>) -> Self {
         streams.open.set(streams.open.get() + 1);
         streams.served.set(true);
-        Self(streams.clone())
+        Self {
+            streams: streams.clone(),
+            waiting: false,
+        }
+    }
+
+    /// A frame of response data was handed to the connection.
+    fn handed_over(&mut self) {
+        let streams = &self.streams;
+        if !self.waiting {
+            self.waiting = true;
+            streams.waiting.set(streams.waiting.get() + 1);
+        }
+        streams.progress.set(tokio::time::Instant::now());
+    }
+
+    /// The connection asks for the next frame: the last one was taken.
+    fn taken(&mut self) {
+        if std::mem::take(&mut self.waiting) {
+            let streams = &self.streams;
+            streams.waiting.set(streams.waiting.get() - 1);
+            streams.progress.set(tokio::time::Instant::now());
+        }
     }
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        let streams = &self.0;
+        self.taken();
+        let streams = &self.streams;
         streams.open.set(streams.open.get() - 1);
         if streams.open.get() == 0 {
             streams.since.set(tokio::time::Instant::now());
@@ -595,7 +658,12 @@ type Logged = Metered<Body, Finish>;
 impl Meter for Finish {
     fn data(&mut self, len: u64) -> bool {
         self.bytes += len;
+        self._stream.handed_over();
         true
+    }
+
+    fn polled(&mut self) {
+        self._stream.taken();
     }
 }
 
@@ -780,7 +848,17 @@ async fn respond(
         Ok((mut response, addr)) => {
             finish.endpoint = Some(addr);
             strip_hop_by_hop(response.headers_mut());
-            response.map(Either::Left)
+            // An upstream that goes quiet mid-body is cut off as HTTP/1.1
+            // cuts it off: the stream is reset.
+            response.map(|inner| {
+                Either::Left(Stalls {
+                    inner,
+                    timeout: body_timeout,
+                    timer: None,
+                    rearm: false,
+                    stalled: Rc::default(),
+                })
+            })
         }
         Err((failure, addr)) => {
             finish.endpoint = addr;
@@ -998,8 +1076,15 @@ async fn handshake_h2c(
     addr: SocketAddr,
 ) -> Result<hyper::client::conn::http2::SendRequest<UpstreamBody>, Failure> {
     let stream = connect(upstream, addr).await?;
-    let (sender, conn) = hyper::client::conn::http2::Builder::new(LocalExec)
-        .timer(TokioTimer::new())
+    let ping = worker.shared.limits.load().h2_ping_interval.get();
+    let mut builder = hyper::client::conn::http2::Builder::new(LocalExec);
+    builder.timer(TokioTimer::new());
+    // An endpoint that vanished (its host gone, no reset) fails its
+    // requests within two ping intervals instead of their whole timeout.
+    if !ping.is_zero() {
+        builder.keep_alive_interval(ping).keep_alive_timeout(ping);
+    }
+    let (sender, conn) = builder
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|_| Failure::Protocol)?;
