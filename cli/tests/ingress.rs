@@ -2213,6 +2213,44 @@ spec:
         thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(served_pem(tls, "b.example.com"), pem(&b_cert));
+
+    // A newer Ingress in another namespace can neither take a.example.com's
+    // certificate over with one of its own, nor have its certificate for
+    // t.example.com served for a name it does not cover.
+    let thief = dir.path().join("thief");
+    std::fs::create_dir(&thief).unwrap();
+    let (t_cert, t_key) = openssl_cert(&thief, "t.example.com");
+    let (ta_cert, ta_key) = openssl_cert(&thief, "a.example.com");
+    let in_other = |yaml: String| yaml.replace("metadata:\n", "metadata:\n  namespace: other\n");
+    apply(
+        &etcd,
+        &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: other\n---\n{}---\n{}---\n{}",
+            in_other(tls_secret("t-tls", &t_cert, &t_key)),
+            in_other(tls_secret("ta-tls", &ta_cert, &ta_key)),
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: thief\n  namespace: other\nspec:\n  ingressClassName: orca\n  tls:\n    - hosts: [t.example.com, d.example.com]\n      secretName: t-tls\n    - hosts: [a.example.com]\n      secretName: ta-tls\n  rules:\n"
+                .to_string()
+                + &rule("t.example.com"),
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while served_pem(tls, "t.example.com") != pem(&t_cert) {
+        assert!(
+            Instant::now() < deadline,
+            "the new Ingress's certificate is served"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        served_pem(tls, "a.example.com"),
+        pem(&c_cert),
+        "the oldest keeps it"
+    );
+    assert_ne!(
+        served_pem(tls, "d.example.com"),
+        pem(&t_cert),
+        "not its name"
+    );
 }
 
 /// A configuration with a plain listener, the admin server, `extra`

@@ -2,7 +2,15 @@
 //! `orca`), their Services and ready EndpointSlice endpoints, and TLS
 //! certificates from `kubernetes.io/tls` Secrets, all followed through the
 //! core watch pipeline. Every change rebuilds the route table in the
-//! background and swaps it in whole; open connections are untouched.
+//! background and swaps it in whole; open connections are untouched. A
+//! Secret's certificate is parsed once per version of it, and the TLS
+//! listeners share one set, replaced only when a TLS section or Secret
+//! changed.
+//!
+//! Conflicts go to the oldest Ingress, for routes and certificates alike,
+//! and an Ingress's certificate is served only for the hosts it covers: an
+//! Ingress in another namespace cannot take a host name over, nor get a
+//! certificate served for a name it was not issued for.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -19,7 +27,7 @@ use tokio::sync::Notify;
 use super::config::{LbPolicy, PathType};
 use super::proxy::Shared;
 use super::routes::{Route, RouteTable};
-use super::tls::{Certificates, Resolver};
+use super::tls::{Certificates, Parsed, Resolver};
 use super::upstream::{Endpoint, Settings, Upstream};
 
 /// The ingress class this proxy serves.
@@ -91,13 +99,19 @@ pub async fn run(
         caches.slices.wait_until_synced().await;
         caches.secrets.wait_until_synced().await;
         let mut registry = Registry::new();
+        let mut parsed = ParsedCerts::new();
+        let mut served: Option<Vec<TlsEntry>> = None;
         loop {
             let started = Instant::now();
-            let (table, certs) = build(&caches, &mut registry);
+            let (table, tls) = build(&caches, &mut registry);
             let routes = table.len();
             shared.routes.store(Arc::new(table));
-            for r in &resolvers {
-                r.replace(certs.clone_set());
+            if served.as_ref() != Some(&tls) {
+                let certs = Arc::new(certificates(&caches, &tls, &mut parsed));
+                for r in &resolvers {
+                    r.replace_shared(certs.clone());
+                }
+                served = Some(tls);
             }
             listed.store(true, Ordering::Relaxed);
             tracing::debug!(routes, took = ?started.elapsed(), "routes rebuilt from the cluster");
@@ -216,27 +230,56 @@ impl std::fmt::Display for ServicePortRef {
     }
 }
 
-/// The certificates of every TLS section of our Ingresses.
-pub struct ClusterCerts {
-    entries: Vec<(Vec<String>, Vec<u8>, Vec<u8>)>,
+/// One TLS section of one of our Ingresses, oldest Ingress first: its
+/// hosts, and the version of the Secret it names.
+#[derive(Debug, Clone, PartialEq)]
+struct TlsEntry {
+    ingress: String,
+    hosts: Vec<String>,
+    secret: watch::ObjectKey,
+    version: Option<String>,
 }
 
-impl ClusterCerts {
-    /// A certificate set for the resolvers; entries that fail to load are
-    /// logged and skipped, so one bad Secret cannot take TLS down.
-    fn clone_set(&self) -> Certificates {
-        let mut certs = Certificates::default();
-        for (hosts, cert, key) in &self.entries {
-            if let Err(e) = certs.add_pem(cert, key, hosts) {
-                tracing::warn!(hosts = ?hosts, error = %e, "TLS secret skipped");
+/// Certificates parsed from Secrets, by Secret and version; `None` for one
+/// that failed (logged once).
+type ParsedCerts = HashMap<(watch::ObjectKey, Option<String>), Option<Arc<Parsed>>>;
+
+/// The certificate set of `entries`, parsing only Secrets (or versions of
+/// them) not parsed before; entries that fail to load are logged and
+/// skipped, so one bad Secret cannot take TLS down.
+fn certificates(caches: &Caches, entries: &[TlsEntry], parsed: &mut ParsedCerts) -> Certificates {
+    let mut next = ParsedCerts::new();
+    let mut certs = Certificates::default();
+    for entry in entries {
+        let id = (entry.secret.clone(), entry.version.clone());
+        let cert = parsed.remove(&id).or_else(|| next.get(&id).cloned()).unwrap_or_else(|| {
+            let secret = caches.secrets.get(&entry.secret)?;
+            let data = secret.data.as_ref()?;
+            let field = |k: &str| data.get(k).map(|b| b.0.as_slice());
+            let (Some(cert), Some(key)) = (field("tls.crt"), field("tls.key")) else {
+                tracing::warn!(secret = %entry.secret, "TLS secret has no tls.crt and tls.key; skipped");
+                return None;
+            };
+            let origin = std::path::PathBuf::from(format!("secret {}", entry.secret));
+            Parsed::new(cert, key, &origin, &origin)
+                .map(Arc::new)
+                .inspect_err(|e| tracing::warn!(error = %e, "TLS secret skipped"))
+                .ok()
+        });
+        if let Some(cert) = &cert {
+            let uncovered = certs.add_covering(cert, &entry.hosts);
+            if !uncovered.is_empty() {
+                tracing::warn!(ingress = %entry.ingress, secret = %entry.secret, hosts = ?uncovered, "the certificate does not cover these hosts; not served for them");
             }
         }
-        certs
+        next.insert(id, cert);
     }
+    *parsed = next;
+    certs
 }
 
 /// Builds the route table and certificates from the caches.
-fn build(caches: &Caches, registry: &mut Registry) -> (RouteTable, ClusterCerts) {
+fn build(caches: &Caches, registry: &mut Registry) -> (RouteTable, Vec<TlsEntry>) {
     let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
     let mut next = Registry::new();
     let slices = slices_by_service(caches);
@@ -338,11 +381,12 @@ fn build(caches: &Caches, registry: &mut Registry) -> (RouteTable, ClusterCerts)
                 tracing::warn!(ingress = %format!("{namespace}/{name}"), secret = %secret_name, "TLS secret not found");
                 continue;
             };
-            let data = secret.data.clone().unwrap_or_default();
-            let field = |k: &str| data.get(k).map(|b| b.0.clone());
-            if let (Some(cert), Some(key)) = (field("tls.crt"), field("tls.key")) {
-                tls.push((t.hosts.clone().unwrap_or_default(), cert, key));
-            }
+            tls.push(TlsEntry {
+                ingress: format!("{namespace}/{name}"),
+                hosts: t.hosts.clone().unwrap_or_default(),
+                secret: key,
+                version: secret.metadata.resource_version.clone(),
+            });
         }
     }
     // Default backends catch what no rule matched: inserted last, they lose
@@ -351,7 +395,7 @@ fn build(caches: &Caches, registry: &mut Registry) -> (RouteTable, ClusterCerts)
         table.insert(None, "/", PathType::Prefix, Arc::new(route));
     }
     *registry = next;
-    (table, ClusterCerts { entries: tls })
+    (table, tls)
 }
 
 #[cfg(test)]

@@ -69,13 +69,6 @@ impl Certificates {
         Ok(out)
     }
 
-    /// Adds a certificate from PEM text (a `kubernetes.io/tls` Secret), for
-    /// `names` or, when empty, the names in the certificate.
-    pub fn add_pem(&mut self, cert: &[u8], key: &[u8], names: &[String]) -> Result<(), TlsError> {
-        let origin = PathBuf::from("secret");
-        self.add(cert, key, names, &origin, &origin)
-    }
-
     fn add(
         &mut self,
         cert: &[u8],
@@ -84,20 +77,9 @@ impl Certificates {
         cert_origin: &Path,
         key_origin: &Path,
     ) -> Result<(), TlsError> {
-        let chain = read_chain(cert, cert_origin)?;
-        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Pem {
-            path: key_origin.to_path_buf(),
-            message: format!("no usable private key ({e})"),
-        })?;
-        let provider = rustls::crypto::ring::default_provider();
-        let certified =
-            CertifiedKey::from_der(chain.clone(), key, &provider).map_err(|e| TlsError::Key {
-                path: key_origin.to_path_buf(),
-                message: e.to_string(),
-            })?;
-        let certified = Arc::new(certified);
+        let parsed = Parsed::new(cert, key, cert_origin, key_origin)?;
         let names = if names.is_empty() {
-            dns_names(&chain[0])
+            parsed.names.clone()
         } else {
             names.to_vec()
         };
@@ -106,15 +88,35 @@ impl Certificates {
                 path: cert_origin.to_path_buf(),
             });
         }
+        self.insert(&parsed.key, &names);
+        Ok(())
+    }
+
+    /// Serves `parsed` for those of `hosts` (an Ingress's TLS hosts; all
+    /// the certificate's names when empty) that it covers, unless an
+    /// earlier certificate holds the name. Returns the hosts it does not
+    /// cover, which get no certificate from it.
+    pub fn add_covering(&mut self, parsed: &Parsed, hosts: &[String]) -> Vec<String> {
+        let (covered, uncovered): (Vec<String>, Vec<String>) = if hosts.is_empty() {
+            (parsed.names.clone(), Vec::new())
+        } else {
+            hosts.iter().cloned().partition(|h| parsed.covers(h))
+        };
+        self.insert(&parsed.key, &covered);
+        uncovered
+    }
+
+    /// The first certificate given a name keeps it.
+    fn insert(&mut self, certified: &Arc<CertifiedKey>, names: &[String]) {
         for name in names {
             let name = name.to_ascii_lowercase();
-            match name.strip_prefix("*.") {
-                Some(suffix) => self.wildcard.insert(suffix.to_string(), certified.clone()),
-                None => self.exact.insert(name, certified.clone()),
+            let slot = match name.strip_prefix("*.") {
+                Some(suffix) => self.wildcard.entry(suffix.to_string()),
+                None => self.exact.entry(name),
             };
+            slot.or_insert_with(|| certified.clone());
         }
-        self.fallback.get_or_insert(certified);
-        Ok(())
+        self.fallback.get_or_insert_with(|| certified.clone());
     }
 
     /// The certificate for `server_name`.
@@ -130,6 +132,56 @@ impl Certificates {
             .get(parent)
             .cloned()
             .or_else(|| self.fallback.clone())
+    }
+}
+
+/// A certificate chain and key checked to fit, with the DNS names the
+/// certificate is valid for.
+pub struct Parsed {
+    key: Arc<CertifiedKey>,
+    names: Vec<String>,
+}
+
+impl Parsed {
+    /// Parses PEM text (a file's or a `kubernetes.io/tls` Secret's); the
+    /// origins name them in errors.
+    pub fn new(
+        cert: &[u8],
+        key: &[u8],
+        cert_origin: &Path,
+        key_origin: &Path,
+    ) -> Result<Self, TlsError> {
+        let chain = read_chain(cert, cert_origin)?;
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Pem {
+            path: key_origin.to_path_buf(),
+            message: format!("no usable private key ({e})"),
+        })?;
+        let names = dns_names(&chain[0]);
+        let provider = rustls::crypto::ring::default_provider();
+        let certified =
+            CertifiedKey::from_der(chain, key, &provider).map_err(|e| TlsError::Key {
+                path: key_origin.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            key: Arc::new(certified),
+            names,
+        })
+    }
+
+    /// Whether the certificate is valid for `host` (RFC 6125: a wildcard
+    /// stands for one whole left-most label).
+    pub fn covers(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.names.iter().any(|name| {
+            let name = name.to_ascii_lowercase();
+            name == host
+                || name.strip_prefix("*.").is_some_and(|suffix| {
+                    host.split_once('.').is_some_and(|(label, rest)| {
+                        !label.is_empty() && label != "*" && rest == suffix
+                    })
+                })
+        })
     }
 }
 
@@ -172,6 +224,11 @@ impl Resolver {
     /// Replaces the certificates; new handshakes use them at once.
     pub fn replace(&self, certs: Certificates) {
         self.current.store(Arc::new(certs));
+    }
+
+    /// Replaces the certificates with a set other resolvers share.
+    pub fn replace_shared(&self, certs: Arc<Certificates>) {
+        self.current.store(certs);
     }
 }
 
