@@ -20,10 +20,13 @@ use tokio::sync::mpsc;
 
 use super::body::{BodyError, BodyProgress, Framing};
 use super::config::Limits;
+use super::failure::Failure;
 use super::h1::{self, Forwarding, Head, RequestInfo};
-use super::h2::{self, Failure, FromUpstream, Piped};
-use super::proxy::{Buf, Done, Worker, drain_body_or_close, local};
+use super::h1_reply::{Done, drain_body_or_close, local};
+use super::h2_body::Piped;
+use super::h2_upstream::{self, FromUpstream};
 use super::upstream::Upstream;
+use super::worker::{Buf, Worker};
 
 /// How relaying the request body ended early.
 enum Cut {
@@ -90,7 +93,7 @@ pub(super) async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
     let max_read = usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX);
     let body_limit = BodyProgress::limited(info.framing, limits.max_body_bytes.bytes());
     let relay = {
-        let sending = h2::send_with_retries(
+        let sending = h2_upstream::send_with_retries(
             worker,
             upstream,
             request.map(|()| Either::Right(body)),
@@ -207,8 +210,8 @@ fn request(buf: &[u8], head: &Head, fwd: &Forwarding<'_>) -> Option<Request<()>>
         }
         headers.append(name, HeaderValue::from_bytes(&buf[v.clone()]).ok()?);
     }
-    h2::strip_hop_by_hop(&mut headers);
-    h2::add_forwarding(&mut headers, fwd.client, fwd.tls, authority, || {
+    h2_upstream::strip_hop_by_hop(&mut headers);
+    h2_upstream::add_forwarding(&mut headers, fwd.client, fwd.tls, authority, || {
         fwd.request_id.to_string()
     });
     let mut request = Request::new(());
@@ -300,7 +303,7 @@ async fn respond<S: AsyncWrite + Unpin>(
     let (parts, mut body) = response.into_parts();
     let status = parts.status.as_u16();
     let mut headers = parts.headers;
-    h2::strip_hop_by_hop(&mut headers);
+    h2_upstream::strip_hop_by_hop(&mut headers);
     let no_body = is_head || status < 200 || status == 204 || status == 304;
     let sized = headers.contains_key(header::CONTENT_LENGTH);
     // Without a length an HTTP/1.0 client can only be told the end by the

@@ -25,10 +25,10 @@ use orca_core::watch::{self, Reader, WatchMetrics};
 use tokio::sync::Notify;
 
 use super::config::{LbPolicy, PathType};
-use super::proxy::Shared;
 use super::routes::{Route, RouteTable};
 use super::tls::{Certificates, Parsed, Resolver};
 use super::upstream::{Endpoint, Settings, Upstream};
+use super::worker::Shared;
 
 /// The ingress class this proxy serves.
 pub const INGRESS_CLASS: &str = "orca";

@@ -27,10 +27,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::body::{BodyError, BodyProgress};
+use super::failure::Failure;
 use super::h1::{self, Head};
-use super::h2::{Failure, UpstreamBody};
+use super::h2_body::UpstreamBody;
 use super::pool::Keep;
-use super::proxy::{LeasedBuf, Worker};
+use super::worker::{LeasedBuf, Worker};
 
 /// The largest response head accepted, as for HTTP/1.1 clients.
 const MAX_HEAD: usize = 64 * 1024;
@@ -404,7 +405,7 @@ mod tests {
     use http_body_util::Either;
 
     use super::*;
-    use crate::ingress::h2::Piped;
+    use crate::ingress::h2_body::Piped;
 
     /// What the client of one exchange saw: the status and the body (or
     /// the body's error), and the request head the upstream received.

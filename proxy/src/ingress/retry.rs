@@ -8,8 +8,8 @@
 
 use std::net::SocketAddr;
 
-use super::proxy::Worker;
 use super::upstream::{InFlight, Upstream};
+use super::worker::Worker;
 
 /// The attempts of one request at one upstream.
 pub struct Attempts<'a> {

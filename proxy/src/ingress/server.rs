@@ -28,13 +28,14 @@ use orca_core::store::Store;
 
 use super::access_log::AccessLog;
 use super::config::IngressConfig;
+use super::h1_server;
 use super::metrics::ProxyMetrics;
 use super::pool::Keep;
-use super::proxy::{self, Shared, Worker};
 use super::routes::{Route, RouteTable};
 use super::tls::{self, Certificates, Resolver};
 use super::upstream::{Endpoint, Settings, Upstream};
-use super::{cluster, h2};
+use super::worker::{Shared, Worker};
+use super::{cluster, h2_server};
 
 /// Why the proxy could not start or reload.
 #[derive(Debug, thiserror::Error)]
@@ -468,7 +469,7 @@ async fn accept_loop(
         match &tls {
             None => tokio::task::spawn_local(async move {
                 let _open = open;
-                proxy::serve(worker, stream, peer, false).await;
+                h1_server::serve(worker, stream, peer, false).await;
             }),
             Some(config) => {
                 let (config, handshakes) = (config.clone(), handshakes.clone());
@@ -538,9 +539,9 @@ async fn serve_tls(
         return;
     };
     if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        Box::pin(h2::serve(worker, tls_stream, peer, true)).await;
+        Box::pin(h2_server::serve(worker, tls_stream, peer, true)).await;
     } else {
-        Box::pin(proxy::serve(worker, tls_stream, peer, true)).await;
+        Box::pin(h1_server::serve(worker, tls_stream, peer, true)).await;
     }
 }
 
