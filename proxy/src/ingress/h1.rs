@@ -231,10 +231,37 @@ fn parse_length(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
+/// Whether a header's value is set off by spaces alone. RFC 9110 allows
+/// HTAB there too, but nginx takes it for part of the value, so
+/// `Transfer-Encoding:<HTAB>chunked` is chunked to the parser and an
+/// unknown coding to nginx: a framing header so padded is read two ways.
+fn padded_with_spaces_only(buf: &[u8], name: &Range<usize>, value: &Range<usize>) -> bool {
+    // After the colon, and after the value up to the end of its line (the
+    // parser leaves leading and trailing whitespace out of the value).
+    let before = buf.get(name.end + 1..value.start).unwrap_or_default();
+    let after = buf[value.end..]
+        .iter()
+        .take_while(|&&b| b != b'\r' && b != b'\n');
+    before.iter().chain(after).all(|&b| b == b' ')
+}
+
 /// RFC 9112 §6.3, strictly: a request with both Content-Length and
-/// Transfer-Encoding, or with more than one Content-Length, is refused
-/// rather than interpreted.
+/// Transfer-Encoding, or with more than one Content-Length, or with either
+/// padded with HTAB, is refused rather than interpreted.
 fn request_framing(buf: &[u8], head: &Head, max_body: u64) -> Result<Framing, HeadError> {
+    let framing_header = |n: &Range<usize>| {
+        buf[n.clone()].eq_ignore_ascii_case(b"content-length")
+            || buf[n.clone()].eq_ignore_ascii_case(b"transfer-encoding")
+    };
+    if head
+        .headers
+        .iter()
+        .any(|(n, v)| framing_header(n) && !padded_with_spaces_only(buf, n, v))
+    {
+        return Err(HeadError::Smuggling(
+            "a tab around a Content-Length or Transfer-Encoding value",
+        ));
+    }
     let mut lengths = head.values(buf, "content-length");
     let length = lengths.next();
     if lengths.next().is_some() {
@@ -543,7 +570,8 @@ pub fn write_forwarded_element(out: &mut Vec<u8>, client: &str, proto: &str, hos
     }
     out.extend_from_slice(b";proto=");
     out.extend_from_slice(proto.as_bytes());
-    if let Some(host) = host.filter(|h| h.iter().all(|b| b.is_ascii_graphic())) {
+    // An empty Host (allowed in HTTP/1.1) is no value RFC 7239 can carry.
+    if let Some(host) = host.filter(|h| !h.is_empty() && h.iter().all(|b| b.is_ascii_graphic())) {
         out.extend_from_slice(b";host=");
         if host.iter().all(|&b| is_tchar(b)) {
             out.extend_from_slice(host);
@@ -753,6 +781,14 @@ mod tests {
     }
 
     #[test]
+    fn spaces_around_framing_values_are_whitespace() {
+        let text = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length:   5  \r\nX-Tab:\tkept\t\r\n\r\n";
+        assert_eq!(parse(text).unwrap().unwrap().1.framing, Framing::Length(5));
+        let text = "POST / HTTP/1.1\nHost: a\nTransfer-Encoding:  chunked \n\n";
+        assert_eq!(parse(text).unwrap().unwrap().1.framing, Framing::Chunked);
+    }
+
+    #[test]
     fn partial_heads_wait_for_more() {
         assert!(parse("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
     }
@@ -789,6 +825,20 @@ mod tests {
                 413,
             ),
             ("GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n", 400),
+            // nginx reads the tab as part of the value.
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\tchunked\r\n\r\n",
+                400,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked \t\r\n\r\n",
+                400,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\t\r\n\r\n",
+                400,
+            ),
+            ("POST / HTTP/1.1\r\nHost: a\r\ncontent-length:\t 5\n\n", 400),
         ];
         for (text, status) in cases {
             assert_eq!(parse(text).unwrap_err().status(), status, "{text:?}");
@@ -940,6 +990,8 @@ mod tests {
             ("a,for=evil", "host=\"a,for=evil\""),
             ("a\";for=\\", "host=\"a\\\";for=\\\\\""),
         ];
+        let line = forwarded_line("GET / HTTP/1.1\r\nHost: \r\n\r\n");
+        assert_eq!(line, "for=192.0.2.7;proto=http");
         for (host, written) in cases {
             let line = forwarded_line(&format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n"));
             assert_eq!(
