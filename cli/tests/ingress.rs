@@ -14,6 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+// Beside this file's helpers, not in `tests/`, where cargo would build it
+// as a test of its own.
+#[path = "ingress/smuggling.rs"]
+mod smuggling;
+
 /// A backend: answers every request with its name, the path and the
 /// forwarding headers it saw; `/status/N` answers N, `/slow` waits 3 s,
 /// `/ws` upgrades and echoes, `/chunked` answers in chunks, `/early` answers
@@ -2802,6 +2807,16 @@ struct Nginx {
 
 impl Nginx {
     fn start(locations: &str) -> Self {
+        for needed in [
+            "/usr/sbin/nginx",
+            "/usr/lib/nginx/modules/ngx_http_echo_module.so",
+        ] {
+            assert!(
+                Path::new(needed).exists(),
+                "{needed} is missing: this test needs Debian's nginx-light and its echo \
+                 module (scripts/deps.sh installs them)"
+            );
+        }
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap();
         let port = free_port();
@@ -2816,6 +2831,7 @@ error_log {d}/error.log info;
 events {{ worker_connections 256; }}
 http {{
     access_log {d}/access.log;
+    log_format framing escape=json '{{"request":"$request","status":$status,"length":$request_length,"body":"$request_body"}}';
     client_body_temp_path {d}/body;
     proxy_temp_path {d}/proxy;
     fastcgi_temp_path {d}/fastcgi;

@@ -231,10 +231,37 @@ fn parse_length(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
+/// Whether a header's value is set off by spaces alone. RFC 9110 allows
+/// HTAB there too, but nginx takes it for part of the value, so
+/// `Transfer-Encoding:<HTAB>chunked` is chunked to the parser and an
+/// unknown coding to nginx: a framing header so padded is read two ways.
+fn padded_with_spaces_only(buf: &[u8], name: &Range<usize>, value: &Range<usize>) -> bool {
+    // After the colon, and after the value up to the end of its line (the
+    // parser leaves leading and trailing whitespace out of the value).
+    let before = buf.get(name.end + 1..value.start).unwrap_or_default();
+    let after = buf[value.end..]
+        .iter()
+        .take_while(|&&b| b != b'\r' && b != b'\n');
+    before.iter().chain(after).all(|&b| b == b' ')
+}
+
 /// RFC 9112 §6.3, strictly: a request with both Content-Length and
-/// Transfer-Encoding, or with more than one Content-Length, is refused
-/// rather than interpreted.
+/// Transfer-Encoding, or with more than one Content-Length, or with either
+/// padded with HTAB, is refused rather than interpreted.
 fn request_framing(buf: &[u8], head: &Head, max_body: u64) -> Result<Framing, HeadError> {
+    let framing_header = |n: &Range<usize>| {
+        buf[n.clone()].eq_ignore_ascii_case(b"content-length")
+            || buf[n.clone()].eq_ignore_ascii_case(b"transfer-encoding")
+    };
+    if head
+        .headers
+        .iter()
+        .any(|(n, v)| framing_header(n) && !padded_with_spaces_only(buf, n, v))
+    {
+        return Err(HeadError::Smuggling(
+            "a tab around a Content-Length or Transfer-Encoding value",
+        ));
+    }
     let mut lengths = head.values(buf, "content-length");
     let length = lengths.next();
     if lengths.next().is_some() {
@@ -426,7 +453,13 @@ pub fn write_upstream_request(
     out.extend_from_slice(proto.as_bytes());
     out.extend_from_slice(b"\r\nforwarded: ");
     if forwarded {
-        for previous in head.values(buf, "forwarded") {
+        // A line that is no RFC 7239 list (an unclosed quote, a bare word)
+        // would make the whole header unreadable, this hop's element
+        // included: it is dropped.
+        for previous in head
+            .values(buf, "forwarded")
+            .filter(|v| is_forwarded_list(v))
+        {
             out.extend_from_slice(previous);
             out.extend_from_slice(b", ");
         }
@@ -458,6 +491,71 @@ pub fn write_upstream_request(
     out.extend_from_slice(b"\r\n");
 }
 
+/// RFC 9110 §5.6.2 `tchar`: a byte of a token.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Whether `value` is a `Forwarded` list as RFC 7239 §4 has it: elements
+/// separated by commas (with optional whitespace), each of `token=value`
+/// pairs separated by semicolons, a value a token or a quoted-string.
+fn is_forwarded_list(value: &[u8]) -> bool {
+    let mut rest = value;
+    // Whitespace may precede an element, not a pair after `;`.
+    let mut element_start = true;
+    loop {
+        if element_start {
+            rest = rest.trim_ascii_start();
+        }
+        match rest.first() {
+            None => return true,
+            // Empty elements and pairs are allowed by the grammar.
+            Some(b',') => {
+                (rest, element_start) = (&rest[1..], true);
+                continue;
+            }
+            Some(b';') => {
+                (rest, element_start) = (&rest[1..], false);
+                continue;
+            }
+            Some(_) => {}
+        }
+        let name = rest.iter().take_while(|&&b| is_tchar(b)).count();
+        if name == 0 || rest.get(name) != Some(&b'=') {
+            return false;
+        }
+        rest = &rest[name + 1..];
+        let value = if rest.first() == Some(&b'"') {
+            let mut i = 1;
+            loop {
+                match rest.get(i) {
+                    None => return false,
+                    Some(b'"') => break i + 1,
+                    Some(b'\\') if i + 1 < rest.len() => i += 2,
+                    Some(b'\\') => return false,
+                    Some(_) => i += 1,
+                }
+            }
+        } else {
+            rest.iter().take_while(|&&b| is_tchar(b)).count()
+        };
+        if value == 0 {
+            return false;
+        }
+        rest = &rest[value..];
+        let space = rest
+            .iter()
+            .take_while(|&&b| b == b' ' || b == b'\t')
+            .count();
+        match rest.get(space) {
+            None => return true,
+            Some(b',') => (rest, element_start) = (&rest[space + 1..], true),
+            Some(b';') if space == 0 => (rest, element_start) = (&rest[1..], false),
+            Some(_) => return false,
+        }
+    }
+}
+
 /// Appends this hop's element of a `Forwarded` header (RFC 7239), shared
 /// by both HTTP versions.
 pub fn write_forwarded_element(out: &mut Vec<u8>, client: &str, proto: &str, host: Option<&[u8]>) {
@@ -472,9 +570,23 @@ pub fn write_forwarded_element(out: &mut Vec<u8>, client: &str, proto: &str, hos
     }
     out.extend_from_slice(b";proto=");
     out.extend_from_slice(proto.as_bytes());
-    if let Some(host) = host.filter(|h| h.iter().all(|b| b.is_ascii_graphic())) {
+    // An empty Host (allowed in HTTP/1.1) is no value RFC 7239 can carry.
+    if let Some(host) = host.filter(|h| !h.is_empty() && h.iter().all(|b| b.is_ascii_graphic())) {
         out.extend_from_slice(b";host=");
-        out.extend_from_slice(host);
+        if host.iter().all(|&b| is_tchar(b)) {
+            out.extend_from_slice(host);
+        } else {
+            // A port's colon, or a client's `,` or `;`, is no token: quoted,
+            // so that it cannot end this element or start another.
+            out.push(b'"');
+            for &b in host {
+                if b == b'"' || b == b'\\' {
+                    out.push(b'\\');
+                }
+                out.push(b);
+            }
+            out.push(b'"');
+        }
     }
 }
 
@@ -669,6 +781,14 @@ mod tests {
     }
 
     #[test]
+    fn spaces_around_framing_values_are_whitespace() {
+        let text = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length:   5  \r\nX-Tab:\tkept\t\r\n\r\n";
+        assert_eq!(parse(text).unwrap().unwrap().1.framing, Framing::Length(5));
+        let text = "POST / HTTP/1.1\nHost: a\nTransfer-Encoding:  chunked \n\n";
+        assert_eq!(parse(text).unwrap().unwrap().1.framing, Framing::Chunked);
+    }
+
+    #[test]
     fn partial_heads_wait_for_more() {
         assert!(parse("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
     }
@@ -705,6 +825,20 @@ mod tests {
                 413,
             ),
             ("GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n", 400),
+            // nginx reads the tab as part of the value.
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\tchunked\r\n\r\n",
+                400,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked \t\r\n\r\n",
+                400,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\t\r\n\r\n",
+                400,
+            ),
+            ("POST / HTTP/1.1\r\nHost: a\r\ncontent-length:\t 5\n\n", 400),
         ];
         for (text, status) in cases {
             assert_eq!(parse(text).unwrap_err().status(), status, "{text:?}");
@@ -828,6 +962,55 @@ mod tests {
         assert!(
             out.contains("forwarded: for=\"[::1]\";proto=https;host=a\r\n"),
             "{out}"
+        );
+    }
+
+    fn forwarded_line(text: &str) -> String {
+        let (head, info) = parse(text).unwrap().unwrap();
+        let fwd = Forwarding {
+            client: "192.0.2.7",
+            tls: false,
+            request_id: "abc",
+            target: None,
+        };
+        let mut out = Vec::new();
+        write_upstream_request(&mut out, text.as_bytes(), &head, &info, &fwd);
+        let out = String::from_utf8(out).unwrap();
+        let line = out.lines().find(|l| l.starts_with("forwarded: "));
+        line.unwrap().trim_start_matches("forwarded: ").to_string()
+    }
+
+    #[test]
+    fn a_host_that_is_no_token_is_quoted_in_forwarded() {
+        let cases = [
+            ("a.test", "host=a.test"),
+            ("a.test:8080", "host=\"a.test:8080\""),
+            ("[::1]:80", "host=\"[::1]:80\""),
+            // Would otherwise end this element and add one naming another client.
+            ("a,for=evil", "host=\"a,for=evil\""),
+            ("a\";for=\\", "host=\"a\\\";for=\\\\\""),
+        ];
+        let line = forwarded_line("GET / HTTP/1.1\r\nHost: \r\n\r\n");
+        assert_eq!(line, "for=192.0.2.7;proto=http");
+        for (host, written) in cases {
+            let line = forwarded_line(&format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n"));
+            assert_eq!(
+                line,
+                format!("for=192.0.2.7;proto=http;{written}"),
+                "{host}"
+            );
+        }
+    }
+
+    #[test]
+    fn earlier_forwarded_lines_are_kept_only_when_well_formed() {
+        let text = "GET / HTTP/1.1\r\nHost: a\r\nForwarded: for=192.0.2.1;proto=https, for=\"[2001:db8::1]:80\"\r\n\
+                    Forwarded: for=\"unclosed\r\nForwarded: chunked\r\nForwarded: for=a; by=b\r\n\
+                    Forwarded: for=192.0.2.2;;by=\"x\\\"y\" ,\r\n\r\n";
+        assert_eq!(
+            forwarded_line(text),
+            "for=192.0.2.1;proto=https, for=\"[2001:db8::1]:80\", \
+             for=192.0.2.2;;by=\"x\\\"y\" ,, for=192.0.2.7;proto=http;host=a"
         );
     }
 
