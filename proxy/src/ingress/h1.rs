@@ -499,7 +499,7 @@ fn is_tchar(b: u8) -> bool {
 /// Whether `value` is a `Forwarded` list as RFC 7239 §4 has it: elements
 /// separated by commas (with optional whitespace), each of `token=value`
 /// pairs separated by semicolons, a value a token or a quoted-string.
-fn is_forwarded_list(value: &[u8]) -> bool {
+pub fn is_forwarded_list(value: &[u8]) -> bool {
     let mut rest = value;
     // Whitespace may precede an element, not a pair after `;`.
     let mut element_start = true;

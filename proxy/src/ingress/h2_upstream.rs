@@ -126,7 +126,13 @@ pub(super) fn add_forwarding(
     xff.extend_from_slice(client.as_bytes());
     let proto = if tls { "https" } else { "http" };
     let mut forwarded = Vec::new();
-    for previous in headers.get_all(header::FORWARDED) {
+    // As for HTTP/1.1: a line that is no RFC 7239 list would make the whole
+    // header unreadable, this hop's element included, so it is dropped.
+    for previous in headers
+        .get_all(header::FORWARDED)
+        .iter()
+        .filter(|v| super::h1::is_forwarded_list(v.as_bytes()))
+    {
         forwarded.extend_from_slice(previous.as_bytes());
         forwarded.extend_from_slice(b", ");
     }
@@ -390,6 +396,21 @@ async fn connect(upstream: &Upstream, addr: SocketAddr) -> Result<TcpStream, Fai
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_malformed_forwarded_line_is_dropped_and_this_hop_added() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::FORWARDED, HeaderValue::from_static("for=192.0.2.1"));
+        headers.append(
+            header::FORWARDED,
+            HeaderValue::from_static("for=\"unclosed"),
+        );
+        add_forwarding(&mut headers, "192.0.2.9", false, b"a.test", String::new);
+        let forwarded = headers.get(header::FORWARDED).unwrap().to_str().unwrap();
+        assert!(forwarded.starts_with("for=192.0.2.1, for="), "{forwarded}");
+        assert!(!forwarded.contains("unclosed"), "{forwarded}");
+        assert!(forwarded.contains("192.0.2.9"), "{forwarded}");
+    }
+
     use std::io::{Read, Write};
     use std::time::Duration;
 
