@@ -149,12 +149,13 @@ pub async fn run(
         let mut registration = registration.clone();
         let store = heartbeat_store;
         async move {
+            let mut lease = None;
             loop {
                 registration.pressure = node::Pressure::measure(&kubelet.config.state_dir);
                 // A renewal that failed is tried again soon, not a period
                 // later, as Kubernetes' kubelet does.
                 let mut next = period;
-                if let Err(e) = node::renew(&store, &kubelet.node, period * 4).await {
+                if let Err(e) = node::renew(&store, &kubelet.node, period * 4, &mut lease).await {
                     tracing::warn!(error = %e, "lease renewal failed; retrying");
                     next = period.min(Duration::from_millis(200));
                 }
