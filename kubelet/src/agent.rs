@@ -147,18 +147,27 @@ pub async fn run(
         let mut stopped = stopped.clone();
         let period = config.heartbeat.0;
         let mut registration = registration.clone();
-        let store = heartbeat_store;
+        let mut store = heartbeat_store;
         async move {
             let mut lease = None;
             loop {
                 registration.pressure = node::Pressure::measure(&kubelet.config.state_dir);
                 // A renewal that failed is tried again soon, not a period
-                // later, as Kubernetes' kubelet does.
-                let mut next = period;
+                // later, and on a new connection: the one it failed on may
+                // be stuck (as Kubernetes' kubelet closes its connections
+                // after a failed heartbeat). The status waits for a renewal
+                // that went through.
                 if let Err(e) = node::renew(&store, &kubelet.node, period * 4, &mut lease).await {
-                    tracing::warn!(error = %e, "lease renewal failed; retrying");
-                    next = period.min(Duration::from_millis(200));
+                    tracing::warn!(error = %e, "lease renewal failed; retrying on a new connection");
+                    if let Ok(fresh) = store.reconnect().await {
+                        store = fresh;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(period.min(Duration::from_millis(200))) => continue,
+                        _ = stopped.wait_for(|s| *s) => return,
+                    }
                 }
+                let next = period;
                 if let Err(e) = node::refresh(&store, &kubelet.node, &registration).await {
                     tracing::warn!(error = %e, "node status update failed; retrying");
                 }

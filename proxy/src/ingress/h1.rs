@@ -859,12 +859,7 @@ mod tests {
         let text = "GET /p HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nx-forwarded-for: 10.0.0.2, 10.0.0.3\r\nAccept: */*\r\n\r\n";
         let (head, info) = parse(text).unwrap().unwrap();
         let mut out = Vec::new();
-        let fwd = Forwarding {
-            client: "192.0.2.7",
-            tls: false,
-            request_id: "abc",
-            target: None,
-        };
+        let fwd = forwarding("192.0.2.7", false, "abc");
         write_upstream_request(&mut out, text.as_bytes(), &head, &info, &fwd);
         let out = String::from_utf8(out).unwrap();
         assert_eq!(
@@ -880,12 +875,7 @@ mod tests {
         let text = "POST /p HTTP/1.1\r\nHost: example.com\r\nContent-Length: 2\r\nConnection: host, content-length, X-a\r\nconnection: x-B\r\nX-A: 1\r\nx-b: 2\r\nX-C: 3\r\n\r\nok";
         let (head, info) = parse(text).unwrap().unwrap();
         let mut out = Vec::new();
-        let fwd = Forwarding {
-            client: "192.0.2.7",
-            tls: false,
-            request_id: "abc",
-            target: None,
-        };
+        let fwd = forwarding("192.0.2.7", false, "abc");
         write_upstream_request(&mut out, text.as_bytes(), &head, &info, &fwd);
         let out = String::from_utf8(out).unwrap();
         assert!(
@@ -922,12 +912,7 @@ mod tests {
         let info = parse_request(text.as_bytes(), &mut head, 256, 1 << 20, 0)
             .unwrap()
             .unwrap();
-        let fwd = Forwarding {
-            client: "192.0.2.7",
-            tls: false,
-            request_id: "abc",
-            target: None,
-        };
+        let fwd = forwarding("192.0.2.7", false, "abc");
         let mut out = Vec::new();
         write_upstream_request(&mut out, text.as_bytes(), &head, &info, &fwd);
         let out = String::from_utf8(out).unwrap();
@@ -943,12 +928,7 @@ mod tests {
         let (head, info) = parse(text).unwrap().unwrap();
         assert!(info.upgrade);
         let mut out = Vec::new();
-        let fwd = Forwarding {
-            client: "::1",
-            tls: true,
-            request_id: "unused",
-            target: None,
-        };
+        let fwd = forwarding("::1", true, "unused");
         write_upstream_request(&mut out, text.as_bytes(), &head, &info, &fwd);
         let out = String::from_utf8(out).unwrap();
         assert!(
@@ -965,14 +945,23 @@ mod tests {
         );
     }
 
+    /// The forwarding of a request from `client` without a rewritten target.
+    fn forwarding(
+        client: &'static str,
+        tls: bool,
+        request_id: &'static str,
+    ) -> Forwarding<'static> {
+        Forwarding {
+            client,
+            tls,
+            request_id,
+            target: None,
+        }
+    }
+
     fn forwarded_line(text: &str) -> String {
         let (head, info) = parse(text).unwrap().unwrap();
-        let fwd = Forwarding {
-            client: "192.0.2.7",
-            tls: false,
-            request_id: "abc",
-            target: None,
-        };
+        let fwd = forwarding("192.0.2.7", false, "abc");
         let mut out = Vec::new();
         write_upstream_request(&mut out, text.as_bytes(), &head, &info, &fwd);
         let out = String::from_utf8(out).unwrap();
