@@ -113,6 +113,48 @@ impl Kubelet {
     }
 }
 
+/// Renews the node's Lease and refreshes its status every `period` until
+/// `stopped`, on a connection of its own made on the calling runtime.
+async fn heartbeat(
+    kubelet: Arc<Kubelet>,
+    period: Duration,
+    mut registration: node::Registration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut store = kubelet
+        .store
+        .reconnect()
+        .await
+        .unwrap_or_else(|_| kubelet.store.clone());
+    let mut lease = None;
+    loop {
+        registration.pressure = node::Pressure::measure(&kubelet.config.state_dir);
+        // A renewal that failed is tried again soon, not a period later,
+        // and on a new connection: the one it failed on may be stuck (as
+        // Kubernetes' kubelet closes its connections after a failed
+        // heartbeat). The status waits for a renewal that went through.
+        let next = match node::renew(&store, &kubelet.node, period * 4, &mut lease).await {
+            Ok(()) => {
+                if let Err(e) = node::refresh(&store, &kubelet.node, &registration).await {
+                    tracing::warn!(error = %e, "node status update failed; retrying");
+                }
+                period
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "lease renewal failed; retrying on a new connection");
+                if let Ok(fresh) = store.reconnect().await {
+                    store = fresh;
+                }
+                period.min(Duration::from_millis(200))
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(next) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// Runs the kubelet on the process's shared caches until `shutdown`
 /// resolves. Containers keep running after it stops (their monitors hold
 /// them), as a kubelet's do.
@@ -134,48 +176,30 @@ pub async fn run(
         .error_backoff(Duration::from_millis(500), Duration::from_secs(30))
         .named("kubelet");
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    // The heartbeat has a connection of its own: on the one the watches
-    // share, a renewal could wait behind their traffic long enough for the
-    // node to be taken for dead.
-    let heartbeat_store = kubelet
-        .store
-        .reconnect()
-        .await
-        .unwrap_or_else(|_| kubelet.store.clone());
+    // The heartbeat runs on a thread and runtime of its own, with an etcd
+    // connection of its own: nothing the pods' work does on this runtime
+    // (a system call the kernel takes seconds over, a burst of syncs) can
+    // hold a renewal up long enough for the node to be taken for dead, nor
+    // can the watches' traffic on their shared connection.
     let heartbeat = {
         let kubelet = Arc::clone(&kubelet);
-        let mut stopped = stopped.clone();
+        let stopped = stopped.clone();
         let period = config.heartbeat.0;
-        let mut registration = registration.clone();
-        let mut store = heartbeat_store;
+        let registration = registration.clone();
+        let (ended, end) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Setup(format!("the heartbeat's runtime: {e}")))?;
+        std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || {
+                runtime.block_on(heartbeat(kubelet, period, registration, stopped));
+                let _ = ended.send(());
+            })
+            .map_err(|e| Error::Setup(format!("the heartbeat's thread: {e}")))?;
         async move {
-            let mut lease = None;
-            loop {
-                registration.pressure = node::Pressure::measure(&kubelet.config.state_dir);
-                // A renewal that failed is tried again soon, not a period
-                // later, and on a new connection: the one it failed on may
-                // be stuck (as Kubernetes' kubelet closes its connections
-                // after a failed heartbeat). The status waits for a renewal
-                // that went through.
-                if let Err(e) = node::renew(&store, &kubelet.node, period * 4, &mut lease).await {
-                    tracing::warn!(error = %e, "lease renewal failed; retrying on a new connection");
-                    if let Ok(fresh) = store.reconnect().await {
-                        store = fresh;
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(period.min(Duration::from_millis(200))) => continue,
-                        _ = stopped.wait_for(|s| *s) => return,
-                    }
-                }
-                let next = period;
-                if let Err(e) = node::refresh(&store, &kubelet.node, &registration).await {
-                    tracing::warn!(error = %e, "node status update failed; retrying");
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(next) => {}
-                    _ = stopped.wait_for(|s| *s) => return,
-                }
-            }
+            let _ = end.await;
         }
     };
     let housekeeping = {
@@ -642,7 +666,11 @@ impl Kubelet {
             .map_err(|e| format!("pod directory: {e}"))?;
         let netns = dir.netns();
         if !is_mounted(&netns) {
-            network::create_netns(&netns).map_err(|e| e.to_string())?;
+            let path = netns.clone();
+            network::on_own_thread(move || network::create_netns(&path))
+                .await
+                .and_then(|made| made)
+                .map_err(|e| e.to_string())?;
         }
         let attachment = self
             .network

@@ -66,6 +66,23 @@ pub fn connect(netns: Option<&Path>) -> io::Result<Handle> {
     Ok(handle)
 }
 
+/// Runs `f` on a thread of its own and waits for it without holding up the
+/// runtime. Namespace changes need a thread that is nobody else's, and the
+/// kernel may take seconds over them (making a network namespace waits
+/// while others are torn down), which must not stall the other tasks of a
+/// single-threaded runtime.
+pub async fn on_own_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(f());
+    });
+    result
+        .await
+        .map_err(|_| io::Error::other("namespace thread panicked"))
+}
+
 /// Makes a new network namespace and pins it at `path` (a bind mount of
 /// the namespace file, as `ip netns add` makes).
 pub fn create_netns(path: &Path) -> io::Result<()> {

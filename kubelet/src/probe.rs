@@ -94,7 +94,7 @@ async fn connect(netns: Option<&PathBuf>, addr: SocketAddr) -> io::Result<tokio:
         return tokio::net::TcpStream::connect(addr).await;
     };
     let netns = netns.clone();
-    let socket = std::thread::spawn(move || -> io::Result<socket2::Socket> {
+    let socket = crate::network::on_own_thread(move || -> io::Result<socket2::Socket> {
         let ns = std::fs::File::open(&netns)?;
         nix::sched::setns(ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
         let socket = socket2::Socket::new(
@@ -105,8 +105,7 @@ async fn connect(netns: Option<&PathBuf>, addr: SocketAddr) -> io::Result<tokio:
         socket.set_nonblocking(true)?;
         Ok(socket)
     })
-    .join()
-    .map_err(|_| io::Error::other("probe socket thread panicked"))??;
+    .await??;
     tokio::net::TcpSocket::from_std_stream(socket.into())
         .connect(addr)
         .await

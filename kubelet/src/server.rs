@@ -305,6 +305,7 @@ async fn logs(log: PathBuf, attempt: PathBuf, options: LogOptions) -> Response<B
 
 /// Sends what is appended to `log` from `offset` on, until the container
 /// (attempt directory `attempt`) has ended and all it wrote is sent, or
+/// its pod was removed (the directory is gone, its exit record with it), or
 /// the client has gone. A rotation starts the new file from its start.
 async fn follow(
     log: &Path,
@@ -314,7 +315,7 @@ async fn follow(
 ) {
     let mut pending = String::new();
     loop {
-        let ended = runtime::exit_record(attempt).is_some();
+        let ended = runtime::exit_record(attempt).is_some() || !attempt.exists();
         let size = tokio::fs::metadata(log).await.map_or(0, |m| m.len());
         if size < offset {
             offset = 0;
