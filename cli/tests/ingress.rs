@@ -2280,6 +2280,16 @@ fn upstream_per_host(upstreams: &[(&str, &[SocketAddr], &str)], extra: &str) -> 
     config + "admin:\n  address: 127.0.0.1:{admin}\n" + extra
 }
 
+/// A configuration whose one route sends every request to one upstream at
+/// `endpoint` with `settings` (YAML flow-map entries, may be empty), with
+/// `extra` top-level YAML.
+fn catch_all(endpoint: SocketAddr, settings: &str, extra: &str) -> String {
+    let sep = if settings.is_empty() { "" } else { ", " };
+    format!(
+        "listeners:\n  - name: web\n    address: 127.0.0.1:{{http}}\nroutes:\n  - {{path: /, upstream: u}}\nupstreams:\n  - {{name: u, endpoints: [\"{endpoint}\"]{sep}{settings}}}\nadmin:\n  address: 127.0.0.1:{{admin}}\n{extra}"
+    )
+}
+
 #[test]
 fn max_idle_per_endpoint_caps_each_upstreams_pool() {
     let (two, none) = (Backend::start("two"), Backend::start("none"));
@@ -3158,22 +3168,10 @@ limits:
 #[test]
 fn idle_http2_connections_are_closed() {
     let web = Backend::start("web");
-    let proxy = Proxy::start(&format!(
-        r#"
-listeners:
-  - name: web
-    address: 127.0.0.1:{{http}}
-routes:
-  - path: /
-    upstream: web
-upstreams:
-  - name: web
-    endpoints: ["{}"]
-limits:
-  header_read_timeout: 1s
-  keepalive_timeout: 1s
-"#,
-        web.addr
+    let proxy = Proxy::start(&catch_all(
+        web.addr,
+        "",
+        "limits: {header_read_timeout: 1s, keepalive_timeout: 1s}\n",
     ));
     runtime().block_on(async {
         use http_body_util::{BodyExt, Empty};
@@ -3356,22 +3354,10 @@ fn http2_streams_per_connection_are_bounded() {
 #[test]
 fn a_stalled_body_bound_for_an_h2c_upstream_is_answered_408() {
     let h2 = H2cBackend::start("h2");
-    let proxy = Proxy::start(&format!(
-        r#"
-listeners:
-  - name: web
-    address: 127.0.0.1:{{http}}
-routes:
-  - path: /
-    upstream: h2
-upstreams:
-  - name: h2
-    endpoints: ["{}"]
-    protocol: h2c
-limits:
-  body_read_timeout: 1s
-"#,
-        h2.addr
+    let proxy = Proxy::start(&catch_all(
+        h2.addr,
+        "protocol: h2c",
+        "limits: {body_read_timeout: 1s}\n",
     ));
     let mut s = connect(proxy.http);
     s.write_all(b"POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1000\r\n\r\n0123456789")
