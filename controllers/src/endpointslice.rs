@@ -3,15 +3,15 @@
 //! terminating, node, the pod it is), with named `targetPort`s resolved per
 //! pod, labelled as kube-proxy reads them. Both of Orca's proxies read them.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use orca_core::api::{EndpointSlice, LabelSelector, ObjectMeta, Pod, Service, selector_matches};
 use orca_core::store::{DeleteOptions, Error, Store};
-use orca_core::watch::{Action, Controller, Informers, ObjectKey, Reader};
+use orca_core::watch::{Action, Change, Controller, Informers, ObjectKey, Reader};
 
 use crate::pods::is_ready;
 use crate::replicaset::owner_reference;
@@ -31,6 +31,79 @@ pub struct EndpointSlices {
     services: Reader<Service>,
     pods: Reader<Pod>,
     slices: Reader<EndpointSlice>,
+}
+
+/// Which Services' slices list each pod, kept from the slice cache's
+/// changes as they are made, so a pod's change finds them without reading
+/// every slice of its namespace.
+#[derive(Default)]
+struct Listed {
+    /// Per slice: its Service and the pods it lists.
+    slices: HashMap<ObjectKey, (String, Vec<String>)>,
+    /// Per pod (namespace, name): the Services listing it, and in how
+    /// many of their slices.
+    pods: HashMap<(String, String), HashMap<String, usize>>,
+}
+
+impl Listed {
+    fn apply(&mut self, slice: &EndpointSlice) {
+        let key = ObjectKey::of(slice);
+        self.remove(&key);
+        let Some(service) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME))
+        else {
+            return;
+        };
+        let namespace = key.namespace.clone().unwrap_or_default();
+        let pods: Vec<String> = slice
+            .endpoints
+            .iter()
+            .filter_map(|e| e.target_ref.as_ref()?.name.clone())
+            .collect();
+        for pod in &pods {
+            *self
+                .pods
+                .entry((namespace.clone(), pod.clone()))
+                .or_default()
+                .entry(service.clone())
+                .or_default() += 1;
+        }
+        self.slices.insert(key, (service.clone(), pods));
+    }
+
+    fn remove(&mut self, key: &ObjectKey) {
+        let Some((service, pods)) = self.slices.remove(key) else {
+            return;
+        };
+        let namespace = key.namespace.clone().unwrap_or_default();
+        for pod in pods {
+            let entry = (namespace.clone(), pod);
+            if let Some(services) = self.pods.get_mut(&entry) {
+                if let Some(n) = services.get_mut(&service) {
+                    *n -= 1;
+                    if *n == 0 {
+                        services.remove(&service);
+                    }
+                }
+                if services.is_empty() {
+                    self.pods.remove(&entry);
+                }
+            }
+        }
+    }
+
+    /// The Services whose slices list the pod.
+    fn services(&self, namespace: &str, pod: &str) -> Vec<ObjectKey> {
+        self.pods
+            .get(&(namespace.to_string(), pod.to_string()))
+            .into_iter()
+            .flat_map(|services| services.keys())
+            .map(|service| ObjectKey::new(Some(namespace), service))
+            .collect()
+    }
 }
 
 /// The slices of a Service this controller manages.
@@ -70,7 +143,22 @@ impl EndpointSlices {
             pods: pods.reader(),
             slices: slices.reader(),
         });
-        let (by_selector, by_slice) = (services.reader(), slices.reader());
+        let by_selector = services.reader();
+        let listed = Arc::new(Mutex::new(Listed::default()));
+        let following = Arc::downgrade(&listed);
+        slices.on_change(move |change| {
+            // The controller (whose pod mapping holds the index) is gone.
+            let Some(listed) = following.upgrade() else {
+                return false;
+            };
+            let mut listed = listed.lock().unwrap_or_else(PoisonError::into_inner);
+            match change {
+                Change::Applied(slice) => listed.apply(slice),
+                Change::Deleted(slice) => listed.remove(&ObjectKey::of(&**slice)),
+                Change::Synced => {}
+            }
+            true
+        });
         let controller = Controller::new(&services)
             .owns(&slices)
             .watches(&pods, move |pod: &Pod| {
@@ -86,21 +174,12 @@ impl EndpointSlices {
                     })
                     .map(|svc| ObjectKey::of(&**svc))
                     .collect();
-                for slice in by_slice.in_namespace(&namespace) {
-                    let lists = slice.endpoints.iter().any(|e| {
-                        e.target_ref.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-                    });
-                    if let (true, Some(service)) = (
-                        lists,
-                        slice
-                            .metadata
-                            .labels
-                            .as_ref()
-                            .and_then(|l| l.get(SERVICE_NAME)),
-                    ) {
-                        keys.insert(ObjectKey::new(Some(&namespace), service));
-                    }
-                }
+                keys.extend(
+                    listed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .services(&namespace, name),
+                );
                 keys.into_iter().collect()
             })
             .named("endpointslice");
@@ -285,5 +364,66 @@ fn endpoint(pod: &Pod, ip: String) -> Endpoint {
             ..ObjectReference::default()
         }),
         ..Endpoint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(name: &str, service: &str, pods: &[&str]) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                labels: Some(BTreeMap::from([(
+                    SERVICE_NAME.to_string(),
+                    service.to_string(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: pods
+                .iter()
+                .map(|p| Endpoint {
+                    target_ref: Some(ObjectReference {
+                        name: Some(p.to_string()),
+                        ..ObjectReference::default()
+                    }),
+                    ..Endpoint::default()
+                })
+                .collect(),
+            ports: None,
+        }
+    }
+
+    fn services(listed: &Listed, pod: &str) -> Vec<String> {
+        let mut names: Vec<String> = listed
+            .services("default", pod)
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_index_follows_slices_as_they_change() {
+        let mut listed = Listed::default();
+        listed.apply(&slice("web-1", "web", &["a", "b"]));
+        listed.apply(&slice("web-2", "web", &["b"]));
+        listed.apply(&slice("api-1", "api", &["b"]));
+        assert_eq!(services(&listed, "a"), ["web"]);
+        assert_eq!(services(&listed, "b"), ["api", "web"]);
+        // A changed slice forgets the pods it no longer lists.
+        listed.apply(&slice("web-1", "web", &["c"]));
+        assert!(services(&listed, "a").is_empty());
+        assert_eq!(services(&listed, "c"), ["web"]);
+        assert_eq!(services(&listed, "b"), ["api", "web"]);
+        listed.remove(&ObjectKey::new(Some("default"), "web-2"));
+        assert_eq!(services(&listed, "b"), ["api"]);
+        listed.remove(&ObjectKey::new(Some("default"), "api-1"));
+        assert!(services(&listed, "b").is_empty());
+        assert!(listed.pods.keys().all(|(_, pod)| pod == "c"));
     }
 }

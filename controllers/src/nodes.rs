@@ -9,10 +9,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{NodeCondition, Taint};
 use orca_core::api::{Lease, Node, Pod, Time};
 use orca_core::store::{Cidr, DeleteOptions, Error, Store};
 use orca_core::watch::{Action, Controller, Informers, ObjectKey, Reader};
+
+/// Pods of an unreachable node marked not ready at once, at most.
+const MARKS_IN_FLIGHT: usize = 32;
 
 /// The taint an unreachable node gets.
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -221,11 +225,21 @@ impl Nodes {
             }
         };
         let mut next = self.timing.period;
-        for pod in self.pods.on_node(&name) {
-            if pod.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            self.mark_not_ready(&pod).await?;
+        let pods: Vec<Arc<Pod>> = self
+            .pods
+            .on_node(&name)
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        // Their endpoints leave the Services at once: many writes in
+        // flight, not one round trip after another.
+        let marked: Vec<Result<(), Error>> = stream::iter(pods.clone())
+            .map(|pod| async move { self.mark_not_ready(&pod).await })
+            .buffer_unordered(MARKS_IN_FLIGHT)
+            .collect()
+            .await;
+        marked.into_iter().collect::<Result<(), Error>>()?;
+        for pod in pods {
             match self.tolerated_for(&pod) {
                 None => {}
                 Some(allowed) => {

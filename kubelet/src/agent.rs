@@ -126,13 +126,14 @@ async fn heartbeat(
         .reconnect()
         .await
         .unwrap_or_else(|_| kubelet.store.clone());
+    let mut lease = None;
     loop {
         registration.pressure = node::Pressure::measure(&kubelet.config.state_dir);
         // A renewal that failed is tried again soon, not a period later,
         // and on a new connection: the one it failed on may be stuck (as
         // Kubernetes' kubelet closes its connections after a failed
         // heartbeat). The status waits for a renewal that went through.
-        let next = match node::renew(&store, &kubelet.node, period * 4).await {
+        let next = match node::renew(&store, &kubelet.node, period * 4, &mut lease).await {
             Ok(()) => {
                 if let Err(e) = node::refresh(&store, &kubelet.node, &registration).await {
                     tracing::warn!(error = %e, "node status update failed; retrying");

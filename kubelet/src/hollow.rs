@@ -15,7 +15,7 @@ use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStatus, PodCondition, PodIP, PodStatus,
 };
-use orca_core::api::{Node, Pod, Time};
+use orca_core::api::{Lease, Node, Pod, Time};
 use orca_core::store::{Cidr, DeleteOptions, Error, Store};
 use orca_core::telemetry::Metrics;
 use orca_core::watch::{Action, Controller, Informers, ObjectKey, Reader};
@@ -115,9 +115,11 @@ pub async fn run(
         let registration = registration.clone();
         async move {
             let lease = (period * 4).max(Duration::from_secs(1));
+            // Each node's Lease as last written, so a renewal is one write.
+            let mut written: Vec<Option<Lease>> = vec![None; names.len()];
             loop {
-                let renewals: Vec<Result<(), Error>> = stream::iter(&names)
-                    .map(|name| renew(&store, name, lease))
+                let renewals: Vec<Result<(), Error>> = stream::iter(names.iter().zip(&mut written))
+                    .map(|(name, last)| renew(&store, name, lease, last))
                     .buffer_unordered(PARALLEL)
                     .collect()
                     .await;

@@ -242,8 +242,16 @@ pub async fn lease_namespace(store: &Store) -> Result<(), Error> {
     }
 }
 
-/// Renews `node`'s Lease once (creating it on first use).
-pub async fn renew(store: &Store, node: &str, duration: Duration) -> Result<(), Error> {
+/// Renews `node`'s Lease once (creating it on first use). `last` is the
+/// Lease as this node last wrote it: while nobody else has written it
+/// since, a renewal is one write guarded by its resourceVersion, with no
+/// read before it (as Kubernetes' kubelet keeps its latest Lease).
+pub async fn renew(
+    store: &Store,
+    node: &str,
+    duration: Duration,
+    last: &mut Option<Lease>,
+) -> Result<(), Error> {
     let api = store.api::<Lease>(LEASE_NAMESPACE);
     let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
     let seconds = i32::try_from(duration.as_secs()).unwrap_or(i32::MAX);
@@ -253,10 +261,23 @@ pub async fn renew(store: &Store, node: &str, duration: Duration) -> Result<(), 
         renew_time: Some(now),
         ..LeaseSpec::default()
     };
+    if let Some(mut lease) = last.take() {
+        lease.spec = Some(spec.clone());
+        match api.update(&lease).await {
+            Ok(written) => {
+                *last = Some(written);
+                return Ok(());
+            }
+            // Written or deleted by someone else: read it afresh.
+            Err(Error::Conflict { .. } | Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
     match api.get_opt(node).await? {
         Some(mut lease) => {
             lease.spec = Some(spec);
-            api.update(&lease).await.map(|_| ())
+            *last = Some(api.update(&lease).await?);
+            Ok(())
         }
         None => {
             let lease = Lease {
@@ -268,7 +289,11 @@ pub async fn renew(store: &Store, node: &str, duration: Duration) -> Result<(), 
                 spec: Some(spec),
             };
             match api.create(&lease).await {
-                Ok(_) | Err(Error::AlreadyExists { .. }) => Ok(()),
+                Ok(created) => {
+                    *last = Some(created);
+                    Ok(())
+                }
+                Err(Error::AlreadyExists { .. }) => Ok(()),
                 Err(e) => Err(e),
             }
         }

@@ -11,24 +11,26 @@
 //! `PodScheduled=False` with the reason per filter, as kubectl users know
 //! it, and is tried again when nodes or pods change.
 
+mod cache;
 pub mod resources;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     NodeSelectorRequirement, NodeSelectorTerm, PodCondition, Taint, Toleration,
 };
 use orca_core::api::{Node, Pod, Time};
 use orca_core::store::{BIND_BATCH, Error, Store};
 use orca_core::telemetry::Metrics;
-use orca_core::watch::{Action, Controller, Informers, ObjectKey, Reader};
+use orca_core::watch::{Action, Change, Controller, Informers, ObjectKey, Reader};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Unit;
 
-use resources::Resources;
+use cache::{ClusterState, Placement, Requirements};
 
 /// The names a pod may give in `schedulerName` for this scheduler.
 const NAMES: [&str; 2] = ["default-scheduler", "orca"];
@@ -99,11 +101,14 @@ impl SchedulerMetrics {
 pub struct Scheduler {
     store: Store,
     pods: Reader<Pod>,
-    nodes: Reader<Node>,
-    /// Pods bound by this scheduler that the pod cache does not show bound
-    /// yet: counted on their node, so the next pod sees the room they took
-    /// (kube-scheduler's assumed pods).
-    assumed: Mutex<HashMap<ObjectKey, Arc<Pod>>>,
+    /// Nodes and the room their pods (bound or assumed) take, kept from
+    /// the caches' changes as they are made (see [`Scheduler::follow`]).
+    state: Mutex<ClusterState>,
+    /// Whether `state` has taken in the pod and the node cache's first
+    /// lists.
+    listed: Mutex<(bool, bool)>,
+    /// Told when both have been.
+    state_synced: tokio::sync::watch::Sender<bool>,
     /// Bindings waiting to be written.
     binds: Arc<tokio::sync::Semaphore>,
     /// The bindings the binder writes next.
@@ -112,12 +117,22 @@ pub struct Scheduler {
     wake_binder: tokio::sync::Notify,
     /// Pods whose binding failed, to try again.
     retry: tokio::sync::mpsc::UnboundedSender<ObjectKey>,
+    /// Told when room may have appeared, to try the unschedulable pods
+    /// again; a burst of changes wakes them once.
+    room: tokio::sync::Notify,
     /// When each pending pod was first seen, for the latency histogram.
     first_seen: Mutex<HashMap<ObjectKey, Instant>>,
     /// Where the next search through the nodes starts, so sampled searches
     /// spread over all of them.
     next_start: Mutex<usize>,
     metrics: SchedulerMetrics,
+}
+
+/// A change to one of the two caches the scheduler's state follows.
+#[derive(Clone, Copy)]
+enum Followed<'a> {
+    Pod(&'a Change<Pod>),
+    Node(&'a Change<Node>),
 }
 
 fn node_name(pod: &Pod) -> Option<&str> {
@@ -156,60 +171,92 @@ fn occupies(pod: &Pod) -> bool {
 }
 
 impl Scheduler {
-    /// The loop and its controller on the shared caches, binding through
-    /// `store`. A node's change, or a bound pod's (which may free room),
-    /// tries every pending pod again.
-    pub fn new(
-        informers: &Informers,
-        store: Store,
-        metrics: &Metrics,
-    ) -> (Arc<Self>, Controller<Pod>) {
+    /// The loop and its controller on the shared caches; its state
+    /// follows the pod and node caches (see [`Scheduler::follow`]).
+    fn new(informers: &Informers, store: Store, metrics: &Metrics) -> (Arc<Self>, Controller<Pod>) {
         let pods = informers.all::<Pod>();
         let nodes = informers.all::<Node>();
         let (retry, retries) = tokio::sync::mpsc::unbounded_channel();
         let this = Arc::new(Self {
             store,
             pods: pods.reader(),
-            nodes: nodes.reader(),
-            assumed: Mutex::new(HashMap::new()),
+            state: Mutex::new(ClusterState::default()),
+            listed: Mutex::new((false, false)),
+            state_synced: tokio::sync::watch::Sender::new(false),
             binds: Arc::new(tokio::sync::Semaphore::new(BINDS_IN_FLIGHT)),
             to_bind: Mutex::new(Vec::new()),
             wake_binder: tokio::sync::Notify::new(),
             retry,
+            room: tokio::sync::Notify::new(),
             first_seen: Mutex::new(HashMap::new()),
             next_start: Mutex::new(0),
             metrics: SchedulerMetrics::register(metrics),
         });
-        // Pods already found unschedulable are tried again when room may
-        // have appeared: a node changed, or a bound pod is going. (Pods
-        // not yet tried are queued already; waking every pending pod on
-        // every binding would cost the square of the backlog.)
-        let unschedulable = {
-            let pods = pods.reader();
-            move || -> Vec<ObjectKey> {
-                pods.list()
-                    .iter()
-                    .filter(|p| pending(p) && found_unschedulable(p))
-                    .map(|p| ObjectKey::of(&**p))
-                    .collect()
-            }
-        };
-        let after_node = unschedulable.clone();
+        let scheduler = Arc::downgrade(&this);
+        pods.on_change(move |change| {
+            scheduler
+                .upgrade()
+                .is_some_and(|s| s.follow(Followed::Pod(change)))
+        });
+        let scheduler = Arc::downgrade(&this);
+        nodes.on_change(move |change| {
+            scheduler
+                .upgrade()
+                .is_some_and(|s| s.follow(Followed::Node(change)))
+        });
         let controller = Controller::new(&pods)
-            .watches(&nodes, move |_: &Node| after_node())
-            .watches(&pods, move |pod: &Pod| {
-                let freeing = pod.metadata.deletion_timestamp.is_some() || !occupies(pod);
-                if node_name(pod).is_some() && freeing {
-                    unschedulable()
-                } else {
-                    Vec::new()
-                }
-            })
+            .reads(&nodes)
             .trigger(futures::stream::unfold(retries, |mut rx| async move {
                 rx.recv().await.map(|key| (key, rx))
             }))
+            .trigger(
+                futures::stream::unfold(Arc::clone(&this), |this| async move {
+                    this.room.notified().await;
+                    let keys = this.lock(&this.state).unschedulable();
+                    Some((futures::stream::iter(keys), this))
+                })
+                .flatten(),
+            )
             .named("scheduler");
         (this, controller)
+    }
+
+    /// Applies one change of the caches to the state, as the cache makes
+    /// it, so the state is never behind the cache a pod is read from. A
+    /// pod found unschedulable is tried again when room may have appeared:
+    /// a node changed, or a pod left one. Returns whether to keep
+    /// following.
+    fn follow(&self, change: Followed<'_>) -> bool {
+        let mut state = self.lock(&self.state);
+        let room = match change {
+            Followed::Pod(Change::Applied(pod)) => state.apply_pod(pod),
+            Followed::Pod(Change::Deleted(pod)) => state.remove_pod(&ObjectKey::of(&**pod)),
+            Followed::Node(Change::Applied(node)) => {
+                state.apply_node(Arc::clone(node));
+                true
+            }
+            Followed::Node(Change::Deleted(node)) => {
+                state.remove_node(node.metadata.name.as_deref().unwrap_or_default());
+                true
+            }
+            Followed::Pod(Change::Synced) | Followed::Node(Change::Synced) => {
+                let mut listed = self.lock(&self.listed);
+                if matches!(change, Followed::Pod(_)) {
+                    listed.0 = true;
+                } else {
+                    listed.1 = true;
+                }
+                if listed.0 && listed.1 {
+                    self.state_synced.send_replace(true);
+                }
+                false
+            }
+        };
+        drop(state);
+        if room {
+            self.room.notify_one();
+        }
+        true
     }
 
     /// Places one pod, if it is pending.
@@ -222,126 +269,52 @@ impl Scheduler {
             self.lock(&self.first_seen).remove(&key);
             return Ok(Action::AwaitChange);
         }
-        if self.lock(&self.assumed).contains_key(&key) {
-            // Its binding is being written.
-            return Ok(Action::AwaitChange);
-        }
+        // Nothing is placed on a state that has not taken in every pod
+        // already bound.
+        let _ = self.state_synced.subscribe().wait_for(|s| *s).await;
         self.lock(&self.first_seen)
             .entry(key.clone())
             .or_insert_with(Instant::now);
-        // Searched from a rotating start, so sampled searches spread over
-        // every node (the cache's order is stable while nodes do not change).
-        let mut nodes = self.nodes.list();
-        let wanted = nodes_to_find(nodes.len());
-        let start = {
-            let mut next = self.lock(&self.next_start);
-            let start = *next % nodes.len().max(1);
-            *next = start + 1;
-            start
-        };
-        nodes.rotate_left(start);
-        let mut checked = 0;
-        let wants = Resources::requested_by(&pod);
-        let assumed = self.assumed_pods();
-        let owner = pod
-            .metadata
-            .owner_references
-            .as_ref()
-            .and_then(|r| r.iter().find(|o| o.controller == Some(true)))
-            .map(|o| o.uid.clone());
-        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-        let mut best: Vec<(f64, &str)> = Vec::new();
-        let mut spread: Vec<(usize, &str, f64)> = Vec::new();
-        for node in &nodes {
-            if spread.len() >= wanted {
-                break;
+        let needs = Requirements::of(&pod);
+        let tie = uuid::Uuid::new_v4().as_u128();
+        let placement = {
+            let mut state = self.lock(&self.state);
+            if state.is_assumed(&key) {
+                // Its binding is being written.
+                return Ok(Action::AwaitChange);
             }
-            checked += 1;
-            let name = node.metadata.name.as_deref().unwrap_or_default();
-            let on_node: Vec<Arc<Pod>> = self
-                .pods
-                .on_node(name)
-                .into_iter()
-                .chain(
-                    assumed
-                        .iter()
-                        .filter(|p| node_name(p) == Some(name))
-                        .cloned(),
-                )
-                .filter(|p| occupies(p))
-                .collect();
-            match fits(&pod, node, &on_node, wants) {
-                Err(why) => {
-                    for reason in why {
-                        *reasons.entry(reason).or_default() += 1;
-                    }
-                }
-                Ok(score) => {
-                    let siblings = owner.as_ref().map_or(0, |uid| {
-                        on_node
-                            .iter()
-                            .filter(|p| {
-                                p.metadata
-                                    .owner_references
-                                    .iter()
-                                    .flatten()
-                                    .any(|o| &o.uid == uid)
-                            })
-                            .count()
-                    });
-                    spread.push((siblings, name, score));
-                }
-            }
-        }
-        if spread.is_empty() {
-            let summary: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
-            self.metrics.unschedulable.inc();
-            let message = format!(
-                "0/{} nodes are available: {}.",
-                checked,
-                if summary.is_empty() {
-                    "no nodes are registered".to_string()
-                } else {
-                    summary.join(", ")
-                }
-            );
-            self.unschedulable(&pod, &message).await?;
-            return Ok(Action::Requeue(RETRY));
-        }
-        // Spreading: fewer of the owner's pods on a node scores higher.
-        let most = spread.iter().map(|(n, _, _)| *n).max().unwrap_or(0);
-        for (siblings, name, score) in spread {
-            let spread_score = if most == 0 {
-                100.0
-            } else {
-                100.0 * (1.0 - siblings as f64 / (most as f64 + 1.0))
+            // Searched from a rotating start, so sampled searches spread
+            // over every node.
+            let nodes = state.nodes();
+            let start = {
+                let mut next = self.lock(&self.next_start);
+                let start = *next % nodes.max(1);
+                *next = start + 1;
+                start
             };
-            best.push((score + spread_score, name));
+            let placement = state.place(&needs, start, nodes_to_find(nodes), tie);
+            if let Placement::Node(node) = &placement {
+                // Assumed before the lock is let go, so the next pod sees
+                // the room this one took.
+                state.assume(&pod, node);
+            }
+            placement
+        };
+        match placement {
+            Placement::Node(node) => self.bind(&pod, &node).await,
+            Placement::Nowhere(message) => {
+                self.metrics.unschedulable.inc();
+                self.unschedulable(&pod, &message).await?;
+                Ok(Action::Requeue(RETRY))
+            }
         }
-        let top = best.iter().map(|(s, _)| *s).fold(f64::MIN, f64::max);
-        let ties: Vec<&str> = best
-            .iter()
-            .filter(|(s, _)| (*s - top).abs() < 1e-9)
-            .map(|(_, n)| *n)
-            .collect();
-        let pick =
-            ties[usize::try_from(uuid::Uuid::new_v4().as_u128() % ties.len() as u128).unwrap_or(0)];
-        self.bind(&pod, pick).await
     }
 
     fn lock<'a, T>(&self, m: &'a Mutex<T>) -> std::sync::MutexGuard<'a, T> {
         m.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The assumed pods the cache does not show bound yet (the others are
-    /// forgotten).
-    fn assumed_pods(&self) -> Vec<Arc<Pod>> {
-        let mut assumed = self.assumed.lock().unwrap_or_else(PoisonError::into_inner);
-        assumed.retain(|key, _| self.pods.get(key).is_some_and(|p| node_name(&p).is_none()));
-        assumed.values().cloned().collect()
-    }
-
-    /// Assumes `pod` on `node` at once and hands the binding to the
+    /// Hands the binding of `pod` (assumed on `node` already) to the
     /// binder (kube-scheduler's binding cycle), so the next pod is placed
     /// while it is written; at most [`BINDS_IN_FLIGHT`] wait at a time.
     async fn bind(self: &Arc<Self>, pod: &Pod, node: &str) -> Result<Action, Error> {
@@ -349,8 +322,6 @@ impl Scheduler {
         let mut bound = pod.clone();
         bound.spec.get_or_insert_with(Default::default).node_name = Some(node.to_string());
         let bound = Arc::new(bound);
-        self.lock(&self.assumed)
-            .insert(key.clone(), Arc::clone(&bound));
         let permit = Arc::clone(&self.binds)
             .acquire_owned()
             .await
@@ -421,7 +392,7 @@ impl Scheduler {
     /// Forgets a binding that failed and tries the pod again, unless it
     /// changed or went (its own event brings it back).
     fn unbound(&self, b: &Binding, e: &Error) {
-        self.lock(&self.assumed).remove(&b.key);
+        self.lock(&self.state).forget(&b.key);
         if !matches!(e, Error::Conflict { .. } | Error::NotFound { .. }) {
             tracing::warn!(pod = %b.key, node = %b.node, error = %e, "binding failed; trying again");
             let _ = self.retry.send(b.key.clone());
@@ -460,145 +431,6 @@ impl Scheduler {
             .await
             .map(|_| ())
     }
-}
-
-fn is_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-        .is_some_and(|c| c.status == "True")
-}
-
-/// Whether `pod` fits `node` (holding `on_node`): its score, or every
-/// reason it does not.
-fn fits(
-    pod: &Pod,
-    node: &Node,
-    on_node: &[Arc<Pod>],
-    wants: Resources,
-) -> Result<f64, Vec<String>> {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let mut why = Vec::new();
-    let empty = BTreeMap::new();
-    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
-    if node
-        .spec
-        .as_ref()
-        .and_then(|s| s.unschedulable)
-        .unwrap_or(false)
-    {
-        why.push("node(s) were unschedulable".to_string());
-    }
-    if !is_ready(node) {
-        why.push("node(s) were not ready".to_string());
-    }
-    let selector_ok = spec
-        .node_selector
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let affinity = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref());
-    let required_ok = affinity
-        .and_then(|a| {
-            a.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        })
-        .is_none_or(|r| {
-            r.node_selector_terms
-                .iter()
-                .any(|t| term_matches(t, labels))
-        });
-    if !selector_ok || !required_ok {
-        why.push("node(s) didn't match Pod's node affinity/selector".to_string());
-    }
-    let tolerations = spec.tolerations.clone().unwrap_or_default();
-    for taint in node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .into_iter()
-        .flatten()
-    {
-        if matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute")
-            && !tolerations.iter().any(|t| tolerates(t, taint))
-        {
-            why.push(format!(
-                "node(s) had untolerated taint {{{}: {}}}",
-                taint.key,
-                taint.value.clone().unwrap_or_default()
-            ));
-        }
-    }
-    let host_ports: Vec<(i32, String)> = host_ports_of(pod);
-    if !host_ports.is_empty() {
-        let used: Vec<(i32, String)> = on_node.iter().flat_map(|p| host_ports_of(p)).collect();
-        if host_ports.iter().any(|p| used.contains(p)) {
-            why.push("node(s) didn't have free ports for the requested pod ports".to_string());
-        }
-    }
-    let allocatable = Resources::from_map(
-        node.status
-            .as_ref()
-            .and_then(|s| s.allocatable.as_ref().or(s.capacity.as_ref())),
-    );
-    let used = on_node
-        .iter()
-        .map(|p| Resources::requested_by(p))
-        .fold(Resources::default(), Resources::plus);
-    let after = used.plus(wants);
-    if after.cpu > allocatable.cpu && wants.cpu > 0.0 {
-        why.push("Insufficient cpu".to_string());
-    }
-    if after.memory > allocatable.memory && wants.memory > 0.0 {
-        why.push("Insufficient memory".to_string());
-    }
-    if after.pods > allocatable.pods {
-        why.push("Too many pods".to_string());
-    }
-    if !why.is_empty() {
-        return Err(why);
-    }
-    // Least allocated and balanced allocation, as kube-scheduler scores them.
-    let fraction = |used: f64, total: f64| {
-        if total > 0.0 {
-            (used / total).min(1.0)
-        } else {
-            0.0
-        }
-    };
-    let cpu = fraction(after.cpu, allocatable.cpu);
-    let memory = fraction(after.memory, allocatable.memory);
-    let least = ((1.0 - cpu) + (1.0 - memory)) * 50.0;
-    let balanced = (1.0 - (cpu - memory).abs()) * 100.0;
-    let preferred: f64 = affinity
-        .and_then(|a| {
-            a.preferred_during_scheduling_ignored_during_execution
-                .as_ref()
-        })
-        .into_iter()
-        .flatten()
-        .filter(|p| term_matches(&p.preference, labels))
-        .map(|p| f64::from(p.weight))
-        .sum();
-    Ok(least + balanced + preferred)
-}
-
-fn host_ports_of(pod: &Pod) -> Vec<(i32, String)> {
-    pod.spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| {
-            Some((
-                p.host_port.filter(|h| *h > 0)?,
-                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-            ))
-        })
-        .collect()
 }
 
 fn tolerates(t: &Toleration, taint: &Taint) -> bool {
@@ -672,98 +504,4 @@ pub async fn run(
         .await;
     let _ = stop.send(true);
     let _ = binder.await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::api::core::v1::{
-        Container, NodeCondition, NodeSpec, NodeStatus, PodSpec, ResourceRequirements,
-    };
-    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-
-    fn node(name: &str, memory: &str, labels: &[(&str, &str)]) -> Node {
-        let mut n = Node::default();
-        n.metadata.name = Some(name.into());
-        n.metadata.labels = Some(
-            labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        );
-        n.spec = Some(NodeSpec::default());
-        n.status = Some(NodeStatus {
-            allocatable: Some(BTreeMap::from([
-                ("cpu".to_string(), Quantity("4".into())),
-                ("memory".to_string(), Quantity(memory.into())),
-                ("pods".to_string(), Quantity("110".into())),
-            ])),
-            conditions: Some(vec![NodeCondition {
-                type_: "Ready".into(),
-                status: "True".into(),
-                ..NodeCondition::default()
-            }]),
-            ..NodeStatus::default()
-        });
-        n
-    }
-
-    fn pod(memory: &str) -> Pod {
-        Pod {
-            spec: Some(PodSpec {
-                containers: vec![Container {
-                    name: "c".into(),
-                    resources: Some(ResourceRequirements {
-                        requests: Some(BTreeMap::from([(
-                            "memory".to_string(),
-                            Quantity(memory.into()),
-                        )])),
-                        ..ResourceRequirements::default()
-                    }),
-                    ..Container::default()
-                }],
-                ..PodSpec::default()
-            }),
-            ..Pod::default()
-        }
-    }
-
-    #[test]
-    fn filters_give_kubectls_reasons() {
-        let small = node("a", "1Gi", &[]);
-        let want = pod("2Gi");
-        let why = fits(&want, &small, &[], Resources::requested_by(&want)).unwrap_err();
-        assert_eq!(why, ["Insufficient memory"]);
-        let big = node("b", "4Gi", &[("disk", "ssd")]);
-        assert!(fits(&want, &big, &[], Resources::requested_by(&want)).is_ok());
-        // Room taken by the pods already there.
-        let there = Arc::new(pod("3Gi"));
-        let why = fits(&want, &big, &[there], Resources::requested_by(&want)).unwrap_err();
-        assert_eq!(why, ["Insufficient memory"]);
-        // nodeSelector.
-        let mut picky = pod("1Gi");
-        picky.spec.as_mut().unwrap().node_selector =
-            Some(BTreeMap::from([("disk".to_string(), "hdd".to_string())]));
-        let why = fits(&picky, &big, &[], Resources::requested_by(&picky)).unwrap_err();
-        assert_eq!(why, ["node(s) didn't match Pod's node affinity/selector"]);
-        // Taints.
-        let mut tainted = node("c", "4Gi", &[]);
-        tainted.spec.as_mut().unwrap().taints = Some(vec![Taint {
-            key: "node.kubernetes.io/unreachable".into(),
-            effect: "NoExecute".into(),
-            ..Taint::default()
-        }]);
-        let why = fits(&want, &tainted, &[], Resources::requested_by(&want)).unwrap_err();
-        assert_eq!(
-            why,
-            ["node(s) had untolerated taint {node.kubernetes.io/unreachable: }"]
-        );
-        let mut tolerant = want.clone();
-        tolerant.spec.as_mut().unwrap().tolerations = Some(vec![Toleration {
-            key: Some("node.kubernetes.io/unreachable".into()),
-            operator: Some("Exists".into()),
-            ..Toleration::default()
-        }]);
-        assert!(fits(&tolerant, &tainted, &[], Resources::requested_by(&tolerant)).is_ok());
-    }
 }

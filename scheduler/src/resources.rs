@@ -104,6 +104,15 @@ impl Resources {
         }
     }
 
+    /// What is left of `self` after `other` is taken away.
+    pub fn minus(self, other: Self) -> Self {
+        Self {
+            cpu: self.cpu - other.cpu,
+            memory: self.memory - other.memory,
+            pods: self.pods - other.pods,
+        }
+    }
+
     /// The sum of two.
     pub fn plus(self, other: Self) -> Self {
         Self {

@@ -14,8 +14,8 @@ use futures::stream::{BoxStream, FuturesUnordered, SelectAll};
 use futures::{FutureExt, Stream, StreamExt, stream};
 use tokio::time::Instant;
 
-use super::informer::{Informer, PipelineMetrics};
-use super::reflector::{Change, ObjectKey, Reader};
+use super::informer::{Informer, PipelineMetrics, Queued};
+use super::reflector::{ObjectKey, Reader};
 use crate::api::Object;
 use crate::store::jittered;
 
@@ -40,6 +40,15 @@ enum Trigger {
     Synced,
 }
 
+impl From<Queued> for Trigger {
+    fn from(queued: Queued) -> Self {
+        match queued {
+            Queued::Key(key) => Trigger::Key(key),
+            Queued::Synced => Trigger::Synced,
+        }
+    }
+}
+
 /// A reconcile loop over one kind, fed by shared caches.
 pub struct Controller<K: Object> {
     name: String,
@@ -60,10 +69,9 @@ fn synced_check<O: Object>(reader: Reader<O>) -> Box<dyn Fn() -> bool + Send + S
 impl<K: Object> Controller<K> {
     /// A controller over every object of `informer`'s cache.
     pub fn new(informer: &Informer<K>) -> Self {
-        let primary = informer.subscribe().map(|change| match change {
-            Change::Applied(o) | Change::Deleted(o) => Trigger::Key(ObjectKey::of(&*o)),
-            Change::Synced => Trigger::Synced,
-        });
+        let primary = informer
+            .subscribe_keys(|o| vec![ObjectKey::of(o)])
+            .map(Trigger::from);
         let mut triggers = SelectAll::new();
         triggers.push(primary.boxed());
         Self {
@@ -125,15 +133,7 @@ impl<K: Object> Controller<K> {
         map: impl Fn(&O) -> Vec<ObjectKey> + Send + Sync + 'static,
     ) -> Self {
         self.caches.push(synced_check(related.reader()));
-        let keys = related.subscribe().flat_map(move |change| {
-            let triggers = match change {
-                Change::Applied(o) | Change::Deleted(o) => {
-                    map(&o).into_iter().map(Trigger::Key).collect()
-                }
-                Change::Synced => vec![Trigger::Synced],
-            };
-            stream::iter(triggers)
-        });
+        let keys = related.subscribe_keys(map).map(Trigger::from);
         self.triggers.push(keys.boxed());
         self
     }

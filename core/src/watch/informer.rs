@@ -1,10 +1,11 @@
 //! Shared caches (client-go's shared informers): one list+watch and one
 //! cache per kind and scope in a process, however many control loops read
 //! them. [`Informers`] is the process's factory; an [`Informer`] hands out
-//! its cache's [`Reader`] and streams of the [`Change`]s it makes.
+//! its cache's [`Reader`], calls handlers with the [`Change`]s it makes,
+//! and queues the keys they touch for the loops that follow it.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -14,10 +15,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Unit;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
-use super::reflector::{Change, Reader, Writer, store};
+use super::reflector::{Change, ObjectKey, Reader, Writer, store};
 use super::watcher::{Event, watcher};
 use crate::api::{Object, Pod};
 use crate::store::{Store, View};
@@ -188,12 +189,16 @@ impl Drop for Informers {
     }
 }
 
+/// A subscriber's handler: called with each change; `false` when it is
+/// done listening.
+type Handler<K> = Box<dyn FnMut(&Change<K>) -> bool + Send>;
+
 struct Shared<K> {
     reader: Reader<K>,
-    /// Taken while a change is applied and sent, and while a subscriber
-    /// joins, so a new subscriber sees each change exactly once: in its
-    /// replay of the cache or as a change after it.
-    subscribers: Mutex<Vec<mpsc::UnboundedSender<Change<K>>>>,
+    /// Taken while a change is applied and handed out, and while a
+    /// subscriber joins, so a new subscriber sees each change exactly once:
+    /// in its replay of the cache or as a change after it.
+    subscribers: Mutex<Vec<Handler<K>>>,
     metrics: Arc<PipelineMetrics>,
     labels: CacheLabels,
 }
@@ -218,11 +223,13 @@ impl<K: Object> Informer<K> {
         self.shared.reader.clone()
     }
 
-    /// A stream of the cache's changes from now on. A subscriber that joins
-    /// a cache that has already listed first gets every object in it as
-    /// [`Change::Applied`], then [`Change::Synced`].
-    pub fn subscribe(&self) -> impl Stream<Item = Change<K>> + Send + 'static {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// Calls `handler` with each change the cache makes from now on, as it
+    /// makes it (client-go's event handlers), until it returns `false`. A
+    /// handler that joins a cache that has already listed is first handed
+    /// every object in it as [`Change::Applied`], then [`Change::Synced`].
+    /// It runs in the cache's task with the cache's subscribers locked, so
+    /// it must be quick and must not subscribe to the same cache.
+    pub fn on_change(&self, mut handler: impl FnMut(&Change<K>) -> bool + Send + 'static) {
         let mut subscribers = self
             .shared
             .subscribers
@@ -230,12 +237,48 @@ impl<K: Object> Informer<K> {
             .unwrap_or_else(PoisonError::into_inner);
         if self.shared.reader.has_synced() {
             for obj in self.shared.reader.list() {
-                let _ = tx.send(Change::Applied(obj));
+                if !handler(&Change::Applied(obj)) {
+                    return;
+                }
             }
-            let _ = tx.send(Change::Synced);
+            if !handler(&Change::Synced) {
+                return;
+            }
         }
-        subscribers.push(tx);
-        stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
+        subscribers.push(Box::new(handler));
+    }
+
+    /// The keys `map` finds for each change from now on (after a replay of
+    /// the cache, as [`Informer::on_change`]), and [`Queued::Synced`] after
+    /// each complete list. A key waits at most once however often it
+    /// changes until it is taken (client-go's workqueue), so a reader that
+    /// lags holds keys, never the objects' superseded versions. `map` runs
+    /// as a handler does.
+    pub fn subscribe_keys(
+        &self,
+        map: impl Fn(&K) -> Vec<ObjectKey> + Send + 'static,
+    ) -> impl Stream<Item = Queued> + Send + 'static {
+        let queue = Arc::new(KeyQueue::default());
+        let listening = Arc::downgrade(&queue);
+        self.on_change(move |change| {
+            // The stream is gone: so is this handler.
+            let Some(queue) = listening.upgrade() else {
+                return false;
+            };
+            match change {
+                Change::Applied(o) | Change::Deleted(o) => {
+                    for key in map(o) {
+                        queue.push(key);
+                    }
+                }
+                Change::Synced => queue.synced(),
+            }
+            true
+        });
+        stream::unfold(queue, |queue| async move {
+            let next = queue.pop().await;
+            Some((next, queue))
+        })
     }
 
     pub(crate) fn metrics(&self) -> Arc<PipelineMetrics> {
@@ -261,7 +304,7 @@ async fn follow<K: Object>(view: View<K>, mut writer: Writer<K>, informer: Infor
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
                 writer.apply_with(&event, |change| {
-                    subscribers.retain(|tx| tx.send(change.clone()).is_ok());
+                    subscribers.retain_mut(|handler| handler(&change));
                 });
                 drop(subscribers);
                 let objects = i64::try_from(shared.reader.len()).unwrap_or(i64::MAX);
@@ -278,5 +321,99 @@ async fn follow<K: Object>(view: View<K>, mut writer: Writer<K>, informer: Infor
                 tracing::warn!(kind = K::KIND, error = %e, "watch failed; retrying");
             }
         }
+    }
+}
+
+/// What a key subscription yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Queued {
+    /// An object of this key changed (or one related to it, as the
+    /// subscription's map found).
+    Key(ObjectKey),
+    /// The cache completed a list.
+    Synced,
+}
+
+/// The keys one subscriber has yet to take, each once, in the order they
+/// first changed.
+#[derive(Default)]
+struct KeyQueue {
+    pending: Mutex<PendingKeys>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct PendingKeys {
+    order: VecDeque<ObjectKey>,
+    queued: HashSet<ObjectKey>,
+    /// A list completed since the subscriber last looked.
+    synced: bool,
+}
+
+impl KeyQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PendingKeys> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, key: ObjectKey) {
+        let mut pending = self.lock();
+        if pending.queued.insert(key.clone()) {
+            pending.order.push_back(key);
+        }
+        drop(pending);
+        self.wake.notify_one();
+    }
+
+    fn synced(&self) {
+        self.lock().synced = true;
+        self.wake.notify_one();
+    }
+
+    /// The next key (then, once they are all taken, the news of a list),
+    /// waiting for one if there is none.
+    async fn pop(&self) -> Queued {
+        loop {
+            {
+                let mut pending = self.lock();
+                if let Some(key) = pending.order.pop_front() {
+                    pending.queued.remove(&key);
+                    return Queued::Key(key);
+                }
+                if std::mem::take(&mut pending.synced) {
+                    return Queued::Synced;
+                }
+            }
+            // A push between the check and here leaves a permit behind, so
+            // this wait ends at once.
+            self.wake.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_key_waits_once_however_often_it_changes() {
+        let queue = KeyQueue::default();
+        let a = ObjectKey::new(Some("default"), "a");
+        let b = ObjectKey::new(Some("default"), "b");
+        queue.push(a.clone());
+        queue.push(b.clone());
+        queue.push(a.clone());
+        queue.synced();
+        assert_eq!(queue.pop().await, Queued::Key(a.clone()));
+        // Taken, it may wait again.
+        queue.push(a.clone());
+        assert_eq!(queue.pop().await, Queued::Key(b));
+        assert_eq!(queue.pop().await, Queued::Key(a));
+        assert_eq!(queue.pop().await, Queued::Synced);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(20), queue.pop())
+                .await
+                .is_err(),
+            "nothing left"
+        );
     }
 }

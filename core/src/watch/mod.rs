@@ -12,7 +12,7 @@ mod status;
 mod watcher;
 
 pub use controller::{Action, Controller};
-pub use informer::{Informer, Informers};
+pub use informer::{Informer, Informers, Queued};
 pub use reflector::{Change, ObjectKey, Reader, Writer, reflector, store};
 pub use status::{WARN_PERIOD, WatchMetrics, WatchStatus};
 pub use watcher::{Event, watcher, watcher_with_status};
