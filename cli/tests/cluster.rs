@@ -286,6 +286,16 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self._mirror = None;
+        // ORCA_KEEP_LOGS=DIR keeps every cluster's logs (etcd's, the
+        // masters', the nodes') in DIR/NAME, passed or failed, for faults
+        // that show only in some runs.
+        if let Ok(keep) = std::env::var("ORCA_KEEP_LOGS") {
+            let _ = Command::new("cp")
+                .arg("-r")
+                .arg(self.state.join("logs"))
+                .arg(Path::new(&keep).join(&self.name))
+                .status();
+        }
         let out = Command::new(ORCA)
             .arg("down")
             .arg("--state")
