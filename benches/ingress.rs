@@ -1,5 +1,6 @@
-//! Hot paths of the ingress proxy: route lookup among 10k routes, and the
-//! per-request head work (parse, validate, rewrite for the upstream).
+//! Hot paths of the ingress proxy: route lookup among 10k routes, the
+//! per-request head work (parse, validate, rewrite for the upstream), and
+//! what one cluster change costs cluster mode.
 //!
 //! Run: `cargo bench -p orca-benches --bench ingress`
 //!
@@ -17,12 +18,22 @@
 //! Before uninitialised header storage and the Connection-scan shortcut,
 //! wrk_get took 550 ns in the same session.
 //!
+//! Cluster changes with 1,000 Ingresses (2026-12-07, one run, nothing else
+//! running): an EndpointSlice change 9.4 µs (its one upstream's endpoints
+//! swapped in place), an Ingress change 2.81 ms (a new table of 1,000
+//! routes, the upstreams kept): 300 to 1. Before, every change of any
+//! kind rebuilt the table and resolved every upstream's endpoints again,
+//! at least the Ingress change's cost.
+//!
 //! Absolute times are noisy on this machine; compare within one run.
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use orca_core::api::{EndpointSlice, Ingress, Secret, Service};
+use orca_core::watch::{self, Event};
+use orca_proxy::ingress::cluster::{Caches, ClusterRoutes, INGRESS_CLASS, Pending};
 use orca_proxy::ingress::config::{LbPolicy, PathType};
 use orca_proxy::ingress::h1::{self, Forwarding, Head};
 use orca_proxy::ingress::routes::{Route, RouteTable};
@@ -121,5 +132,90 @@ fn head(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, route_lookup, head);
+/// An object of kind `K` from its JSON form.
+fn object<K: serde::de::DeserializeOwned>(json: serde_json::Value) -> K {
+    serde_json::from_value(json).expect("a valid object")
+}
+
+fn ingress(i: usize, version: u64) -> Ingress {
+    object(serde_json::json!({
+        "metadata": {"name": format!("app-{i}"), "namespace": "default",
+                     "resourceVersion": version.to_string()},
+        "spec": {"ingressClassName": INGRESS_CLASS, "rules": [{
+            "host": format!("app-{i}.example.com"),
+            "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {
+                "service": {"name": format!("app-{i}"), "port": {"number": 80}}}}]}}]}
+    }))
+}
+
+fn service(i: usize) -> Service {
+    object(serde_json::json!({
+        "metadata": {"name": format!("app-{i}"), "namespace": "default", "resourceVersion": "1"},
+        "spec": {"ports": [{"port": 80, "targetPort": 8080}]}
+    }))
+}
+
+fn slice(i: usize, version: u64) -> EndpointSlice {
+    let endpoints: Vec<_> = (0..3)
+        .map(|e| {
+            let ip = format!(
+                "10.{}.{}.{}",
+                i / 250,
+                i % 250,
+                e + 1 + (version % 2) as usize
+            );
+            serde_json::json!({"addresses": [ip], "conditions": {"ready": true}})
+        })
+        .collect();
+    object(serde_json::json!({
+        "metadata": {"name": format!("app-{i}-abcde"), "namespace": "default",
+                     "resourceVersion": version.to_string(),
+                     "labels": {"kubernetes.io/service-name": format!("app-{i}")}},
+        "addressType": "IPv4",
+        "ports": [{"port": 8080}],
+        "endpoints": endpoints
+    }))
+}
+
+/// What one change costs cluster mode with 1,000 Ingresses, each with a
+/// Service of its own and a slice of three endpoints: an EndpointSlice
+/// change (a pod came or went) and an Ingress change (a table rebuild).
+fn cluster_change(c: &mut Criterion) {
+    const N: usize = 1_000;
+    let (ingresses, mut iw) = watch::store::<Ingress>();
+    let (services, mut sw) = watch::store::<Service>();
+    let (slices, mut ew) = watch::store::<EndpointSlice>();
+    let (secrets, _) = watch::store::<Secret>();
+    let mut pending = Pending::default();
+    for i in 0..N {
+        iw.apply_with(&Event::Apply(ingress(i, 1)), |c| pending.ingress(&c));
+        sw.apply_with(&Event::Apply(service(i)), |c| pending.service(&c));
+        ew.apply_with(&Event::Apply(slice(i, 1)), |c| pending.slice(&c));
+    }
+    let mut routes = ClusterRoutes::new(Caches::new(ingresses, services, slices, secrets));
+    assert_eq!(routes.update(pending).routes.map(|t| t.len()), Some(N));
+    let mut g = c.benchmark_group("cluster_change/1k_ingresses");
+    let mut version = 1;
+    g.bench_function("endpoint_slice", |b| {
+        b.iter(|| {
+            version += 1;
+            let mut pending = Pending::default();
+            ew.apply_with(&Event::Apply(slice(N / 2, version)), |c| pending.slice(&c));
+            black_box(routes.update(pending).routes.is_none())
+        })
+    });
+    g.bench_function("ingress", |b| {
+        b.iter(|| {
+            version += 1;
+            let mut pending = Pending::default();
+            iw.apply_with(&Event::Apply(ingress(N / 2, version)), |c| {
+                pending.ingress(&c)
+            });
+            black_box(routes.update(pending).routes.map(|t| t.len()))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, route_lookup, head, cluster_change);
 criterion_main!(benches);

@@ -173,7 +173,7 @@ fn routes_json(table: &RouteTable) -> String {
     let upstreams: Vec<_> = upstreams
         .into_iter()
         .map(|u| {
-            let endpoints: Vec<_> = u.endpoints.iter().map(|e| e.addr).collect();
+            let endpoints: Vec<_> = u.endpoints().iter().map(|e| e.addr).collect();
             serde_json::json!({
                 "name": &*u.name,
                 "endpoints": endpoints,

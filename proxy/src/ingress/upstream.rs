@@ -2,10 +2,13 @@
 //! active health state and the retry budget. Shared by every worker thread,
 //! so all mutable state is atomic.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 use super::budget::RetryBudget;
 use super::config::{self, LbPolicy};
@@ -134,8 +137,9 @@ impl Default for Settings {
 pub struct Upstream {
     /// Name, for metrics and logs.
     pub name: Arc<str>,
-    /// The endpoints.
-    pub endpoints: Vec<Arc<Endpoint>>,
+    /// The endpoints; replaced whole when the cluster changes them, so
+    /// requests in flight keep the list they chose from.
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     /// Balancing policy.
     pub lb: LbPolicy,
     /// Timeouts and policies.
@@ -187,7 +191,7 @@ impl Upstream {
         );
         Self {
             name: name.into(),
-            endpoints,
+            endpoints: ArcSwap::from_pointee(endpoints),
             lb,
             settings,
             next: AtomicUsize::new(0),
@@ -195,39 +199,56 @@ impl Upstream {
         }
     }
 
+    /// The endpoints now.
+    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.endpoints.load_full()
+    }
+
+    /// Replaces the endpoints with those at `addrs`, keeping the ones
+    /// already known (their health, ejection and requests in flight).
+    pub fn set_endpoints(&self, addrs: &[SocketAddr]) {
+        let old = self.endpoints.load();
+        let known: HashMap<SocketAddr, &Arc<Endpoint>> = old.iter().map(|e| (e.addr, e)).collect();
+        let endpoints = addrs
+            .iter()
+            .map(|addr| match known.get(addr) {
+                Some(e) => Arc::clone(e),
+                None => Arc::new(Endpoint::new(*addr)),
+            })
+            .collect();
+        self.endpoints.store(Arc::new(endpoints));
+    }
+
     /// Chooses an available endpoint other than those in `tried`, and marks
     /// a request in flight to it. `roll` is any random number.
     pub fn choose(&self, roll: u32, tried: &[SocketAddr]) -> Option<InFlight> {
         let usable = |e: &&Arc<Endpoint>| e.available() && !tried.contains(&e.addr);
-        let n = self.endpoints.len();
+        let endpoints = self.endpoints.load();
+        let n = endpoints.len();
         if n == 0 {
             return None;
         }
         let chosen = match self.lb {
             LbPolicy::RoundRobin => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..n)
-                    .map(|i| &self.endpoints[(start + i) % n])
-                    .find(usable)
+                (0..n).map(|i| &endpoints[(start + i) % n]).find(usable)
             }
             LbPolicy::Random => {
                 let start = roll as usize;
-                (0..n)
-                    .map(|i| &self.endpoints[(start + i) % n])
-                    .find(usable)
+                (0..n).map(|i| &endpoints[(start + i) % n]).find(usable)
             }
             LbPolicy::LeastRequest => {
                 // Power of two choices: as good as a full scan in practice,
                 // and O(1).
                 let a = (roll as usize) % n;
                 let b = ((roll >> 16) as usize) % n;
-                let pair = [&self.endpoints[a], &self.endpoints[b]];
+                let pair = [&endpoints[a], &endpoints[b]];
                 let best = pair
                     .into_iter()
                     .filter(usable)
                     .min_by_key(|e| e.in_flight());
                 best.or_else(|| {
-                    self.endpoints
+                    endpoints
                         .iter()
                         .filter(usable)
                         .min_by_key(|e| e.in_flight())
@@ -299,13 +320,16 @@ mod tests {
         assert_ne!(next.endpoint().addr, busy.endpoint().addr);
         drop(busy);
         drop(next);
-        assert_eq!(u.endpoints[0].in_flight() + u.endpoints[1].in_flight(), 0);
+        assert_eq!(
+            u.endpoints()[0].in_flight() + u.endpoints()[1].in_flight(),
+            0
+        );
     }
 
     #[test]
     fn failing_endpoints_are_ejected_and_skipped() {
         let u = Upstream::new("u", addrs(2), LbPolicy::RoundRobin);
-        let bad = u.endpoints[0].clone();
+        let bad = u.endpoints()[0].clone();
         for _ in 0..5 {
             u.record(&bad, false);
         }
@@ -318,7 +342,7 @@ mod tests {
                 .is_none(),
             "nothing left"
         );
-        u.endpoints[1].set_healthy(false);
+        u.endpoints()[1].set_healthy(false);
         assert!(u.choose(0, &[]).is_none());
     }
 }
