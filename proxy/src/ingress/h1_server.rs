@@ -19,40 +19,13 @@ use tokio::net::TcpStream;
 use super::access_log::Entry;
 use super::body::{BodyError, BodyProgress, Framing};
 use super::config::{Limits, UpstreamProtocol};
+use super::dispatch::{Conn, Outcome, dispatch};
+use super::failure::Failure;
 use super::h1::{self, Forwarding, Head, HeadError, RequestInfo};
 use super::h1_reply::{Done, drain_body_or_close, local};
-use super::retry::Attempts;
 use super::routes::{Route, normalize_path};
-use super::upstream::{InFlight, Upstream};
+use super::upstream::Upstream;
 use super::worker::{Buf, BufferFull, LeasedBuf, Worker, fail, no_route, record};
-
-/// Where a request's failure came from, for status choice and metrics.
-#[derive(Debug)]
-enum Failure {
-    /// Could not connect: 502, or 504 when it timed out.
-    Connect { timed_out: bool },
-    /// No response head in time: 504.
-    Timeout,
-    /// The upstream broke the protocol or the connection: 502.
-    Upstream(&'static str),
-    /// The client broke the connection: nothing to answer.
-    Client,
-    /// The client's body stalled past `body_read_timeout`: 408.
-    ClientTimeout,
-    /// The client sent a malformed body: 400.
-    BadBody,
-    /// The client's body grew past the limit: 413.
-    BodyTooLarge,
-}
-
-impl From<BodyError> for Failure {
-    fn from(e: BodyError) -> Self {
-        match e {
-            BodyError::Malformed => Self::BadBody,
-            BodyError::TooLarge => Self::BodyTooLarge,
-        }
-    }
-}
 
 /// A client connection.
 pub trait Connection: AsyncRead + AsyncWrite + Unpin {
@@ -462,42 +435,42 @@ async fn read_head<S: Connection>(
     }
 }
 
-/// The upstream connection of one attempt, and whether it came from the pool.
-struct Attempt {
-    stream: TcpStream,
-    reused: bool,
-    addr: SocketAddr,
+/// One HTTP/1.1 request on its way upstream, as every step of forwarding
+/// it reads it.
+struct Outgoing<'a> {
+    worker: &'a Rc<Worker>,
+    upstream: &'a Upstream,
+    head: &'a Head,
+    info: &'a RequestInfo,
+    fwd: &'a Forwarding<'a>,
+    limits: &'a Limits,
+    /// Whether the proxy answers the client's `Expect: 100-continue`.
+    expects_continue: bool,
+    /// Whether the request may be sent again once sent: idempotent, and
+    /// without a body (the body is streamed, not kept).
+    replayable: bool,
 }
 
-/// A connection to `addr`: a pooled one when `pooled` and one fit for the
-/// request is idle (see [`Pool::take_for`]), else a new one.
-async fn connect(
-    worker: &Worker,
-    upstream: &Upstream,
+/// The client's side of a request being forwarded: its connection, what
+/// was read from it, and the buffer answers are written from.
+struct ClientSide<'a, S> {
+    client: &'a mut S,
+    cbuf: &'a mut Buf,
+    out: &'a mut Vec<u8>,
+}
+
+/// An upstream's answer, its head read, before any of it reached the
+/// client.
+struct Answer<'w> {
+    stream: TcpStream,
     addr: SocketAddr,
-    pooled: bool,
-    replayable: bool,
-) -> Result<Attempt, Failure> {
-    if let Some(stream) = pooled
-        .then(|| worker.pool.take_for(addr, replayable))
-        .flatten()
-    {
-        return Ok(Attempt {
-            stream,
-            reused: true,
-            addr,
-        });
-    }
-    match upstream.dial(addr).await {
-        Ok(stream) => Ok(Attempt {
-            stream,
-            reused: false,
-            addr,
-        }),
-        Err(e) => Err(Failure::Connect {
-            timed_out: e.timed_out,
-        }),
-    }
+    /// What was read from the upstream: the head, and maybe body after it.
+    ubuf: LeasedBuf<&'w Worker>,
+    rhead: Head,
+    rinfo: h1::ResponseInfo,
+    /// The upstream stopped taking the request body (it may, once it has
+    /// answered): neither connection is at a message boundary.
+    body_cut: bool,
 }
 
 /// Forwards one request and its response.
@@ -518,284 +491,153 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
         return local(client, cbuf, head, out, 503, "", "no upstream\n", keep).await;
     };
     upstream.count_request();
+    let name = Some(upstream.name.clone());
+    let mut side = ClientSide { client, cbuf, out };
     // A chunked body already past the limit, or malformed, in what arrived
     // with the head is refused before an upstream connection is taken.
     if info.framing == Framing::Chunked {
         let mut body = BodyProgress::limited(info.framing, limits.max_body_bytes.bytes());
-        if let Err(e) = body.feed(&cbuf.filled()[head.len..]) {
-            let failure = e.into();
-            let name = Some(upstream.name.clone());
-            return failure_response(client, cbuf, head, out, failure, name, None).await;
+        if let Err(e) = body.feed(&side.cbuf.filled()[head.len..]) {
+            return failure_response(&mut side, head, e.into(), name, None).await;
         }
     }
     if upstream.settings.protocol == UpstreamProtocol::H2c {
         // Boxed, so HTTP/1.1 upstreams' requests do not carry its state.
+        let ClientSide { client, cbuf, out } = side;
         return Box::pin(super::bridge::forward(
             worker, &upstream, client, cbuf, head, info, fwd, out, limits,
         ))
         .await;
     }
-    // Once sent, only requests without a body can be replayed: the body is
-    // streamed, not kept.
-    let replayable = info.idempotent && info.framing == Framing::Empty;
-    let mut attempts = Attempts::new(worker, &upstream, replayable);
-    let Some(mut flight) = attempts.first() else {
-        return failure_response(
-            client,
-            cbuf,
-            head,
-            out,
-            Failure::Upstream("no healthy endpoint"),
-            Some(upstream.name.clone()),
-            None,
-        )
-        .await;
+    let req = Outgoing {
+        worker,
+        upstream: &upstream,
+        head,
+        info,
+        fwd,
+        limits,
+        // HTTP/1.0 has no interim responses, so no `Expect` to answer.
+        expects_continue: head.version == 1
+            && head
+                .header(side.cbuf.filled(), "expect")
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue")),
+        replayable: info.idempotent && info.framing == Framing::Empty,
     };
-    // HTTP/1.0 has no interim responses, so no `Expect` to answer.
-    let expects_continue = head.version == 1
-        && head
-            .header(cbuf.filled(), "expect")
-            .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
-    // Whether this attempt may take a pooled connection, and whether the one
-    // retry on a new connection is spent.
-    let (mut pooled, mut fresh_retry_used) = (true, false);
-    let failure = loop {
-        let addr = flight.endpoint().addr;
-        let attempt = match connect(worker, &upstream, addr, pooled, replayable).await {
-            Ok(a) => a,
-            Err(failure) => {
-                upstream.record(flight.endpoint(), false);
-                fail(worker, &upstream, "connect");
-                match attempts.retry_unsent(addr) {
-                    Some(next) => {
-                        (flight, pooled) = (next, true);
-                        continue;
-                    }
-                    None => break failure,
-                }
-            }
-        };
-        let exchanged = exchange(
-            worker,
-            &upstream,
-            attempt,
-            client,
-            cbuf,
-            head,
-            info,
-            fwd,
-            out,
-            limits,
-            expects_continue,
-            &mut attempts,
-        )
-        .await;
-        match exchanged {
-            Ok(done) => {
-                let status = done.status;
-                let healthy = !matches!(status, 502..=504);
-                upstream.record(flight.endpoint(), healthy);
-                return Done {
-                    upstream: Some(upstream.name.clone()),
-                    endpoint: Some(addr),
-                    ..done
-                };
-            }
-            // A pooled connection the upstream had already closed is no
-            // fault of the endpoint: try it once more on a new connection.
-            Err(ExchangeError::Retry { reused: true } | ExchangeError::Unsent { reused: true })
-                if !fresh_retry_used =>
-            {
-                (pooled, fresh_retry_used) = (false, true);
-            }
-            Err(ExchangeError::Unsent { .. }) => {
-                upstream.record(flight.endpoint(), false);
-                match attempts.retry_unsent(addr) {
-                    Some(next) => (flight, pooled) = (next, true),
-                    None => break Failure::Upstream("upstream failed before answering"),
-                }
-            }
-            Err(ExchangeError::Stale) => {
-                fail(worker, &upstream, "stale_connection");
-                return failure_response(
-                    client,
-                    cbuf,
-                    head,
-                    out,
-                    Failure::Upstream("pooled connection closed before answering"),
-                    Some(upstream.name.clone()),
-                    Some(addr),
-                )
-                .await;
-            }
-            Err(ExchangeError::Retry { .. }) => {
-                upstream.record(flight.endpoint(), false);
-                match attempts.retry(addr) {
-                    Some(next) => (flight, pooled) = (next, true),
-                    None => break Failure::Upstream("upstream failed before answering"),
-                }
-            }
-            Err(ExchangeError::Status(next)) => {
-                upstream.record(flight.endpoint(), false);
-                (flight, pooled) = (next, true);
-            }
-            Err(ExchangeError::Fatal(failure)) => {
-                let clients_fault = matches!(
-                    failure,
-                    Failure::Client
-                        | Failure::ClientTimeout
-                        | Failure::BadBody
-                        | Failure::BodyTooLarge
-                );
-                if !clients_fault {
-                    upstream.record(flight.endpoint(), false);
-                }
-                let kind = match failure {
-                    Failure::Timeout => "timeout",
-                    Failure::Upstream(_) => "protocol",
-                    _ => "client",
-                };
-                if kind != "client" {
-                    fail(worker, &upstream, kind);
-                }
-                return failure_response(
-                    client,
-                    cbuf,
-                    head,
-                    out,
-                    failure,
-                    Some(upstream.name.clone()),
-                    Some(addr),
-                )
-                .await;
-            }
+    let sent = dispatch(worker, &upstream, req.replayable, async |conn, addr, _| {
+        match conn {
+            Conn::H1 { stream, reused } => send(&req, &mut side, stream, reused, addr).await,
+            // Only h2c upstreams get h2c connections, and their requests
+            // take the bridge above.
+            Conn::H2(_) => Outcome::Fatal(Failure::Protocol),
+        }
+    })
+    .await;
+    let (answer, flight) = match sent {
+        Ok(sent) => sent,
+        Err((failure, endpoint)) => {
+            return failure_response(&mut side, head, failure, name, endpoint).await;
         }
     };
-    failure_response(
-        client,
-        cbuf,
-        head,
-        out,
-        failure,
-        Some(upstream.name.clone()),
-        None,
-    )
-    .await
+    let addr = flight.endpoint().addr;
+    match relay(&req, &mut side, answer).await {
+        Ok(done) => Done {
+            upstream: name,
+            endpoint: Some(addr),
+            ..done
+        },
+        Err(failure) => {
+            if let Some(kind) = failure.upstream_kind() {
+                upstream.record(flight.endpoint(), false);
+                fail(worker, &upstream, kind);
+            }
+            failure_response(&mut side, head, failure, name, Some(addr)).await
+        }
+    }
 }
 
+/// Answers the client for a request that failed: nothing when the client
+/// went away, else the failure's status. The request body may be partly
+/// unread, so the connection cannot be trusted to be at a request boundary
+/// any more and is closed.
 async fn failure_response<S: AsyncRead + AsyncWrite + Unpin>(
-    client: &mut S,
-    cbuf: &mut Buf,
+    side: &mut ClientSide<'_, S>,
     head: &Head,
-    out: &mut Vec<u8>,
     failure: Failure,
     upstream: Option<Arc<str>>,
     endpoint: Option<SocketAddr>,
 ) -> Done {
-    let (status, body) = match failure {
-        Failure::Connect { timed_out: true } | Failure::Timeout => (504, "upstream timed out\n"),
-        Failure::Connect { timed_out: false } => (502, "upstream unreachable\n"),
-        Failure::Upstream("no healthy endpoint") => (503, "no healthy upstream endpoint\n"),
-        Failure::Upstream(_) => (502, "upstream failed\n"),
-        Failure::BadBody => (400, "malformed request body\n"),
-        Failure::BodyTooLarge => (413, "request body too large\n"),
-        Failure::ClientTimeout => (408, "request body not received in time\n"),
-        Failure::Client => {
-            return Done {
-                status: 499,
-                keep_alive: false,
-                upstream,
-                endpoint,
-                bytes: 0,
-            };
-        }
-    };
-    // The request body may be partly unread: the connection cannot be
-    // trusted to be at a request boundary any more.
-    let mut done = local(client, cbuf, head, out, status, "", body, false).await;
+    if let Failure::Client = failure {
+        return Done {
+            status: 499,
+            keep_alive: false,
+            upstream,
+            endpoint,
+            bytes: 0,
+        };
+    }
+    let (status, body) = failure.answer();
+    let ClientSide { client, cbuf, out } = side;
+    let mut done = local(*client, cbuf, head, out, status.as_u16(), "", body, false).await;
     done.upstream = upstream;
     done.endpoint = endpoint;
     done
 }
 
-enum ExchangeError {
-    /// Nothing reached the client and the request may be sent again.
-    Retry { reused: bool },
-    /// Not a byte of the request reached the upstream: it may go again
-    /// whatever its method.
-    Unsent { reused: bool },
-    /// A pooled connection closed before any answer to a request that
-    /// cannot be sent again: the upstream closed it as the request went
-    /// out, most likely, which is no fault of the endpoint.
-    Stale,
-    /// The answer's status is retried: send the request to this endpoint.
-    Status(InFlight),
-    /// Give up with this failure.
-    Fatal(Failure),
-}
-
-/// Sends the request on `attempt` and streams the response to the client.
-#[allow(clippy::too_many_arguments)]
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    worker: &Worker,
-    upstream: &Upstream,
-    mut attempt: Attempt,
-    client: &mut S,
-    cbuf: &mut Buf,
-    head: &Head,
-    info: &RequestInfo,
-    fwd: &Forwarding<'_>,
-    out: &mut Vec<u8>,
-    limits: &Limits,
-    expects_continue: bool,
-    attempts: &mut Attempts<'_>,
-) -> Result<Done, ExchangeError> {
-    let retry = ExchangeError::Retry {
-        reused: attempt.reused,
-    };
-    let replayable = info.idempotent && info.framing == Framing::Empty;
+/// One attempt: sends the request (head, buffered body, then the rest of
+/// the body from the client) on `stream` to `addr`, and reads the answer's
+/// head, passing interim answers to the client.
+async fn send<'w, S: AsyncRead + AsyncWrite + Unpin>(
+    req: &Outgoing<'w>,
+    side: &mut ClientSide<'_, S>,
+    mut stream: TcpStream,
+    reused: bool,
+    addr: SocketAddr,
+) -> Outcome<Answer<'w>> {
+    let (head, info, limits) = (req.head, req.info, req.limits);
+    let ClientSide { client, cbuf, out } = side;
     // The request head and whatever of the body is already buffered go out
     // in one write.
     out.clear();
-    h1::write_upstream_request(out, cbuf.filled(), head, info, fwd);
+    h1::write_upstream_request(out, cbuf.filled(), head, info, req.fwd);
     // A chunked body past the limit in what is buffered is refused before
     // anything goes upstream.
     let mut body = BodyProgress::limited(info.framing, limits.max_body_bytes.bytes());
     let buffered = &cbuf.filled()[head.len..];
-    let take = body
-        .feed(buffered)
-        .map_err(|e| ExchangeError::Fatal(e.into()))?;
-    let upstream_stream = &mut attempt.stream;
+    let take = match body.feed(buffered) {
+        Ok(take) => take,
+        Err(e) => return Outcome::Fatal(e.into()),
+    };
     let mut sent = &buffered[..take];
     if let Some(trailers) = body.trailers() {
         out.extend_from_slice(&buffered[..trailers.start]);
         sent = &buffered[trailers.end..take];
     }
-    if let Err(failed) = write_head_and_body(upstream_stream, out, sent).await {
-        return Err(if !failed.sent_any {
+    if let Err(failed) = write_head_and_body(&mut stream, out, sent).await {
+        return if !failed.sent_any {
             // The upstream has none of it: whatever the request, it may go
             // again, its body still in the buffer.
-            ExchangeError::Unsent {
-                reused: attempt.reused,
-            }
-        } else if replayable {
-            retry
+            Outcome::Unsent
+        } else if req.replayable {
+            Outcome::Closed
         } else {
-            ExchangeError::Fatal(Failure::Upstream("write failed"))
-        });
+            Outcome::Fatal(Failure::Protocol)
+        };
     }
     // A replayable request keeps its head in the buffer until no retry can
     // need it any more.
-    if !replayable {
+    if !req.replayable {
         cbuf.consume(head.len + take);
     }
-    if expects_continue && !body.done() {
+    if req.expects_continue && !body.done() {
         // Answer the client's Expect ourselves, as nginx does: the body then
         // streams straight through.
-        client
+        if client
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             .await
-            .map_err(|_| ExchangeError::Fatal(Failure::Client))?;
+            .is_err()
+        {
+            return Outcome::Fatal(Failure::Client);
+        }
     }
     let max_read = usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX);
     // Set when the upstream stopped taking the body, which it may do once
@@ -807,9 +649,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         // upstream with part of it: this connection is dropped, never
         // pooled, which aborts the request upstream.
         match stream_body(
-            client,
+            *client,
             cbuf,
-            upstream_stream,
+            &mut stream,
             &mut body,
             max_read,
             limits,
@@ -819,24 +661,24 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         {
             Ok(_) => {}
             Err(Side::Sink) => body_cut = true,
-            Err(Side::Source) => return Err(ExchangeError::Fatal(Failure::Client)),
-            Err(Side::SourceStalled) => return Err(ExchangeError::Fatal(Failure::ClientTimeout)),
-            Err(Side::Body(e)) => return Err(ExchangeError::Fatal(e.into())),
+            Err(Side::Source) => return Outcome::Fatal(Failure::Client),
+            Err(Side::SourceStalled) => return Outcome::Fatal(Failure::BodyStalled),
+            Err(Side::Body(e)) => return Outcome::Fatal(e.into()),
         }
     }
 
     // The response head; interim 1xx responses (but 101) pass through to
     // HTTP/1.1 clients (an HTTP/1.0 client cannot tell one from the answer,
     // RFC 9110 §15.2).
-    let mut ubuf = LeasedBuf::new(worker);
+    let mut ubuf = LeasedBuf::new(&**req.worker);
     let mut rhead = Head::default();
     let max_head = 64 * 1024;
-    let deadline = tokio::time::Instant::now() + upstream.settings.request_timeout;
+    let deadline = tokio::time::Instant::now() + req.upstream.settings.request_timeout;
     let rinfo = loop {
         if !ubuf.is_empty() {
             match h1::parse_response(ubuf.filled(), &mut rhead, max_head, info.is_head) {
                 Ok(Some(r)) if rhead.status >= 100 && rhead.status < 200 && rhead.status != 101 => {
-                    if head.version == 1 && (rhead.status != 100 || !expects_continue) {
+                    if head.version == 1 && (rhead.status != 100 || !req.expects_continue) {
                         out.clear();
                         h1::write_client_response(
                             out,
@@ -846,53 +688,70 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                             head.version,
                             true,
                         );
-                        client
-                            .write_all(out)
-                            .await
-                            .map_err(|_| ExchangeError::Fatal(Failure::Client))?;
+                        if client.write_all(out).await.is_err() {
+                            return Outcome::Fatal(Failure::Client);
+                        }
                     }
                     ubuf.consume(rhead.len);
                     continue;
                 }
                 Ok(Some(r)) => break r,
                 Ok(None) => {}
-                Err(_) => {
-                    return Err(ExchangeError::Fatal(Failure::Upstream(
-                        "malformed response",
-                    )));
-                }
+                // A malformed response.
+                Err(_) => return Outcome::Fatal(Failure::Protocol),
             }
         }
-        match tokio::time::timeout_at(deadline, ubuf.read_from(upstream_stream, max_head)).await {
-            Err(_) => return Err(ExchangeError::Fatal(Failure::Timeout)),
-            Ok(Ok(0)) | Ok(Err(_)) if ubuf.is_empty() && replayable => return Err(retry),
-            Ok(Ok(0)) | Ok(Err(_)) if ubuf.is_empty() && attempt.reused && !body_cut => {
-                return Err(ExchangeError::Stale);
+        match tokio::time::timeout_at(deadline, ubuf.read_from(&mut stream, max_head)).await {
+            Err(_) => return Outcome::Fatal(Failure::Timeout),
+            // Closed before answering: a request that can go again may, and
+            // a pooled connection may have been let go by the upstream.
+            Ok(Ok(0)) | Ok(Err(_))
+                if ubuf.is_empty() && (req.replayable || (reused && !body_cut)) =>
+            {
+                return Outcome::Closed;
             }
-            Ok(Ok(0)) | Ok(Err(_)) if body_cut => {
-                return Err(ExchangeError::Fatal(Failure::Upstream(
-                    "upstream closed during the request body",
-                )));
-            }
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                return Err(ExchangeError::Fatal(Failure::Upstream(
-                    "upstream closed before answering",
-                )));
-            }
+            Ok(Ok(0)) | Ok(Err(_)) => return Outcome::Fatal(Failure::Protocol),
             Ok(Ok(_)) => {}
         }
     };
     // A switch of protocols nobody asked for leaves the upstream connection
     // speaking something else: it is no answer, and the connection goes.
     if rhead.status == 101 && !info.upgrade {
-        return Err(ExchangeError::Fatal(Failure::Upstream(
-            "upstream switched protocols unasked",
-        )));
+        return Outcome::Fatal(Failure::Protocol);
     }
-    if let Some(next) = attempts.retry_status(attempt.addr, rhead.status) {
-        return Err(ExchangeError::Status(next));
-    }
-    if replayable {
+    let status = rhead.status;
+    Outcome::Answered(
+        Answer {
+            stream,
+            addr,
+            ubuf,
+            rhead,
+            rinfo,
+            body_cut,
+        },
+        status,
+    )
+}
+
+/// Passes an answer to the client: an upgrade becomes a tunnel; anything
+/// else is its head and body, the upstream connection pooled after when it
+/// is at a message boundary.
+async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
+    req: &Outgoing<'_>,
+    side: &mut ClientSide<'_, S>,
+    answer: Answer<'_>,
+) -> Result<Done, Failure> {
+    let Answer {
+        mut stream,
+        addr,
+        mut ubuf,
+        rhead,
+        rinfo,
+        body_cut,
+    } = answer;
+    let (head, info, limits) = (req.head, req.info, req.limits);
+    let ClientSide { client, cbuf, out } = side;
+    if req.replayable {
         cbuf.consume(head.len);
     }
 
@@ -901,18 +760,17 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         out.clear();
         h1::write_client_response(out, ubuf.filled(), &rhead, &rinfo, head.version, true);
         out.extend_from_slice(&ubuf.filled()[rhead.len..]);
-        client
-            .write_all(out)
-            .await
-            .map_err(|_| ExchangeError::Fatal(Failure::Client))?;
+        client.write_all(out).await.map_err(|_| Failure::Client)?;
         if !cbuf.is_empty() {
-            upstream_stream
+            // The upstream did not take what the client sent after its
+            // request.
+            stream
                 .write_all(cbuf.filled())
                 .await
-                .map_err(|_| ExchangeError::Fatal(Failure::Upstream("tunnel write failed")))?;
+                .map_err(|_| Failure::Protocol)?;
             cbuf.consume(cbuf.filled().len());
         }
-        let down = tunnel(client, upstream_stream, limits.tunnel_idle_timeout.get()).await;
+        let down = tunnel(*client, &mut stream, limits.tunnel_idle_timeout.get()).await;
         return Ok(Done {
             status: 101,
             keep_alive: false,
@@ -925,7 +783,8 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let keep_alive = info.keep_alive
         && !body_cut
         && rinfo.framing != Framing::UntilClose
-        && !worker
+        && !req
+            .worker
             .shared
             .draining
             .load(std::sync::atomic::Ordering::Relaxed);
@@ -933,20 +792,20 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     h1::write_client_response(out, ubuf.filled(), &rhead, &rinfo, head.version, keep_alive);
     let mut rbody = BodyProgress::new(rinfo.framing);
     let buffered = &ubuf.filled()[rhead.len..];
-    let take = rbody
-        .feed(buffered)
-        .map_err(|_| ExchangeError::Fatal(Failure::Upstream("malformed response body")))?;
+    // A malformed response body.
+    let take = rbody.feed(buffered).map_err(|_| Failure::Protocol)?;
     let extra = buffered.len() > take;
     let mut bytes = take as u64;
-    write_head_and_body(client, out, &buffered[..take])
+    write_head_and_body(*client, out, &buffered[..take])
         .await
-        .map_err(|_| ExchangeError::Fatal(Failure::Client))?;
+        .map_err(|_| Failure::Client)?;
     ubuf.consume(rhead.len + take);
     if !rbody.done() {
+        let max_head = 64 * 1024;
         match stream_body(
-            upstream_stream,
+            &mut stream,
             &mut ubuf,
-            client,
+            *client,
             &mut rbody,
             max_head,
             limits,
@@ -957,7 +816,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(n) => bytes += n,
             // An until-close body ends with the upstream closing.
             Err(Side::Source) if rinfo.framing == Framing::UntilClose => {}
-            Err(Side::Sink) => return Err(ExchangeError::Fatal(Failure::Client)),
+            Err(Side::Sink) => return Err(Failure::Client),
             Err(_) => {
                 // Headers are out: the client can only learn of the failure
                 // by the connection closing early.
@@ -974,9 +833,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     // Anything beyond the response means the upstream is out of step: do
     // not reuse the connection.
     if rinfo.reusable && !extra && !body_cut && ubuf.is_empty() {
-        worker
+        req.worker
             .pool
-            .put(attempt.addr, attempt.stream, upstream.settings.keep);
+            .put(addr, stream, req.upstream.settings.keep);
     }
     Ok(Done {
         status: rhead.status,

@@ -13,16 +13,13 @@ use http_body_util::Either;
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 
-use super::config::UpstreamProtocol;
+use super::dispatch::{Conn, Outcome, dispatch};
 use super::failure::Failure;
 use super::h1_upstream;
 use super::h2_body::{Piped, UpstreamBody};
-use super::retry::Attempts;
 use super::upstream::Upstream;
-use super::worker::{LocalExec, Worker, fail};
+use super::worker::Worker;
 
 /// A response body from an upstream: an h2c stream's, or one read from an
 /// HTTP/1.1 connection.
@@ -150,187 +147,53 @@ pub(super) fn add_forwarding(
     }
 }
 
-/// Sends `req` to an endpoint of `upstream`, retried on other endpoints as
-/// HTTP/1.1 retries: a request whose connection could not be made goes
-/// elsewhere whatever it is; one that was sent and failed before an answer,
-/// or got a configured status, only when it is `replayable` (idempotent with
-/// an empty body, so every attempt can send a copy). All within the policy
-/// and the budget. Returns the response and the endpoint that gave it. A
-/// failure names an endpoint only when one is to blame for the answer (it
-/// timed out), as HTTP/1.1 logs it; when the retries ran out there is none.
+/// Sends `req` to an endpoint of `upstream` through the one dispatch path
+/// (see [`dispatch`]), `replayable` when every attempt can send a copy of
+/// it. Returns the response and the endpoint that gave it, or the failure
+/// and the endpoint to blame for it, if any.
 pub(super) async fn send_with_retries(
     worker: &Rc<Worker>,
     upstream: &Upstream,
     req: Request<UpstreamBody>,
     replayable: bool,
 ) -> Result<(Response<FromUpstream>, SocketAddr), (Failure, Option<SocketAddr>)> {
-    let mut attempts = Attempts::new(worker, upstream, replayable);
-    let Some(mut flight) = attempts.first() else {
-        return Err((Failure::NoEndpoint, None));
-    };
     let (mut parts, body) = req.into_parts();
     let (exceeded, stalled) = match &body {
         Either::Left(capped) => (capped.meter.exceeded.clone(), capped.inner.stalled.clone()),
         Either::Right(_) => (Rc::default(), Rc::default()),
     };
     let mut body = Some(body);
-    // A pooled HTTP/1.1 connection the upstream had already closed is no
-    // fault of the endpoint: the request goes once more on a new one.
-    let (mut pooled, mut fresh_retry_used) = (true, false);
-    loop {
-        let addr = flight.endpoint().addr;
-        // The request is built only once a connection is at hand, so one
-        // that never left keeps its body for the next endpoint.
-        // A connection whose handshake hangs is a connection not made:
-        // the whole of opening it is held to the connect timeout.
-        let opened = tokio::time::timeout(
-            upstream.settings.connect_timeout,
-            open(worker, upstream, addr, pooled, replayable),
-        )
-        .await
-        .unwrap_or(Err(Failure::Connect { timed_out: true }));
-        let conn = match opened {
-            Ok(conn) => conn,
-            Err(failure) => {
-                upstream.record(flight.endpoint(), false);
-                fail(worker, upstream, "connect");
-                match attempts.retry_unsent(addr) {
-                    Some(next) => {
-                        (flight, pooled) = (next, true);
-                        continue;
-                    }
-                    None => return Err((failure, None)),
-                }
-            }
-        };
-        let attempt = Attempt {
-            body: body.take().unwrap_or_else(|| Either::Right(Piped::empty())),
-            may_retry: attempts.may_retry(),
-        };
-        let next = match send(worker, upstream, addr, conn, &mut parts, attempt).await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                match attempts.retry_status(addr, status) {
-                    Some(next) => next,
-                    None => {
-                        upstream.record(flight.endpoint(), !matches!(status, 502..=504));
-                        return Ok((response, addr));
-                    }
-                }
-            }
-            // The client's body broke the request, not the endpoint (a body
-            // that can be cut off is never replayed).
-            Err(_) if exceeded.get() => return Err((Failure::BodyTooLarge, None)),
-            Err(_) if stalled.get() => return Err((Failure::BodyStalled, None)),
-            Err(Failure::Stale) if replayable && !fresh_retry_used => {
-                (pooled, fresh_retry_used) = (false, true);
-                continue;
-            }
-            // One that cannot go again fails, but the endpoint is not to
-            // blame: it closed an idle connection as the request went out.
-            Err(Failure::Stale) if !replayable => {
-                fail(worker, upstream, "stale_connection");
-                return Err((Failure::Protocol, Some(addr)));
-            }
-            Err(Failure::Timeout) => {
-                upstream.record(flight.endpoint(), false);
-                fail(worker, upstream, "timeout");
-                return Err((Failure::Timeout, Some(addr)));
-            }
-            // Nothing reached the client: tried elsewhere if the request
-            // allows, as HTTP/1.1 retries a connection closed before an
-            // answer.
-            Err(failure) => {
-                fail(worker, upstream, "protocol");
-                match attempts.retry(addr) {
-                    Some(next) => next,
-                    None => {
-                        upstream.record(flight.endpoint(), false);
-                        return Err((failure, None));
-                    }
-                }
-            }
-        };
-        upstream.record(flight.endpoint(), false);
-        (flight, pooled) = (next, true);
-    }
-}
-
-/// A connection to an endpoint, ready to carry one request.
-enum Conn {
-    /// The endpoint's shared h2c connection.
-    H2(hyper::client::conn::http2::SendRequest<UpstreamBody>),
-    /// An HTTP/1.1 connection of its own, from the pool (`reused`) or new.
-    H1 { stream: TcpStream, reused: bool },
-}
-
-/// A connection to `addr` for one request of `upstream`: nothing of the
-/// request is sent yet.
-async fn open(
-    worker: &Worker,
-    upstream: &Upstream,
-    addr: SocketAddr,
-    pooled: bool,
-    replayable: bool,
-) -> Result<Conn, Failure> {
-    // Making a connection is boxed: it is rare, and its state would
-    // otherwise make every request's task larger.
-    match upstream.settings.protocol {
-        UpstreamProtocol::H2c => {
-            let cached = worker
-                .h2
-                .h2
-                .borrow()
-                .get(&addr)
-                .filter(|s| !s.is_closed())
-                .cloned();
-            let mut sender = match cached {
-                Some(s) => s,
-                None => Box::pin(handshake_h2c(worker, upstream, addr)).await?,
+    let sent = dispatch(
+        worker,
+        upstream,
+        replayable,
+        async |conn, addr, may_retry| {
+            // The body goes with the first attempt that has a connection; one
+            // that never left keeps it for the next endpoint.
+            let attempt = Attempt {
+                body: body.take().unwrap_or_else(|| Either::Right(Piped::empty())),
+                may_retry,
             };
-            sender.ready().await.map_err(|_| Failure::Protocol)?;
-            Ok(Conn::H2(sender))
-        }
-        UpstreamProtocol::Http1 => match pooled
-            .then(|| worker.pool.take_for(addr, replayable))
-            .flatten()
-        {
-            Some(stream) => Ok(Conn::H1 {
-                stream,
-                reused: true,
-            }),
-            None => Ok(Conn::H1 {
-                stream: Box::pin(connect(upstream, addr)).await?,
-                reused: false,
-            }),
+            match send(worker, upstream, addr, conn, &mut parts, attempt).await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    Outcome::Answered(response, status)
+                }
+                // The client's body broke the request, not the endpoint (a body
+                // that can be cut off is never replayed).
+                Err(_) if exceeded.get() => Outcome::Fatal(Failure::BodyTooLarge),
+                Err(_) if stalled.get() => Outcome::Fatal(Failure::BodyStalled),
+                Err(Failure::Timeout) => Outcome::Fatal(Failure::Timeout),
+                Err(Failure::Stale) => Outcome::Closed,
+                // Nothing reached the client: tried elsewhere if the request
+                // allows, as HTTP/1.1 retries a connection closed before an
+                // answer.
+                Err(_) => Outcome::Failed,
+            }
         },
-    }
-}
-
-/// A new h2c connection to `addr`, kept for the worker's later requests.
-async fn handshake_h2c(
-    worker: &Worker,
-    upstream: &Upstream,
-    addr: SocketAddr,
-) -> Result<hyper::client::conn::http2::SendRequest<UpstreamBody>, Failure> {
-    let stream = connect(upstream, addr).await?;
-    let ping = worker.shared.limits.load().h2_ping_interval.get();
-    let mut builder = hyper::client::conn::http2::Builder::new(LocalExec);
-    builder.timer(TokioTimer::new());
-    // An endpoint that vanished (its host gone, no reset) fails its
-    // requests within two ping intervals instead of their whole timeout.
-    if !ping.is_zero() {
-        builder.keep_alive_interval(ping).keep_alive_timeout(ping);
-    }
-    let (sender, conn) = builder
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|_| Failure::Protocol)?;
-    tokio::task::spawn_local(async move {
-        let _ = conn.await;
-    });
-    worker.h2.h2.borrow_mut().insert(addr, sender.clone());
-    Ok(sender)
+    )
+    .await;
+    sent.map(|(response, flight)| (response, flight.endpoint().addr))
 }
 
 /// One attempt's share of a request: its body, and whether another
@@ -386,12 +249,6 @@ async fn send(
             Ok(response.map(FromUpstream::H1))
         }
     }
-}
-
-async fn connect(upstream: &Upstream, addr: SocketAddr) -> Result<TcpStream, Failure> {
-    upstream.dial(addr).await.map_err(|e| Failure::Connect {
-        timed_out: e.timed_out,
-    })
 }
 
 #[cfg(test)]
@@ -469,7 +326,7 @@ mod tests {
             .build()
             .unwrap();
         let status = tokio::task::LocalSet::new().block_on(&runtime, async {
-            let idle = TcpStream::connect(addr).await.unwrap();
+            let idle = tokio::net::TcpStream::connect(addr).await.unwrap();
             worker.pool.put(addr, idle, upstream.settings.keep);
             let req = Request::get("/x")
                 .header(header::HOST, "example.com")

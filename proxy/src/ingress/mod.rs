@@ -11,11 +11,13 @@
 //! 2. Upstreams and routes: `upstream` (endpoints, balancing, health, the
 //!    retry budget), `routes` (the route table).
 //! 3. The worker thread's context: `worker` (shared state, pools, buffers).
-//! 4. Talking to upstreams: `retry` (which endpoint next), `h1_upstream`
-//!    (a request in HTTP/2 form over HTTP/1.1), `h2_upstream` (a request in
-//!    HTTP/2 form to any upstream, with retries), `h1_reply` (answers the
-//!    proxy writes to HTTP/1.1 clients itself), `bridge` (HTTP/1.1 clients
-//!    of h2c upstreams).
+//! 4. Talking to upstreams: `retry` (which endpoint next), `dispatch` (the
+//!    one path every request takes: connections opened or pooled, one
+//!    attempt after another, endpoints charged), `h1_upstream` (a request
+//!    in HTTP/2 form over HTTP/1.1), `h2_upstream` (a request in HTTP/2
+//!    form to any upstream), `h1_reply` (answers the proxy writes to
+//!    HTTP/1.1 clients itself), `bridge` (HTTP/1.1 clients of h2c
+//!    upstreams).
 //! 5. Front ends: `h2_server` (HTTP/2 clients), `h1_server` (HTTP/1.1
 //!    clients, and the switch to HTTP/2 on the h2c preface).
 //! 6. The process: `server` (listeners, reloads, shutdown, the admin
@@ -27,6 +29,7 @@ pub mod bridge;
 pub mod budget;
 pub mod cluster;
 pub mod config;
+pub mod dispatch;
 pub mod failure;
 pub mod h1;
 pub mod h1_reply;
