@@ -627,10 +627,12 @@ fn fits(pod: &Requirements<'_>, info: &NodeInfo) -> Verdict {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        Container, NodeCondition, NodeSpec, NodeStatus, PodCondition, PodStatus,
+        Affinity, Container, NodeAffinity, NodeCondition, NodeSelector, NodeSelectorRequirement,
+        NodeSelectorTerm, NodeSpec, NodeStatus, PodCondition, PodStatus, PreferredSchedulingTerm,
         ResourceRequirements, Taint, Toleration,
     };
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     fn node(name: &str, memory: &str, labels: &[(&str, &str)]) -> Arc<Node> {
         let mut n = Node::default();
@@ -701,6 +703,187 @@ mod tests {
     /// Where a search through every node puts `pod`.
     fn place(state: &mut ClusterState, pod: &Pod) -> Placement {
         state.place(&Requirements::of(pod), 0, usize::MAX, 0)
+    }
+
+    /// A node selector requirement: `key OPERATOR values`.
+    fn requirement(key: &str, operator: &str, values: &[&str]) -> NodeSelectorRequirement {
+        NodeSelectorRequirement {
+            key: key.into(),
+            operator: operator.into(),
+            values: Some(values.iter().map(|v| v.to_string()).collect()),
+        }
+    }
+
+    fn term(requirements: Vec<NodeSelectorRequirement>) -> NodeSelectorTerm {
+        NodeSelectorTerm {
+            match_expressions: Some(requirements),
+            match_fields: None,
+        }
+    }
+
+    /// `pod` with this node affinity.
+    fn with_affinity(mut pod: Pod, affinity: NodeAffinity) -> Pod {
+        pod.spec.as_mut().unwrap().affinity = Some(Affinity {
+            node_affinity: Some(affinity),
+            ..Affinity::default()
+        });
+        pod
+    }
+
+    #[test]
+    fn cordoned_and_unready_nodes_take_nothing() {
+        let mut state = ClusterState::default();
+        let mut cordoned = (*node("cordoned", "8Gi", &[])).clone();
+        cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
+        state.apply_node(Arc::new(cordoned));
+        let mut down = (*node("down", "8Gi", &[])).clone();
+        down.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "Unknown".into();
+        state.apply_node(Arc::new(down));
+        let p = pod("p", "1Gi");
+        assert_eq!(
+            verdict(&state, &p, "cordoned").unwrap_err(),
+            ["node(s) were unschedulable"]
+        );
+        assert_eq!(
+            verdict(&state, &p, "down").unwrap_err(),
+            ["node(s) were not ready"]
+        );
+        assert_eq!(
+            place(&mut state, &p),
+            Placement::Nowhere(
+                "0/2 nodes are available: 1 node(s) were not ready, 1 node(s) were unschedulable."
+                    .to_string()
+            )
+        );
+        // Back in service: the node takes pods again.
+        state.apply_node(node("down", "8Gi", &[]));
+        assert_eq!(place(&mut state, &p), Placement::Node("down".to_string()));
+    }
+
+    #[test]
+    fn cpu_and_pod_count_are_filters_too() {
+        let mut state = ClusterState::default();
+        let mut full = (*node("full", "8Gi", &[])).clone();
+        let allocatable = full.status.as_mut().unwrap().allocatable.as_mut().unwrap();
+        allocatable.insert("pods".into(), Quantity("1".into()));
+        state.apply_node(Arc::new(full));
+        state.apply_pod(&bound(pod("there", "1Mi"), "full"));
+        let mut hungry = pod("hungry", "1Gi");
+        hungry.spec.as_mut().unwrap().containers[0]
+            .resources
+            .as_mut()
+            .unwrap()
+            .requests
+            .as_mut()
+            .unwrap()
+            .insert("cpu".into(), Quantity("8".into()));
+        assert_eq!(
+            verdict(&state, &hungry, "full").unwrap_err(),
+            ["Insufficient cpu", "Too many pods"]
+        );
+    }
+
+    #[test]
+    fn required_affinity_filters_and_preferred_affinity_scores() {
+        let mut state = ClusterState::default();
+        state.apply_node(node("ssd", "4Gi", &[("disk", "ssd"), ("zone", "a")]));
+        state.apply_node(node("hdd", "4Gi", &[("disk", "hdd"), ("zone", "b")]));
+        state.apply_node(node("gpu", "4Gi", &[("disk", "ssd"), ("gpu", "yes")]));
+        // Required: every expression of one term, any term.
+        let required = |terms| NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: terms,
+            }),
+            ..NodeAffinity::default()
+        };
+        let ssd_without_gpu = with_affinity(
+            pod("a", "1Gi"),
+            required(vec![term(vec![
+                requirement("disk", "In", &["ssd"]),
+                requirement("gpu", "DoesNotExist", &[]),
+            ])]),
+        );
+        let mismatch = ["node(s) didn't match Pod's node affinity/selector"];
+        assert!(verdict(&state, &ssd_without_gpu, "ssd").is_ok());
+        assert_eq!(
+            verdict(&state, &ssd_without_gpu, "hdd").unwrap_err(),
+            mismatch
+        );
+        assert_eq!(
+            verdict(&state, &ssd_without_gpu, "gpu").unwrap_err(),
+            mismatch
+        );
+        let either = with_affinity(
+            pod("b", "1Gi"),
+            required(vec![
+                term(vec![requirement("zone", "NotIn", &["a", "b"])]),
+                term(vec![requirement("zone", "Exists", &[])]),
+            ]),
+        );
+        assert!(verdict(&state, &either, "hdd").is_ok());
+        assert!(
+            verdict(&state, &either, "gpu").is_ok(),
+            "NotIn matches a missing label"
+        );
+        // Preferred: the weights of the matching terms add to the score.
+        let prefers = with_affinity(
+            pod("c", "1Gi"),
+            NodeAffinity {
+                preferred_during_scheduling_ignored_during_execution: Some(vec![
+                    PreferredSchedulingTerm {
+                        weight: 30,
+                        preference: term(vec![requirement("zone", "In", &["b"])]),
+                    },
+                    PreferredSchedulingTerm {
+                        weight: 20,
+                        preference: term(vec![requirement("disk", "In", &["hdd"])]),
+                    },
+                ]),
+                ..NodeAffinity::default()
+            },
+        );
+        let gain =
+            verdict(&state, &prefers, "hdd").unwrap() - verdict(&state, &prefers, "ssd").unwrap();
+        assert!((gain - 50.0).abs() < 1e-9, "{gain}");
+        assert_eq!(
+            place(&mut state, &prefers),
+            Placement::Node("hdd".to_string())
+        );
+    }
+
+    #[test]
+    fn the_emptier_node_wins_and_an_owners_pods_spread() {
+        let mut state = ClusterState::default();
+        state.apply_node(node("big", "8Gi", &[]));
+        state.apply_node(node("small", "2Gi", &[]));
+        // Least allocated and balanced: the big node, by a few points.
+        let lone = pod("lone", "256Mi");
+        let big = verdict(&state, &lone, "big").unwrap();
+        let small = verdict(&state, &lone, "small").unwrap();
+        assert!(big > small && big - small < 20.0, "{big} {small}");
+        // A pod on the big node makes it less attractive, but still first.
+        state.apply_pod(&bound(pod("other", "256Mi"), "big"));
+        assert_eq!(place(&mut state, &lone), Placement::Node("big".to_string()));
+        // An owner's second pod goes where none of its pods are yet.
+        let owned = |name: &str| {
+            let mut p = pod(name, "256Mi");
+            p.metadata.owner_references = Some(vec![OwnerReference {
+                uid: "rs-1".into(),
+                controller: Some(true),
+                ..OwnerReference::default()
+            }]);
+            p
+        };
+        let first = owned("first");
+        assert_eq!(
+            place(&mut state, &first),
+            Placement::Node("big".to_string())
+        );
+        state.assume(&first, "big");
+        assert_eq!(
+            place(&mut state, &owned("second")),
+            Placement::Node("small".to_string())
+        );
     }
 
     #[test]

@@ -34,9 +34,26 @@ use cache::{ClusterState, Placement, Requirements};
 
 /// The names a pod may give in `schedulerName` for this scheduler.
 const NAMES: [&str; 2] = ["default-scheduler", "orca"];
-/// How long an unschedulable pod waits before it is tried again even if
-/// nothing changes (node and pod changes try it at once).
-const RETRY: Duration = Duration::from_secs(10);
+/// How long a pod found unschedulable waits before it is tried again: as
+/// kube-scheduler's podInitialBackoffSeconds and podMaxBackoffSeconds, the
+/// first wait, doubled per failure up to the last. A node or pod change
+/// tries it again once its wait is over; without one, it is tried when
+/// the wait ends.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The wait after a pod's `failures`-th failure to fit anywhere.
+fn backoff(failures: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}
+
+/// A pod found unschedulable: how often, and until when it waits.
+struct Backoff {
+    failures: u32,
+    until: Instant,
+}
 /// Bindings assumed and not yet written, at most.
 const BINDS_IN_FLIGHT: usize = 256;
 
@@ -122,6 +139,8 @@ pub struct Scheduler {
     room: tokio::sync::Notify,
     /// When each pending pod was first seen, for the latency histogram.
     first_seen: Mutex<HashMap<ObjectKey, Instant>>,
+    /// The pods found unschedulable and their back-off.
+    backoffs: Mutex<HashMap<ObjectKey, Backoff>>,
     /// Where the next search through the nodes starts, so sampled searches
     /// spread over all of them.
     next_start: Mutex<usize>,
@@ -189,6 +208,7 @@ impl Scheduler {
             retry,
             room: tokio::sync::Notify::new(),
             first_seen: Mutex::new(HashMap::new()),
+            backoffs: Mutex::new(HashMap::new()),
             next_start: Mutex::new(0),
             metrics: SchedulerMetrics::register(metrics),
         });
@@ -261,13 +281,18 @@ impl Scheduler {
 
     /// Places one pod, if it is pending.
     pub async fn reconcile(self: &Arc<Self>, key: ObjectKey) -> Result<Action, Error> {
-        let Some(pod) = self.pods.get(&key) else {
+        let Some(pod) = self.pods.get(&key).filter(|p| pending(p)) else {
             self.lock(&self.first_seen).remove(&key);
+            self.lock(&self.backoffs).remove(&key);
             return Ok(Action::AwaitChange);
         };
-        if !pending(&pod) {
-            self.lock(&self.first_seen).remove(&key);
-            return Ok(Action::AwaitChange);
+        // Woken before its back-off is over (by a change, its own status
+        // among them): tried when it is.
+        let now = Instant::now();
+        if let Some(b) = self.lock(&self.backoffs).get(&key)
+            && b.until > now
+        {
+            return Ok(Action::Requeue(b.until - now));
         }
         // Nothing is placed on a state that has not taken in every pod
         // already bound.
@@ -305,7 +330,18 @@ impl Scheduler {
             Placement::Nowhere(message) => {
                 self.metrics.unschedulable.inc();
                 self.unschedulable(&pod, &message).await?;
-                Ok(Action::Requeue(RETRY))
+                let wait = {
+                    let mut backoffs = self.lock(&self.backoffs);
+                    let b = backoffs.entry(key).or_insert(Backoff {
+                        failures: 0,
+                        until: now,
+                    });
+                    b.failures += 1;
+                    let wait = backoff(b.failures);
+                    b.until = Instant::now() + wait;
+                    wait
+                };
+                Ok(Action::Requeue(wait))
             }
         }
     }
@@ -504,4 +540,16 @@ pub async fn run(
         .await;
     let _ = stop.send(true);
     let _ = binder.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unschedulable_pod_waits_twice_as_long_each_time_up_to_ten_seconds() {
+        let waits: Vec<u64> = (1..=6).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
 }
