@@ -246,6 +246,87 @@ fn deployment(name: &str, replicas: u32, image: &str, extra_spec: &str) -> Strin
     )
 }
 
+/// Every pod change in etcd's order, through the core watcher, on a thread
+/// of its own until dropped.
+struct PodEvents {
+    rx: std::sync::mpsc::Receiver<(String, Option<orca_core::api::Pod>)>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PodEvents {
+    fn follow(endpoint: &str) -> Self {
+        let endpoint = endpoint.to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                use futures::StreamExt;
+                use orca_core::watch::{Event, watcher};
+                let store =
+                    orca_core::store::Store::connect(orca_core::store::StoreConfig::new(endpoint))
+                        .await
+                        .unwrap();
+                let events = watcher(store.all::<orca_core::api::Pod>());
+                let mut events = std::pin::pin!(events);
+                let mut stopped = std::pin::pin!(stopped);
+                loop {
+                    let event = tokio::select! {
+                        _ = &mut stopped => return,
+                        e = events.next() => e,
+                    };
+                    let change = match event {
+                        Some(Ok(Event::Apply(p) | Event::InitApply(p))) => Some(p),
+                        Some(Ok(Event::Delete(p))) => {
+                            let name = p.metadata.name.clone().unwrap_or_default();
+                            let _ = tx.send((name, None));
+                            continue;
+                        }
+                        _ => None,
+                    };
+                    if let Some(pod) = change {
+                        let name = pod.metadata.name.clone().unwrap_or_default();
+                        let _ = tx.send((name, Some(pod)));
+                    }
+                }
+            });
+        });
+        Self {
+            rx,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// The next change: a pod's name, and the pod (`None`: deleted).
+    fn next(&self) -> (String, Option<orca_core::api::Pod>) {
+        self.rx.recv_timeout(WAIT).expect("pods change")
+    }
+}
+
+impl Drop for PodEvents {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn image_of(pod: &orca_core::api::Pod) -> &str {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.as_deref())
+        .unwrap_or_default()
+}
+
 #[test]
 fn the_example_deployment_runs_spread_over_three_nodes_behind_its_service() {
     let plane = Plane::start(1, &["n1", "n2", "n3"]);
@@ -304,67 +385,33 @@ fn a_rolling_update_never_drops_below_the_available_minimum() {
     plane.apply(&deployment("web", 4, "nginx:1.7.9", strategy));
     plane.wait_for("4 available", |p| p.available("web") == 4);
 
-    // Every pod change, in etcd's order, through the core watcher.
-    let endpoint = plane.etcd.endpoint();
-    let (tx, rx) = std::sync::mpsc::channel::<(usize, usize)>();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let watcher = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            use futures::StreamExt;
-            use orca_core::watch::{Event, watcher};
-            let store =
-                orca_core::store::Store::connect(orca_core::store::StoreConfig::new(endpoint))
-                    .await
-                    .unwrap();
-            let events = watcher(store.all::<orca_core::api::Pod>());
-            let mut events = std::pin::pin!(events);
-            let mut stop = std::pin::pin!(stop_rx);
-            let mut state: HashMap<String, (bool, bool)> = HashMap::new();
-            loop {
-                let event = tokio::select! {
-                    _ = &mut stop => return,
-                    e = events.next() => e,
-                };
-                let (pod, gone) = match event {
-                    Some(Ok(Event::Apply(p) | Event::InitApply(p))) => (p, false),
-                    Some(Ok(Event::Delete(p))) => (p, true),
-                    _ => continue,
-                };
-                let name = pod.metadata.name.clone().unwrap_or_default();
-                if gone {
-                    state.remove(&name);
-                } else {
-                    let ready = pod
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|c| {
-                            c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                        });
-                    let new = pod
-                        .spec
-                        .as_ref()
-                        .is_some_and(|s| s.containers[0].image.as_deref() == Some("nginx:1.9.1"));
-                    state.insert(
-                        name,
-                        (ready && pod.metadata.deletion_timestamp.is_none(), new),
-                    );
-                }
-                let available = state.values().filter(|(a, _)| *a).count();
-                let updated = state.values().filter(|(a, new)| *a && *new).count();
-                let _ = tx.send((available, updated));
+    // Every pod change, in etcd's order: how many are available, and how
+    // many of those are new.
+    let events = PodEvents::follow(&plane.etcd.endpoint());
+    let mut state: HashMap<String, (bool, bool)> = HashMap::new();
+    let mut next = || {
+        let (name, pod) = events.next();
+        match pod {
+            None => state.remove(&name),
+            Some(pod) => {
+                let ready = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                let new = image_of(&pod) == "nginx:1.9.1";
+                state.insert(
+                    name,
+                    (ready && pod.metadata.deletion_timestamp.is_none(), new),
+                )
             }
-        });
-    });
+        };
+        let available = state.values().filter(|(a, _)| *a).count();
+        let updated = state.values().filter(|(a, new)| *a && *new).count();
+        (available, updated)
+    };
     // The watcher has listed once it reports the 4 pods.
-    let deadline = Instant::now() + WAIT;
-    while rx.recv_timeout(WAIT).expect("the watcher reports").0 < 4 {
-        assert!(Instant::now() < deadline);
-    }
+    while next().0 < 4 {}
 
     plane.ok(&[
         "patch",
@@ -375,14 +422,12 @@ fn a_rolling_update_never_drops_below_the_available_minimum() {
     ]);
     let mut fewest = usize::MAX;
     loop {
-        let (available, updated) = rx.recv_timeout(WAIT).expect("the rollout goes on");
+        let (available, updated) = next();
         fewest = fewest.min(available);
         if updated == 4 && available == 4 {
             break;
         }
     }
-    let _ = stop_tx.send(());
-    watcher.join().unwrap();
     assert!(
         fewest >= 3,
         "available fell to {fewest}, below replicas - maxUnavailable = 3"
@@ -404,6 +449,150 @@ fn a_rolling_update_never_drops_below_the_available_minimum() {
         "the old set scaled to 0: {sizes:?}"
     );
     assert_eq!(sizes.len(), 2, "the old set is kept for history");
+}
+
+#[test]
+fn recreate_min_ready_seconds_history_limit_and_undo_to_a_revision() {
+    let plane = Plane::start(1, &["n1", "n2"]);
+    let spec = "  strategy: {type: Recreate}\n  revisionHistoryLimit: 1\n";
+    plane.apply(&deployment("web", 2, "nginx:1.7.9", spec));
+    plane.wait_for("2 available", |p| p.available("web") == 2);
+
+    // Recreate: no pod of the new template exists while one of the old
+    // does, in etcd's order of changes.
+    let events = PodEvents::follow(&plane.etcd.endpoint());
+    let mut images: HashMap<String, String> = HashMap::new();
+    let mut next = || {
+        let (name, pod) = events.next();
+        match pod {
+            Some(pod) => images.insert(name, image_of(&pod).to_string()),
+            None => images.remove(&name),
+        };
+        let old = images.values().filter(|i| *i == "nginx:1.7.9").count();
+        let new = images.len() - old;
+        (old, new)
+    };
+    while next().0 < 2 {}
+    let image = |tag: &str| {
+        format!(
+            r#"{{"spec": {{"template": {{"spec": {{"containers": [{{"name": "c", "image": "nginx:{tag}"}}]}}}}}}}}"#
+        )
+    };
+    plane.ok(&["patch", "deploy", "web", "-p", &image("1.9.1")]);
+    loop {
+        let (old, new) = next();
+        assert!(old == 0 || new == 0, "{old} old and {new} new pods at once");
+        if new == 2 {
+            break;
+        }
+    }
+    drop(events);
+    plane.ok(&["rollout", "status", "deploy/web", "--timeout", "60s"]);
+
+    // revisionHistoryLimit 1: one old ReplicaSet is kept, the oldest goes.
+    plane.ok(&["patch", "deploy", "web", "-p", &image("1.10.3")]);
+    plane.ok(&["rollout", "status", "deploy/web", "--timeout", "60s"]);
+    plane.wait_for("the oldest ReplicaSet pruned", |p| {
+        p.json(&["get", "rs"])["items"].as_array().unwrap().len() == 2
+    });
+    let history = plane.ok(&["rollout", "history", "deploy/web"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(revisions, ["2", "3"], "{history}");
+    let out = plane.orca(&["rollout", "undo", "deploy/web", "--to-revision", "1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unable to find the specified revision 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    plane.ok(&["rollout", "undo", "deploy/web", "--to-revision", "2"]);
+    plane.ok(&["rollout", "status", "deploy/web", "--timeout", "60s"]);
+    plane.wait_for("the pods of revision 2", |p| {
+        let pods = p.pods();
+        pods.len() == 2
+            && pods
+                .iter()
+                .all(|x| x["spec"]["containers"][0]["image"] == "nginx:1.9.1")
+    });
+
+    // minReadySeconds: pods ready for less than it are not available.
+    let slow = deployment("slow", 2, "nginx:1.7.9", "  minReadySeconds: 300\n");
+    plane.apply(&slow);
+    plane.wait_for("the slow pods ready", |p| {
+        p.json(&["get", "deploy", "slow"])["status"]["readyReplicas"] == 2
+    });
+    let status = plane.json(&["get", "deploy", "slow"]);
+    assert_eq!(plane.available("slow"), 0, "{status}");
+    assert_eq!(condition(&status, "Available"), Some("False"), "{status}");
+}
+
+#[test]
+fn endpoint_slices_hold_at_most_100_endpoints_per_port_mapping() {
+    let plane = Plane::start(1, &["n1", "n2"]);
+    // Two Deployments behind one Service, whose named targetPort is 8080
+    // in one's pods and 9090 in the other's.
+    let tiered = |name: &str, replicas: u32, port: u16| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  \
+             replicas: {replicas}\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    \
+             metadata: {{labels: {{app: {name}, tier: web}}}}\n    spec: {{containers: [{{name: c, \
+             image: \"nginx:1.7.9\", ports: [{{name: http, containerPort: {port}}}]}}]}}\n"
+        )
+    };
+    plane.apply(&format!(
+        "{}---\n{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  \
+         selector: {{tier: web}}\n  ports: [{{name: web, port: 80, targetPort: http}}]\n",
+        tiered("many", 120, 8080),
+        tiered("few", 2, 9090)
+    ));
+    let slices = |p: &Plane| -> Vec<Value> {
+        p.json(&["get", "endpointslices"])["items"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let ready = |slice: &Value| {
+        slice["endpoints"].as_array().map_or(0, |e| {
+            e.iter()
+                .filter(|e| e["conditions"]["ready"] == true)
+                .count()
+        })
+    };
+    plane.wait_for("122 ready endpoints", |p| {
+        slices(p).iter().map(ready).sum::<usize>() == 122
+    });
+    let mut by_port: Vec<(i64, usize)> = Vec::new();
+    for slice in slices(&plane) {
+        assert_eq!(
+            slice["metadata"]["labels"]["kubernetes.io/service-name"],
+            "web"
+        );
+        assert_eq!(
+            slice["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"],
+            "endpointslice-controller.orca.dev",
+            "{slice}"
+        );
+        assert_eq!(slice["ports"][0]["name"], "web", "{slice}");
+        let endpoints = slice["endpoints"].as_array().unwrap();
+        for e in endpoints {
+            let c = &e["conditions"];
+            assert!(
+                c["ready"] == true && c["serving"] == true && c["terminating"] == false,
+                "{e}"
+            );
+            assert!(
+                ["n1-0", "n2-0"].contains(&e["nodeName"].as_str().unwrap_or_default()),
+                "{e}"
+            );
+        }
+        by_port.push((slice["ports"][0]["port"].as_i64().unwrap(), endpoints.len()));
+    }
+    by_port.sort();
+    assert_eq!(by_port, [(8080, 20), (8080, 100), (9090, 2)]);
 }
 
 #[test]
@@ -498,20 +687,39 @@ fn the_other_master_takes_over_and_nothing_is_created_twice() {
     }
     let leader = client_out.unwrap();
     let index: usize = leader.trim_start_matches("master-").parse().unwrap();
-    plane.kill_master(index);
 
-    // The survivor takes over and scales: 6 pods, no more.
-    plane.ok(&["scale", "deploy", "web", "--replicas", "6"]);
-    plane.wait_for("6 available", |p| p.available("web") == 6);
-    let pods = plane.pods();
-    assert_eq!(
-        pods.len(),
-        6,
-        "{:?}",
-        pods.iter()
-            .map(|p| &p["metadata"]["name"])
-            .collect::<Vec<_>>()
+    // The leader dies as it creates 27 pods; the survivor takes over and
+    // finishes: 30 pods, none created twice.
+    let events = PodEvents::follow(&plane.etcd.endpoint());
+    plane.ok(&["scale", "deploy", "web", "--replicas", "30"]);
+    plane.kill_master(index);
+    plane.wait_for("30 available", |p| p.available("web") == 30);
+    // A pod made after it all marks where the watch has caught up.
+    plane.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: marker}\n\
+         spec: {containers: [{name: c, image: \"nginx:1.7.9\"}]}\n",
     );
+    let mut created = BTreeSet::new();
+    loop {
+        match events.next() {
+            (name, _) if name == "marker" => break,
+            (name, Some(_)) => {
+                created.insert(name);
+            }
+            (_, None) => {}
+        }
+    }
+    let names: BTreeSet<String> = plane
+        .pods()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .filter(|n| n != "marker")
+        .collect();
+    assert_eq!(names.len(), 30, "{names:?}");
+    // Every pod the watch ever saw is one of them: none was made and then
+    // taken back.
+    drop(events);
+    assert_eq!(created, names);
 }
 
 #[test]
