@@ -143,6 +143,20 @@
 # 64 connections Orca's system time alone was 13.7 us per request, nginx's
 # whole CPU 17.8, so 0.8x nginx would leave Orca ~0.5 us of user time per
 # request. Both proxies send the same 4 TCP segments per request (nstat).
+#
+# 2026-12-07, after one dispatch path for every protocol pair (the
+# HTTP/1.1 exchange split into send and relay): the commit before (3ac9533,
+# which already checked pooled connections with MSG_PEEK and had the
+# HTTP/2 send and body-read timeouts, none of it measured here before) and
+# after, one full run each, back to back, nothing else running. Orca/nginx req/s before 0.84-1.16 (plain 0.96-1.04, TLS
+# 0.84-1.16), after 0.84-1.34 (plain 0.84-0.89, TLS 0.95-1.34); CPU per
+# request Orca/nginx before 0.64-1.00, after 0.55-1.10; h2load over TLS
+# Orca 32.6k / 32.3k req/s, nginx 30.6k / 31.4k, HAProxy 31.6k / 34.7k; 10k
+# idle connections Orca 31.5 / 29.6 MiB. The plain rows read lower after,
+# so the two binaries were run side by side (wrk -c64, 2 B, 4 s, four
+# alternating rounds each): before 28.5k, after 28.2k req/s on average
+# (-1%), inside the rounds' own spread of 27.1k-29.4k. Both runs sit in
+# the range the runs above recorded.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
