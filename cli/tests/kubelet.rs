@@ -829,6 +829,46 @@ fn a_tcp_readiness_probe_that_passes_at_once_makes_the_pod_ready() {
     }
 }
 
+#[test]
+fn a_pod_marked_not_ready_while_its_node_was_away_is_ready_again() {
+    let node = Node::start();
+    let containers = json!([{
+        "name": "web",
+        "image": node.image,
+        "command": ["httpd", "-f", "-p", "8080"],
+    }]);
+    node.apply(&node.pod_manifest("back", containers, json!({})));
+    node.wait_pod("back", "Ready", |p| condition(p, "Ready") == Some("True"));
+    // What the node lifecycle controller writes when the node's Lease goes
+    // silent; the kubelet, reachable again, puts its own view back.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = orca_core::store::Store::connect(orca_core::store::StoreConfig::new(
+            node.etcd.endpoint(),
+        ))
+        .await
+        .unwrap();
+        store
+            .api::<orca_core::api::Pod>("default")
+            .modify_if_exists("back", true, |pod| {
+                let conditions = pod.status.as_mut().unwrap().conditions.as_mut().unwrap();
+                for c in conditions.iter_mut().filter(|c| c.type_ == "Ready") {
+                    c.status = "False".into();
+                }
+            })
+            .await
+            .unwrap()
+            .expect("the pod");
+    });
+    node.wait_pod("back", "Ready again", |p| {
+        condition(p, "Ready") == Some("True")
+    });
+    node.delete_pod("back");
+}
+
 /// Standard base64, as a Secret's `data` holds its values.
 fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

@@ -88,9 +88,12 @@ struct State {
     watched: HashSet<PathBuf>,
     /// Failed pulls: (uid, container) → the failure.
     pulls: HashMap<(String, String), PullFailure>,
-    /// The status last written per pod uid, so one the cache has not
-    /// caught up with is not written again.
-    written: HashMap<String, PodStatus>,
+    /// The status last written per pod uid, and the pod's resourceVersion
+    /// that write made: one the cache has not caught up with is not written
+    /// again, but once the pod was changed after it (the node lifecycle
+    /// controller marking it not ready while this node was unreachable),
+    /// only what is stored counts.
+    written: HashMap<String, (PodStatus, i64)>,
     /// What the probes of each running container attempt found.
     health: HashMap<PathBuf, Health>,
     /// Each pod's sandbox once made: its place on the network and the
@@ -361,6 +364,15 @@ async fn runtime_version(runc: &Path) -> String {
         })
         .unwrap_or_else(|| "unknown".into());
     format!("runc://{version}")
+}
+
+/// A pod's resourceVersion as a number (0 when it has none).
+fn version(pod: &Pod) -> i64 {
+    pod.metadata
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The node's pod CIDR: the configured one (written to the Node when the
@@ -643,12 +655,16 @@ impl Kubelet {
         observed.host_ip = self.host_ip.clone();
         observed.restart_policy = policy.to_string();
         let status = status::pod_status(pod, &observed);
-        let unchanged =
-            pod.status.as_ref() == Some(&status) || self.state().written.get(uid) == Some(&status);
+        let unchanged = pod.status.as_ref() == Some(&status)
+            || self
+                .state()
+                .written
+                .get(uid)
+                .is_some_and(|(w, at)| *w == status && version(pod) <= *at);
         // Only a status that was stored counts as written: after a
         // conflict the cache's next event brings the pod back to be synced.
-        if !unchanged && self.write_status(key, pod, status.clone()).await? {
-            self.state().written.insert(uid.to_string(), status);
+        if !unchanged && let Some(at) = self.write_status(key, pod, status.clone()).await? {
+            self.state().written.insert(uid.to_string(), (status, at));
         }
         Ok(next)
     }
@@ -694,15 +710,15 @@ impl Kubelet {
         key: &ObjectKey,
         pod: &Pod,
         status: PodStatus,
-    ) -> Result<bool, String> {
+    ) -> Result<Option<i64>, String> {
         let api = self
             .store
             .api::<Pod>(key.namespace.as_deref().unwrap_or("default"));
         let mut updated = pod.clone();
         updated.status = Some(status);
         match api.update_status(&updated).await {
-            Ok(_) => Ok(true),
-            Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => Ok(false),
+            Ok(written) => Ok(Some(version(&written))),
+            Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => Ok(None),
             Err(e) => Err(format!("writing the pod's status: {e}")),
         }
     }
