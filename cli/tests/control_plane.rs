@@ -388,7 +388,8 @@ fn a_rolling_update_never_drops_below_the_available_minimum() {
     // Every pod change, in etcd's order: how many are available, and how
     // many of those are new.
     let events = PodEvents::follow(&plane.etcd.endpoint());
-    let mut state: HashMap<String, (bool, bool)> = HashMap::new();
+    // Per pod: available, of the new template, not being deleted.
+    let mut state: HashMap<String, (bool, bool, bool)> = HashMap::new();
     let mut next = || {
         let (name, pod) = events.next();
         match pod {
@@ -400,18 +401,18 @@ fn a_rolling_update_never_drops_below_the_available_minimum() {
                     .and_then(|s| s.conditions.as_ref())
                     .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
                 let new = image_of(&pod) == "nginx:1.9.1";
-                state.insert(
-                    name,
-                    (ready && pod.metadata.deletion_timestamp.is_none(), new),
-                )
+                let live = pod.metadata.deletion_timestamp.is_none();
+                state.insert(name, (ready && live, new, live))
             }
         };
-        let available = state.values().filter(|(a, _)| *a).count();
-        let updated = state.values().filter(|(a, new)| *a && *new).count();
-        (available, updated)
+        let available = state.values().filter(|(a, _, _)| *a).count();
+        let updated = state.values().filter(|(a, new, _)| *a && *new).count();
+        let live = state.values().filter(|(_, _, live)| *live).count();
+        (available, updated, live)
     };
     // The watcher has listed once it reports the 4 pods.
     while next().0 < 4 {}
+    let mut most = 0;
 
     plane.ok(&[
         "patch",
@@ -422,8 +423,9 @@ fn a_rolling_update_never_drops_below_the_available_minimum() {
     ]);
     let mut fewest = usize::MAX;
     loop {
-        let (available, updated) = next();
+        let (available, updated, pods) = next();
         fewest = fewest.min(available);
+        most = most.max(pods);
         if updated == 4 && available == 4 {
             break;
         }
@@ -431,6 +433,10 @@ fn a_rolling_update_never_drops_below_the_available_minimum() {
     assert!(
         fewest >= 3,
         "available fell to {fewest}, below replicas - maxUnavailable = 3"
+    );
+    assert!(
+        most <= 5,
+        "{most} pods at once (not being deleted), above replicas + maxSurge = 5"
     );
     plane.wait_for("the rollout complete", |p| {
         let d = p.json(&["get", "deploy", "web"]);
@@ -598,8 +604,42 @@ fn endpoint_slices_hold_at_most_100_endpoints_per_port_mapping() {
 #[test]
 fn pods_of_a_stopped_node_run_on_the_others_after_the_eviction_time() {
     let mut plane = Plane::start(1, &["n1", "n2", "n3"]);
+    // Every node has its pod CIDR, none the same.
+    let cidrs: BTreeSet<String> = plane.json(&["get", "nodes"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["spec"]["podCIDR"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(cidrs.len(), 3, "{cidrs:?}");
     plane.apply(&deployment("web", 3, "nginx:1.7.9", ""));
-    plane.wait_for("3 available", |p| p.available("web") == 3);
+    // Pods that tolerate an unreachable node for ever, one on each node.
+    let patient = deployment("patient", 3, "nginx:1.7.9", "").replace(
+        "spec: {containers:",
+        "spec: {tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, \
+         effect: NoExecute}], containers:",
+    );
+    plane.apply(&patient);
+    plane.wait_for("3 + 3 available", |p| {
+        p.available("web") == 3 && p.available("patient") == 3
+    });
+    let app = |pod: &Value| {
+        pod["metadata"]["labels"]["app"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let on_n1 = |p: &Plane, name: &str| -> Vec<Value> {
+        p.pods()
+            .into_iter()
+            .filter(|pod| app(pod) == name && pod["spec"]["nodeName"] == "n1-0")
+            .collect()
+    };
+    assert_eq!(
+        on_n1(&plane, "patient").len(),
+        1,
+        "one patient pod per node"
+    );
 
     plane.kill_node("n1-0");
     plane.wait_for("n1 unreachable and tainted", |p| {
@@ -608,10 +648,29 @@ fn pods_of_a_stopped_node_run_on_the_others_after_the_eviction_time() {
             && node["spec"]["taints"][0]["key"] == "node.kubernetes.io/unreachable"
     });
     plane.wait_for("3 pods running on the other nodes", |p| {
-        let running: Vec<String> = p.pods().iter().filter_map(running_on).collect();
+        let pods = p.pods();
+        let running: Vec<String> = pods
+            .iter()
+            .filter(|pod| app(pod) == "web")
+            .filter_map(running_on)
+            .collect();
         running.len() == 3 && running.iter().all(|n| n != "n1-0")
     });
     plane.wait_for("3 available again", |p| p.available("web") == 3);
+    // The patient pod stays, not ready: its endpoints left at once.
+    let stayed = on_n1(&plane, "patient");
+    assert_eq!(stayed.len(), 1, "{stayed:?}");
+    assert!(
+        stayed[0]["metadata"]["deletionTimestamp"].is_null(),
+        "{}",
+        stayed[0]
+    );
+    assert_eq!(
+        condition(&stayed[0], "Ready"),
+        Some("False"),
+        "{}",
+        stayed[0]
+    );
 
     // The node comes back: untainted, Ready, and its evicted pod finished.
     plane.start_node("n1");
@@ -619,8 +678,11 @@ fn pods_of_a_stopped_node_run_on_the_others_after_the_eviction_time() {
         let node = p.json(&["get", "node", "n1-0"]);
         condition(&node, "Ready") == Some("True") && node["spec"]["taints"].is_null()
     });
-    plane.wait_for("no pod left on n1", |p| {
-        p.pods().iter().all(|pod| pod["spec"]["nodeName"] != "n1-0")
+    plane.wait_for("no web pod left on n1, the patient one ready", |p| {
+        let patient = on_n1(p, "patient");
+        on_n1(p, "web").is_empty()
+            && patient.len() == 1
+            && condition(&patient[0], "Ready") == Some("True")
     });
 }
 

@@ -240,7 +240,7 @@ impl Nodes {
             .await;
         marked.into_iter().collect::<Result<(), Error>>()?;
         for pod in pods {
-            match self.tolerated_for(&pod) {
+            match tolerated_for(&pod, self.timing.eviction) {
                 None => {}
                 Some(allowed) => {
                     let waited = since(tainted_at);
@@ -253,28 +253,6 @@ impl Nodes {
             }
         }
         Ok(Action::Requeue(next))
-    }
-
-    /// How long `pod` may stay on an unreachable node (`None`: for ever).
-    fn tolerated_for(&self, pod: &Pod) -> Option<Duration> {
-        let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.as_ref());
-        let matching = tolerations.into_iter().flatten().find(|t| {
-            let key_ok = t
-                .key
-                .as_deref()
-                .is_none_or(|k| k.is_empty() || k == UNREACHABLE);
-            let effect_ok = t
-                .effect
-                .as_deref()
-                .is_none_or(|e| e.is_empty() || e == "NoExecute");
-            key_ok && effect_ok
-        });
-        match matching {
-            Some(t) => t
-                .toleration_seconds
-                .map(|s| Duration::from_secs(s.max(0).unsigned_abs())),
-            None => Some(self.timing.eviction),
-        }
     }
 
     async fn set_taint(&self, name: &str, on: bool) -> Result<(), Error> {
@@ -359,5 +337,82 @@ impl Nodes {
             .delete_if_exists(&name, DeleteOptions::default())
             .await
             .map(|_| ())
+    }
+}
+
+/// How long `pod` may stay on an unreachable node (`None`: for ever): its
+/// own toleration of the unreachable taint, else `default` (the toleration
+/// Kubernetes adds to every pod).
+fn tolerated_for(pod: &Pod, default: Duration) -> Option<Duration> {
+    let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.as_ref());
+    let matching = tolerations.into_iter().flatten().find(|t| {
+        let key_ok = t
+            .key
+            .as_deref()
+            .is_none_or(|k| k.is_empty() || k == UNREACHABLE);
+        let effect_ok = t
+            .effect
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == "NoExecute");
+        key_ok && effect_ok
+    });
+    match matching {
+        Some(t) => t
+            .toleration_seconds
+            .map(|s| Duration::from_secs(s.max(0).unsigned_abs())),
+        None => Some(default),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodSpec, Toleration};
+
+    fn tolerating(tolerations: Vec<Toleration>) -> Pod {
+        Pod {
+            spec: Some(PodSpec {
+                tolerations: Some(tolerations),
+                ..PodSpec::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    fn toleration(key: Option<&str>, effect: Option<&str>, seconds: Option<i64>) -> Toleration {
+        Toleration {
+            key: key.map(str::to_string),
+            operator: Some("Exists".into()),
+            effect: effect.map(str::to_string),
+            toleration_seconds: seconds,
+            ..Toleration::default()
+        }
+    }
+
+    #[test]
+    fn a_pod_stays_on_an_unreachable_node_as_long_as_it_tolerates() {
+        let default = Timing::default().eviction;
+        assert_eq!(default, Duration::from_secs(300));
+        let minutes = |m: u64| Some(Duration::from_secs(m * 60));
+        // No toleration of its own: the default.
+        assert_eq!(tolerated_for(&Pod::default(), default), minutes(5));
+        // Its own, with seconds or for ever.
+        let own = toleration(Some(UNREACHABLE), Some("NoExecute"), Some(60));
+        assert_eq!(tolerated_for(&tolerating(vec![own]), default), minutes(1));
+        let forever = toleration(Some(UNREACHABLE), Some("NoExecute"), None);
+        assert_eq!(tolerated_for(&tolerating(vec![forever]), default), None);
+        // Every taint tolerated (no key, no effect).
+        let all = toleration(None, None, None);
+        assert_eq!(tolerated_for(&tolerating(vec![all]), default), None);
+        // Tolerations of other taints or effects do not count.
+        let other = vec![
+            toleration(
+                Some("node.kubernetes.io/not-ready"),
+                Some("NoExecute"),
+                None,
+            ),
+            toleration(Some(UNREACHABLE), Some("NoSchedule"), None),
+        ];
+        assert_eq!(tolerated_for(&tolerating(other), default), minutes(5));
     }
 }

@@ -208,16 +208,29 @@ impl Hollow {
             return Ok(Action::AwaitChange);
         }
         let status = pod.status.clone().unwrap_or_default();
-        if let Some(ip) = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok()) {
+        let ip = if let Some(ip) = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok()) {
             // Running already (perhaps since before a restart): keep its address.
             let mut addresses = self.addresses();
             addresses.used.entry(node.clone()).or_default().insert(ip);
             addresses.by_pod.insert(key, (node, ip));
-            return Ok(Action::AwaitChange);
-        }
-        let Some(ip) = self.allocate(&key, &node) else {
-            // No pod CIDR yet: the node's update brings the pod back.
-            return Ok(Action::AwaitChange);
+            drop(addresses);
+            let ready = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            if ready {
+                return Ok(Action::AwaitChange);
+            }
+            // Marked not ready while this node was away: it runs, and says
+            // so again, as a kubelet back from a restart does.
+            ip
+        } else {
+            let Some(ip) = self.allocate(&key, &node) else {
+                // No pod CIDR yet: the node's update brings the pod back.
+                return Ok(Action::AwaitChange);
+            };
+            ip
         };
         let mut running = (*pod).clone();
         running.status = Some(running_status(&pod, ip));
