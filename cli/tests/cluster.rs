@@ -578,11 +578,8 @@ fn a_dead_node_s_pods_move_and_the_ingress_stops_sending_to_them() {
         &[
             "--nodes",
             "3",
-            // Longer than the outage under load recorded on issue 19 (every
-            // node losing etcd for about 15 s as pods start), which would
-            // otherwise take every node for dead, not only the victim.
             "--node-monitor-grace-period",
-            "40s",
+            "20s",
             "--pod-eviction-timeout",
             "2s",
         ],

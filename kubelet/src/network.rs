@@ -142,6 +142,33 @@ pub async fn link_index(handle: &Handle, name: &str) -> io::Result<Option<u32>> 
     }
 }
 
+/// The bridge `name` in the namespace of `handle`, made if missing, with a
+/// hardware address of its own derived from `gateway`, the address it will
+/// hold (02:6f and its four bytes: locally administered, unique per
+/// gateway). A bridge left to itself takes the lowest address among its
+/// ports, so one port going (a pod deleted, a node's veth removed) can
+/// change it: every neighbour's ARP entry for the gateway then points
+/// nowhere until it expires, seconds without a route. Its index.
+pub async fn ensure_bridge(handle: &Handle, name: &str, gateway: Ipv4Addr) -> io::Result<u32> {
+    if let Some(index) = link_index(handle, name).await? {
+        return Ok(index);
+    }
+    let [a, b, c, d] = gateway.octets();
+    handle
+        .link()
+        .add(
+            LinkBridge::new(name)
+                .address(vec![0x02, 0x6f, a, b, c, d])
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|e| netlink_error(&format!("creating bridge {name}"), e))?;
+    link_index(handle, name)
+        .await?
+        .ok_or_else(|| io::Error::other(format!("bridge {name} vanished")))
+}
+
 /// Adds `ip/prefix` to link `index` unless it is there already.
 pub async fn ensure_address(
     handle: &Handle,
@@ -189,19 +216,7 @@ impl Network {
         };
         fs::create_dir_all(&allocations)?;
         let node = connect(netns)?;
-        let index = match link_index(&node, bridge).await? {
-            Some(index) => index,
-            None => {
-                node.link()
-                    .add(LinkBridge::new(bridge).build())
-                    .execute()
-                    .await
-                    .map_err(|e| netlink_error(&format!("creating bridge {bridge}"), e))?;
-                link_index(&node, bridge)
-                    .await?
-                    .ok_or_else(|| io::Error::other(format!("bridge {bridge} vanished")))?
-            }
-        };
+        let index = ensure_bridge(&node, bridge, gateway).await?;
         ensure_address(&node, index, gateway, cidr.bits).await?;
         node.link()
             .set(LinkUnspec::new_with_index(index).up().build())

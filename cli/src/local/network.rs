@@ -12,9 +12,11 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use anyhow::Context;
-use orca_kubelet::network::{connect, create_netns, ensure_address, link_index, remove_netns};
+use orca_kubelet::network::{
+    connect, create_netns, ensure_address, ensure_bridge, link_index, remove_netns,
+};
 use rtnetlink::packet_route::route::RouteType;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::{HUB_ADDRESS, NODE_NETWORK, Plan, SERVICE_CIDR};
 
@@ -110,13 +112,7 @@ pub async fn make_hub(plan: &Plan) -> anyhow::Result<()> {
     }
     let hub = connect(Some(&netns))?;
     up(&hub, "lo").await?;
-    if link_index(&hub, BRIDGE).await?.is_none() {
-        hub.link()
-            .add(LinkBridge::new(BRIDGE).build())
-            .execute()
-            .await
-            .map_err(netlink(|| format!("creating bridge {BRIDGE}")))?;
-    }
+    ensure_bridge(&hub, BRIDGE, HUB_ADDRESS).await?;
     let bridge = up(&hub, BRIDGE).await?;
     let bits = NODE_NETWORK.1;
     ensure_address(&hub, bridge, HUB_ADDRESS, bits).await?;
