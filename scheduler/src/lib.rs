@@ -77,7 +77,7 @@ fn nodes_to_find(all: usize) -> usize {
     if all <= MIN_NODES_TO_FIND {
         return all;
     }
-    let percent = (50 - all / 125).max(5);
+    let percent = 50usize.saturating_sub(all / 125).max(5);
     (all * percent / 100).max(MIN_NODES_TO_FIND)
 }
 
@@ -551,5 +551,16 @@ mod tests {
         let waits: Vec<u64> = (1..=6).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
         assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn large_clusters_are_sampled_as_kube_scheduler_samples_them() {
+        let found: Vec<usize> = [50, 100, 150, 1_000, 5_000, 10_000]
+            .into_iter()
+            .map(nodes_to_find)
+            .collect();
+        // Every node up to 100; then 50% less 1% per 125 nodes, at least
+        // 5% and at least 100 nodes.
+        assert_eq!(found, [50, 100, 100, 420, 500, 500]);
     }
 }
