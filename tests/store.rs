@@ -855,6 +855,33 @@ async fn cluster_ips_are_unique_under_concurrent_creates_and_released_on_delete(
         "{err}"
     );
 
+    // So is a node port.
+    let taken_port = *ports.iter().next().unwrap();
+    let node_port = |name: &str, port: u64| {
+        let mut svc = service(name, json!({"type": "NodePort"}));
+        svc["spec"]["ports"][0]["nodePort"] = json!(port);
+        svc
+    };
+    let err = store
+        .create_value(services(), node_port("dup-port", taken_port))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("provided port is already allocated"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("spec.ports[0].nodePort"), "{err}");
+    let err = store
+        .create_value(services(), node_port("low-port", 80))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("The range of valid ports is 30000-32767"),
+        "{err}"
+    );
+
     // Deleting the holder releases it.
     let holder = store
         .list_values(services(), Some("default"))

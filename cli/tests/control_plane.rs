@@ -375,6 +375,39 @@ fn the_example_deployment_runs_spread_over_three_nodes_behind_its_service() {
     let deploy = plane.json(&["get", "deploy", "nginx-deployment"]);
     assert_eq!(condition(&deploy, "Available"), Some("True"));
     assert_eq!(condition(&deploy, "Progressing"), Some("True"));
+    // The ReplicaSet's status counts its pods, for the generation it saw.
+    plane.wait_for("the ReplicaSet's status", |p| {
+        let sets = p.json(&["get", "rs"]);
+        let rs = &sets["items"][0];
+        let status = &rs["status"];
+        status["replicas"] == 3
+            && status["readyReplicas"] == 3
+            && status["availableReplicas"] == 3
+            && status["fullyLabeledReplicas"] == 3
+            && status["observedGeneration"] == rs["metadata"]["generation"]
+    });
+}
+
+#[test]
+fn a_deleted_node_gives_its_pod_cidr_back() {
+    let mut plane = Plane::start(1, &["n1", "n2"]);
+    let cidr_of = |p: &Plane, node: &str| {
+        p.json(&["get", "node", node])["spec"]["podCIDR"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let first = cidr_of(&plane, "n1-0").unwrap();
+    let second = cidr_of(&plane, "n2-0").unwrap();
+    assert_ne!(first, second);
+    plane.kill_node("n2-0");
+    plane.ok(&["delete", "node", "n2-0"]);
+    // The next node gets the range that was let go.
+    plane.start_node("n3");
+    plane.wait_for("n3 with a pod CIDR", |p| {
+        p.orca(&["get", "node", "n3-0"]).status.success() && cidr_of(p, "n3-0").is_some()
+    });
+    // n1 and n2 had the two lowest ranges, so n2's is the lowest free one.
+    assert_eq!(cidr_of(&plane, "n3-0").unwrap(), second);
 }
 
 #[test]

@@ -302,3 +302,52 @@ pub fn owner_reference(api_version: &str, kind: &str, meta: &ObjectMeta) -> Owne
         block_owner_deletion: Some(true),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
+    use orca_core::api::Time;
+
+    fn pod(name: &str, node: Option<&str>, phase: &str, ready: bool, created: i64) -> Pod {
+        let mut p = Pod {
+            spec: Some(PodSpec {
+                node_name: node.map(str::to_string),
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..PodCondition::default()
+                }]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        };
+        p.metadata.name = Some(name.into());
+        p.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(created).unwrap()));
+        p
+    }
+
+    #[test]
+    fn a_shrinking_set_deletes_unbound_pending_unready_then_newest_pods_first() {
+        let mut pods = [
+            pod("ready-old", Some("n"), "Running", true, 100),
+            pod("ready-new", Some("n"), "Running", true, 300),
+            pod("unready", Some("n"), "Running", false, 50),
+            pod("pending", Some("n"), "Pending", false, 10),
+            pod("unbound", None, "Pending", false, 5),
+        ];
+        pods.sort_by_key(deletion_rank);
+        let order: Vec<&str> = pods
+            .iter()
+            .map(|p| p.metadata.name.as_deref().unwrap())
+            .collect();
+        assert_eq!(
+            order,
+            ["unbound", "pending", "unready", "ready-new", "ready-old"]
+        );
+    }
+}
