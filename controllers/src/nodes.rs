@@ -131,6 +131,10 @@ impl Nodes {
         let bits = if range.addr.is_ipv4() { 24 } else { 64 };
         let cidr = {
             let mut assigned = self.assigned_mut();
+            // A node gone from the cache was deleted (this one is in it):
+            // its range is free now, even before its own reconcile lets
+            // it go, so a node registered right after can have it.
+            assigned.retain(|node, _| self.nodes.get(&ObjectKey::new(None, node)).is_some());
             let mut used: HashSet<String> = self
                 .nodes
                 .list()
