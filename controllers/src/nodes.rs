@@ -135,23 +135,29 @@ impl Nodes {
             // its range is free now, even before its own reconcile lets
             // it go, so a node registered right after can have it.
             assigned.retain(|node, _| self.nodes.get(&ObjectKey::new(None, node)).is_some());
-            let mut used: HashSet<String> = self
-                .nodes
-                .list()
-                .iter()
-                .filter_map(|n| n.spec.as_ref()?.pod_cidr.clone())
-                .collect();
-            used.extend(assigned.values().cloned());
-            let Some(cidr) = (0..)
-                .map_while(|i| range.subnet(bits, i))
-                .map(|c| c.to_string())
-                .find(|c| !used.contains(c))
-            else {
-                tracing::error!(node = name, %range, "no pod CIDR is left in the cluster's range");
-                return Ok(());
-            };
-            assigned.insert(name.to_string(), cidr.clone());
-            cidr
+            // Given one already, whose write the cache does not show yet
+            // (or that a writer of a stale copy took away): the same one.
+            if let Some(cidr) = assigned.get(name) {
+                cidr.clone()
+            } else {
+                let mut used: HashSet<String> = self
+                    .nodes
+                    .list()
+                    .iter()
+                    .filter_map(|n| n.spec.as_ref()?.pod_cidr.clone())
+                    .collect();
+                used.extend(assigned.values().cloned());
+                let Some(cidr) = (0..)
+                    .map_while(|i| range.subnet(bits, i))
+                    .map(|c| c.to_string())
+                    .find(|c| !used.contains(c))
+                else {
+                    tracing::error!(node = name, %range, "no pod CIDR is left in the cluster's range");
+                    return Ok(());
+                };
+                assigned.insert(name.to_string(), cidr.clone());
+                cidr
+            }
         };
         self.store
             .cluster_api::<Node>()
