@@ -246,15 +246,18 @@ fn deployment(name: &str, replicas: u32, image: &str, extra_spec: &str) -> Strin
     )
 }
 
-/// Every pod change in etcd's order, through the core watcher, on a thread
-/// of its own until dropped.
-struct PodEvents {
-    rx: std::sync::mpsc::Receiver<(String, Option<orca_core::api::Pod>)>,
+/// Every change of one kind in etcd's order, through the core watcher, on
+/// a thread of its own until dropped.
+struct Events<K> {
+    rx: std::sync::mpsc::Receiver<(String, Option<K>, i64)>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl PodEvents {
+/// Every pod change.
+type PodEvents = Events<orca_core::api::Pod>;
+
+impl<K: orca_core::api::Object> Events<K> {
     fn follow(endpoint: &str) -> Self {
         let endpoint = endpoint.to_string();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -271,27 +274,30 @@ impl PodEvents {
                     orca_core::store::Store::connect(orca_core::store::StoreConfig::new(endpoint))
                         .await
                         .unwrap();
-                let events = watcher(store.all::<orca_core::api::Pod>());
+                let events = watcher(store.all::<K>());
                 let mut events = std::pin::pin!(events);
                 let mut stopped = std::pin::pin!(stopped);
+                // A deleted object carries the revision it was deleted at.
+                let revision = |o: &K| {
+                    o.metadata()
+                        .resource_version
+                        .as_deref()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)
+                };
                 loop {
                     let event = tokio::select! {
                         _ = &mut stopped => return,
                         e = events.next() => e,
                     };
-                    let change = match event {
-                        Some(Ok(Event::Apply(p) | Event::InitApply(p))) => Some(p),
-                        Some(Ok(Event::Delete(p))) => {
-                            let name = p.metadata.name.clone().unwrap_or_default();
-                            let _ = tx.send((name, None));
-                            continue;
-                        }
-                        _ => None,
+                    let (object, gone) = match event {
+                        Some(Ok(Event::Apply(o) | Event::InitApply(o))) => (o, false),
+                        Some(Ok(Event::Delete(o))) => (o, true),
+                        _ => continue,
                     };
-                    if let Some(pod) = change {
-                        let name = pod.metadata.name.clone().unwrap_or_default();
-                        let _ = tx.send((name, Some(pod)));
-                    }
+                    let name = object.metadata().name.clone().unwrap_or_default();
+                    let at = revision(&object);
+                    let _ = tx.send((name, (!gone).then_some(object), at));
                 }
             });
         });
@@ -302,13 +308,30 @@ impl PodEvents {
         }
     }
 
-    /// The next change: a pod's name, and the pod (`None`: deleted).
-    fn next(&self) -> (String, Option<orca_core::api::Pod>) {
-        self.rx.recv_timeout(WAIT).expect("pods change")
+    /// The next change: an object's name, and the object (`None`: deleted).
+    fn next(&self) -> (String, Option<K>) {
+        let (name, object, _) = self.next_at();
+        (name, object)
+    }
+
+    /// The next change, with the revision it was made at.
+    fn next_at(&self) -> (String, Option<K>, i64) {
+        self.rx.recv_timeout(WAIT).expect("objects change")
+    }
+
+    /// The revision at which the object named `prefix...` was deleted.
+    fn deleted_at(&self, prefix: &str) -> i64 {
+        loop {
+            if let (name, None, at) = self.next_at()
+                && name.starts_with(prefix)
+            {
+                return at;
+            }
+        }
     }
 }
 
-impl Drop for PodEvents {
+impl<K> Drop for Events<K> {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -849,8 +872,21 @@ fn deleting_with_a_cascade_orphans_or_waits_for_dependents() {
             || kept[0]["metadata"]["ownerReferences"] == json!([])
     );
 
-    // Foreground: the Deployment goes only after its ReplicaSet and pod.
+    // Foreground: the Deployment goes only after its ReplicaSet and pod,
+    // in etcd's order.
+    let endpoint = plane.etcd.endpoint();
+    let pods = PodEvents::follow(&endpoint);
+    let sets = Events::<orca_core::api::ReplicaSet>::follow(&endpoint);
+    let deploys = Events::<orca_core::api::Deployment>::follow(&endpoint);
     plane.ok(&["delete", "deploy", "gone", "--cascade", "foreground"]);
+    let pod_gone = pods.deleted_at("gone-");
+    let set_gone = sets.deleted_at("gone-");
+    let deploy_gone = deploys.deleted_at("gone");
+    assert!(
+        pod_gone < deploy_gone && set_gone < deploy_gone,
+        "pod deleted at {pod_gone}, set at {set_gone}, Deployment at {deploy_gone}"
+    );
+    drop((pods, sets, deploys));
     plane.wait_for("gone, with everything it owned", |p| {
         !p.orca(&["get", "deploy", "gone"]).status.success()
             && p.pods().iter().all(|pod| {
