@@ -277,14 +277,6 @@ impl<K: orca_core::api::Object> Events<K> {
                 let events = watcher(store.all::<K>());
                 let mut events = std::pin::pin!(events);
                 let mut stopped = std::pin::pin!(stopped);
-                // A deleted object carries the revision it was deleted at.
-                let revision = |o: &K| {
-                    o.metadata()
-                        .resource_version
-                        .as_deref()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0)
-                };
                 loop {
                     let event = tokio::select! {
                         _ = &mut stopped => return,
@@ -296,7 +288,8 @@ impl<K: orca_core::api::Object> Events<K> {
                         _ => continue,
                     };
                     let name = object.metadata().name.clone().unwrap_or_default();
-                    let at = revision(&object);
+                    // A deleted object carries the revision it was deleted at.
+                    let at = orca_core::store::revision_of(&object);
                     let _ = tx.send((name, (!gone).then_some(object), at));
                 }
             });

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, PodStatus};
 use orca_core::api::{ConfigMap, EndpointSlice, Node, Pod, Secret};
-use orca_core::store::{Cidr, DeleteOptions, Error as StoreError, Store};
+use orca_core::store::{Cidr, DeleteOptions, Error as StoreError, Store, revision_of};
 use orca_core::watch::{Action, Controller, Informers, ObjectKey, Reader};
 use tokio::sync::mpsc;
 
@@ -366,15 +366,6 @@ async fn runtime_version(runc: &Path) -> String {
     format!("runc://{version}")
 }
 
-/// A pod's resourceVersion as a number (0 when it has none).
-fn version(pod: &Pod) -> i64 {
-    pod.metadata
-        .resource_version
-        .as_deref()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The node's pod CIDR: the configured one (written to the Node when the
 /// master set none), else the one the master allocates, waited for.
 async fn pod_cidr(store: &Store, node: &str, configured: Option<Cidr>) -> Result<Cidr, Error> {
@@ -660,7 +651,7 @@ impl Kubelet {
                 .state()
                 .written
                 .get(uid)
-                .is_some_and(|(w, at)| *w == status && version(pod) <= *at);
+                .is_some_and(|(w, at)| *w == status && revision_of(pod) <= *at);
         // Only a status that was stored counts as written: after a
         // conflict the cache's next event brings the pod back to be synced.
         if !unchanged && let Some(at) = self.write_status(key, pod, status.clone()).await? {
@@ -717,7 +708,7 @@ impl Kubelet {
         let mut updated = pod.clone();
         updated.status = Some(status);
         match api.update_status(&updated).await {
-            Ok(written) => Ok(Some(version(&written))),
+            Ok(written) => Ok(Some(revision_of(&written))),
             Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => Ok(None),
             Err(e) => Err(format!("writing the pod's status: {e}")),
         }

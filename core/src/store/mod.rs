@@ -1578,7 +1578,7 @@ fn decode_object<K: Object>(kv: &KeyValue, resource_version: i64) -> Result<K> {
 }
 
 /// A typed object's resourceVersion as a revision (0 when absent).
-pub(crate) fn revision_of<K: Object>(obj: &K) -> i64 {
+pub fn revision_of<K: Object>(obj: &K) -> i64 {
     obj.metadata()
         .resource_version
         .as_deref()
