@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use orca_core::api::{ConfigMap, Deployment, Kind, Pod};
 use orca_core::store::WatchEvent;
-use orca_core::store::{DeleteOptions, Deleted, Error, Guard, Store, StoreConfig};
+use orca_core::store::{
+    DeleteOptions, Deleted, Error, Guard, PodBinding, Store, StoreConfig, revision_of,
+};
 use orca_core::yaml;
 use orca_testkit::Etcd;
 use serde_json::{Value, json};
@@ -940,30 +942,44 @@ async fn only_owners_the_collector_follows_are_held_for_a_cascade() {
     assert_eq!(obj["metadata"]["finalizers"], json!(["foregroundDeletion"]));
 }
 
+/// A binding of `pod` as read to `node`.
+fn binding(pod: &Pod, node: &str) -> PodBinding {
+    PodBinding {
+        namespace: pod.metadata.namespace.clone().unwrap(),
+        name: pod.metadata.name.clone().unwrap(),
+        resource_version: revision_of(pod),
+        node: node.to_string(),
+    }
+}
+
 #[tokio::test]
 async fn pods_bound_in_one_transaction_or_not_at_all() {
     let etcd = Etcd::start();
     let store = connect(&etcd).await;
     let api = store.api::<Pod>("default");
-    for name in ["a", "b", "c"] {
-        store
-            .create_value(pods(), pod_on(name, None))
-            .await
-            .unwrap();
+    for name in ["a", "b", "c", "d"] {
+        let mut pod = pod_on(name, None);
+        pod["metadata"]["annotations"] = json!({"note": "kept"});
+        store.create_value(pods(), pod).await.unwrap();
     }
     let read = |name: &'static str| api.get(name);
     let (a, b) = (read("a").await.unwrap(), read("b").await.unwrap());
     let bound = api
-        .bind_all(&[(a, "n1".to_string()), (b, "n2".to_string())])
+        .bind_all(&[binding(&a, "n1"), binding(&b, "n2")])
         .await
         .unwrap();
     assert!(bound);
     let on_n1 = store.pods_on_node("n1").list().await.unwrap();
     assert_eq!(on_n1.items.len(), 1);
-    assert_eq!(
-        read("b").await.unwrap().spec.unwrap().node_name.as_deref(),
-        Some("n2")
-    );
+    // The binding is written over the stored pod: nothing else changes,
+    // whatever form the binder kept the pod in.
+    let b_bound = read("b").await.unwrap();
+    let mut expected = b.clone();
+    expected.spec.as_mut().unwrap().node_name = Some("n2".into());
+    expected.metadata.generation = Some(b.metadata.generation.unwrap_or(1) + 1);
+    expected.metadata.resource_version = b_bound.metadata.resource_version.clone();
+    assert_eq!(b_bound, expected);
+    assert_eq!(on_n1.items[0], read("a").await.unwrap());
 
     // One pod changed since it was read: nothing of the batch is written.
     let stale = read("c").await.unwrap();
@@ -972,7 +988,7 @@ async fn pods_bound_in_one_transaction_or_not_at_all() {
     api.update(&changed).await.unwrap();
     let a_again = read("a").await.unwrap();
     let bound = api
-        .bind_all(&[(stale, "n3".to_string()), (a_again, "n3".to_string())])
+        .bind_all(&[binding(&stale, "n3"), binding(&a_again, "n3")])
         .await
         .unwrap();
     assert!(!bound);
@@ -990,6 +1006,12 @@ async fn pods_bound_in_one_transaction_or_not_at_all() {
             .items
             .is_empty()
     );
+
+    // A pod deleted since it was read is not bound either, nor brought back.
+    let gone = read("d").await.unwrap();
+    api.delete("d", DeleteOptions::default()).await.unwrap();
+    assert!(!api.bind_all(&[binding(&gone, "n1")]).await.unwrap());
+    assert!(api.get_opt("d").await.unwrap().is_none());
 }
 
 #[tokio::test]

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use orca_core::api::{EndpointSlice, LabelSelector, ObjectMeta, Pod, Service, selector_matches};
+use orca_core::api::{
+    CompactPod, EndpointSlice, LabelSelector, ObjectMeta, Service, selector_matches,
+};
 use orca_core::store::{DeleteOptions, Error, Store};
 use orca_core::watch::{Action, Change, Controller, Informers, ObjectKey, Reader};
 
@@ -29,7 +31,7 @@ const MAX_ENDPOINTS: usize = 100;
 pub struct EndpointSlices {
     store: Store,
     services: Reader<Service>,
-    pods: Reader<Pod>,
+    pods: Reader<CompactPod>,
     slices: Reader<EndpointSlice>,
 }
 
@@ -135,7 +137,7 @@ impl EndpointSlices {
     /// and those whose slices list it.
     pub fn new(informers: &Informers, store: Store) -> (Arc<Self>, Controller<Service>) {
         let services = informers.all::<Service>();
-        let pods = informers.all::<Pod>();
+        let pods = informers.all::<CompactPod>();
         let slices = informers.all::<EndpointSlice>();
         let this = Arc::new(Self {
             store,
@@ -161,11 +163,11 @@ impl EndpointSlices {
         });
         let controller = Controller::new(&services)
             .owns(&slices)
-            .watches(&pods, move |pod: &Pod| {
+            .watches(&pods, move |pod: &CompactPod| {
                 let namespace = pod.metadata.namespace.clone().unwrap_or_default();
                 let name = pod.metadata.name.as_deref().unwrap_or_default();
                 let empty = BTreeMap::new();
-                let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+                let labels = pod.metadata.labels.as_deref().unwrap_or(&empty);
                 let mut keys: HashSet<ObjectKey> = by_selector
                     .in_namespace(&namespace)
                     .iter()
@@ -201,7 +203,7 @@ impl EndpointSlices {
             return Ok(Action::AwaitChange);
         };
         let svc = svc.expect("a selector came from it");
-        let mut pods: Vec<Arc<Pod>> = self
+        let mut pods: Vec<Arc<CompactPod>> = self
             .pods
             .selected(&namespace, &selector)
             .into_iter()
@@ -320,7 +322,7 @@ type ResolvedPort = (String, i32, String);
 /// named `targetPort` looked up among the pod's container ports. `None`
 /// when a named port is not there (the pod is left out, as Kubernetes
 /// does).
-fn resolve_ports(svc: &Service, pod: &Pod) -> Option<Vec<ResolvedPort>> {
+fn resolve_ports(svc: &Service, pod: &CompactPod) -> Option<Vec<ResolvedPort>> {
     let ports = svc.spec.as_ref()?.ports.clone().unwrap_or_default();
     let containers = pod
         .spec
@@ -345,7 +347,7 @@ fn resolve_ports(svc: &Service, pod: &Pod) -> Option<Vec<ResolvedPort>> {
         .collect()
 }
 
-fn endpoint(pod: &Pod, ip: String) -> Endpoint {
+fn endpoint(pod: &CompactPod, ip: String) -> Endpoint {
     let terminating = pod.metadata.deletion_timestamp.is_some();
     let ready = is_ready(pod);
     Endpoint {

@@ -11,7 +11,10 @@
 
 use std::sync::Arc;
 
-use orca_core::api::{Deployment, Object, OwnerReference, ReplicaSet, Service, kind_of};
+use k8s_openapi::Resource;
+use orca_core::api::{
+    Cached, CompactPod, Deployment, Object, OwnerReference, ReplicaSet, Service, kind_of,
+};
 use orca_core::store::{
     CASCADE_OWNERS, DeleteOptions, Error, FINALIZER_FOREGROUND, FINALIZER_ORPHAN, Store,
 };
@@ -54,13 +57,13 @@ impl Owners {
 }
 
 /// Collects dependents of kind `D`.
-pub struct Collector<D: Object> {
+pub struct Collector<D: Cached> {
     store: Store,
     dependents: Reader<D>,
     owners: Owners,
 }
 
-impl<D: Object> Collector<D> {
+impl<D: Cached> Collector<D> {
     /// The loop and its controller: a dependent's change, or its owner's,
     /// brings it here.
     pub fn new(informers: &Informers, store: Store) -> (Arc<Self>, Controller<D>) {
@@ -92,7 +95,7 @@ impl<D: Object> Collector<D> {
             by_owner(dependents.reader()),
             by_owner(dependents.reader()),
         );
-        let name = format!("gc-{}", kind_of::<D>().plural);
+        let name = format!("gc-{}", kind_of::<D::Kind>().plural);
         let controller = Controller::new(&dependents)
             .watches(&deployments, move |o: &Deployment| {
                 a(o.metadata.uid.as_deref())
@@ -108,12 +111,8 @@ impl<D: Object> Collector<D> {
         let Some(dependent) = self.dependents.get(&key) else {
             return Ok(Action::AwaitChange);
         };
-        let refs = dependent
-            .metadata()
-            .owner_references
-            .clone()
-            .unwrap_or_default();
-        if refs.is_empty() || dependent.metadata().deletion_timestamp.is_some() {
+        let refs = dependent.owner_references().to_vec();
+        if refs.is_empty() || dependent.deleting() {
             return Ok(Action::AwaitChange);
         }
         let namespace = key.namespace.as_deref();
@@ -128,8 +127,8 @@ impl<D: Object> Collector<D> {
                 }
             }
         }
-        tracing::debug!(kind = D::KIND, object = %key, "every owner is gone: deleting");
-        let kind = kind_of::<D>();
+        tracing::debug!(kind = D::Kind::KIND, object = %key, "every owner is gone: deleting");
+        let kind = kind_of::<D::Kind>();
         match self
             .store
             .delete_value(kind, namespace, &key.name, DeleteOptions::default())
@@ -164,21 +163,21 @@ pub struct Cascades {
 #[derive(Clone)]
 struct Dependents {
     sets: Reader<ReplicaSet>,
-    pods: Reader<orca_core::api::Pod>,
+    pods: Reader<CompactPod>,
     slices: Reader<orca_core::api::EndpointSlice>,
 }
 
 impl Dependents {
     /// `(kind, namespace, name)` of every object owned by `uid`.
     fn of(&self, uid: &str) -> Vec<(&'static orca_core::api::Kind, ObjectKey)> {
-        fn keys<K: Object>(
+        fn keys<K: Cached>(
             reader: &Reader<K>,
             uid: &str,
         ) -> Vec<(&'static orca_core::api::Kind, ObjectKey)> {
             reader
                 .owned_by(uid)
                 .iter()
-                .map(|o| (kind_of::<K>(), ObjectKey::of(&**o)))
+                .map(|o| (kind_of::<K::Kind>(), ObjectKey::of(&**o)))
                 .collect()
         }
         let mut all = keys(&self.sets, uid);
@@ -196,7 +195,7 @@ impl Cascades {
             store,
             dependents: Dependents {
                 sets: informers.all::<ReplicaSet>().reader(),
-                pods: informers.all::<orca_core::api::Pod>().reader(),
+                pods: informers.all::<CompactPod>().reader(),
                 slices: informers.all::<orca_core::api::EndpointSlice>().reader(),
             },
         })
@@ -205,31 +204,18 @@ impl Cascades {
     /// Its controller for `K`'s owners, requeued when their dependents change.
     pub fn controller<K: Object>(informers: &Informers) -> Controller<K> {
         let owners = informers.all::<K>();
-        let up =
-            |owner_refs: Option<&Vec<OwnerReference>>, namespace: Option<&str>| -> Vec<ObjectKey> {
-                owner_refs
-                    .into_iter()
-                    .flatten()
-                    .filter(|r| r.kind == K::KIND)
-                    .map(|r| ObjectKey::new(namespace, &r.name))
-                    .collect()
-            };
+        // An owner of kind `K` named by a dependent's references.
+        fn up<K: Object, D: Cached>(dependent: &D) -> Vec<ObjectKey> {
+            dependent
+                .owner_references()
+                .iter()
+                .filter(|r| r.kind == K::KIND)
+                .map(|r| ObjectKey::new(dependent.namespace(), &r.name))
+                .collect()
+        }
         Controller::new(&owners)
-            .watches(&informers.all::<ReplicaSet>(), move |d: &ReplicaSet| {
-                up(
-                    d.metadata.owner_references.as_ref(),
-                    d.metadata.namespace.as_deref(),
-                )
-            })
-            .watches(
-                &informers.all::<orca_core::api::Pod>(),
-                move |d: &orca_core::api::Pod| {
-                    up(
-                        d.metadata.owner_references.as_ref(),
-                        d.metadata.namespace.as_deref(),
-                    )
-                },
-            )
+            .watches(&informers.all::<ReplicaSet>(), up::<K, ReplicaSet>)
+            .watches(&informers.all::<CompactPod>(), up::<K, CompactPod>)
             .named(format!("cascade-{}", kind_of::<K>().plural))
     }
 

@@ -15,7 +15,7 @@ pub mod replicaset;
 use std::future::Future;
 use std::sync::Arc;
 
-use orca_core::api::{Deployment, EndpointSlice, Object, Pod, ReplicaSet, Service};
+use orca_core::api::{Cached, CompactPod, Deployment, EndpointSlice, Object, ReplicaSet, Service};
 use orca_core::store::{Error, Store};
 use orca_core::watch::{Action, Controller, Informers, ObjectKey};
 use tokio::sync::watch;
@@ -44,7 +44,7 @@ impl Reconcile for nodes::Nodes {
     }
 }
 
-impl<D: Object> Reconcile for gc::Collector<D> {
+impl<D: Cached> Reconcile for gc::Collector<D> {
     fn reconcile(&self, key: ObjectKey) -> impl Future<Output = Result<Action, Error>> + Send {
         gc::Collector::reconcile(self, key)
     }
@@ -69,7 +69,7 @@ impl Reconcile for endpointslice::EndpointSlices {
 }
 
 /// Runs `controller` with `work` until `stopped` turns true.
-pub async fn drive<K: Object, R: Reconcile>(
+pub async fn drive<K: Cached, R: Reconcile>(
     controller: Controller<K>,
     work: Arc<R>,
     mut stopped: watch::Receiver<bool>,
@@ -115,7 +115,7 @@ pub async fn run(
     let (deployments, deployment_loop) = deployment::Deployments::new(informers, store.clone());
     let (slices, slice_loop) = endpointslice::EndpointSlices::new(informers, store.clone());
     let (gc_sets, gc_set_loop) = gc::Collector::<ReplicaSet>::new(informers, store.clone());
-    let (gc_pods, gc_pod_loop) = gc::Collector::<Pod>::new(informers, store.clone());
+    let (gc_pods, gc_pod_loop) = gc::Collector::<CompactPod>::new(informers, store.clone());
     let (gc_slices, gc_slice_loop) = gc::Collector::<EndpointSlice>::new(informers, store.clone());
     let (namespaces, namespace_loop) = namespaces::Namespaces::new(informers, store.clone());
     let cascades = gc::Cascades::new(informers, store);

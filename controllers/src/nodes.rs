@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{NodeCondition, Taint};
-use orca_core::api::{Lease, Node, Pod, Time};
+use orca_core::api::{CompactPod, Lease, Node, Pod, Time};
 use orca_core::store::{Cidr, DeleteOptions, Error, Store};
 use orca_core::watch::{Action, Controller, Informers, ObjectKey, Reader};
 
@@ -50,7 +50,7 @@ pub struct Nodes {
     store: Store,
     nodes: Reader<Node>,
     leases: Reader<Lease>,
-    pods: Reader<Pod>,
+    pods: Reader<CompactPod>,
     timing: Timing,
     cluster_cidr: Option<Cidr>,
     /// Pod CIDRs given out that the cache may not show yet.
@@ -77,7 +77,7 @@ impl Nodes {
     ) -> (Arc<Self>, Controller<Node>) {
         let nodes = informers.all::<Node>();
         let leases = informers.all::<Lease>();
-        let pods = informers.all::<Pod>();
+        let pods = informers.all::<CompactPod>();
         let this = Arc::new(Self {
             store,
             nodes: nodes.reader(),
@@ -235,7 +235,7 @@ impl Nodes {
             }
         };
         let mut next = self.timing.period;
-        let pods: Vec<Arc<Pod>> = self
+        let pods: Vec<Arc<CompactPod>> = self
             .pods
             .on_node(&name)
             .into_iter()
@@ -309,7 +309,7 @@ impl Nodes {
             .map(|_| ())
     }
 
-    async fn mark_not_ready(&self, pod: &Pod) -> Result<(), Error> {
+    async fn mark_not_ready(&self, pod: &CompactPod) -> Result<(), Error> {
         let ready = pod
             .status
             .as_ref()
@@ -338,7 +338,7 @@ impl Nodes {
             .map(|_| ())
     }
 
-    async fn evict(&self, pod: &Pod) -> Result<(), Error> {
+    async fn evict(&self, pod: &CompactPod) -> Result<(), Error> {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         tracing::info!(pod = %ObjectKey::of(pod), "evicting from an unreachable node");
@@ -353,7 +353,7 @@ impl Nodes {
 /// How long `pod` may stay on an unreachable node (`None`: for ever): its
 /// own toleration of the unreachable taint, else `default` (the toleration
 /// Kubernetes adds to every pod).
-fn tolerated_for(pod: &Pod, default: Duration) -> Option<Duration> {
+fn tolerated_for(pod: &CompactPod, default: Duration) -> Option<Duration> {
     let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.as_ref());
     let matching = tolerations.into_iter().flatten().find(|t| {
         let key_ok = t
@@ -379,14 +379,14 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{PodSpec, Toleration};
 
-    fn tolerating(tolerations: Vec<Toleration>) -> Pod {
-        Pod {
+    fn tolerating(tolerations: Vec<Toleration>) -> CompactPod {
+        CompactPod::of(&Pod {
             spec: Some(PodSpec {
                 tolerations: Some(tolerations),
                 ..PodSpec::default()
             }),
             ..Pod::default()
-        }
+        })
     }
 
     fn toleration(key: Option<&str>, effect: Option<&str>, seconds: Option<i64>) -> Toleration {
@@ -405,7 +405,7 @@ mod tests {
         assert_eq!(default, Duration::from_secs(300));
         let minutes = |m: u64| Some(Duration::from_secs(m * 60));
         // No toleration of its own: the default.
-        assert_eq!(tolerated_for(&Pod::default(), default), minutes(5));
+        assert_eq!(tolerated_for(&CompactPod::default(), default), minutes(5));
         // Its own, with seconds or for ever.
         let own = toleration(Some(UNREACHABLE), Some("NoExecute"), Some(60));
         assert_eq!(tolerated_for(&tolerating(vec![own]), default), minutes(1));

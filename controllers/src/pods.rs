@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use orca_core::api::Pod;
+use orca_core::api::CompactPod;
 
 /// A pod that counts towards its owner's replicas: not being deleted and
 /// not finished.
-pub fn is_active(pod: &Pod) -> bool {
+pub fn is_active(pod: &CompactPod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
         && !matches!(
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -16,7 +16,7 @@ pub fn is_active(pod: &Pod) -> bool {
 }
 
 /// The time the pod's Ready condition turned true, if it is true.
-pub fn ready_since(pod: &Pod) -> Option<jiff::Timestamp> {
+pub fn ready_since(pod: &CompactPod) -> Option<jiff::Timestamp> {
     let condition = pod
         .status
         .as_ref()?
@@ -36,14 +36,14 @@ pub fn ready_since(pod: &Pod) -> Option<jiff::Timestamp> {
 }
 
 /// Whether the pod's Ready condition is true.
-pub fn is_ready(pod: &Pod) -> bool {
+pub fn is_ready(pod: &CompactPod) -> bool {
     ready_since(pod).is_some()
 }
 
 /// Whether the pod has been ready for `min_ready` by `now`; otherwise, when
 /// it is ready but not yet for long enough, how long until it will be.
 pub fn availability(
-    pod: &Pod,
+    pod: &CompactPod,
     min_ready: Duration,
     now: jiff::Timestamp,
 ) -> Result<(), Option<Duration>> {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::{StreamExt, stream};
-use orca_core::api::{ObjectMeta, OwnerReference, Pod, ReplicaSet};
+use orca_core::api::{CompactPod, ObjectMeta, OwnerReference, Pod, ReplicaSet};
 use orca_core::store::{DeleteOptions, Error, Store};
 use orca_core::watch::{Action, Controller, Informers, ObjectKey, Reader};
 
@@ -36,7 +36,7 @@ struct Expected {
 pub struct ReplicaSets {
     store: Store,
     sets: Reader<ReplicaSet>,
-    pods: Reader<Pod>,
+    pods: Reader<CompactPod>,
     expected: Mutex<HashMap<ObjectKey, Expected>>,
 }
 
@@ -45,7 +45,7 @@ impl ReplicaSets {
     /// write goes through `store` (the leader's guarded store).
     pub fn new(informers: &Informers, store: Store) -> (Arc<Self>, Controller<ReplicaSet>) {
         let sets = informers.all::<ReplicaSet>();
-        let pods = informers.all::<Pod>();
+        let pods = informers.all::<CompactPod>();
         let this = Arc::new(Self {
             store,
             sets: sets.reader(),
@@ -64,7 +64,7 @@ impl ReplicaSets {
             return Ok(Action::AwaitChange);
         };
         let uid = rs.metadata.uid.clone().unwrap_or_default();
-        let owned: Vec<Arc<Pod>> = self.pods.owned_by(&uid);
+        let owned: Vec<Arc<CompactPod>> = self.pods.owned_by(&uid);
         let active = self.active_pods(&key, owned.iter().filter(|p| is_active(p)).cloned());
         let wanted = rs
             .spec
@@ -94,12 +94,12 @@ impl ReplicaSets {
     fn active_pods(
         &self,
         key: &ObjectKey,
-        active: impl Iterator<Item = Arc<Pod>>,
-    ) -> Vec<Arc<Pod>> {
+        active: impl Iterator<Item = Arc<CompactPod>>,
+    ) -> Vec<Arc<CompactPod>> {
         let seen = self.pods.revision();
         let mut expected = self.expected_mut();
         let entry = expected.entry(key.clone()).or_default();
-        let pods: Vec<Arc<Pod>> = active.collect();
+        let pods: Vec<Arc<CompactPod>> = active.collect();
         let names: HashSet<&str> = pods
             .iter()
             .filter_map(|p| p.metadata.name.as_deref())
@@ -162,7 +162,7 @@ impl ReplicaSets {
         &self,
         key: &ObjectKey,
         rs: &ReplicaSet,
-        mut pods: Vec<Arc<Pod>>,
+        mut pods: Vec<Arc<CompactPod>>,
         count: usize,
     ) -> Result<(), Error> {
         // Kubernetes' order: unbound, pending, not ready, then the newest.
@@ -206,7 +206,11 @@ impl ReplicaSets {
         first_error.map_or(Ok(()), Err)
     }
 
-    async fn write_status(&self, rs: &ReplicaSet, active: &[Arc<Pod>]) -> Result<Action, Error> {
+    async fn write_status(
+        &self,
+        rs: &ReplicaSet,
+        active: &[Arc<CompactPod>],
+    ) -> Result<Action, Error> {
         let min_ready = Duration::from_secs(
             rs.spec
                 .as_ref()
@@ -252,7 +256,7 @@ impl ReplicaSets {
 }
 
 /// Sorts pods by the order they go in when a ReplicaSet shrinks.
-fn deletion_rank(pod: &Pod) -> (bool, u8, bool, Reverse<Option<jiff::Timestamp>>) {
+fn deletion_rank(pod: &CompactPod) -> (bool, u8, bool, Reverse<Option<jiff::Timestamp>>) {
     let assigned = pod
         .spec
         .as_ref()
@@ -309,7 +313,7 @@ mod tests {
     use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
     use orca_core::api::Time;
 
-    fn pod(name: &str, node: Option<&str>, phase: &str, ready: bool, created: i64) -> Pod {
+    fn pod(name: &str, node: Option<&str>, phase: &str, ready: bool, created: i64) -> CompactPod {
         let mut p = Pod {
             spec: Some(PodSpec {
                 node_name: node.map(str::to_string),
@@ -328,7 +332,7 @@ mod tests {
         };
         p.metadata.name = Some(name.into());
         p.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(created).unwrap()));
-        p
+        CompactPod::of(&p)
     }
 
     #[test]

@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::PodSpec;
-use orca_core::api::{Node, Pod};
+use orca_core::api::CompactPodSpec;
+use orca_core::api::{CompactPod, Node};
 use orca_core::watch::ObjectKey;
 
 use crate::resources::Resources;
@@ -73,7 +73,7 @@ struct Class {
 
 /// What the scheduler needs of a pod, read once per attempt.
 pub(crate) struct Requirements<'a> {
-    spec: Option<&'a PodSpec>,
+    spec: Option<&'a CompactPodSpec>,
     wants: Resources,
     host_ports: Vec<HostPort>,
     /// The controller owner's uid, for spreading.
@@ -85,7 +85,7 @@ pub(crate) struct Requirements<'a> {
 
 impl<'a> Requirements<'a> {
     /// Reads `pod`'s requirements.
-    pub(crate) fn of(pod: &'a Pod) -> Self {
+    pub(crate) fn of(pod: &'a CompactPod) -> Self {
         let spec = pod.spec.as_ref();
         let wants = Resources::requested_by(pod);
         let host_ports = host_ports_of(pod);
@@ -245,7 +245,7 @@ impl ClusterState {
 
     /// A pod was added or changed in the pod cache. Returns whether room
     /// may have appeared (a pod stopped counting on a node).
-    pub(crate) fn apply_pod(&mut self, pod: &Pod) -> bool {
+    pub(crate) fn apply_pod(&mut self, pod: &CompactPod) -> bool {
         let key = ObjectKey::of(pod);
         if pending(pod) && found_unschedulable(pod) {
             self.unschedulable.insert(key.clone());
@@ -271,7 +271,7 @@ impl ClusterState {
 
     /// Counts `pod` on `node` until the pod cache shows it bound there (or
     /// [`ClusterState::forget`]).
-    pub(crate) fn assume(&mut self, pod: &Pod, node: &str) {
+    pub(crate) fn assume(&mut self, pod: &CompactPod, node: &str) {
         self.unschedulable.remove(&ObjectKey::of(pod));
         self.account(ObjectKey::of(pod), pod, node, true);
     }
@@ -298,7 +298,7 @@ impl ClusterState {
         self.unschedulable.iter().cloned().collect()
     }
 
-    fn account(&mut self, key: ObjectKey, pod: &Pod, node: &str, assumed: bool) {
+    fn account(&mut self, key: ObjectKey, pod: &CompactPod, node: &str, assumed: bool) {
         let requests = Resources::requested_by(pod);
         let host_ports = host_ports_of(pod);
         let owners: Vec<String> = pod
@@ -499,7 +499,7 @@ fn is_ready(node: &Node) -> bool {
         .is_some_and(|c| c.status == "True")
 }
 
-fn host_ports_of(pod: &Pod) -> Vec<HostPort> {
+fn host_ports_of(pod: &CompactPod) -> Vec<HostPort> {
     pod.spec
         .iter()
         .flat_map(|s| s.containers.iter())
@@ -628,11 +628,12 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
         Affinity, Container, NodeAffinity, NodeCondition, NodeSelector, NodeSelectorRequirement,
-        NodeSelectorTerm, NodeSpec, NodeStatus, PodCondition, PodStatus, PreferredSchedulingTerm,
-        ResourceRequirements, Taint, Toleration,
+        NodeSelectorTerm, NodeSpec, NodeStatus, PodCondition, PodSpec, PodStatus,
+        PreferredSchedulingTerm, ResourceRequirements, Taint, Toleration,
     };
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use orca_core::api::Pod;
 
     fn node(name: &str, memory: &str, labels: &[(&str, &str)]) -> Arc<Node> {
         let mut n = Node::default();
@@ -660,6 +661,7 @@ mod tests {
         Arc::new(n)
     }
 
+    /// A pod requesting `memory`.
     fn pod(name: &str, memory: &str) -> Pod {
         let mut p = Pod {
             spec: Some(PodSpec {
@@ -683,6 +685,11 @@ mod tests {
         p
     }
 
+    /// `pod` as the master's cache decodes it.
+    fn cached(pod: &Pod) -> CompactPod {
+        CompactPod::of(pod)
+    }
+
     fn bound(mut p: Pod, node: &str) -> Pod {
         p.spec.as_mut().unwrap().node_name = Some(node.into());
         p
@@ -694,7 +701,8 @@ mod tests {
 
     /// The verdict on one node, as a result.
     fn verdict(state: &ClusterState, pod: &Pod, node: &str) -> Result<f64, Vec<String>> {
-        match fits(&Requirements::of(pod), state.info(state.by_name[node])) {
+        let pod = cached(pod);
+        match fits(&Requirements::of(&pod), state.info(state.by_name[node])) {
             Verdict::Fits(score) => Ok(score),
             Verdict::Fails(why) => Err(why),
         }
@@ -702,7 +710,7 @@ mod tests {
 
     /// Where a search through every node puts `pod`.
     fn place(state: &mut ClusterState, pod: &Pod) -> Placement {
-        state.place(&Requirements::of(pod), 0, usize::MAX, 0)
+        state.place(&Requirements::of(&cached(pod)), 0, usize::MAX, 0)
     }
 
     /// A node selector requirement: `key OPERATOR values`.
@@ -767,7 +775,7 @@ mod tests {
         let allocatable = full.status.as_mut().unwrap().allocatable.as_mut().unwrap();
         allocatable.insert("pods".into(), Quantity("1".into()));
         state.apply_node(Arc::new(full));
-        state.apply_pod(&bound(pod("there", "1Mi"), "full"));
+        state.apply_pod(&cached(&bound(pod("there", "1Mi"), "full")));
         let mut hungry = pod("hungry", "1Gi");
         hungry.spec.as_mut().unwrap().containers[0]
             .resources
@@ -862,7 +870,7 @@ mod tests {
         let small = verdict(&state, &lone, "small").unwrap();
         assert!(big > small && big - small < 20.0, "{big} {small}");
         // A pod on the big node makes it less attractive, but still first.
-        state.apply_pod(&bound(pod("other", "256Mi"), "big"));
+        state.apply_pod(&cached(&bound(pod("other", "256Mi"), "big")));
         assert_eq!(place(&mut state, &lone), Placement::Node("big".to_string()));
         // An owner's second pod goes where none of its pods are yet.
         let owned = |name: &str| {
@@ -879,7 +887,7 @@ mod tests {
             place(&mut state, &first),
             Placement::Node("big".to_string())
         );
-        state.assume(&first, "big");
+        state.assume(&cached(&first), "big");
         assert_eq!(
             place(&mut state, &owned("second")),
             Placement::Node("small".to_string())
@@ -898,7 +906,7 @@ mod tests {
         );
         assert!(verdict(&state, &want, "b").is_ok());
         // Room taken by the pods already there.
-        state.apply_pod(&bound(pod("there", "3Gi"), "b"));
+        state.apply_pod(&cached(&bound(pod("there", "3Gi"), "b")));
         assert_eq!(
             verdict(&state, &want, "b").unwrap_err(),
             ["Insufficient memory"]
@@ -939,7 +947,7 @@ mod tests {
         state.apply_node(node("b", "4Gi", &[]));
         let want = pod("want", "2Gi");
         let there = bound(pod("there", "3Gi"), "a");
-        state.apply_pod(&there);
+        state.apply_pod(&cached(&there));
         assert!(verdict(&state, &want, "a").is_err());
         // A status update changes nothing a filter reads: same generation.
         let generation = state.info(state.by_name["a"]).generation;
@@ -948,11 +956,11 @@ mod tests {
             phase: Some("Running".into()),
             ..PodStatus::default()
         });
-        assert!(!state.apply_pod(&running));
+        assert!(!state.apply_pod(&cached(&running)));
         assert_eq!(state.info(state.by_name["a"]).generation, generation);
         // Seen on another node (deleted and made again under its name):
         // the room moves with it.
-        state.apply_pod(&bound(pod("there", "3Gi"), "b"));
+        state.apply_pod(&cached(&bound(pod("there", "3Gi"), "b")));
         assert!(verdict(&state, &want, "a").is_ok());
         assert!(verdict(&state, &want, "b").is_err());
         // Finished pods take no room.
@@ -961,9 +969,9 @@ mod tests {
             phase: Some("Succeeded".into()),
             ..PodStatus::default()
         });
-        assert!(state.apply_pod(&done), "room appeared");
+        assert!(state.apply_pod(&cached(&done)), "room appeared");
         assert!(verdict(&state, &want, "b").is_ok());
-        state.apply_pod(&bound(pod("there", "3Gi"), "b"));
+        state.apply_pod(&cached(&bound(pod("there", "3Gi"), "b")));
         assert!(state.remove_pod(&key("there")), "room appeared");
         assert!(verdict(&state, &want, "b").is_ok());
         assert_eq!(
@@ -978,7 +986,7 @@ mod tests {
                 host_port: Some(8080),
                 ..Default::default()
             }]);
-        state.apply_pod(&bound(web.clone(), "a"));
+        state.apply_pod(&cached(&bound(web.clone(), "a")));
         let mut other = web.clone();
         other.metadata.name = Some("other".into());
         assert_eq!(
@@ -996,20 +1004,20 @@ mod tests {
         state.apply_node(node("a", "4Gi", &[]));
         let want = pod("want", "2Gi");
         let big = pod("big", "3Gi");
-        state.assume(&big, "a");
+        state.assume(&cached(&big), "a");
         assert!(state.is_assumed(&key("big")));
         assert!(verdict(&state, &want, "a").is_err());
         // The cache shows the pod still unbound (its binding is on the
         // way): it stays counted.
-        assert!(!state.apply_pod(&big));
+        assert!(!state.apply_pod(&cached(&big)));
         assert!(verdict(&state, &want, "a").is_err());
         // The binding failed: the room is free again.
         assert!(state.forget(&key("big")));
         assert!(!state.is_assumed(&key("big")));
         assert!(verdict(&state, &want, "a").is_ok());
         // Assumed, then seen bound: counted once, and no longer forgettable.
-        state.assume(&big, "a");
-        state.apply_pod(&bound(big.clone(), "a"));
+        state.assume(&cached(&big), "a");
+        state.apply_pod(&cached(&bound(big.clone(), "a")));
         assert!(!state.is_assumed(&key("big")));
         assert!(!state.forget(&key("big")));
         assert_eq!(state.info(state.by_name["a"]).pods, 1);
@@ -1017,7 +1025,7 @@ mod tests {
         // An assumed pod deleted before its binding landed.
         state.remove_pod(&key("big"));
         let small = pod("small", "1Gi");
-        state.assume(&small, "a");
+        state.assume(&cached(&small), "a");
         assert!(state.remove_pod(&key("small")));
         assert!(!state.forget(&key("small")));
         assert_eq!(state.info(state.by_name["a"]).pods, 0);
@@ -1034,19 +1042,19 @@ mod tests {
         let Placement::Node(one) = place(&mut state, &first) else {
             panic!("p1 fits")
         };
-        state.assume(&first, &one);
+        state.assume(&cached(&first), &one);
         let second = pod("p2", "3Gi");
         let Placement::Node(two) = place(&mut state, &second) else {
             panic!("p2 fits")
         };
         assert_ne!(one, two, "the first node's verdict was judged again");
-        state.assume(&second, &two);
+        state.assume(&cached(&second), &two);
         let third = pod("p3", "3Gi");
         let nowhere =
             Placement::Nowhere("0/2 nodes are available: 2 Insufficient memory.".to_string());
         assert_eq!(place(&mut state, &third), nowhere);
         // Nothing changed: the class's answer stands without a search.
-        let class = &state.classes[&Requirements::of(&third).class];
+        let class = &state.classes[&Requirements::of(&cached(&third)).class];
         assert_eq!(
             class.none_fit.as_ref().map(|(g, _)| *g),
             Some(state.generation)
@@ -1061,7 +1069,7 @@ mod tests {
         state.forget(&key("p1"));
         assert_eq!(place(&mut state, &third), Placement::Node(one.clone()));
         // A node that grows is judged again too.
-        state.assume(&third, &one);
+        state.assume(&cached(&third), &one);
         assert_eq!(place(&mut state, &pod("p4", "3Gi")), nowhere);
         state.apply_node(node("b", "8Gi", &[]));
         assert_eq!(
@@ -1089,10 +1097,10 @@ mod tests {
             }]),
             ..PodStatus::default()
         });
-        state.apply_pod(&stuck);
+        state.apply_pod(&cached(&stuck));
         assert_eq!(state.unschedulable(), [key("stuck")]);
         state.apply_node(node("a", "4Gi", &[]));
-        state.assume(&stuck, "a");
+        state.assume(&cached(&stuck), "a");
         assert!(state.unschedulable().is_empty());
     }
 }

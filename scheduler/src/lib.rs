@@ -22,8 +22,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     NodeSelectorRequirement, NodeSelectorTerm, PodCondition, Taint, Toleration,
 };
-use orca_core::api::{Node, Pod, Time};
-use orca_core::store::{BIND_BATCH, Error, Store};
+use orca_core::api::{CompactPod, Node, Pod, Time};
+use orca_core::store::{BIND_BATCH, Error, PodBinding, Store, revision_of};
 use orca_core::telemetry::Metrics;
 use orca_core::watch::{Action, Change, Controller, Informers, ObjectKey, Reader};
 use prometheus_client::metrics::counter::Counter;
@@ -60,9 +60,8 @@ const BINDS_IN_FLIGHT: usize = 256;
 /// One binding on its way to the store.
 struct Binding {
     key: ObjectKey,
-    /// The pod as read, with `spec.nodeName` set.
-    pod: Arc<Pod>,
-    node: String,
+    /// The pod, the revision it was read at, and the node.
+    binding: PodBinding,
     /// Its place among [`BINDS_IN_FLIGHT`].
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -117,7 +116,7 @@ impl SchedulerMetrics {
 /// The scheduling loop.
 pub struct Scheduler {
     store: Store,
-    pods: Reader<Pod>,
+    pods: Reader<CompactPod>,
     /// Nodes and the room their pods (bound or assumed) take, kept from
     /// the caches' changes as they are made (see [`Scheduler::follow`]).
     state: Mutex<ClusterState>,
@@ -150,18 +149,18 @@ pub struct Scheduler {
 /// A change to one of the two caches the scheduler's state follows.
 #[derive(Clone, Copy)]
 enum Followed<'a> {
-    Pod(&'a Change<Pod>),
+    Pod(&'a Change<CompactPod>),
     Node(&'a Change<Node>),
 }
 
-fn node_name(pod: &Pod) -> Option<&str> {
+fn node_name(pod: &CompactPod) -> Option<&str> {
     pod.spec
         .as_ref()
         .and_then(|s| s.node_name.as_deref())
         .filter(|n| !n.is_empty())
 }
 
-fn pending(pod: &Pod) -> bool {
+fn pending(pod: &CompactPod) -> bool {
     node_name(pod).is_none()
         && pod.metadata.deletion_timestamp.is_none()
         && pod
@@ -172,7 +171,7 @@ fn pending(pod: &Pod) -> bool {
 }
 
 /// Whether the scheduler already found no node for the pod.
-fn found_unschedulable(pod: &Pod) -> bool {
+fn found_unschedulable(pod: &CompactPod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -182,7 +181,7 @@ fn found_unschedulable(pod: &Pod) -> bool {
         })
 }
 
-fn occupies(pod: &Pod) -> bool {
+fn occupies(pod: &CompactPod) -> bool {
     !matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded" | "Failed")
@@ -192,8 +191,12 @@ fn occupies(pod: &Pod) -> bool {
 impl Scheduler {
     /// The loop and its controller on the shared caches; its state
     /// follows the pod and node caches (see [`Scheduler::follow`]).
-    fn new(informers: &Informers, store: Store, metrics: &Metrics) -> (Arc<Self>, Controller<Pod>) {
-        let pods = informers.all::<Pod>();
+    fn new(
+        informers: &Informers,
+        store: Store,
+        metrics: &Metrics,
+    ) -> (Arc<Self>, Controller<CompactPod>) {
+        let pods = informers.all::<CompactPod>();
         let nodes = informers.all::<Node>();
         let (retry, retries) = tokio::sync::mpsc::unbounded_channel();
         let this = Arc::new(Self {
@@ -353,19 +356,21 @@ impl Scheduler {
     /// Hands the binding of `pod` (assumed on `node` already) to the
     /// binder (kube-scheduler's binding cycle), so the next pod is placed
     /// while it is written; at most [`BINDS_IN_FLIGHT`] wait at a time.
-    async fn bind(self: &Arc<Self>, pod: &Pod, node: &str) -> Result<Action, Error> {
+    async fn bind(self: &Arc<Self>, pod: &CompactPod, node: &str) -> Result<Action, Error> {
         let key = ObjectKey::of(pod);
-        let mut bound = pod.clone();
-        bound.spec.get_or_insert_with(Default::default).node_name = Some(node.to_string());
-        let bound = Arc::new(bound);
+        let binding = PodBinding {
+            namespace: key.namespace.clone().unwrap_or_default(),
+            name: key.name.clone(),
+            resource_version: revision_of(pod),
+            node: node.to_string(),
+        };
         let permit = Arc::clone(&self.binds)
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
         self.lock(&self.to_bind).push(Binding {
             key,
-            pod: bound,
-            node: node.to_string(),
+            binding,
             _permit: permit,
         });
         self.wake_binder.notify_one();
@@ -387,12 +392,9 @@ impl Scheduler {
                     _ = stopped.wait_for(|s| *s) => return,
                 }
             }
-            let pairs: Vec<(Pod, String)> = batch
-                .iter()
-                .map(|b| ((*b.pod).clone(), b.node.clone()))
-                .collect();
+            let bindings: Vec<PodBinding> = batch.iter().map(|b| b.binding.clone()).collect();
             let api = self.store.api::<Pod>("default");
-            match api.bind_all(&pairs).await {
+            match api.bind_all(&bindings).await {
                 Ok(true) => {
                     for b in &batch {
                         self.bound(b);
@@ -401,9 +403,15 @@ impl Scheduler {
                 Ok(false) => {
                     // One of them changed: each on its own, so the others bind.
                     for b in &batch {
-                        let namespace = b.key.namespace.clone().unwrap_or_default();
-                        match self.store.api::<Pod>(&namespace).update(&b.pod).await {
-                            Ok(_) => self.bound(b),
+                        match api.bind_all(std::slice::from_ref(&b.binding)).await {
+                            Ok(true) => self.bound(b),
+                            Ok(false) => self.unbound(
+                                b,
+                                &Error::Conflict {
+                                    plural: "pods".into(),
+                                    name: b.binding.name.clone(),
+                                },
+                            ),
                             Err(e) => self.unbound(b, &e),
                         }
                     }
@@ -418,7 +426,7 @@ impl Scheduler {
     }
 
     fn bound(&self, b: &Binding) {
-        tracing::debug!(pod = %b.key, node = %b.node, "bound");
+        tracing::debug!(pod = %b.key, node = %b.binding.node, "bound");
         if let Some(seen) = self.lock(&self.first_seen).remove(&b.key) {
             self.metrics.latency.observe(seen.elapsed().as_secs_f64());
         }
@@ -430,12 +438,12 @@ impl Scheduler {
     fn unbound(&self, b: &Binding, e: &Error) {
         self.lock(&self.state).forget(&b.key);
         if !matches!(e, Error::Conflict { .. } | Error::NotFound { .. }) {
-            tracing::warn!(pod = %b.key, node = %b.node, error = %e, "binding failed; trying again");
+            tracing::warn!(pod = %b.key, node = %b.binding.node, error = %e, "binding failed; trying again");
             let _ = self.retry.send(b.key.clone());
         }
     }
 
-    async fn unschedulable(&self, pod: &Pod, message: &str) -> Result<(), Error> {
+    async fn unschedulable(&self, pod: &CompactPod, message: &str) -> Result<(), Error> {
         let current = pod
             .status
             .as_ref()

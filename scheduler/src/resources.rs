@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use orca_core::api::Pod;
+use orca_core::api::{CompactContainer, CompactPod};
 
 /// A quantity's value in base units (cores, bytes, pods); `None` when it
 /// does not parse.
@@ -64,26 +64,17 @@ impl Resources {
     }
 
     /// What `pod` requests: each container's requests (its limits where it
-    /// names no request), summed, and at least each init container's, as
+    /// names no request, as the compact pod keeps them), summed, and at least each init container's, as
     /// init containers run one at a time before the rest.
-    pub fn requested_by(pod: &Pod) -> Self {
+    pub fn requested_by(pod: &CompactPod) -> Self {
         let Some(spec) = pod.spec.as_ref() else {
             return Self {
                 pods: 1.0,
                 ..Self::default()
             };
         };
-        let of = |c: &k8s_openapi::api::core::v1::Container| {
-            let resources = c.resources.as_ref();
-            let requests = resources.and_then(|r| r.requests.as_ref());
-            let limits = resources.and_then(|r| r.limits.as_ref());
-            let get = |k: &str| {
-                requests
-                    .and_then(|m| m.get(k))
-                    .or_else(|| limits.and_then(|m| m.get(k)))
-                    .and_then(|q| parse(&q.0))
-                    .unwrap_or(0.0)
-            };
+        let of = |c: &CompactContainer| {
+            let get = |k: &str| c.request(k).and_then(|q| parse(&q.0)).unwrap_or(0.0);
             (get("cpu"), get("memory"))
         };
         let (mut cpu, mut memory) = (0.0, 0.0);

@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 pub use images::{IMAGES_KEY, ImagePolicy};
 pub use services::{Cidr, NETWORK_KEY, Network};
 
-use crate::api::{Kind, Namespace, Object, Pod, kind_of};
+use crate::api::{Cached, Kind, Namespace, Object, Pod, kind_of};
 use crate::telemetry::Metrics;
 use crate::validation::{FieldError, Invalid};
 
@@ -732,8 +732,8 @@ impl Store {
     }
 
     /// Every object of a kind, in every namespace: to list and watch.
-    pub fn all<K: Object>(&self) -> View<K> {
-        View::typed(self.clone(), kind_prefix(kind_of::<K>(), None))
+    pub fn all<K: Cached>(&self) -> View<K> {
+        View::typed(self.clone(), kind_prefix(kind_of::<K::Kind>(), None))
     }
 
     /// The pods bound to `node`, and only those: to list and watch. Backed
@@ -793,6 +793,31 @@ impl Store {
                 other => return other,
             }
         }
+    }
+
+    /// Reads several keys at one revision, in one request: each key's
+    /// value, `None` where it does not exist.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
+        let txn = Txn::new().and_then(
+            keys.iter()
+                .map(|k| TxnOp::get(k.as_str(), None))
+                .collect::<Vec<_>>(),
+        );
+        let resp = self
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(resp
+            .op_responses()
+            .into_iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(mut got) => got.take_kvs().into_iter().next(),
+                _ => None,
+            })
+            .collect())
     }
 
     async fn get_kv(&self, key: &str) -> Result<Option<KeyValue>> {
@@ -1571,17 +1596,15 @@ fn decode_value(kv: &KeyValue, resource_version: i64) -> Result<Value> {
 
 /// Decodes straight into the type: a `Value` in between costs many times
 /// the typed object's memory, which a list of 10k objects multiplies.
-fn decode_object<K: Object>(kv: &KeyValue, resource_version: i64) -> Result<K> {
+fn decode_object<K: Cached>(kv: &KeyValue, resource_version: i64) -> Result<K> {
     let mut obj: K = serde_json::from_slice(kv.value()).map_err(|e| corrupt(kv, e.to_string()))?;
-    obj.metadata_mut().resource_version = Some(resource_version.to_string());
+    obj.set_resource_version(resource_version);
     Ok(obj)
 }
 
 /// A typed object's resourceVersion as a revision (0 when absent).
-pub fn revision_of<K: Object>(obj: &K) -> i64 {
-    obj.metadata()
-        .resource_version
-        .as_deref()
+pub fn revision_of<K: Cached>(obj: &K) -> i64 {
+    obj.resource_version()
         .and_then(|rv| rv.parse().ok())
         .unwrap_or_default()
 }
@@ -1726,43 +1749,6 @@ impl<K: Object> Api<K> {
         )
     }
 
-    /// Binds pods to nodes in one transaction: each pod as read (its
-    /// resourceVersion guards the write, so the cached object is the stored
-    /// one) with `spec.nodeName` set, written with its node-view copy, and
-    /// no read first. All or nothing: `Ok(false)` when any pod changed
-    /// since it was read, and the caller binds them one by one instead.
-    /// etcd takes at most 128 operations a transaction (two a pod here):
-    /// give it at most [`BIND_BATCH`] pods.
-    pub async fn bind_all(&self, bindings: &[(K, String)]) -> Result<bool> {
-        let kind = self.kind();
-        let mut compares = Vec::new();
-        let mut ops = Vec::new();
-        for (pod, node) in bindings {
-            let mut value = to_value(pod);
-            let name = meta_str(&value, "name").unwrap_or_default().to_string();
-            let key = object_key(
-                kind,
-                meta_str(&value, "namespace").or(self.namespace()),
-                &name,
-            )?;
-            let rv: i64 = meta_str(&value, "resourceVersion")
-                .and_then(|r| r.parse().ok())
-                .unwrap_or(0);
-            let before = value.clone();
-            value["spec"]["nodeName"] = Value::String(node.clone());
-            let generation = before
-                .pointer("/metadata/generation")
-                .and_then(Value::as_i64)
-                .unwrap_or(1);
-            meta_mut(&mut value).insert("generation".into(), Value::from(generation + 1));
-            let bytes = Store::encode(&value);
-            compares.push(Compare::mod_revision(key.as_str(), CompareOp::Equal, rv));
-            ops.push(TxnOp::put(key.as_str(), bytes.clone(), None));
-            ops.extend(node_view_ops(kind, Some(&before), Some((&value, &bytes))));
-        }
-        Ok(self.store.commit(compares, ops).await?.is_some())
-    }
-
     /// Updates status only, guarded by `obj`'s resourceVersion.
     pub async fn update_status(&self, obj: &K) -> Result<K> {
         from_value(
@@ -1865,6 +1851,63 @@ impl<K: Object> Api<K> {
     }
 }
 
+/// One pod to bind: where it is stored, the resourceVersion it was read
+/// at, and the node it goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodBinding {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// The resourceVersion the binder read; a pod changed since is not bound.
+    pub resource_version: i64,
+    /// The node it is bound to.
+    pub node: String,
+}
+
+impl Api<Pod> {
+    /// Binds pods to nodes in one transaction, as the API server's binding
+    /// subresource does: each pod is read as stored, given `spec.nodeName`
+    /// and written back with its node-view copy, guarded by the
+    /// resourceVersion the binder read (so a binder may keep pods in any
+    /// form, and nothing stored is lost). All or nothing: `Ok(false)` when
+    /// any pod changed or went since it was read, and the caller binds them
+    /// one by one instead. etcd takes at most 128 operations a transaction
+    /// (two a pod here): give it at most [`BIND_BATCH`] pods.
+    pub async fn bind_all(&self, bindings: &[PodBinding]) -> Result<bool> {
+        let kind = self.kind();
+        let keys = bindings
+            .iter()
+            .map(|b| object_key(kind, Some(&b.namespace), &b.name))
+            .collect::<Result<Vec<_>>>()?;
+        let stored = self.store.get_many(&keys).await?;
+        let mut compares = Vec::new();
+        let mut ops = Vec::new();
+        for ((binding, key), kv) in bindings.iter().zip(&keys).zip(stored) {
+            let Some(kv) = kv.filter(|kv| kv.mod_revision() == binding.resource_version) else {
+                return Ok(false);
+            };
+            let before = self.store.decode_kv(&kv)?;
+            let mut value = before.clone();
+            value["spec"]["nodeName"] = Value::String(binding.node.clone());
+            let generation = before
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            meta_mut(&mut value).insert("generation".into(), Value::from(generation + 1));
+            let bytes = Store::encode(&value);
+            compares.push(Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                binding.resource_version,
+            ));
+            ops.push(TxnOp::put(key.as_str(), bytes.clone(), None));
+            ops.extend(node_view_ops(kind, Some(&before), Some((&value, &bytes))));
+        }
+        Ok(self.store.commit(compares, ops).await?.is_some())
+    }
+}
+
 /// A set of stored objects to list and watch: one namespace, every
 /// namespace, the pods of one node, or (as JSON) any kind. Made by
 /// [`Store::all`], [`Store::pods_on_node`], [`Store::view_values`] and
@@ -1895,7 +1938,7 @@ impl<T> std::fmt::Debug for View<T> {
     }
 }
 
-impl<K: Object> View<K> {
+impl<K: Cached> View<K> {
     fn typed(store: Store, prefix: String) -> Self {
         Self {
             store,

@@ -16,7 +16,9 @@ use tokio::time::Instant;
 
 use super::informer::{Informer, PipelineMetrics, Queued};
 use super::reflector::{ObjectKey, Reader};
-use crate::api::Object;
+use k8s_openapi::Resource;
+
+use crate::api::{Cached, Object};
 use crate::store::jittered;
 
 /// What a reconcile asks for next.
@@ -50,7 +52,7 @@ impl From<Queued> for Trigger {
 }
 
 /// A reconcile loop over one kind, fed by shared caches.
-pub struct Controller<K: Object> {
+pub struct Controller<K: Cached> {
     name: String,
     reader: Reader<K>,
     triggers: SelectAll<BoxStream<'static, Trigger>>,
@@ -62,11 +64,11 @@ pub struct Controller<K: Object> {
     metrics: Arc<PipelineMetrics>,
 }
 
-fn synced_check<O: Object>(reader: Reader<O>) -> Box<dyn Fn() -> bool + Send + Sync> {
+fn synced_check<O: Cached>(reader: Reader<O>) -> Box<dyn Fn() -> bool + Send + Sync> {
     Box::new(move || reader.has_synced())
 }
 
-impl<K: Object> Controller<K> {
+impl<K: Cached> Controller<K> {
     /// A controller over every object of `informer`'s cache.
     pub fn new(informer: &Informer<K>) -> Self {
         let primary = informer
@@ -75,7 +77,7 @@ impl<K: Object> Controller<K> {
         let mut triggers = SelectAll::new();
         triggers.push(primary.boxed());
         Self {
-            name: K::KIND.to_ascii_lowercase(),
+            name: K::Kind::KIND.to_ascii_lowercase(),
             reader: informer.reader(),
             triggers,
             caches: vec![synced_check(informer.reader())],
@@ -100,7 +102,7 @@ impl<K: Object> Controller<K> {
 
     /// Waits for `informer`'s cache to list before reconciling anything,
     /// without being triggered by its changes.
-    pub fn reads<O: Object>(mut self, informer: &Informer<O>) -> Self {
+    pub fn reads<O: Cached>(mut self, informer: &Informer<O>) -> Self {
         let reader = informer.reader();
         self.caches.push(synced_check(reader.clone()));
         let synced = async move { reader.wait_until_synced().await };
@@ -112,14 +114,13 @@ impl<K: Object> Controller<K> {
     /// Reconciles the owner of each changed object of `children` (through
     /// its `ownerReferences` naming a `K`), and waits for that cache too:
     /// a pod's change requeues its ReplicaSet.
-    pub fn owns<C: Object>(self, children: &Informer<C>) -> Self {
+    pub fn owns<C: Cached>(self, children: &Informer<C>) -> Self {
         self.watches(children, |child: &C| {
-            let meta = child.metadata();
-            let namespace = meta.namespace.as_deref().filter(|_| K::namespaced());
-            meta.owner_references
+            let namespace = child.namespace().filter(|_| K::Kind::namespaced());
+            child
+                .owner_references()
                 .iter()
-                .flatten()
-                .filter(|r| r.kind == K::KIND && r.api_version == K::API_VERSION)
+                .filter(|r| r.kind == K::Kind::KIND && r.api_version == K::Kind::API_VERSION)
                 .map(|r| ObjectKey::new(namespace, &r.name))
                 .collect()
         })
@@ -127,7 +128,7 @@ impl<K: Object> Controller<K> {
 
     /// Reconciles the keys `map` finds for each changed object of
     /// `related` (any relation but ownership), and waits for that cache too.
-    pub fn watches<O: Object>(
+    pub fn watches<O: Cached>(
         mut self,
         related: &Informer<O>,
         map: impl Fn(&O) -> Vec<ObjectKey> + Send + Sync + 'static,

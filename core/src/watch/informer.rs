@@ -20,7 +20,9 @@ use tokio::task::AbortHandle;
 
 use super::reflector::{Change, ObjectKey, Reader, Writer, store};
 use super::watcher::{Event, watcher};
-use crate::api::{Object, Pod};
+use k8s_openapi::Resource;
+
+use crate::api::{Cached, Pod};
 use crate::store::{Store, View};
 use crate::telemetry::Metrics;
 
@@ -132,7 +134,7 @@ impl Informers {
     }
 
     /// The shared cache of every object of kind `K`.
-    pub fn all<K: Object>(&self) -> Informer<K> {
+    pub fn all<K: Cached>(&self) -> Informer<K> {
         self.informer(self.store.all::<K>())
     }
 
@@ -143,18 +145,19 @@ impl Informers {
 
     /// The shared cache of `view`: started on the first call (which must be
     /// made inside a Tokio runtime), the same cache on every later one.
-    pub fn informer<K: Object>(&self, view: View<K>) -> Informer<K> {
+    pub fn informer<K: Cached>(&self, view: View<K>) -> Informer<K> {
         let mut started = self.started.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(existing) = started.get(view.prefix()) {
-            // A prefix names one kind, so the downcast only fails on a
-            // programming error.
+            // A prefix names one kind, kept in one form per process (pods
+            // whole in a kubelet, compact in a master): the downcast only
+            // fails on a programming error.
             return existing
                 .downcast_ref::<Informer<K>>()
-                .expect("one kind per cache prefix")
+                .expect("one kind, in one form, per cache prefix")
                 .clone();
         }
         let labels = vec![
-            ("kind", K::KIND.to_string()),
+            ("kind", K::Kind::KIND.to_string()),
             ("prefix", view.prefix().to_string()),
         ];
         let (reader, writer) = store::<K>();
@@ -217,7 +220,7 @@ impl<K> Clone for Informer<K> {
     }
 }
 
-impl<K: Object> Informer<K> {
+impl<K: Cached> Informer<K> {
     /// The cache's read side.
     pub fn reader(&self) -> Reader<K> {
         self.shared.reader.clone()
@@ -288,7 +291,7 @@ impl<K: Object> Informer<K> {
 
 /// Drives one shared cache: watcher events into the cache, each change to
 /// every subscriber still listening.
-async fn follow<K: Object>(view: View<K>, mut writer: Writer<K>, informer: Informer<K>) {
+async fn follow<K: Cached>(view: View<K>, mut writer: Writer<K>, informer: Informer<K>) {
     let shared = &informer.shared;
     let metrics = &shared.metrics;
     let mut events = pin!(watcher(view));
@@ -318,7 +321,7 @@ async fn follow<K: Object>(view: View<K>, mut writer: Writer<K>, informer: Infor
                     .cache_watch_errors
                     .get_or_create(&shared.labels)
                     .inc();
-                tracing::warn!(kind = K::KIND, error = %e, "watch failed; retrying");
+                tracing::warn!(kind = K::Kind::KIND, error = %e, "watch failed; retrying");
             }
         }
     }

@@ -4,7 +4,6 @@
 //! uid and (for pods) by node, and reports each change it makes, re-lists
 //! included: an object gone while the watch was down is reported deleted.
 
-use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, RwLock};
@@ -14,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use tokio::sync::watch;
 
 use super::watcher::Event;
-use crate::api::{Object, Pod, selector_matches};
+use crate::api::{Cached, selector_matches};
 use crate::store::{Error, revision_of};
 
 /// Identifies an object within its kind: namespace (for namespaced kinds) and name.
@@ -28,11 +27,10 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     /// The key of `obj`.
-    pub fn of<K: Object>(obj: &K) -> Self {
-        let meta = obj.metadata();
+    pub fn of<K: Cached>(obj: &K) -> Self {
         Self {
-            namespace: meta.namespace.clone(),
-            name: meta.name.clone().unwrap_or_default(),
+            namespace: obj.namespace().map(str::to_string),
+            name: obj.name().unwrap_or_default().to_string(),
         }
     }
 
@@ -102,16 +100,6 @@ impl<K> Default for Cache<K> {
     }
 }
 
-/// The node a pod is bound to; `None` for any other kind.
-fn node_of<K: Object>(obj: &K) -> Option<&str> {
-    (obj as &dyn Any)
-        .downcast_ref::<Pod>()?
-        .spec
-        .as_ref()?
-        .node_name
-        .as_deref()
-}
-
 fn index_add(index: &mut Index, value: &str, key: &ObjectKey) {
     index
         .entry(value.to_string())
@@ -128,7 +116,7 @@ fn index_remove(index: &mut Index, value: &str, key: &ObjectKey) {
     }
 }
 
-impl<K: Object> Cache<K> {
+impl<K: Cached> Cache<K> {
     fn from_objects(objects: HashMap<ObjectKey, Arc<K>>) -> Self {
         let mut cache = Self::default();
         for (key, obj) in &objects {
@@ -141,14 +129,13 @@ impl<K: Object> Cache<K> {
 
     /// Adds (or removes) `key`'s entries in every index, as `obj` names them.
     fn index(&mut self, key: &ObjectKey, obj: &K, op: fn(&mut Index, &str, &ObjectKey)) {
-        let meta = obj.metadata();
-        if let Some(ns) = &meta.namespace {
+        if let Some(ns) = obj.namespace() {
             op(&mut self.by_namespace, ns, key);
         }
-        for owner in meta.owner_references.iter().flatten() {
+        for owner in obj.owner_references() {
             op(&mut self.by_owner, &owner.uid, key);
         }
-        if let Some(node) = node_of(obj) {
+        if let Some(node) = obj.node() {
             op(&mut self.by_node, node, key);
         }
     }
@@ -191,7 +178,7 @@ impl<K> Clone for Reader<K> {
     }
 }
 
-impl<K: Object> Reader<K> {
+impl<K: Cached> Reader<K> {
     /// One object, if known.
     pub fn get(&self, key: &ObjectKey) -> Option<Arc<K>> {
         self.read().objects.get(key).cloned()
@@ -230,7 +217,7 @@ impl<K: Object> Reader<K> {
         let empty = BTreeMap::new();
         self.in_namespace(namespace)
             .into_iter()
-            .filter(|o| selector_matches(selector, o.metadata().labels.as_ref().unwrap_or(&empty)))
+            .filter(|o| selector_matches(selector, o.labels().unwrap_or(&empty)))
             .collect()
     }
 
@@ -279,11 +266,11 @@ pub struct Writer<K> {
     buffer: Option<HashMap<ObjectKey, Arc<K>>>,
 }
 
-fn same_version<K: Object>(a: &K, b: &K) -> bool {
-    a.metadata().resource_version == b.metadata().resource_version
+fn same_version<K: Cached>(a: &K, b: &K) -> bool {
+    a.resource_version() == b.resource_version()
 }
 
-impl<K: Object> Writer<K> {
+impl<K: Cached> Writer<K> {
     /// Applies one watcher event.
     pub fn apply(&mut self, event: &Event<K>) {
         self.apply_with(event, |_| {});
@@ -358,7 +345,7 @@ impl<K: Object> Writer<K> {
 }
 
 /// A new empty cache: the reader to share, the writer to feed.
-pub fn store<K: Object>() -> (Reader<K>, Writer<K>) {
+pub fn store<K: Cached>() -> (Reader<K>, Writer<K>) {
     let cache = Arc::new(RwLock::new(Cache::default()));
     let (synced_tx, synced_rx) = watch::channel(false);
     (
@@ -375,7 +362,7 @@ pub fn store<K: Object>() -> (Reader<K>, Writer<K>) {
 }
 
 /// Applies every event of `events` to `writer`, then passes it on.
-pub fn reflector<K: Object>(
+pub fn reflector<K: Cached>(
     mut writer: Writer<K>,
     events: impl Stream<Item = Result<Event<K>, Error>> + Send,
 ) -> impl Stream<Item = Result<Event<K>, Error>> + Send {
@@ -390,7 +377,7 @@ pub fn reflector<K: Object>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::ConfigMap;
+    use crate::api::{ConfigMap, Pod};
     use k8s_openapi::api::core::v1::PodSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 

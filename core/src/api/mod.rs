@@ -2,7 +2,10 @@
 //! table that maps a manifest's `apiVersion`/`kind` (or a CLI name such as
 //! `deploy`) to where and how the object is stored.
 
-use std::any::TypeId;
+mod compact;
+mod shared;
+
+use std::any::{Any, TypeId};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 
@@ -12,6 +15,12 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::validation::{FieldError, Invalid, Validate};
+
+pub use compact::{
+    CompactCondition, CompactContainer, CompactMeta, CompactPod, CompactPodSpec, CompactPodStatus,
+    PodTemplateFields,
+};
+pub use shared::{Pool, Pooled, Shared};
 
 pub use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 pub use k8s_openapi::api::coordination::v1::Lease;
@@ -53,6 +62,97 @@ impl<T> Object for T where
         + Sync
         + 'static
 {
+}
+
+/// What a shared cache holds: a kind as stored, or a compact form of one
+/// that keeps only what its readers need ([`CompactPod`]). The cache reads
+/// it through these.
+pub trait Cached: DeserializeOwned + Clone + Debug + Send + Sync + 'static {
+    /// The stored kind it is read from.
+    type Kind: Object;
+    /// Its name.
+    fn name(&self) -> Option<&str>;
+    /// Its namespace; `None` for cluster-scoped kinds.
+    fn namespace(&self) -> Option<&str>;
+    /// The revision it was read at.
+    fn resource_version(&self) -> Option<&str>;
+    /// Records the revision it was read at.
+    fn set_resource_version(&mut self, revision: i64);
+    /// Its labels.
+    fn labels(&self) -> Option<&BTreeMap<String, String>>;
+    /// Its owners.
+    fn owner_references(&self) -> &[OwnerReference];
+    /// Whether its deletion has begun.
+    fn deleting(&self) -> bool;
+    /// The node a pod is bound to; `None` for every other kind.
+    fn node(&self) -> Option<&str>;
+}
+
+impl<K: Object> Cached for K {
+    type Kind = K;
+    fn name(&self) -> Option<&str> {
+        self.metadata().name.as_deref()
+    }
+    fn namespace(&self) -> Option<&str> {
+        self.metadata().namespace.as_deref()
+    }
+    fn resource_version(&self) -> Option<&str> {
+        self.metadata().resource_version.as_deref()
+    }
+    fn set_resource_version(&mut self, revision: i64) {
+        self.metadata_mut().resource_version = Some(revision.to_string());
+    }
+    fn labels(&self) -> Option<&BTreeMap<String, String>> {
+        self.metadata().labels.as_ref()
+    }
+    fn owner_references(&self) -> &[OwnerReference] {
+        self.metadata()
+            .owner_references
+            .as_deref()
+            .unwrap_or_default()
+    }
+    fn deleting(&self) -> bool {
+        self.metadata().deletion_timestamp.is_some()
+    }
+    fn node(&self) -> Option<&str> {
+        (self as &dyn Any)
+            .downcast_ref::<Pod>()?
+            .spec
+            .as_ref()?
+            .node_name
+            .as_deref()
+    }
+}
+
+impl Cached for CompactPod {
+    type Kind = Pod;
+    fn name(&self) -> Option<&str> {
+        self.metadata.name.as_deref()
+    }
+    fn namespace(&self) -> Option<&str> {
+        self.metadata.namespace.as_deref()
+    }
+    fn resource_version(&self) -> Option<&str> {
+        self.metadata.resource_version.as_deref()
+    }
+    fn set_resource_version(&mut self, revision: i64) {
+        self.metadata.resource_version = Some(revision.to_string());
+    }
+    fn labels(&self) -> Option<&BTreeMap<String, String>> {
+        self.metadata.labels.as_deref()
+    }
+    fn owner_references(&self) -> &[OwnerReference] {
+        self.metadata
+            .owner_references
+            .as_deref()
+            .map_or(&[], Vec::as_slice)
+    }
+    fn deleting(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some()
+    }
+    fn node(&self) -> Option<&str> {
+        self.spec.as_ref()?.node_name.as_deref()
+    }
 }
 
 /// How one kind is named and stored; the dynamic view the CLI works with.
