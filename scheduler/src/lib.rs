@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use k8s_openapi::api::core::v1::{
     NodeSelectorRequirement, NodeSelectorTerm, PodCondition, Taint, Toleration,
 };
@@ -54,8 +55,12 @@ struct Backoff {
     failures: u32,
     until: Instant,
 }
-/// Bindings assumed and not yet written, at most.
-const BINDS_IN_FLIGHT: usize = 256;
+/// Binding transactions written at once: a write waits on etcd's commit,
+/// so one at a time leaves etcd and the scheduler both idle between them.
+const BIND_WRITES: usize = 4;
+/// Bindings assumed and not yet written, at most: the writes in flight
+/// and as many again waiting.
+const BINDS_IN_FLIGHT: usize = 2 * BIND_WRITES * BIND_BATCH;
 
 /// One binding on its way to the store.
 struct Binding {
@@ -377,49 +382,65 @@ impl Scheduler {
         Ok(Action::AwaitChange)
     }
 
-    /// Writes the bindings handed over, many pods a transaction; a batch
-    /// that conflicts is written pod by pod. Runs until `stopped`.
+    /// Writes the bindings handed over, many pods a transaction and
+    /// [`BIND_WRITES`] transactions in flight (etcd commits concurrent
+    /// ones together); a batch that conflicts is written pod by pod. Runs
+    /// until `stopped`, then lets the writes in flight finish.
     async fn binder(self: Arc<Self>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+        let mut writing = FuturesUnordered::new();
         loop {
-            let batch: Vec<Binding> = {
+            let batch: Vec<Binding> = if writing.len() < BIND_WRITES {
                 let mut queue = self.lock(&self.to_bind);
                 let n = queue.len().min(BIND_BATCH);
                 queue.drain(..n).collect()
+            } else {
+                Vec::new()
             };
-            if batch.is_empty() {
-                tokio::select! {
-                    () = self.wake_binder.notified() => continue,
-                    _ = stopped.wait_for(|s| *s) => return,
+            if !batch.is_empty() {
+                writing.push(Arc::clone(&self).write(batch));
+                continue;
+            }
+            let stop = tokio::select! {
+                Some(()) = writing.next() => false,
+                () = self.wake_binder.notified(), if writing.len() < BIND_WRITES => false,
+                _ = stopped.wait_for(|s| *s) => true,
+            };
+            if stop {
+                while writing.next().await.is_some() {}
+                return;
+            }
+        }
+    }
+
+    /// Writes one batch of bindings.
+    async fn write(self: Arc<Self>, batch: Vec<Binding>) {
+        let bindings: Vec<PodBinding> = batch.iter().map(|b| b.binding.clone()).collect();
+        let api = self.store.api::<Pod>("default");
+        match api.bind_all(&bindings).await {
+            Ok(true) => {
+                for b in &batch {
+                    self.bound(b);
                 }
             }
-            let bindings: Vec<PodBinding> = batch.iter().map(|b| b.binding.clone()).collect();
-            let api = self.store.api::<Pod>("default");
-            match api.bind_all(&bindings).await {
-                Ok(true) => {
-                    for b in &batch {
-                        self.bound(b);
+            Ok(false) => {
+                // One of them changed: each on its own, so the others bind.
+                for b in &batch {
+                    match api.bind_all(std::slice::from_ref(&b.binding)).await {
+                        Ok(true) => self.bound(b),
+                        Ok(false) => self.unbound(
+                            b,
+                            &Error::Conflict {
+                                plural: "pods".into(),
+                                name: b.binding.name.clone(),
+                            },
+                        ),
+                        Err(e) => self.unbound(b, &e),
                     }
                 }
-                Ok(false) => {
-                    // One of them changed: each on its own, so the others bind.
-                    for b in &batch {
-                        match api.bind_all(std::slice::from_ref(&b.binding)).await {
-                            Ok(true) => self.bound(b),
-                            Ok(false) => self.unbound(
-                                b,
-                                &Error::Conflict {
-                                    plural: "pods".into(),
-                                    name: b.binding.name.clone(),
-                                },
-                            ),
-                            Err(e) => self.unbound(b, &e),
-                        }
-                    }
-                }
-                Err(e) => {
-                    for b in &batch {
-                        self.unbound(b, &e);
-                    }
+            }
+            Err(e) => {
+                for b in &batch {
+                    self.unbound(b, &e);
                 }
             }
         }
