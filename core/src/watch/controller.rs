@@ -12,12 +12,11 @@ use std::time::Duration;
 
 use futures::stream::{BoxStream, FuturesUnordered, SelectAll};
 use futures::{FutureExt, Stream, StreamExt, stream};
+use k8s_openapi::Resource;
 use tokio::time::Instant;
 
 use super::informer::{Informer, PipelineMetrics, Queued};
 use super::reflector::{ObjectKey, Reader};
-use k8s_openapi::Resource;
-
 use crate::api::{Cached, Object};
 use crate::store::jittered;
 

@@ -10,6 +10,7 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::{Stream, StreamExt, stream};
+use k8s_openapi::Resource;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -20,8 +21,6 @@ use tokio::task::AbortHandle;
 
 use super::reflector::{Change, ObjectKey, Reader, Writer, store};
 use super::watcher::{Event, watcher};
-use k8s_openapi::Resource;
-
 use crate::api::{Cached, Pod};
 use crate::store::{Store, View};
 use crate::telemetry::Metrics;
