@@ -151,10 +151,14 @@ pub async fn campaign(store: &Store, config: &ElectionConfig) -> Result<Leadersh
             .call(|mut c| async move { c.lease_revoke(lease).await })
             .await;
         let holder = resp.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.mod_revision()),
+            TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .map(|kv| (kv.mod_revision(), kv.value_str().unwrap_or("?").to_string())),
             _ => None,
         });
-        if let Some(seen) = holder {
+        if let Some((seen, leader)) = holder {
+            tracing::info!(key, %leader, "standing by: another candidate leads");
             wait_for_delete(store, key, seen + 1).await?;
         }
     }
