@@ -55,9 +55,12 @@ struct Backoff {
     failures: u32,
     until: Instant,
 }
+/// How long a pod whose binding met a change waits before it is tried
+/// again: time for the cache to show the change.
+const CONFLICT_RETRY: Duration = Duration::from_millis(100);
 /// Binding transactions written at once: a write waits on etcd's commit,
 /// so one at a time leaves etcd and the scheduler both idle between them.
-const BIND_WRITES: usize = 4;
+const BIND_WRITES: usize = 8;
 /// Bindings assumed and not yet written, at most: the writes in flight
 /// and as many again waiting.
 const BINDS_IN_FLIGHT: usize = 2 * BIND_WRITES * BIND_BATCH;
@@ -454,11 +457,20 @@ impl Scheduler {
         self.metrics.bound.inc();
     }
 
-    /// Forgets a binding that failed and tries the pod again, unless it
-    /// changed or went (its own event brings it back).
+    /// Forgets a binding that failed and tries the pod again. A pod that
+    /// changed or went since it was read is tried once the cache has had
+    /// [`CONFLICT_RETRY`] to show it so: its own event may have come and
+    /// gone while the binding was in flight (and found it assumed), so
+    /// waiting for one could wait for ever.
     fn unbound(&self, b: &Binding, e: &Error) {
         self.lock(&self.state).forget(&b.key);
-        if !matches!(e, Error::Conflict { .. } | Error::NotFound { .. }) {
+        if matches!(e, Error::Conflict { .. } | Error::NotFound { .. }) {
+            let (retry, key) = (self.retry.clone(), b.key.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(CONFLICT_RETRY).await;
+                let _ = retry.send(key);
+            });
+        } else {
             tracing::warn!(pod = %b.key, node = %b.binding.node, error = %e, "binding failed; trying again");
             let _ = self.retry.send(b.key.clone());
         }

@@ -796,14 +796,14 @@ impl Store {
     }
 
     /// Reads several keys at one revision, in one request: each key's
-    /// value, `None` where it does not exist. The read is serializable
-    /// (the member's own copy, no round of consensus): its callers guard
-    /// their writes with the revisions they read, so a stale copy can
-    /// only make a write fail, never go through.
+    /// value, `None` where it does not exist. The read is linearizable: a
+    /// serializable one may miss a write whose watch event is already out
+    /// (etcd notifies watchers before its read buffer has the write), and
+    /// a binder reads pods it has just been told of.
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
         let txn = Txn::new().and_then(
             keys.iter()
-                .map(|k| TxnOp::get(k.as_str(), Some(GetOptions::new().with_serializable())))
+                .map(|k| TxnOp::get(k.as_str(), None))
                 .collect::<Vec<_>>(),
         );
         let resp = self
