@@ -8,83 +8,68 @@
 # them, etcd's own write rate on this machine (the pods' creates, 32 at a
 # time through `orca apply`), which bounds everything else.
 #
-# Last, the scheduler's own rate with no create beside it: the master
+# Then the scheduler's own rate with no create beside it: the master
 # stops, the pods are stored while nothing schedules, and `orca
-# scheduler` starts alone and binds them all.
+# scheduler` starts alone and binds them all; once with the hollow nodes
+# reporting every bound pod Running (etcd applies their status writes
+# beside the bindings), once with no kubelet at all, as kube-scheduler's
+# scheduler_perf measures it.
 #
 # Usage: benches/load/scheduler.sh [NODES] [PODS]   (default 5000 10000)
 # Needs: etcd (etcd-server), python3, curl; builds the release binary.
 # Only loopback is touched; hollow nodes run nothing.
 #
-# Latest figures (2026-12-07, later; the same machine with nothing else
-# running, release build, 5000 hollow nodes, one run each):
+# Latest figures (2026-12-07, the master's pod cache compact, eight binding
+# transactions in flight; this 2-core machine with nothing else running,
+# release build, 5000 hollow nodes, one run each):
 #
 #                                          10,000 pods     50,000 pods
-#   nodes registered with pod CIDRs        28.0 s          29.2 s
-#   etcd floor (the creates)               864 pods/s      847 pods/s
-#   created to all bound                   863 pods/s      847 pods/s
+#   nodes registered with pod CIDRs        30.1 s          30.5 s
+#   etcd floor (the creates)               871 pods/s      884 pods/s
+#   created to all bound                   854 pods/s      884 pods/s
 #     per pod, first seen to bound         p50 <= 16 ms    p50 <= 16 ms
-#                                          p99 <= 32 ms    p99 <= 64 ms
-#     master RSS                           143 MiB         475 MiB
-#   1000-replica Deployment to available   2.2 s           2.5 s
-#   the scheduler alone, pods stored first:
-#     start to all bound (its list incl.)  3,317 pods/s    2,595 pods/s
-#     first binding to the last            3,718 pods/s    2,936 pods/s
-#     its RSS                              135 MiB         445 MiB
+#                                          p99 <= 64 ms    p99 <= 64 ms
+#     master RSS                           75 MiB          130 MiB
+#   1000-replica Deployment to available   2.0 s           2.4 s
+#   the scheduler alone, with kubelets:
+#     start to all bound (its list incl.)  4,960 pods/s    3,663 pods/s
+#     first binding to the last            5,638 pods/s    4,135 pods/s
+#     CPU: scheduler, etcd, hollow nodes   0.43, 1.00, 0.22 0.30, 1.20, 0.17
+#     its RSS                              66 MiB          124 MiB
+#   the scheduler alone, no kubelets:
+#     start to all bound (its list incl.)  4,853 pods/s    4,342 pods/s
+#     first binding to the last            5,312 pods/s    5,076 pods/s
+#     CPU: scheduler, etcd                 0.41, 1.12      0.36, 1.31
 #
-# With creates beside it, the scheduler binds as fast as pods are created.
-# Alone, it binds 3,300-3,700 pods/s at 10,000 and 2,600-2,900 at 50,000:
-# 4-5x kube-scheduler's CI floor, below the 5,000 target. What bounds it
-# is etcd: over the alone phase (a second run at 10,000: 3,109 pods/s)
-# the scheduler used 0.45 of a core, etcd 0.86 and the hollow nodes 0.33,
-# for the hollow nodes write every bound pod's Running status in the
-# same window, so etcd applies a batched bind and a status write per pod. The
-# RSS is the typed pod cache: 445 MiB for the scheduler alone holding
-# 51,000 pods, ~8.7 KiB a pod, most of it k8s-openapi's Pod and Container
-# structs (4.3 KiB before any string); under 200 MiB needs a compact pod
-# in the shared cache.
+# Targets: >= 5,000 pods/s at 5,000 nodes and the master's RSS under 200
+# MiB at 5,000 nodes and 50,000 pods. The master holds 130 MiB with
+# 50,000 pods. The scheduler binds 5,300-5,600 pods/s at 10,000 pods and,
+# at 50,000, 5,076 with no kubelet (as scheduler_perf counts, first
+# binding to last; 4,342 counting its list of 55,000 objects) and 4,135
+# with the hollow kubelets' status writes beside it: 5-8x kube-scheduler's
+# CI floor of 680-810. What bounds it is etcd on the same two cores:
+# 1.0-1.3 cores to the scheduler's 0.3-0.4 (about 70 us of scheduler CPU
+# a pod). A binding is a linearizable read and two puts (the pod, and its
+# copy in the node view the kubelets watch), 60 pods a transaction, eight
+# transactions in flight; each status write is two puts more. With
+# creates beside it the scheduler keeps up with them, and the end-to-end
+# figure is etcd's create rate through `orca apply` (850-920 pods/s).
 #
-# Earlier figures (2026-12-07, this 2-core machine running etcd, the master
-# and the hollow nodes at once, release build, 5000 hollow nodes; the
-# machine was shared with another engineer's builds throughout, so etcd
-# itself ran at a quarter to a third of its quiet rate; each column is one
-# run, the previous code run just before on the same machine):
-#
-#                                          before          now
-#   nodes registered with pod CIDRs        54 s            53 s
-#   10,000 pods: etcd floor (creates)      563 pods/s      477 pods/s
-#   10,000 pods: created to all bound      166 pods/s      477 pods/s
-#     per pod, first seen to bound         p50 <= 512 ms   p50 <= 32 ms
-#                                          p99 <= 2 s      p99 <= 64 ms
-#     master RSS (high-water mark)         257 MiB         144 MiB
-#   1000-replica Deployment to available   8.3 s           3.8 s
-#   50,000 pods: etcd floor (creates)      603 pods/s      471 pods/s
-#   50,000 pods: created to all bound      90 pods/s       471 pods/s
-#     per pod, first seen to bound         p50 <= 2 s      p50 <= 32 ms
-#                                          p99 <= 8 s      p99 <= 128 ms
-#     master RSS                           1,117 MiB       476 MiB
-#
-# On a quiet machine (2026-12-06) the previous code gave 684 pods/s at
-# 10,000 (etcd floor 1,746/s), 297 pods/s at 50,000 (floor 2,180/s), RSS
-# 246 and 513 MiB, Deployment 1.3 s.
-#
-# Targets: >= 5,000 pods/s at 5,000 nodes, master RSS < 200 MiB at 5,000
-# nodes and 50,000 pods: both missed. The last binding now lands with the
-# last create (created-to-bound equals the creates' own time in both
-# runs): the figure is etcd's single-object write rate on this machine
-# (1,500-2,200/s quiet, the creates above), below the target, and not the
-# scheduler. The scheduler keeps each node's requested resources, host
-# ports and owners' pods incrementally and reuses verdicts per equivalence
-# class, so a pod costs O(sampled nodes) lookups, not a sum over every
-# sampled node's pods. The RSS was mostly superseded pod versions held in
-# the loops' change queues while a loop lagged (heaptrack at 10,000 pods:
-# 218 of 241 MiB under the cache's object copies, ~3.7 versions a pod);
-# queues now hold keys. What remains is the typed pod cache itself:
-# k8s-openapi's Pod is 2.2 KiB and each Container 2.1 KiB before any
-# string, about 6-7 KiB a bound pod, 50,000 of them; under 200 MiB needs a
-# reduced pod in the shared cache. Before unschedulable pods were woken
-# only by nodes and departing pods, every binding woke every pending pod:
-# 116 pods/s at 10,000; before bindings were batched, 560 pods/s.
+# What each step gave (the same bench, one run each, 50,000 pods):
+# - the master's pods as k8s-openapi Pods: master RSS 475 MiB, the
+#   scheduler alone 445 MiB (8.7 KiB a pod); compact pods with shared
+#   labels, owners and templates: 130 and 125 MiB (benches/pod_cache.rs:
+#   1.2 KiB a running pod against 10.9 KiB);
+# - one binding transaction at a time: 2,885 pods/s with kubelets; four
+#   in flight: 4,409; eight: 4,135-5,179 (no kubelets: 4,830 with four,
+#   5,076-5,871 with eight; the higher figures of each pair had the
+#   binding reads serializable, which etcd can answer before a write its
+#   watchers were told of is visible, and which left a pod unbound).
+# Earlier (the same machine): before bindings were batched, 560 pods/s at
+# 10,000; before unschedulable pods were woken only by nodes and departing
+# pods, every binding woke every pending pod (116 pods/s); before loop
+# queues held keys rather than pod copies, a lagging loop held ~3.7
+# versions of every pod (heaptrack: 218 of 241 MiB at 10,000 pods).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -202,40 +187,63 @@ echo "master RSS                       peak $(rss VmHWM) MiB, now $(rss VmRSS) M
 echo "== the scheduler alone: $pods pods stored before it starts"
 kill "$master_pid"
 wait "$master_pid" 2>/dev/null || true
-sed 's/name: p/name: q/' "$work/pods.yaml" >"$work/pods-alone.yaml"
-"$orca" apply -f "$work/pods-alone.yaml" >/dev/null
-sched_admin=$(free_port)
 # CPU seconds (user + system) of a process so far.
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
-etcd_cpu=$(cpu "$etcd_pid") hollow_cpu=$(cpu "$hollow_pid")
-start=$(now)
-"$orca" scheduler --identity bench-scheduler --admin "127.0.0.1:$sched_admin" --cluster-cidr 10.128.0.0/9 \
-    >"$work/scheduler.log" 2>&1 &
-pids+=($!)
-sched_pid=$!
-bindings() { # 0 until the scheduler's admin server answers
-    { curl -s "http://127.0.0.1:$sched_admin/metrics" || true; } |
-        awk '$1 == "orca_scheduler_bindings_total" { n = int($2) } END { print n + 0 }'
-}
-first=
-so_far=0
-until [ "$so_far" -ge "$pods" ]; do
-    kill -0 "$sched_pid" || { tail "$work/scheduler.log"; exit 1; }
-    so_far=$(bindings)
-    so_far=${so_far:-0}
-    if [ -z "$first" ] && [ "$so_far" -gt 0 ]; then
-        first=$(now)
-        first_done=$so_far
-    fi
-    sleep 0.1
-done
-bound=$(now)
-awk -v a="$start" -v f="$first" -v n="$first_done" -v b="$bound" -v p="$pods" 'BEGIN {
-    printf "start to all bound (list incl.)  %.1f s  %6.0f pods/s\n", b - a, p / (b - a)
-    printf "first binding to the last        %.1f s  %6.0f pods/s\n", b - f, (p - n) / (b - f) }'
-awk -v t="$(awk -v a="$start" -v b="$bound" 'BEGIN { print b - a }')" \
-    -v s="$(cpu "$sched_pid")" -v e="$(awk -v a="$etcd_cpu" -v b="$(cpu "$etcd_pid")" 'BEGIN { print b - a }')" \
-    -v h="$(awk -v a="$hollow_cpu" -v b="$(cpu "$hollow_pid")" 'BEGIN { print b - a }')" 'BEGIN {
-    printf "CPU meanwhile, in cores          scheduler %.2f, etcd %.2f, hollow nodes %.2f (of 2)\n", s / t, e / t, h / t }'
 rss_of() { awk -v k="$2" '$1 == k":" { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
-echo "scheduler RSS                    peak $(rss_of "$sched_pid" VmHWM) MiB"
+# Stores `pods` pods named PREFIX..., starts `orca scheduler` and reports
+# how fast it binds them and the CPU each process spent meanwhile; leaves
+# the scheduler running as $sched_pid.
+scheduler_alone() {
+    local prefix=$1
+    sed "s/name: p/name: $prefix/" "$work/pods.yaml" >"$work/pods-$prefix.yaml"
+    "$orca" apply -f "$work/pods-$prefix.yaml" >/dev/null
+    local sched_admin
+    sched_admin=$(free_port)
+    local etcd_cpu hollow_cpu=0
+    etcd_cpu=$(cpu "$etcd_pid")
+    if kill -0 "$hollow_pid" 2>/dev/null; then hollow_cpu=$(cpu "$hollow_pid"); fi
+    local start
+    start=$(now)
+    "$orca" scheduler --identity bench-scheduler --admin "127.0.0.1:$sched_admin" --cluster-cidr 10.128.0.0/9 \
+        >"$work/scheduler-$prefix.log" 2>&1 &
+    pids+=($!)
+    sched_pid=$!
+    bindings() { # 0 until the scheduler's admin server answers
+        { curl -s "http://127.0.0.1:$sched_admin/metrics" || true; } |
+            awk '$1 == "orca_scheduler_bindings_total" { n = int($2) } END { print n + 0 }'
+    }
+    local first= first_done=0 so_far=0
+    until [ "$so_far" -ge "$pods" ]; do
+        kill -0 "$sched_pid" || { tail "$work/scheduler-$prefix.log"; exit 1; }
+        so_far=$(bindings)
+        so_far=${so_far:-0}
+        if [ -z "$first" ] && [ "$so_far" -gt 0 ]; then
+            first=$(now)
+            first_done=$so_far
+        fi
+        sleep 0.1
+    done
+    local bound
+    bound=$(now)
+    awk -v a="$start" -v f="$first" -v n="$first_done" -v b="$bound" -v p="$pods" 'BEGIN {
+        printf "start to all bound (list incl.)  %.1f s  %6.0f pods/s\n", b - a, p / (b - a)
+        printf "first binding to the last        %.1f s  %6.0f pods/s\n", b - f, (p - n) / (b - f) }'
+    local hollow_now=0
+    if kill -0 "$hollow_pid" 2>/dev/null; then hollow_now=$(cpu "$hollow_pid"); fi
+    awk -v t="$(awk -v a="$start" -v b="$bound" 'BEGIN { print b - a }')" \
+        -v s="$(cpu "$sched_pid")" -v e="$(awk -v a="$etcd_cpu" -v b="$(cpu "$etcd_pid")" 'BEGIN { print b - a }')" \
+        -v h="$(awk -v a="$hollow_cpu" -v b="$hollow_now" 'BEGIN { print b - a }')" 'BEGIN {
+        printf "CPU meanwhile, in cores          scheduler %.2f, etcd %.2f, hollow nodes %.2f (of 2)\n", s / t, e / t, h / t }'
+    echo "scheduler RSS                    peak $(rss_of "$sched_pid" VmHWM) MiB"
+}
+scheduler_alone q
+
+# As kube-scheduler's scheduler_perf measures it: nodes that no kubelet
+# runs, so etcd applies the bindings alone. The hollow nodes stop (their
+# Nodes stay Ready: no node controller runs), the pods bound above go
+# at once, and the scheduler binds as many again.
+echo "== the scheduler alone, no kubelets: $pods pods stored before it starts"
+kill "$sched_pid" "$hollow_pid"
+wait "$sched_pid" "$hollow_pid" 2>/dev/null || true
+"$orca" delete -f "$work/pods-q.yaml" --grace-period 0 >/dev/null
+scheduler_alone r
