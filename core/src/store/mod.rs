@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, Txn, TxnOp,
-    TxnOpResponse, WatchOptions,
+    TxnOpResponse, TxnResponse, WatchOptions,
 };
 use futures::stream::BoxStream;
 use futures::{StreamExt, stream};
@@ -798,21 +798,15 @@ impl Store {
     /// Reads several keys at one revision, in one request: each key's
     /// value, `None` where it does not exist. The read is linearizable: a
     /// serializable one may miss a write whose watch event is already out
-    /// (etcd notifies watchers before its read buffer has the write), and
-    /// a binder reads pods it has just been told of.
+    /// (etcd notifies watchers before the write is visible to new reads),
+    /// and a binder reads pods it has just been told of.
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
         let txn = Txn::new().and_then(
             keys.iter()
                 .map(|k| TxnOp::get(k.as_str(), None))
                 .collect::<Vec<_>>(),
         );
-        let resp = self
-            .call(|mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await
-            .map_err(|e| self.err(e))?;
+        let resp = self.txn(txn).await?;
         Ok(resp
             .op_responses()
             .into_iter()
@@ -821,6 +815,16 @@ impl Store {
                 _ => None,
             })
             .collect())
+    }
+
+    /// Sends one transaction.
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        self.call(|mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+        .map_err(|e| self.err(e))
     }
 
     async fn get_kv(&self, key: &str) -> Result<Option<KeyValue>> {
@@ -841,13 +845,7 @@ impl Store {
             otherwise.push(TxnOp::get(g.key.as_str(), None));
         }
         let txn = Txn::new().when(compares).and_then(ops).or_else(otherwise);
-        let resp = self
-            .call(|mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await
-            .map_err(|e| self.err(e))?;
+        let resp = self.txn(txn).await?;
         if resp.succeeded() {
             return Ok(Some(
                 resp.header().map(|h| h.revision()).unwrap_or_default(),
